@@ -1,0 +1,38 @@
+#!/bin/sh
+# Installs everything migration-blackout needs on a fresh Debian/Ubuntu machine:
+# system packages when run as root, Python packages into ./.venv. Idempotent.
+set -eu
+cd "$(dirname "$0")"
+
+SYSTEM_PACKAGES="python3 python3-venv python3-dev iproute2 procps fping xvfb"
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    missing=""
+    for pkg in $SYSTEM_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing="$missing $pkg"
+    done
+    if [ -n "$missing" ]; then
+        echo "bootstrap: installing system packages:$missing"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+    fi
+elif [ "$(id -u)" != 0 ]; then
+    echo "bootstrap: not root, skipping system packages ($SYSTEM_PACKAGES)"
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "bootstrap: Python >= 3.11 is required, $PYTHON is $("$PYTHON" -V 2>&1)" >&2
+    exit 2
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)
+if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi

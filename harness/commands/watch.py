@@ -1,0 +1,188 @@
+"""``measure watch``: probe targets while a person migrates by hand, then analyse.
+
+This is the write-up's own procedure, automated: ICMP probes against the
+guest, every attempt recorded, until a duration passes or the user presses
+Ctrl-C; then the run folder is analysed. The run folder is complete and
+finalised in every case (``completed``, ``aborted`` on Ctrl-C, ``failed`` on
+an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analysis.summary import write_summary
+from probes.clock import clock_pair
+from probes.icmp import COLUMNS as ICMP_COLUMNS
+from probes.icmp import IcmpProbe, TargetStats
+from probes.sink import CsvSink
+
+from ..runfolder import RunFolder, RunStatus, create_run_folder
+
+# How long the probe may take to open its sockets and send its first probe.
+PROBE_READY_DEADLINE_S = 10.0
+PROGRESS_PERIOD_S = 0.5
+
+
+@dataclass(frozen=True)
+class WatchProgress:
+    """What a progress line shows; handed to the caller's callback."""
+
+    elapsed_s: float
+    targets: Mapping[str, TargetStats]
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    run_dir: Path
+    status: RunStatus
+    summary: dict[str, Any] | None
+    error: str | None
+
+
+class ProbeNotReadyError(Exception):
+    """A probe did not become ready within its deadline."""
+
+
+async def watch_async(
+    *,
+    targets: Sequence[str],
+    interval_s: float,
+    timeout_s: float | None,
+    duration_s: float | None,
+    out: Path,
+    command: Sequence[str],
+    kind: str = "watch",
+    privileged: bool | None = None,
+    progress: Callable[[WatchProgress], None] | None = None,
+    on_ready: Callable[[RunFolder], Awaitable[Any]] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
+) -> WatchResult:
+    """Probe ``targets`` every ``interval_s`` until ``duration_s`` or SIGINT/SIGTERM.
+
+    ``on_ready`` is started as a task of the run once every probe is ready
+    (``measure demo`` injects its blackout there); the watch does not end
+    before it has finished. Returns after the run folder is finalised and
+    analysed.
+    """
+    config: dict[str, Any] = {
+        "icmp": {"interval_s": interval_s, "timeout_s": timeout_s, "privileged": privileged},
+        "duration_s": duration_s,
+        **(extra_config or {}),
+    }
+    run = create_run_folder(out, kind=kind, command=command, config=config, targets=targets)
+    status = RunStatus.FAILED
+    error: BaseException | None = None
+    stop = asyncio.Event()
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        interrupted.set()
+        stop.set()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+    try:
+        probe_kwargs: dict[str, Any] = {"targets": list(targets), "interval_s": interval_s}
+        if timeout_s is not None:
+            probe_kwargs["timeout_s"] = timeout_s
+        sink = CsvSink(
+            run.raw / "icmp.csv",
+            probe="icmp",
+            columns=ICMP_COLUMNS,
+            meta={"interval_s": interval_s, "targets": list(targets)},
+        )
+        try:
+            probe = IcmpProbe(sink=sink, privileged=privileged, **probe_kwargs)
+            run.register_probe("icmp", "raw/icmp.csv", format="csv")
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(probe.run(stop))
+                tasks.create_task(
+                    _supervise(tasks, probe, stop, duration_s, progress, on_ready, run)
+                )
+            run.manifest["config"]["icmp"]["timeout_s"] = probe.timeout_s
+            run.manifest["config"]["icmp"]["privileged"] = probe.privileged
+        finally:
+            sink.close()
+        status = RunStatus.ABORTED if interrupted.is_set() else RunStatus.COMPLETED
+    except BaseException as exc:
+        error = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
+        cancelled = isinstance(error, KeyboardInterrupt | asyncio.CancelledError)
+        status = RunStatus.ABORTED if cancelled else RunStatus.FAILED
+        raise error from None
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        run.finalize(status, error if status is RunStatus.FAILED else None)
+        if status is RunStatus.ABORTED and error is None:
+            run.manifest["error"] = {"type": "interrupted", "message": "stopped by a signal"}
+            run.save()
+    summary_path = write_summary(run.path)
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    return WatchResult(run_dir=run.path, status=status, summary=summary, error=None)
+
+
+async def _supervise(
+    tasks: asyncio.TaskGroup,
+    probe: IcmpProbe,
+    stop: asyncio.Event,
+    duration_s: float | None,
+    progress: Callable[[WatchProgress], None] | None,
+    on_ready: Callable[[RunFolder], Awaitable[Any]] | None,
+    run: RunFolder,
+) -> None:
+    """Wait for readiness, start the optional hook, report progress, end the watch."""
+    try:
+        async with asyncio.timeout(PROBE_READY_DEADLINE_S):
+            await probe.ready.wait()
+    except TimeoutError:
+        stop.set()
+        raise ProbeNotReadyError(
+            f"the ICMP probe was not ready within {PROBE_READY_DEADLINE_S:.0f} s"
+        ) from None
+    start = clock_pair().mono_ns
+    hook_done = asyncio.Event()
+
+    async def hook() -> None:
+        try:
+            if on_ready is not None:
+                await on_ready(run)
+        finally:
+            hook_done.set()
+
+    tasks.create_task(hook())
+    deadline = None if duration_s is None else start + int(duration_s * 1e9)
+    try:
+        while not stop.is_set():
+            now = clock_pair().mono_ns
+            if deadline is not None and now >= deadline and hook_done.is_set():
+                break
+            if progress is not None:
+                progress(WatchProgress(elapsed_s=(now - start) / 1e9, targets=probe.stats()))
+            wait = PROGRESS_PERIOD_S
+            if deadline is not None and now < deadline:
+                wait = min(wait, (deadline - now) / 1e9)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await stop.wait()
+    finally:
+        # The probes stop only after the hook is done: a demo's injected
+        # blackout must be measured to its end.
+        await hook_done.wait()
+        stop.set()
+
+
+def run(**kwargs: Any) -> WatchResult:
+    """Synchronous entry point for the CLI and for tests."""
+    return asyncio.run(watch_async(**kwargs))

@@ -1,0 +1,169 @@
+"""Creating and finalising a run folder (format v1, see docs/run-format.md).
+
+A run folder is ``<parent>/<run-id>/`` holding ``manifest.json``, ``raw/`` (one
+file per probe, append-only) and ``derived/`` (rebuildable by ``measure
+analyze``). The manifest is written when the run starts, with status
+``running``, and rewritten once at the end from a ``finally`` block with the
+final status and error, after every probe has flushed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from probes.clock import ClockPair, clock_pair, utc_iso
+
+from . import __version__
+
+# Version history of manifest.json (docs/run-format.md has the details):
+#   1 (0.1.0): first version.
+MANIFEST_SCHEMA_VERSION = 1
+
+# Keys whose values never reach a run folder, wherever they appear in a config.
+SECRET_KEYS = frozenset({"password", "passwd", "secret", "token", "credential", "credentials"})
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class OutputFolderError(Exception):
+    """The parent folder for run folders cannot be created or written."""
+
+
+def new_run_id(kind: str, now: ClockPair | None = None) -> str:
+    """``20261125T130238Z-watch-3fa2``: sortable by start time, unique per run."""
+    now = now or clock_pair()
+    stamp = utc_iso(now.utc_ns)
+    compact = stamp[:19].replace("-", "").replace(":", "") + "Z"
+    return f"{compact}-{kind}-{secrets.token_hex(2)}"
+
+
+def redact(config: Any) -> Any:
+    """A copy of ``config`` with every secret-looking key left out."""
+    if isinstance(config, Mapping):
+        return {
+            key: redact(value)
+            for key, value in config.items()
+            if not any(word in str(key).lower() for word in SECRET_KEYS)
+        }
+    if isinstance(config, list | tuple):
+        return [redact(value) for value in config]
+    return config
+
+
+def _write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunFolder:
+    """A run folder being written. Only the harness writes manifests."""
+
+    path: Path
+    run_id: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def raw(self) -> Path:
+        return self.path / "raw"
+
+    @property
+    def derived(self) -> Path:
+        return self.path / "derived"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def register_probe(self, name: str, file: str, **details: Any) -> None:
+        """Name a probe's raw file in the manifest (written at the next save)."""
+        self.manifest.setdefault("probes", {})[name] = {"file": file, **details}
+        self.save()
+
+    def save(self) -> None:
+        _write_json_atomically(self.manifest_path, self.manifest)
+
+    def finalize(self, status: RunStatus, error: BaseException | str | None = None) -> None:
+        """Record how the run ended. Call from a ``finally`` after probes flushed."""
+        end = clock_pair()
+        self.manifest["status"] = str(status)
+        self.manifest["ended_utc"] = utc_iso(end.utc_ns)
+        self.manifest.setdefault("clock", {})["end"] = end.to_json()
+        if error is None:
+            self.manifest["error"] = None
+        elif isinstance(error, BaseException):
+            self.manifest["error"] = {"type": type(error).__name__, "message": str(error)}
+        else:
+            self.manifest["error"] = {"type": "error", "message": error}
+        self.save()
+
+
+def create_run_folder(
+    parent: Path,
+    *,
+    kind: str,
+    command: Sequence[str],
+    config: Mapping[str, Any],
+    targets: Sequence[str],
+) -> RunFolder:
+    """Create ``parent/<run-id>/`` with ``raw/`` and a ``running`` manifest."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFolderError(f"cannot create output folder {parent}: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"output folder {parent} is not writable")
+    start = clock_pair()
+    run_id = new_run_id(kind, start)
+    path = parent / run_id
+    try:
+        path.mkdir()
+        (path / "raw").mkdir()
+    except OSError as exc:
+        raise OutputFolderError(f"cannot create run folder {path}: {exc.strerror}") from exc
+    run = RunFolder(path=path, run_id=run_id)
+    run.manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "kind": "run",
+        "run_id": run_id,
+        "run_kind": kind,
+        "tool": "migration-blackout",
+        "tool_version": __version__,
+        "command": list(command),
+        "config": redact(dict(config)),
+        "targets": list(targets),
+        "started_utc": utc_iso(start.utc_ns),
+        "ended_utc": None,
+        "status": str(RunStatus.RUNNING),
+        "error": None,
+        "clock": {"start": start.to_json()},
+        "harness_host": {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+        },
+        "probes": {},
+    }
+    run.save()
+    return run
