@@ -1,0 +1,51 @@
+"""Emulated Hyper-V hosts that speak real WinRM + PSRP to an unmodified pypsrp client.
+
+Start them with :class:`LabHosts` (in an event loop) or :class:`LabThread`
+(in a background thread, for blocking clients); configure them with
+:class:`LabConfig`. The migration model lives in :mod:`lab.hyperv.model`, the
+ground-truth file format in :mod:`lab.hyperv.groundtruth`.
+"""
+
+from lab.hyperv.groundtruth import SCHEMA_VERSION as GROUND_TRUTH_SCHEMA_VERSION
+from lab.hyperv.groundtruth import read_ground_truth
+from lab.hyperv.model import (
+    DEFAULT_DESTINATION_HOST,
+    DEFAULT_SOURCE_HOST,
+    DEFAULT_VM_NAME,
+    FaultConfig,
+    GuestControl,
+    HostConfig,
+    InMemoryGuest,
+    JobState,
+    LabClock,
+    LabConfig,
+    MigrationTiming,
+    Span,
+    UnresponsiveFault,
+    VmConfig,
+    VmState,
+)
+from lab.hyperv.runner import HostEndpoint, LabHosts, LabThread
+
+__all__ = [
+    "DEFAULT_DESTINATION_HOST",
+    "DEFAULT_SOURCE_HOST",
+    "DEFAULT_VM_NAME",
+    "GROUND_TRUTH_SCHEMA_VERSION",
+    "FaultConfig",
+    "GuestControl",
+    "HostConfig",
+    "HostEndpoint",
+    "InMemoryGuest",
+    "JobState",
+    "LabClock",
+    "LabConfig",
+    "LabHosts",
+    "LabThread",
+    "MigrationTiming",
+    "Span",
+    "UnresponsiveFault",
+    "VmConfig",
+    "VmState",
+    "read_ground_truth",
+]

@@ -1,0 +1,190 @@
+"""HTTP authentication and WinRM message encryption for the emulated hosts.
+
+- Basic: checked on every request against the lab credentials.
+- Negotiate (NTLM): pyspnego's acceptor, one security context per TCP
+  connection (as on Windows, the client authenticates once per connection and
+  later requests carry no Authorization header). Bodies are then wrapped in
+  the ``multipart/encrypted`` envelope of [MS-WSMV] 2.2.9.1.
+  pyspnego's NTLM acceptor reads its user database from the file named by the
+  ``NTLM_USER_FILE`` environment variable (lines ``DOMAIN:user:password``);
+  :class:`NtlmUserFile` writes that file and points the variable at it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import struct
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import spnego
+from spnego.exceptions import SpnegoError
+
+SPNEGO_ENCRYPTED = "application/HTTP-SPNEGO-session-encrypted"
+BOUNDARY = "Encrypted Boundary"
+_ORIGINAL_LENGTH = re.compile(rb"Length=(\d+)")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    domain: str
+    username: str
+    password: str
+
+    @property
+    def principal(self) -> str:
+        """``DOMAIN\\user``, the form Windows shows as a shell's owner."""
+        return f"{self.domain}\\{self.username}"
+
+    def accepts(self, user: str, password: str) -> bool:
+        """Basic auth: ``user``, ``DOMAIN\\user`` or ``user@DOMAIN`` with the password."""
+        name = user
+        domain = None
+        if "\\" in user:
+            domain, name = user.split("\\", 1)
+        elif "@" in user:
+            name, domain = user.split("@", 1)
+        if domain is not None and domain.split(".")[0].upper() != self.domain.upper():
+            return False
+        return name.lower() == self.username.lower() and password == self.password
+
+
+class NtlmUserFile:
+    """The ``NTLM_USER_FILE`` database for pyspnego's acceptor, installed process-wide.
+
+    pyspnego reads the variable on every authentication, so only one lab per
+    process can own it at a time; the previous value is restored on close.
+    """
+
+    def __init__(self, path: Path, credentials: Credentials) -> None:
+        self.path = path
+        path.write_text(
+            # The domain-qualified and the bare user name, so clients may send either.
+            f"{credentials.domain}:{credentials.username}:{credentials.password}\n"
+            f":{credentials.username}:{credentials.password}\n",
+            encoding="utf-8",
+        )
+        path.chmod(0o600)
+        self._previous = os.environ.get("NTLM_USER_FILE")
+        os.environ["NTLM_USER_FILE"] = str(path)
+
+    def close(self) -> None:
+        if os.environ.get("NTLM_USER_FILE") == str(self.path):
+            if self._previous is None:
+                del os.environ["NTLM_USER_FILE"]
+            else:
+                os.environ["NTLM_USER_FILE"] = self._previous
+
+
+class ConnectionSecurity:
+    """The Negotiate state of one TCP connection."""
+
+    def __init__(self) -> None:
+        self.context: Any = None
+
+    @property
+    def established(self) -> bool:
+        return self.context is not None and self.context.complete
+
+    def reset(self) -> None:
+        self.context = None
+
+    def step(self, token: bytes) -> bytes | None:
+        """Feed one client token; returns the token to send back (if any).
+
+        Raises SpnegoError when the client's credentials are rejected.
+        """
+        if self.context is None or self.context.complete:
+            self.context = spnego.server(
+                protocol="negotiate", options=spnego.NegotiateOptions.wrapping_winrm
+            )
+        out: bytes | None = self.context.step(token)
+        return out
+
+    def unwrap(self, body: bytes, boundary: str) -> bytes:
+        """Decrypt a ``multipart/encrypted`` request body."""
+        parts = [
+            p for p in re.split(rb"--\s*" + re.escape(boundary.encode()) + rb"\r\n", body) if p
+        ]
+        message = b""
+        for i in range(0, len(parts) - 1, 2):
+            header, payload = parts[i], parts[i + 1]
+            length_match = _ORIGINAL_LENGTH.search(header)
+            if length_match is None:
+                raise ValueError("encrypted part without OriginalContent length")
+            payload = re.sub(rb"--\s*" + re.escape(boundary.encode()) + rb"--\r\n$", b"", payload)
+            payload = payload.replace(b"\tContent-Type: application/octet-stream\r\n", b"", 1)
+            (header_length,) = struct.unpack("<i", payload[:4])
+            signature = payload[4 : 4 + header_length]
+            data = self.context.unwrap_winrm(signature, payload[4 + header_length :])
+            if len(data) != int(length_match.group(1)):
+                raise ValueError("decrypted length does not match OriginalContent")
+            message += data
+        return message
+
+    def wrap(self, message: bytes) -> tuple[str, bytes]:
+        """Encrypt a response body; returns (Content-Type, body)."""
+        header, wrapped, padding = self.context.wrap_winrm(message)
+        payload = (
+            f"--{BOUNDARY}\r\n"
+            f"\tContent-Type: {SPNEGO_ENCRYPTED}\r\n"
+            "\tOriginalContent: type=application/soap+xml;charset=UTF-8;"
+            f"Length={len(message) + padding}\r\n"
+            f"--{BOUNDARY}\r\n"
+            "\tContent-Type: application/octet-stream\r\n"
+        ).encode()
+        payload += struct.pack("<i", len(header)) + header + wrapped
+        payload += f"--{BOUNDARY}--\r\n".encode()
+        content_type = f'multipart/encrypted;protocol="{SPNEGO_ENCRYPTED}";boundary="{BOUNDARY}"'
+        return content_type, payload
+
+
+class ConnectionRegistry:
+    """One :class:`ConnectionSecurity` per live transport (TCP connection)."""
+
+    def __init__(self) -> None:
+        self._states: weakref.WeakKeyDictionary[Any, ConnectionSecurity] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def for_transport(self, transport: Any) -> ConnectionSecurity:
+        state = self._states.get(transport)
+        if state is None:
+            state = ConnectionSecurity()
+            self._states[transport] = state
+        return state
+
+
+def parse_basic(header_value: str) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(header_value.split(" ", 1)[1].strip()).decode("utf-8")
+    except (IndexError, binascii.Error, UnicodeDecodeError):
+        return None
+    if ":" not in decoded:
+        return None
+    user, password = decoded.split(":", 1)
+    return user, password
+
+
+def parse_negotiate(header_value: str) -> bytes | None:
+    try:
+        return base64.b64decode(header_value.split(" ", 1)[1].strip())
+    except (IndexError, binascii.Error):
+        return None
+
+
+__all__ = [
+    "BOUNDARY",
+    "ConnectionRegistry",
+    "ConnectionSecurity",
+    "Credentials",
+    "NtlmUserFile",
+    "SpnegoError",
+    "parse_basic",
+    "parse_negotiate",
+]

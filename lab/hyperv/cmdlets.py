@@ -1,0 +1,568 @@
+"""The cmdlets an emulated Hyper-V host understands, dispatched by command name.
+
+Each cmdlet binds its parameters the way PowerShell does for a remote
+``AddCommand`` / ``AddParameter`` pipeline (case-insensitive names, unique
+prefixes, aliases, positional arguments), then reads or drives the
+:class:`~lab.hyperv.model.Lab`. Output objects and error records carry the
+real .NET type names and error ids; whether an error terminates the pipeline
+follows Windows.
+
+Scripts (``AddScript``) are not interpreted: the lab answers them with a
+terminating error that says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from psrpcore import Command
+from psrpcore.types import ErrorCategory, ErrorRecord, PSObject
+
+from lab.hyperv import model, pstypes
+
+HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
+PARAMETER_BINDING_EXCEPTION = [
+    "System.Management.Automation.ParameterBindingException",
+    "System.Management.Automation.RuntimeException",
+    "System.SystemException",
+]
+CIM_EXCEPTION = ["Microsoft.Management.Infrastructure.CimException", "System.SystemException"]
+VIRTUALIZATION_NAMESPACE = "root/virtualization/v2"
+
+
+class TerminatingError(Exception):
+    """The pipeline fails with this record (PipelineState Failed)."""
+
+    def __init__(self, record: ErrorRecord) -> None:
+        super().__init__(str(record))
+        self.record = record
+
+
+class PipelineWriter(Protocol):
+    def write_output(self, value: Any) -> None: ...
+
+    def write_error(self, record: ErrorRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class CmdletContext:
+    lab: model.Lab
+    host: str
+    out: PipelineWriter
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    position: int | None = None
+    switch: bool = False
+    mandatory: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+Handler = Callable[[CmdletContext, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Cmdlet:
+    name: str
+    # .NET class that implements it; the suffix of its FullyQualifiedErrorIds.
+    implementing_type: str
+    parameters: tuple[Parameter, ...]
+    handler: Handler
+
+    def error_id(self, error: str) -> str:
+        return f"{error},{self.implementing_type}"
+
+
+# ---- parameter binding --------------------------------------------------------
+
+
+def _binding_error(
+    cmdlet: Cmdlet, message: str, error: str, target: Any = None
+) -> TerminatingError:
+    return TerminatingError(
+        pstypes.error_record(
+            message,
+            exception_types=PARAMETER_BINDING_EXCEPTION,
+            fully_qualified_error_id=cmdlet.error_id(error),
+            category=ErrorCategory.InvalidArgument,
+            activity=cmdlet.name,
+            reason="ParameterBindingException",
+            target_object=target,
+        )
+    )
+
+
+def _match_parameter(cmdlet: Cmdlet, given: str) -> Parameter:
+    key = given.lstrip("-").lower()
+    exact = [
+        p
+        for p in cmdlet.parameters
+        if key == p.name.lower() or key in (a.lower() for a in p.aliases)
+    ]
+    if exact:
+        return exact[0]
+    prefixed = [p for p in cmdlet.parameters if p.name.lower().startswith(key)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if len(prefixed) > 1:
+        names = ", ".join(p.name for p in prefixed)
+        raise _binding_error(
+            cmdlet,
+            f"Parameter cannot be processed because the parameter name '{given}' is ambiguous. "
+            f"Possible matches include: {names}.",
+            "AmbiguousParameter",
+        )
+    raise _binding_error(
+        cmdlet,
+        f"A parameter cannot be found that matches parameter name '{given}'.",
+        "NamedParameterNotFound",
+    )
+
+
+def bind_parameters(cmdlet: Cmdlet, command: Command) -> dict[str, Any]:
+    """Bind a remote command's parameters; raises TerminatingError as PowerShell would."""
+    bound: dict[str, Any] = {}
+    positional: list[Any] = []
+    for name, value in command.parameters:
+        if name is None:
+            positional.append(value)
+            continue
+        parameter = _match_parameter(cmdlet, name)
+        if parameter.name in bound:
+            raise _binding_error(
+                cmdlet,
+                f"Cannot bind parameter because parameter '{parameter.name}' is specified more "
+                "than once.",
+                "ParameterAlreadyBound",
+            )
+        if parameter.switch:
+            bound[parameter.name] = value is None or bool(value)
+        else:
+            bound[parameter.name] = value
+    slots = sorted(
+        (p for p in cmdlet.parameters if p.position is not None and p.name not in bound),
+        key=lambda p: p.position or 0,
+    )
+    for value in positional:
+        if not slots:
+            raise _binding_error(
+                cmdlet,
+                f"A positional parameter cannot be found that accepts argument '{value}'.",
+                "PositionalParameterNotFound",
+                target=value,
+            )
+        bound[slots.pop(0).name] = value
+    missing = [p.name for p in cmdlet.parameters if p.mandatory and p.name not in bound]
+    if missing:
+        raise _binding_error(
+            cmdlet,
+            "Cannot process command because of one or more missing mandatory parameters: "
+            f"{' '.join(missing)}.",
+            "MissingMandatoryParameter",
+        )
+    return bound
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+# ---- Hyper-V cmdlets ----------------------------------------------------------
+
+
+def hyperv_error(cmdlet: Cmdlet, error: model.HyperVError, *, target: Any = None) -> ErrorRecord:
+    """The ErrorRecord a Hyper-V cmdlet writes for a lab error."""
+    if isinstance(error, model.VmNotFoundError):
+        error_id, category = "InvalidParameter", ErrorCategory.InvalidArgument
+        target = error.name
+    elif isinstance(error, model.AccessDeniedError):
+        error_id, category = "AccessDenied", ErrorCategory.PermissionDenied
+    elif isinstance(error, model.InvalidStateError):
+        error_id, category = "InvalidState", ErrorCategory.InvalidOperation
+    else:
+        error_id, category = "OperationFailed", ErrorCategory.NotSpecified
+    return pstypes.error_record(
+        error.message,
+        exception_types=[HYPERV_EXCEPTION],
+        fully_qualified_error_id=cmdlet.error_id(error_id),
+        category=category,
+        activity=cmdlet.name,
+        reason="VirtualizationException",
+        target_object=target,
+    )
+
+
+async def _get_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    names = [str(n) for n in _as_list(params.get("Name"))] or None
+    try:
+        vms, missing = ctx.lab.get_vms(ctx.host, names)
+    except model.AccessDeniedError as error:
+        raise TerminatingError(hyperv_error(GET_VM, error)) from None
+    for vm in vms:
+        ctx.out.write_output(pstypes.virtual_machine(vm))
+    for name in missing:
+        # Non-terminating, as on Windows: one missing name does not stop the others.
+        ctx.out.write_error(hyperv_error(GET_VM, model.VmNotFoundError(name)))
+
+
+async def _move_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    storage_path = params.get("DestinationStoragePath")
+    try:
+        await ctx.lab.move_vm(
+            ctx.host,
+            str(params["Name"]),
+            str(params["DestinationHost"]),
+            include_storage=bool(params.get("IncludeStorage", False)),
+            storage_path=None if storage_path is None else str(storage_path),
+        )
+    except model.HyperVError as error:
+        raise TerminatingError(hyperv_error(MOVE_VM, error)) from None
+
+
+async def _get_date(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    now_ns = ctx.lab.host_time_ns(ctx.host)
+    offset = ctx.lab.host_utc_offset(ctx.host)
+    ctx.out.write_output(pstypes.get_date_output(now_ns, utc_offset=offset))
+
+
+# ---- Get-WinEvent -------------------------------------------------------------
+
+
+def _normalise_log(name: str) -> str:
+    return name.replace("/", "-").lower()
+
+
+def _parse_time(value: Any, host_offset: dt.timedelta) -> dt.datetime:
+    """A FilterHashtable time: a DateTime, or a string PowerShell would cast to one."""
+    if isinstance(value, dt.datetime):
+        stamp = value
+    else:
+        try:
+            stamp = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise TerminatingError(
+                pstypes.error_record(
+                    f'Cannot convert value "{value}" to type "System.DateTime". Error: "String '
+                    'was not recognized as a valid DateTime."',
+                    exception_types=[
+                        "System.Management.Automation.PSInvalidCastException",
+                        "System.InvalidCastException",
+                        "System.SystemException",
+                    ],
+                    fully_qualified_error_id="InvalidCastParseTargetInvocation",
+                    category=ErrorCategory.InvalidArgument,
+                    activity=GET_WINEVENT.name,
+                    reason="PSInvalidCastException",
+                    target_object=str(value),
+                )
+            ) from None
+    if stamp.tzinfo is None:
+        # Unspecified/Local DateTime: the host's local time.
+        stamp = stamp.replace(tzinfo=dt.timezone(host_offset))
+    return stamp
+
+
+def _no_events_error() -> ErrorRecord:
+    return pstypes.error_record(
+        "No events were found that match the specified selection criteria.",
+        exception_types=[],
+        fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingEventsFound"),
+        category=ErrorCategory.ObjectNotFound,
+        activity=GET_WINEVENT.name,
+        reason="Exception",
+    )
+
+
+async def _get_winevent(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    events = ctx.lab.events_on(ctx.host)
+    offset = ctx.lab.host_utc_offset(ctx.host)
+    known_logs = {
+        _normalise_log(name)
+        for name in (model.VMMS_LOG, model.WORKER_LOG, model.HA_LOG, "Application", "Security")
+    }
+    filters = params.get("FilterHashtable")
+    log_names = [str(n) for n in _as_list(params.get("LogName"))]
+    for log in log_names:
+        if _normalise_log(log) not in known_logs:
+            ctx.out.write_error(
+                pstypes.error_record(
+                    f'There is not an event log on the localhost computer that matches "{log}".',
+                    exception_types=[],
+                    fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingLogsFound"),
+                    category=ErrorCategory.ObjectNotFound,
+                    activity=GET_WINEVENT.name,
+                    reason="Exception",
+                    target_object=log,
+                )
+            )
+    if log_names:
+        wanted = {_normalise_log(n) for n in log_names}
+        events = [e for e in events if _normalise_log(e.log_name) in wanted]
+        if not any(_normalise_log(n) in known_logs for n in log_names):
+            return
+    for table in _as_list(filters):
+        events = _apply_filter(table, events, offset)
+    events.sort(key=lambda e: (e.time_created_ns, e.record_id), reverse=True)
+    if params.get("Oldest"):
+        events.reverse()
+    max_events = params.get("MaxEvents")
+    if max_events is not None:
+        events = events[: int(max_events)]
+    if not events:
+        ctx.out.write_error(_no_events_error())
+        return
+    for event in events:
+        ctx.out.write_output(pstypes.event_log_record(event, utc_offset=offset))
+
+
+def _apply_filter(
+    table: Any, events: list[model.HostEvent], offset: dt.timedelta
+) -> list[model.HostEvent]:
+    if not isinstance(table, Mapping):
+        raise _binding_error(
+            GET_WINEVENT,
+            "Cannot bind parameter 'FilterHashtable'. The value is not a hashtable.",
+            "CannotConvertArgumentNoMessage",
+        )
+    selected = list(events)
+    for raw_key, value in table.items():
+        key = str(raw_key).lower()
+        if key == "logname":
+            logs = {_normalise_log(str(v)) for v in _as_list(value)}
+            selected = [e for e in selected if _normalise_log(e.log_name) in logs]
+        elif key == "providername":
+            providers = {str(v).lower() for v in _as_list(value)}
+            selected = [e for e in selected if e.provider_name.lower() in providers]
+        elif key == "id":
+            ids = {int(v) for v in _as_list(value)}
+            selected = [e for e in selected if e.event_id in ids]
+        elif key == "level":
+            levels = {int(v) for v in _as_list(value)}
+            selected = [e for e in selected if int(e.level) in levels]
+        elif key in ("starttime", "endtime"):
+            bound_ns = int(_parse_time(value, offset).timestamp() * 1e9)
+            if key == "starttime":
+                selected = [e for e in selected if e.time_created_ns >= bound_ns]
+            else:
+                selected = [e for e in selected if e.time_created_ns <= bound_ns]
+        else:
+            raise TerminatingError(
+                pstypes.error_record(
+                    f"The specified key '{raw_key}' is not valid for this filter hashtable; the "
+                    "emulated host supports LogName, ProviderName, Id, Level, StartTime, EndTime.",
+                    exception_types=["System.Exception"],
+                    fully_qualified_error_id=GET_WINEVENT.error_id("InvalidFilterKey"),
+                    category=ErrorCategory.InvalidArgument,
+                    activity=GET_WINEVENT.name,
+                    reason="Exception",
+                    target_object=str(raw_key),
+                )
+            )
+    return selected
+
+
+# ---- Get-CimInstance ----------------------------------------------------------
+
+_FILTER_TERM = re.compile(r"^\s*(\w+)\s*=\s*(?:'([^']*)'|\"([^\"]*)\"|(\d+))\s*$")
+
+
+def _cim_error(message: str, hresult: str, category: ErrorCategory, target: str) -> ErrorRecord:
+    return pstypes.error_record(
+        message,
+        exception_types=CIM_EXCEPTION,
+        fully_qualified_error_id=GET_CIMINSTANCE.error_id(f"HRESULT {hresult}"),
+        category=category,
+        activity=GET_CIMINSTANCE.name,
+        reason="CimException",
+        target_object=target,
+    )
+
+
+def _cim_filter(expression: str) -> list[tuple[str, str]]:
+    terms = []
+    for part in re.split(r"\s+and\s+", expression.strip(), flags=re.IGNORECASE):
+        match = _FILTER_TERM.match(part)
+        if match is None:
+            raise TerminatingError(
+                _cim_error(
+                    "Invalid query ", "0x80041017", ErrorCategory.InvalidArgument, expression
+                )
+            )
+        name, quoted, double_quoted, number = match.groups()
+        value = quoted if quoted is not None else double_quoted or number or ""
+        terms.append((name, value))
+    return terms
+
+
+async def _get_ciminstance(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    namespace = str(params.get("Namespace") or "root/cimv2")
+    class_name = str(params["ClassName"])
+    if ctx.lab.host(ctx.host).config.access_denied:
+        ctx.out.write_error(
+            _cim_error("Access denied ", "0x80041003", ErrorCategory.PermissionDenied, namespace)
+        )
+        return
+    ns = namespace.replace("\\", "/").lower()
+    if ns not in ("root/cimv2", VIRTUALIZATION_NAMESPACE):
+        ctx.out.write_error(
+            _cim_error("Invalid namespace ", "0x8004100e", ErrorCategory.ObjectNotFound, namespace)
+        )
+        return
+    if ns != VIRTUALIZATION_NAMESPACE or class_name.lower() != "msvm_migrationjob":
+        if class_name.lower().startswith(("msvm_", "cim_", "win32_")):
+            raise TerminatingError(
+                pstypes.error_record(
+                    f"The emulated Hyper-V host does not implement CIM class '{class_name}' in "
+                    f"namespace '{namespace}'.",
+                    exception_types=["System.NotImplementedException", "System.SystemException"],
+                    fully_qualified_error_id=GET_CIMINSTANCE.error_id("NotEmulated"),
+                    category=ErrorCategory.NotImplemented,
+                    activity=GET_CIMINSTANCE.name,
+                    reason="NotImplementedException",
+                    target_object=class_name,
+                )
+            )
+        ctx.out.write_error(
+            _cim_error("Invalid class ", "0x80041010", ErrorCategory.MetadataError, class_name)
+        )
+        return
+    offset = ctx.lab.host_utc_offset(ctx.host)
+    objects = [
+        pstypes.migration_job(job, ctx.host, utc_offset=offset) for job in ctx.lab.jobs_on(ctx.host)
+    ]
+    expression = params.get("Filter")
+    if expression:
+        terms = _cim_filter(str(expression))
+        objects = [o for o in objects if all(_cim_matches(o, n, v) for n, v in terms)]
+    for obj in objects:
+        ctx.out.write_output(obj)
+
+
+def _cim_matches(obj: PSObject, name: str, value: str) -> bool:
+    for prop in obj.PSObject.adapted_properties:
+        if prop.name.lower() == name.lower():
+            actual = prop.get_value(obj)
+            return actual is not None and str(actual).lower() == value.lower()
+    return False
+
+
+# ---- registry -------------------------------------------------------------------
+
+GET_VM = Cmdlet(
+    "Get-VM",
+    "Microsoft.HyperV.PowerShell.Commands.GetVM",
+    (
+        Parameter("Name", position=0, aliases=("VMName",)),
+        Parameter("ComputerName"),
+    ),
+    _get_vm,
+)
+MOVE_VM = Cmdlet(
+    "Move-VM",
+    "Microsoft.HyperV.PowerShell.Commands.MoveVM",
+    (
+        Parameter("Name", position=0, mandatory=True, aliases=("VMName",)),
+        Parameter("DestinationHost", position=1, mandatory=True),
+        Parameter("IncludeStorage", switch=True),
+        Parameter("DestinationStoragePath"),
+        Parameter("ComputerName"),
+    ),
+    _move_vm,
+)
+GET_DATE = Cmdlet("Get-Date", "Microsoft.PowerShell.Commands.GetDateCommand", (), _get_date)
+GET_WINEVENT = Cmdlet(
+    "Get-WinEvent",
+    "Microsoft.PowerShell.Commands.GetWinEventCommand",
+    (
+        Parameter("FilterHashtable", position=0),
+        Parameter("LogName"),
+        Parameter("MaxEvents"),
+        Parameter("Oldest", switch=True),
+        Parameter("ComputerName"),
+    ),
+    _get_winevent,
+)
+GET_CIMINSTANCE = Cmdlet(
+    "Get-CimInstance",
+    "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
+    (
+        Parameter("ClassName", position=0, mandatory=True),
+        Parameter("Namespace"),
+        Parameter("Filter"),
+        Parameter("ComputerName"),
+    ),
+    _get_ciminstance,
+)
+
+CMDLETS: dict[str, Cmdlet] = {
+    c.name.lower(): c for c in (GET_VM, MOVE_VM, GET_DATE, GET_WINEVENT, GET_CIMINSTANCE)
+}
+
+
+def command_not_found(name: str) -> ErrorRecord:
+    return pstypes.error_record(
+        f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, or "
+        "operable program. Check the spelling of the name, or if a path was included, verify "
+        "that the path is correct and try again.",
+        exception_types=[
+            "System.Management.Automation.CommandNotFoundException",
+            "System.Management.Automation.RuntimeException",
+            "System.SystemException",
+        ],
+        fully_qualified_error_id="CommandNotFoundException",
+        category=ErrorCategory.ObjectNotFound,
+        activity="",
+        reason="CommandNotFoundException",
+        target_object=name,
+    )
+
+
+def scripts_not_supported() -> ErrorRecord:
+    return pstypes.error_record(
+        "The emulated Hyper-V host runs only commands added with AddCommand; scripts "
+        "(AddScript) are not interpreted.",
+        exception_types=[
+            "System.Management.Automation.RuntimeException",
+            "System.SystemException",
+        ],
+        fully_qualified_error_id="ScriptsNotEmulated",
+        category=ErrorCategory.NotImplemented,
+        activity="",
+        reason="RuntimeException",
+    )
+
+
+async def run_statement(ctx: CmdletContext, commands: list[Command]) -> None:
+    """Run one statement (commands piped together); the lab runs one command per statement."""
+    first = commands[0]
+    if first.is_script:
+        raise TerminatingError(scripts_not_supported())
+    # Module-qualified names (Hyper-V\Get-VM) resolve to the cmdlet.
+    name = first.command_text.rsplit("\\", 1)[-1]
+    cmdlet = CMDLETS.get(name.lower())
+    if cmdlet is None:
+        raise TerminatingError(command_not_found(first.command_text))
+    if len(commands) > 1:
+        raise TerminatingError(
+            pstypes.error_record(
+                "The emulated Hyper-V host runs one command per statement; pipe the output on "
+                "the client instead.",
+                exception_types=["System.NotImplementedException", "System.SystemException"],
+                fully_qualified_error_id="PipelinesNotEmulated",
+                category=ErrorCategory.NotImplemented,
+                activity=cmdlet.name,
+                reason="NotImplementedException",
+            )
+        )
+    params = bind_parameters(cmdlet, first)
+    await cmdlet.handler(ctx, params)
