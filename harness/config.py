@@ -1,0 +1,327 @@
+"""Configuration of ``measure run``: a TOML file, overridden by flags.
+
+The file names the Hyper-V hosts, the guest, probe settings and thresholds
+(see ``measure.example.toml``). Passwords never live in it: each host names an
+environment variable (``password_env``, default ``MEASURE_PASSWORD``) and the
+CLI prompts when that is unset and a terminal is attached. Nothing here reads
+CLI objects; the CLI maps flags onto :func:`apply_overrides`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+AUTH_METHODS = ("kerberos", "negotiate", "ntlm", "credssp", "basic")
+DEFAULT_PASSWORD_ENV = "MEASURE_PASSWORD"
+DEFAULT_CONFIG_NAME = "measure.toml"
+
+
+class ConfigError(Exception):
+    """The configuration file or a flag is invalid; the message says where."""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """One Hyper-V host reached over WinRM (PowerShell remoting)."""
+
+    name: str
+    address: str
+    port: int
+    https: bool = True
+    auth: str = "negotiate"
+    username: str | None = None
+    password_env: str = DEFAULT_PASSWORD_ENV
+    cert_validation: bool | str = True
+    path: str = "wsman"
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.https else "http"
+        return f"{scheme}://{self.address}:{self.port}/{self.path}"
+
+    def describe(self) -> dict[str, Any]:
+        """For the manifest: everything but secrets (there are none here)."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "auth": self.auth,
+            "username": self.username,
+            "cert_validation": self.cert_validation,
+            "password_env": self.password_env,
+        }
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    icmp_interval_s: float = 0.010
+    icmp_timeout_s: float | None = None
+    host_poll_interval_s: float = 0.100
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    include_storage: bool = False
+    destination_storage_path: str | None = None
+    timeout_s: float = 600.0
+    settle_s: float = 10.0
+    settle_quiet_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_blackout_ms: float | None = None
+    max_timeouts: int | None = None
+    max_regression_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    vm: str = "HVSW10Home"
+    hosts: tuple[HostConfig, ...] = ()
+    guest_addresses: tuple[str, ...] = ()
+    source: str | None = None
+    destination: str | None = None
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    origin: str | None = None  # the file it came from, for messages
+
+    @property
+    def uses_lab(self) -> bool:
+        """True when no real hosts are configured: the emulated lab is the default."""
+        return not self.hosts
+
+    def host(self, name: str) -> HostConfig:
+        for host in self.hosts:
+            if host.name.lower() == name.lower():
+                return host
+        known = ", ".join(h.name for h in self.hosts) or "none"
+        raise ConfigError(f"no host named {name!r} is configured (configured: {known})")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "hosts": [h.describe() for h in self.hosts],
+            "guest_addresses": list(self.guest_addresses),
+            "source": self.source,
+            "destination": self.destination,
+            "probes": vars(self.probes).copy(),
+            "migration": vars(self.migration).copy(),
+            "thresholds": vars(self.thresholds).copy(),
+            "origin": self.origin,
+        }
+
+
+def _expect(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table[key]
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}: {key} must be {names}, not {value!r}")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    if any("password" in str(key) and key != "password_env" for key in table):
+        raise ConfigError(
+            f"{where}: passwords do not belong in the config file; name an environment "
+            f"variable with password_env"
+        )
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+
+
+def _parse_host(table: Mapping[str, Any], index: int, origin: str) -> HostConfig:
+    where = f"{origin}: hosts[{index}]"
+    allowed = {
+        "name",
+        "address",
+        "port",
+        "transport",
+        "auth",
+        "username",
+        "password_env",
+        "cert_validation",
+        "path",
+    }
+    _reject_unknown(table, allowed, where)
+    for required in ("name", "address"):
+        if required not in table:
+            raise ConfigError(f"{where}: {required} is required")
+    transport = table.get("transport", "https")
+    if transport not in ("https", "http"):
+        raise ConfigError(f"{where}: transport must be https or http, not {transport!r}")
+    https = transport == "https"
+    auth = str(table.get("auth", "negotiate")).lower()
+    if auth not in AUTH_METHODS:
+        raise ConfigError(f"{where}: auth must be one of {', '.join(AUTH_METHODS)}, not {auth!r}")
+    port = table.get("port", 5986 if https else 5985)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError(f"{where}: port must be 1-65535, not {port!r}")
+    cert = table.get("cert_validation", True)
+    if not isinstance(cert, bool | str):
+        raise ConfigError(f"{where}: cert_validation must be true, false or a CA bundle path")
+    return HostConfig(
+        name=_expect(table, "name", str, where),
+        address=_expect(table, "address", str, where),
+        port=port,
+        https=https,
+        auth=auth,
+        username=table.get("username"),
+        password_env=table.get("password_env", DEFAULT_PASSWORD_ENV),
+        cert_validation=cert,
+        path=table.get("path", "wsman"),
+    )
+
+
+def _ms(table: Mapping[str, Any], key: str, where: str) -> float | None:
+    if key not in table:
+        return None
+    value = _expect(table, key, (int, float), where)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key} must be positive, not {value!r}")
+    return float(value) / 1000.0
+
+
+def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunConfig:
+    """Validate a parsed TOML document into a :class:`RunConfig`."""
+    _reject_unknown(
+        document,
+        {"vm", "hosts", "guest", "source", "destination", "probes", "migration", "thresholds"},
+        origin,
+    )
+    hosts_doc = document.get("hosts", [])
+    if not isinstance(hosts_doc, list):
+        raise ConfigError(f"{origin}: hosts must be an array of tables ([[hosts]])")
+    hosts = tuple(_parse_host(h, i, origin) for i, h in enumerate(hosts_doc))
+    names = [h.name.lower() for h in hosts]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{origin}: two hosts share a name")
+
+    guest = document.get("guest", {})
+    _reject_unknown(guest, {"addresses"}, f"{origin}: [guest]")
+    addresses = guest.get("addresses", [])
+    if isinstance(addresses, str):
+        addresses = [addresses]
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"{origin}: [guest] {address!r} is not an IP address") from None
+
+    probes_doc = document.get("probes", {})
+    _reject_unknown(probes_doc, {"icmp", "host_state"}, f"{origin}: [probes]")
+    icmp = probes_doc.get("icmp", {})
+    _reject_unknown(icmp, {"interval_ms", "timeout_ms"}, f"{origin}: [probes.icmp]")
+    host_state = probes_doc.get("host_state", {})
+    _reject_unknown(host_state, {"interval_ms"}, f"{origin}: [probes.host_state]")
+    probes = ProbeConfig(
+        icmp_interval_s=_ms(icmp, "interval_ms", f"{origin}: [probes.icmp]") or 0.010,
+        icmp_timeout_s=_ms(icmp, "timeout_ms", f"{origin}: [probes.icmp]"),
+        host_poll_interval_s=_ms(host_state, "interval_ms", f"{origin}: [probes.host_state]")
+        or 0.100,
+    )
+
+    mig = document.get("migration", {})
+    where = f"{origin}: [migration]"
+    _reject_unknown(
+        mig,
+        {"include_storage", "destination_storage_path", "timeout_s", "settle_s", "settle_quiet_s"},
+        where,
+    )
+    migration = MigrationConfig(
+        include_storage=bool(mig.get("include_storage", False)),
+        destination_storage_path=mig.get("destination_storage_path"),
+        timeout_s=float(mig.get("timeout_s", 600.0)),
+        settle_s=float(mig.get("settle_s", 10.0)),
+        settle_quiet_s=float(mig.get("settle_quiet_s", 2.0)),
+    )
+
+    thr = document.get("thresholds", {})
+    _reject_unknown(
+        thr, {"max_blackout_ms", "max_timeouts", "max_regression_pct"}, f"{origin}: [thresholds]"
+    )
+    thresholds = Thresholds(
+        max_blackout_ms=thr.get("max_blackout_ms"),
+        max_timeouts=thr.get("max_timeouts"),
+        max_regression_pct=thr.get("max_regression_pct"),
+    )
+    vm = document.get("vm", "HVSW10Home")
+    if not isinstance(vm, str) or not vm:
+        raise ConfigError(f"{origin}: vm must be a non-empty string")
+    return RunConfig(
+        vm=vm,
+        hosts=hosts,
+        guest_addresses=tuple(addresses),
+        source=document.get("source"),
+        destination=document.get("destination"),
+        probes=probes,
+        migration=migration,
+        thresholds=thresholds,
+        origin=origin,
+    )
+
+
+def load_config(path: Path | None) -> RunConfig:
+    """Read ``path``; with ``None``, ``./measure.toml`` if present, else the defaults."""
+    explicit = path is not None
+    path = Path(path) if path is not None else Path(DEFAULT_CONFIG_NAME)
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist")
+        return RunConfig()
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(document, origin=str(path))
+
+
+def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
+    """Flags win over the file. ``None`` means "not given"."""
+    top = {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and k in {"vm", "source", "destination", "guest_addresses"}
+    }
+    probes = {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and k in {"icmp_interval_s", "icmp_timeout_s", "host_poll_interval_s"}
+    }
+    migration = {
+        k: v
+        for k, v in overrides.items()
+        if v is not None
+        and k in {"include_storage", "destination_storage_path", "timeout_s", "settle_s"}
+    }
+    thresholds = {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and k in {"max_blackout_ms", "max_timeouts", "max_regression_pct"}
+    }
+    if "guest_addresses" in top:
+        top["guest_addresses"] = tuple(top["guest_addresses"])
+    return replace(
+        config,
+        probes=replace(config.probes, **probes),
+        migration=replace(config.migration, **migration),
+        thresholds=replace(config.thresholds, **thresholds),
+        **top,
+    )
+
+
+def password_from_env(host: HostConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The host's password from its environment variable, or None if unset."""
+    environ = os.environ if environ is None else environ
+    return environ.get(host.password_env)

@@ -1,0 +1,84 @@
+"""measure.toml: parsed strictly, secrets refused, flags override the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    load_config,
+    parse_config,
+    password_from_env,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_example_config_parses() -> None:
+    config = load_config(REPO / "measure.example.toml")
+    assert [h.name for h in config.hosts] == ["WS16TP4DM1VML1b", "WS16TP4DM2VML1b"]
+    assert config.hosts[0].url == "https://ws16tp4dm1vml1b.lab.example:5986/wsman"
+    assert config.hosts[0].cert_validation is True
+    assert config.guest_addresses == ("192.0.2.10",)
+    assert config.probes.icmp_interval_s == pytest.approx(0.010)
+    assert config.probes.host_poll_interval_s == pytest.approx(0.100)
+    assert not config.uses_lab
+
+
+def test_no_file_means_defaults_and_the_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    assert config == RunConfig()
+    assert config.uses_lab
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"hosts": [{"name": "a", "address": "h", "password": "x"}]}, "passwords do not belong"),
+        ({"hosts": [{"name": "a", "address": "h", "auth": "magic"}]}, "auth must be one of"),
+        ({"hosts": [{"name": "a", "address": "h", "port": 70000}]}, "port must be 1-65535"),
+        ({"hosts": [{"name": "a", "address": "h", "transport": "ftp"}]}, "transport must be"),
+        ({"hosts": [{"address": "h"}]}, "name is required"),
+        ({"hosts": [{"name": "a", "address": "h"}, {"name": "A", "address": "g"}]}, "share a name"),
+        ({"guest": {"addresses": ["not-an-ip"]}}, "is not an IP address"),
+        ({"probes": {"icmp": {"interval_ms": -1}}}, "must be positive"),
+        ({"colour": "blue"}, "unknown setting"),
+    ],
+)
+def test_bad_configs_name_the_problem(document: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(document, origin="measure.toml")
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "measure.toml"
+    path.write_text("vm = \n")
+    with pytest.raises(ConfigError, match=r"measure.toml: not valid TOML"):
+        load_config(path)
+
+
+def test_flags_override_the_file() -> None:
+    config = load_config(REPO / "measure.example.toml")
+    changed = apply_overrides(
+        config, vm="OtherVM", icmp_interval_s=0.001, source="WS16TP4DM2VML1b", timeout_s=None
+    )
+    assert changed.vm == "OtherVM"
+    assert changed.probes.icmp_interval_s == 0.001
+    assert changed.source == "WS16TP4DM2VML1b"
+    assert changed.migration.timeout_s == config.migration.timeout_s
+
+
+def test_passwords_come_from_the_named_environment_variable() -> None:
+    config = parse_config(
+        {"hosts": [{"name": "a", "address": "h", "password_env": "LAB_PW"}]}, origin="x"
+    )
+    assert password_from_env(config.hosts[0], {"LAB_PW": "pw"}) == "pw"
+    assert password_from_env(config.hosts[0], {}) is None
+    assert "pw" not in repr(config.describe())
