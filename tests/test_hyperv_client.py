@@ -1,0 +1,148 @@
+"""The harness's Hyper-V client (harness.hyperv) against the emulated hosts,
+through the unmodified pypsrp client over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from harness.config import HostConfig
+from harness.hyperv import (
+    HostAuthError,
+    HostCallError,
+    HostSession,
+    HostUnreachableError,
+    MoveVmCall,
+)
+from lab.hyperv import (
+    DEFAULT_DESTINATION_HOST,
+    DEFAULT_SOURCE_HOST,
+    DEFAULT_VM_NAME,
+    LabConfig,
+    LabThread,
+    MigrationTiming,
+    Span,
+    read_ground_truth,
+)
+from lab.hyperv import HostConfig as LabHostConfig
+
+FAST = MigrationTiming(
+    precopy_overhead=Span(0.3),
+    paused_listed=Span(0.2),
+    unlisted=Span(0.2),
+    completion=Span(0.1),
+    network_reconvergence=Span(0.1),
+    negotiation=Span(0.05),
+    transfer_rate_bytes_per_s=20e9,
+)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabThread]:
+    config = LabConfig(
+        timing=FAST,
+        hosts=(
+            LabHostConfig(DEFAULT_SOURCE_HOST, clock_offset_s=2.5),
+            LabHostConfig(DEFAULT_DESTINATION_HOST),
+        ),
+    )
+    with LabThread(config) as running:
+        yield running
+
+
+def endpoint(lab: LabThread, name: str, auth: str = "basic") -> HostConfig:
+    host = lab.hosts[name]
+    return HostConfig(
+        name=name,
+        address=host.address,
+        port=host.port,
+        https=False,
+        auth=auth,
+        username=lab.credentials.principal if auth != "basic" else lab.credentials.username,
+    )
+
+
+def test_get_vm_and_get_date(lab: LabThread) -> None:
+    with HostSession(endpoint(lab, DEFAULT_SOURCE_HOST), lab.credentials.password) as session:
+        vm = session.get_vm(DEFAULT_VM_NAME)
+        assert vm is not None
+        assert vm.state == "Running"
+        assert vm.name == DEFAULT_VM_NAME
+        before = datetime.now(UTC)
+        host_now = session.get_date()
+        after = datetime.now(UTC)
+        # The source host's clock runs 2.5 s ahead in this lab.
+        skew = host_now - before
+        assert timedelta(seconds=2.4) < skew < timedelta(seconds=2.6) + (after - before)
+    with HostSession(endpoint(lab, DEFAULT_DESTINATION_HOST), lab.credentials.password) as other:
+        assert other.get_vm(DEFAULT_VM_NAME) is None
+
+
+def test_ntlm_with_message_encryption(lab: LabThread) -> None:
+    host = endpoint(lab, DEFAULT_SOURCE_HOST, auth="ntlm")
+    with HostSession(host, lab.credentials.password) as session:
+        assert session.get_vm(DEFAULT_VM_NAME) is not None
+
+
+def test_wrong_password_is_an_auth_error_naming_the_host(lab: LabThread) -> None:
+    session = HostSession(endpoint(lab, DEFAULT_SOURCE_HOST), "wrong-password")
+    with pytest.raises(HostAuthError, match=DEFAULT_SOURCE_HOST):
+        session.open()
+
+
+def test_unreachable_host_names_the_host() -> None:
+    host = HostConfig(name="nowhere", address="127.0.0.1", port=1, https=False, auth="basic",
+                      username="u")
+    with pytest.raises(HostUnreachableError, match="nowhere: cannot reach WinRM"):
+        HostSession(host, "pw", call_timeout_s=3).open()
+
+
+def test_vm_name_reaches_the_host_as_a_literal(lab: LabThread) -> None:
+    hostile = "x'; Remove-VM HVSW10Home; '"
+    with HostSession(endpoint(lab, DEFAULT_SOURCE_HOST), lab.credentials.password) as session:
+        assert session.get_vm(hostile) is None
+        result = session.invoke("Get-VM", [("Name", hostile)])
+        assert len(result.errors) == 1
+        assert f'name "{hostile}"' in result.errors[0].message
+        # The VM is still there: nothing was executed.
+        assert session.get_vm(DEFAULT_VM_NAME) is not None
+
+
+def test_unknown_cmdlet_is_a_terminating_error(lab: LabThread) -> None:
+    with HostSession(endpoint(lab, DEFAULT_SOURCE_HOST), lab.credentials.password) as session:
+        with pytest.raises(HostCallError, match="is not recognized"):
+            session.invoke("Remove-VM", [("Name", DEFAULT_VM_NAME)])
+
+
+def test_move_vm_there_and_back_with_events(lab: LabThread) -> None:
+    password = lab.credentials.password
+    source, destination = DEFAULT_SOURCE_HOST, DEFAULT_DESTINATION_HOST
+    with HostSession(endpoint(lab, source), password) as src, HostSession(
+        endpoint(lab, destination), password
+    ) as dst:
+        started = datetime.now(UTC) - timedelta(seconds=5)
+        call = MoveVmCall(endpoint(lab, source), password, vm=DEFAULT_VM_NAME,
+                          destination=destination)
+        try:
+            call.start()
+            states = set()
+            deadline = time.monotonic() + 30
+            while not call.poll(1):
+                assert time.monotonic() < deadline, "Move-VM did not return"
+                vm = src.get_vm(DEFAULT_VM_NAME)
+                states.add(vm.state if vm else "unlisted")
+            call.result()
+        finally:
+            call.close()
+        assert src.get_vm(DEFAULT_VM_NAME) is None
+        moved = dst.get_vm(DEFAULT_VM_NAME)
+        assert moved is not None and moved.state == "Running"
+        events = dst.win_events("Microsoft-Windows-Hyper-V-VMMS-Admin", [20415, 20417], started)
+        events += src.win_events("Microsoft-Windows-Hyper-V-VMMS-Admin", [20415, 20417], started)
+        assert any(e["id"] in (20415, 20417) for e in events), events
+    _header, truth = read_ground_truth(lab.ground_truth_path)
+    names = [e["event"] for e in truth]
+    assert "pause" in names and "resume" in names
