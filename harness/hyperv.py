@@ -104,6 +104,16 @@ class VmStatus:
 
 
 @dataclass(frozen=True)
+class VmPoll:
+    """One poll of a host: its clock, the VM (None: not listed), its migration job."""
+
+    vm: VmStatus | None
+    host_time: datetime | None
+    job: MigrationJob | None
+    errors: tuple[str, ...]  # non-terminating errors other than "VM not found"
+
+
+@dataclass(frozen=True)
 class MigrationJob:
     vm_name: str | None
     percent_complete: int | None
@@ -188,6 +198,42 @@ def _translate(host: str, exc: BaseException) -> HostError:
     return HostError(host, f"{type(exc).__name__}: {exc}")
 
 
+MIGRATION_JOB_QUERY = (("Namespace", r"root\virtualization\v2"), ("ClassName", "Msvm_MigrationJob"))
+
+
+def _find_vm(output: Sequence[Any], vm: str) -> VmStatus | None:
+    for obj in output:
+        types = getattr(obj, "types", None) or []
+        if types and not any("VirtualMachine" in t for t in types):
+            continue
+        name = _text(_prop(obj, "Name"))
+        if name is not None and name.lower() == vm.lower():
+            memory = _prop(obj, "MemoryAssigned")
+            return VmStatus(
+                name=name,
+                state=str(_prop(obj, "State")),
+                status=_text(_prop(obj, "Status")),
+                computer_name=_text(_prop(obj, "ComputerName")),
+                vm_id=_text(_prop(obj, "VMId")),
+                memory_assigned=None if memory is None else int(memory),
+            )
+    return None
+
+
+def _job(obj: Any) -> MigrationJob:
+    percent = _prop(obj, "PercentComplete")
+    state = _prop(obj, "JobState")
+    return MigrationJob(
+        vm_name=_text(_prop(obj, "ElementName") or _prop(obj, "VirtualSystemName")),
+        percent_complete=None if percent is None else int(str(percent)),
+        job_state=None if state is None else int(str(state)),
+    )
+
+
+def _is_vm_not_found(error: PowerShellError) -> bool:
+    return "unable to find a virtual machine" in error.message
+
+
 class HostSession:
     """One open RunspacePool on one host, for queries and polls."""
 
@@ -237,40 +283,64 @@ class HostSession:
     def invoke(self, cmdlet: str, parameters: Sequence[tuple[str, Any]] = ()) -> CallResult:
         """Run one cmdlet. Terminating errors raise :class:`HostCallError`;
         non-terminating ones come back in ``CallResult.errors``."""
+        return self.invoke_statements([(cmdlet, parameters)])
+
+    def invoke_statements(
+        self, statements: Sequence[tuple[str, Sequence[tuple[str, Any]]]]
+    ) -> CallResult:
+        """Run several cmdlets as separate statements of one pipeline: one
+        round trip, outputs in statement order."""
         with self._lock:
             if self._pool is None:
                 raise HostError(self.name, "session is not open")
             ps = PowerShell(self._pool)
-            ps.add_cmdlet(cmdlet)
-            for name, value in parameters:
-                ps.add_parameter(name, value)
+            for index, (cmdlet, parameters) in enumerate(statements):
+                if index:
+                    ps.add_statement()
+                ps.add_cmdlet(cmdlet)
+                for name, value in parameters:
+                    ps.add_parameter(name, value)
             try:
                 output = ps.invoke()
             except Exception as exc:
                 raise _translate(self.name, exc) from None
         errors = tuple(PowerShellError.from_record(r) for r in ps.streams.error)
         if ps.had_errors or ps.state == PSInvocationState.FAILED:
-            raise HostCallError(self.name, cmdlet, errors)
+            raise HostCallError(self.name, "; ".join(c for c, _ in statements), errors)
         return CallResult(output=tuple(output), errors=errors)
 
     # -- the calls the harness makes ---------------------------------------
 
     def get_vm(self, vm: str) -> VmStatus | None:
         """The VM as this host lists it, or None when the host does not hold it."""
-        result = self.invoke("Get-VM", [("Name", vm)])
+        return _find_vm(self.invoke("Get-VM", [("Name", vm)]).output, vm)
+
+    def poll_vm(self, vm: str) -> VmPoll:
+        """Get-Date; Get-VM; Get-CimInstance Msvm_MigrationJob in one round trip."""
+        result = self.invoke_statements(
+            [
+                ("Get-Date", ()),
+                ("Get-VM", [("Name", vm)]),
+                ("Get-CimInstance", MIGRATION_JOB_QUERY),
+            ]
+        )
+        host_time = None
+        jobs = []
         for obj in result.output:
-            name = _text(_prop(obj, "Name"))
-            if name is not None and name.lower() == vm.lower():
-                memory = _prop(obj, "MemoryAssigned")
-                return VmStatus(
-                    name=name,
-                    state=str(_prop(obj, "State")),
-                    status=_text(_prop(obj, "Status")),
-                    computer_name=_text(_prop(obj, "ComputerName")),
-                    vm_id=_text(_prop(obj, "VMId")),
-                    memory_assigned=None if memory is None else int(memory),
-                )
-        return None
+            types = getattr(obj, "types", None) or []
+            if any("Msvm_MigrationJob" in t for t in types):
+                jobs.append(_job(obj))
+            elif host_time is None and not any("VirtualMachine" in t for t in types):
+                try:
+                    host_time = parse_host_datetime(obj)
+                except ValueError:
+                    pass
+        return VmPoll(
+            vm=_find_vm(result.output, vm),
+            host_time=host_time,
+            job=next((j for j in jobs if j.vm_name and j.vm_name.lower() == vm.lower()), None),
+            errors=tuple(e.message for e in result.errors if not _is_vm_not_found(e)),
+        )
 
     def get_date(self) -> datetime:
         result = self.invoke("Get-Date")
@@ -279,22 +349,7 @@ class HostSession:
         return parse_host_datetime(result.output[0])
 
     def migration_jobs(self) -> list[MigrationJob]:
-        result = self.invoke(
-            "Get-CimInstance",
-            [("Namespace", r"root\virtualization\v2"), ("ClassName", "Msvm_MigrationJob")],
-        )
-        jobs = []
-        for obj in result.output:
-            percent = _prop(obj, "PercentComplete")
-            state = _prop(obj, "JobState")
-            jobs.append(
-                MigrationJob(
-                    vm_name=_text(_prop(obj, "ElementName") or _prop(obj, "VirtualSystemName")),
-                    percent_complete=None if percent is None else int(str(percent)),
-                    job_state=None if state is None else int(str(state)),
-                )
-            )
-        return jobs
+        return [_job(obj) for obj in self.invoke("Get-CimInstance", MIGRATION_JOB_QUERY).output]
 
     def win_events(
         self, log_name: str, ids: Sequence[int], start_time: datetime

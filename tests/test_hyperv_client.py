@@ -3,6 +3,7 @@ through the unmodified pypsrp client over real HTTP."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -94,8 +95,9 @@ def test_wrong_password_is_an_auth_error_naming_the_host(lab: LabThread) -> None
 
 
 def test_unreachable_host_names_the_host() -> None:
-    host = HostConfig(name="nowhere", address="127.0.0.1", port=1, https=False, auth="basic",
-                      username="u")
+    host = HostConfig(
+        name="nowhere", address="127.0.0.1", port=1, https=False, auth="basic", username="u"
+    )
     with pytest.raises(HostUnreachableError, match="nowhere: cannot reach WinRM"):
         HostSession(host, "pw", call_timeout_s=3).open()
 
@@ -113,29 +115,47 @@ def test_vm_name_reaches_the_host_as_a_literal(lab: LabThread) -> None:
 
 def test_unknown_cmdlet_is_a_terminating_error(lab: LabThread) -> None:
     with HostSession(endpoint(lab, DEFAULT_SOURCE_HOST), lab.credentials.password) as session:
-        with pytest.raises(HostCallError, match="is not recognized"):
+        error = pytest.raises(HostCallError, match="is not recognized")
+        with error:
             session.invoke("Remove-VM", [("Name", DEFAULT_VM_NAME)])
 
 
-def test_move_vm_there_and_back_with_events(lab: LabThread) -> None:
+def test_move_vm_with_polls_and_events(lab: LabThread) -> None:
+    """Move-VM on its own connection while another thread polls both hosts."""
     password = lab.credentials.password
     source, destination = DEFAULT_SOURCE_HOST, DEFAULT_DESTINATION_HOST
-    with HostSession(endpoint(lab, source), password) as src, HostSession(
-        endpoint(lab, destination), password
-    ) as dst:
+    seen: dict[str, list[tuple[str, int | None]]] = {source: [], destination: []}
+    done = threading.Event()
+
+    def poll(session: HostSession) -> None:
+        while not done.is_set():
+            result = session.poll_vm(DEFAULT_VM_NAME)
+            assert result.host_time is not None and result.host_time.tzinfo is not None
+            state = result.vm.state if result.vm else "unlisted"
+            percent = result.job.percent_complete if result.job else None
+            seen[session.name].append((state, percent))
+
+    with (
+        HostSession(endpoint(lab, source), password) as src,
+        HostSession(endpoint(lab, destination), password) as dst,
+    ):
         started = datetime.now(UTC) - timedelta(seconds=5)
-        call = MoveVmCall(endpoint(lab, source), password, vm=DEFAULT_VM_NAME,
-                          destination=destination)
+        pollers = [threading.Thread(target=poll, args=(s,)) for s in (src, dst)]
+        for thread in pollers:
+            thread.start()
+        call = MoveVmCall(
+            endpoint(lab, source), password, vm=DEFAULT_VM_NAME, destination=destination
+        )
         try:
             call.start()
-            states = set()
             deadline = time.monotonic() + 30
             while not call.poll(1):
                 assert time.monotonic() < deadline, "Move-VM did not return"
-                vm = src.get_vm(DEFAULT_VM_NAME)
-                states.add(vm.state if vm else "unlisted")
             call.result()
         finally:
+            done.set()
+            for thread in pollers:
+                thread.join()
             call.close()
         assert src.get_vm(DEFAULT_VM_NAME) is None
         moved = dst.get_vm(DEFAULT_VM_NAME)
@@ -143,6 +163,21 @@ def test_move_vm_there_and_back_with_events(lab: LabThread) -> None:
         events = dst.win_events("Microsoft-Windows-Hyper-V-VMMS-Admin", [20415, 20417], started)
         events += src.win_events("Microsoft-Windows-Hyper-V-VMMS-Admin", [20415, 20417], started)
         assert any(e["id"] in (20415, 20417) for e in events), events
+        assert (
+            dst.win_events(
+                "Microsoft-Windows-Hyper-V-VMMS-Admin",
+                [20415],
+                datetime.now(UTC) + timedelta(hours=1),
+            )
+            == []
+        )
+    source_states = [state for state, _ in seen[source]]
+    assert source_states[0] == "Running"
+    assert "Paused" in source_states
+    assert source_states[-1] == "unlisted"
+    assert seen[destination][-1][0] == "Running"
+    percents = [p for _, p in seen[source] if p is not None]
+    assert percents and max(percents) >= 80
     _header, truth = read_ground_truth(lab.ground_truth_path)
     names = [e["event"] for e in truth]
     assert "pause" in names and "resume" in names
