@@ -29,7 +29,9 @@ def test_the_example_config_parses() -> None:
     assert not config.uses_lab
 
 
-def test_no_file_means_defaults_and_the_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_file_means_defaults_and_the_lab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config(None)
     assert config == RunConfig()

@@ -1,0 +1,155 @@
+"""Plain-text rendering of a summary document for the terminal (returns text; never prints)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_BLACKOUT_MARK = ">>"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """Columns padded to their widest cell; ``align`` has "l" or "r" per column."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.ljust(width) if side == "l" else cell.rjust(width)
+            for cell, width, side in zip(cells, widths, align, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), *(line(row) for row in rows)]
+
+
+def _is_blackout(
+    target: str, outage: Mapping[str, Any], blackout: Mapping[str, Any] | None
+) -> bool:
+    return (
+        blackout is not None
+        and blackout["source"] == f"icmp:{target}"
+        and blackout["first_lost_n"] == outage["first_lost_n"]
+    )
+
+
+def _bounds_note(outage: Mapping[str, Any]) -> str:
+    notes = []
+    if outage["open_start"]:
+        notes.append("open start")
+    if outage["open_end"]:
+        notes.append("open end")
+    return ", ".join(notes)
+
+
+def format_summary_table(summary: Mapping[str, Any], *, max_outages_per_target: int = 20) -> str:
+    """A readable plain-text report of a summary document (``build_summary``'s dict).
+
+    Per target: counts, achieved interval and jitter, and its outages with
+    lower / upper / estimate bounds; the blackout's row is marked ``>>``.
+    A target with more than ``max_outages_per_target`` outages shows only its
+    longest ones (by lower bound) and says how many it left out.
+    """
+    lines = [f"run {summary['run_id']}  status {summary['status']}  ({summary['generated_by']})"]
+    error = summary.get("error")
+    if error:
+        lines.append(f"error: {error['type']}: {error['message']}")
+    lines.extend(f"warning: {warning}" for warning in summary.get("warnings", []))
+
+    icmp: Mapping[str, Any] = summary.get("icmp") or {}
+    blackout: Mapping[str, Any] | None = summary.get("blackout")
+    if not icmp:
+        lines.append("")
+        lines.append("no ICMP records")
+    else:
+        rows = []
+        for target, stats in icmp.items():
+            interval = stats["interval_ms"]
+            ratio = stats["achieved_rate_ratio"]
+            rows.append(
+                [
+                    target,
+                    str(stats["sent"]),
+                    str(stats["replies"]),
+                    str(stats["timeouts"]),
+                    str(stats["unreachable"]),
+                    str(stats["errors"]),
+                    str(stats["unresolved"]),
+                    str(stats["duplicates"]),
+                    str(stats["late"]),
+                    _number(interval["requested"]),
+                    _number(interval["achieved_median"]),
+                    _number(interval["jitter_p99"]),
+                    "-" if ratio is None else f"{ratio:.3f}x",
+                ]
+            )
+        lines.append("")
+        lines.append("ICMP (intervals in ms)")
+        headers = ["target", "sent", "replies", "timeouts", "unreachable", "errors"]
+        headers += ["unresolved", "dup", "late", "requested", "median", "jitter p99", "rate"]
+        lines.extend(_table(headers, rows, align="l" + "r" * 12))
+
+        outage_rows = []
+        left_out: list[str] = []
+        for target, stats in icmp.items():
+            outages = list(stats["outages"])
+            shown = outages
+            if len(outages) > max_outages_per_target:
+                longest = sorted(outages, key=lambda o: o["lower_ms"], reverse=True)
+                keep = {id(o) for o in longest[:max_outages_per_target]}
+                keep |= {id(o) for o in outages if _is_blackout(target, o, blackout)}
+                shown = [o for o in outages if id(o) in keep]
+            for outage in shown:
+                mark = _BLACKOUT_MARK if _is_blackout(target, outage, blackout) else ""
+                outage_rows.append(
+                    [
+                        mark,
+                        target,
+                        outage["start_utc"] or "-",
+                        str(outage["lost"]),
+                        str(outage["timeouts"]),
+                        str(outage["unreachable"]),
+                        str(outage["errors"]),
+                        _number(outage["lower_ms"]),
+                        _number(outage["upper_ms"]),
+                        _number(outage["estimate_ms"]),
+                        ", ".join(filter(None, ["BLACKOUT" if mark else "", _bounds_note(outage)])),
+                    ]
+                )
+            if len(shown) < len(outages):
+                left_out.append(
+                    f"   {target}: {len(outages) - len(shown)} shorter outages not shown"
+                )
+        lines.append("")
+        if outage_rows:
+            lines.append("Outages (ms)")
+            headers = ["", "target", "start (UTC)", "lost", "timeouts", "unreachable", "errors"]
+            headers += ["lower", "upper", "estimate", ""]
+            lines.extend(_table(headers, outage_rows, align="lll" + "r" * 7 + "l"))
+            lines.extend(left_out)
+        else:
+            lines.append("no outages")
+
+    lines.append("")
+    if blackout is None:
+        lines.append("Blackout: none found")
+    else:
+        lines.append(
+            f"Blackout ({blackout['source']}): lower {_number(blackout['lower_ms'])} ms, "
+            f"upper {_number(blackout['upper_ms'])} ms, "
+            f"estimate {_number(blackout['estimate_ms'])} ms"
+        )
+        lines.append(
+            f"  {blackout['lost']} lost ({blackout['timeouts']} timeouts, "
+            f"{blackout['unreachable']} unreachable, {blackout['errors']} errors) "
+            f"sent {blackout['start_utc']} .. {blackout['end_utc']}"
+            + (f"  [{_bounds_note(blackout)}]" if _bounds_note(blackout) else "")
+        )
+        lines.append(
+            f"  outside it on that target: {blackout['timeouts_outside']} timeouts, "
+            f"{blackout['unreachable_outside']} unreachable, {blackout['errors_outside']} errors"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,561 @@
+"""Reading a run folder: its manifest and its raw ICMP records.
+
+A run folder (format v1) holds ``manifest.json`` and ``raw/<probe>.<ext>``;
+everything under ``derived/`` is rebuilt from those. This module only reads:
+it validates what it reads and raises ``RunFormatError`` with a message that
+says what is wrong and, for a version it cannot read, what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import mmap
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# Version history of manifest.json (docs/run-format.md has the details):
+#   1 (0.1.0): first version.
+MANIFEST_SCHEMA_VERSION = 1
+
+# Version history of raw record files; the same numbering as
+# probes/sink.py RAW_SCHEMA_VERSION (analysis does not import probes):
+#   1 (0.1.0): first version; raw/icmp.csv with the ICMP_COLUMNS below.
+RAW_SCHEMA_VERSION = 1
+
+# The first migration-blackout release that wrote each schema version, used
+# to tell a user which release reads an old folder while no upgrader exists.
+# (Manifest and raw versions move together so far; split this table if not.)
+_FIRST_RELEASE_WRITING = {1: "0.1.0"}
+
+RUN_STATUSES = frozenset({"running", "completed", "failed", "aborted"})
+
+ICMP_COLUMNS = (
+    "target",
+    "n",
+    "seq",
+    "ident",
+    "outcome",
+    "send_mono_ns",
+    "send_utc_ns",
+    "recv_mono_ns",
+    "recv_utc_ns",
+    "rtt_ns",
+    "icmp_type",
+    "icmp_code",
+    "from_addr",
+    "detail",
+)
+# The columns the blackout analysis needs; reading only these takes about a
+# third of the time of all 14 (the tokenizer still scans every field).
+ICMP_ANALYSIS_COLUMNS = ("target", "n", "outcome", "send_mono_ns", "send_utc_ns")
+
+# Attempt outcomes first, then the two kinds of extra rows that are not attempts.
+ICMP_ATTEMPT_OUTCOMES = ("reply", "timeout", "unreachable", "error", "unresolved")
+ICMP_EXTRA_OUTCOMES = ("duplicate", "late")
+ICMP_OUTCOME_DTYPE = pd.CategoricalDtype([*ICMP_ATTEMPT_OUTCOMES, *ICMP_EXTRA_OUTCOMES])
+
+# Nanosecond stamps are 64-bit integers (UTC ns since 1970 is ~1.8e18, far
+# beyond float64's exact 2**53), so they are never read as float64. Columns that
+# may be empty use pandas' nullable Int64: the C parser fills values and a mask
+# directly, without a float round trip (tests/test_analysis_runfolder.py checks
+# this at 2**63 - 1). `n` is never empty: plain int64, an empty field is an error.
+# The send stamps are complete in every file our prober writes but may be
+# missing in imported logs: they are first parsed as plain int64, which is
+# ~0.2-0.4 s faster per 3.6 M rows than Int64 for the two of them, and only a
+# file with a missing one is parsed again with Int64 (_SEND_COLUMNS).
+_ICMP_DTYPES: dict[str, Any] = {
+    "target": "category",
+    "n": "int64",
+    "seq": "Int64",
+    "ident": "Int64",
+    "outcome": "category",
+    "send_mono_ns": "Int64",
+    "send_utc_ns": "Int64",
+    "recv_mono_ns": "Int64",
+    "recv_utc_ns": "Int64",
+    "rtt_ns": "Int64",
+    "icmp_type": "Int16",
+    "icmp_code": "Int16",
+    "from_addr": "category",
+    "detail": "str",
+}
+_SEND_COLUMNS = ("send_mono_ns", "send_utc_ns")
+# Categorical columns whose values are names: pandas infers numbers from
+# all-numeric categories, which would turn a target "1" into the integer 1.
+_NAME_COLUMNS = ("target", "from_addr")
+
+
+class RunFormatError(ValueError):
+    """A run folder or one of its files cannot be read by this version."""
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("migration-blackout")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_schema_version(found: object, *, supported: int, what: str) -> None:
+    """Refuse a ``schema_version`` other than ``supported`` with a message that says what to do.
+
+    ``what`` names the file for the message, e.g. ``"run folder /x (manifest.json)"``.
+    """
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise RunFormatError(f"{what} has schema_version {found!r}; expected an integer")
+    if found == supported:
+        return
+    here = f"this migration-blackout ({package_version()}) reads schema_version {supported}"
+    if found > supported:
+        raise RunFormatError(
+            f"{what} has schema_version {found}; {here}; upgrade migration-blackout to read it"
+        )
+    first = _FIRST_RELEASE_WRITING.get(found)
+    if first is None:
+        oldest = min(_FIRST_RELEASE_WRITING)
+        raise RunFormatError(
+            f"{what} has schema_version {found}, older than the first version "
+            f"migration-blackout wrote ({oldest}, in {_FIRST_RELEASE_WRITING[oldest]}); "
+            "it was not written by migration-blackout"
+        )
+    later = [_FIRST_RELEASE_WRITING[v] for v in sorted(_FIRST_RELEASE_WRITING) if v > found]
+    releases = f"releases {first} up to (not including) {later[0]}" if later else f"{first}"
+    raise RunFormatError(
+        f"{what} has schema_version {found}; {here} and has no upgrader from {found} yet; "
+        f"read it with migration-blackout {releases}"
+    )
+
+
+@dataclass(frozen=True)
+class RunError:
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The validated fields of ``manifest.json``; ``document`` keeps all of it."""
+
+    run_id: str
+    status: str
+    error: RunError | None
+    started_utc: str
+    ended_utc: str | None
+    targets: tuple[Any, ...]
+    config: Mapping[str, Any]
+    probes: Mapping[str, Any]
+    document: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+    manifest: Manifest
+
+    def probe_file(self, probe: str) -> Path | None:
+        """The raw file the manifest names for ``probe``, or None if the run has no such probe."""
+        entry = self.manifest.probes.get(probe)
+        if entry is None:
+            return None
+        where = f"run folder {self.path} (manifest.json probes.{probe}.file)"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            raise RunFormatError(f"{where} is missing or not a string")
+        relative = Path(entry["file"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise RunFormatError(f"{where} must be a path inside the run folder, got {relative}")
+        return self.path / relative
+
+
+_JSON_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", type(None): "null"}
+
+
+def _require(doc: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in doc:
+        raise RunFormatError(f"{where} lacks the key {key!r}")
+    value = doc[key]
+    if not isinstance(value, types):
+        wanted = " or ".join(
+            _JSON_TYPE_NAMES.get(t, t.__name__)
+            for t in (types if isinstance(types, tuple) else (types,))
+        )
+        raise RunFormatError(f"{where} key {key!r} has {value!r}; expected {wanted}")
+    return value
+
+
+def _check_utc(value: str | None, key: str, where: str) -> None:
+    if value is None:
+        return
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        raise RunFormatError(f"{where} key {key!r} is not an ISO 8601 time: {value!r}") from None
+    if stamp.utcoffset() is None:
+        raise RunFormatError(f"{where} key {key!r} has no UTC offset: {value!r}")
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunFolder:
+    """Read and validate ``run_dir/manifest.json``."""
+    path = Path(run_dir)
+    manifest_path = path / "manifest.json"
+    where = f"run folder {path} (manifest.json)"
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunFormatError(f"{path} is not a run folder: it has no manifest.json") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunFormatError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RunFormatError(f"{where} is not a JSON object")
+    # The version first: any other check would judge a newer file by old rules.
+    if "schema_version" not in doc:
+        raise RunFormatError(f"{where} has no schema_version")
+    check_schema_version(doc["schema_version"], supported=MANIFEST_SCHEMA_VERSION, what=where)
+
+    if doc.get("kind", "run") != "run":
+        raise RunFormatError(f"{where} has kind {doc['kind']!r}; expected 'run'")
+    run_id = _require(doc, "run_id", str, where)
+    status = _require(doc, "status", str, where)
+    if status not in RUN_STATUSES:
+        raise RunFormatError(
+            f"{where} has status {status!r}; expected one of {sorted(RUN_STATUSES)}"
+        )
+    error_doc = _require(doc, "error", (dict, type(None)), where)
+    error = None
+    if error_doc is not None:
+        error = RunError(
+            type=_require(error_doc, "type", str, f"{where} error"),
+            message=_require(error_doc, "message", str, f"{where} error"),
+        )
+    started = _require(doc, "started_utc", str, where)
+    ended = _require(doc, "ended_utc", (str, type(None)), where)
+    _check_utc(started, "started_utc", where)
+    _check_utc(ended, "ended_utc", where)
+    return RunFolder(
+        path=path,
+        manifest=Manifest(
+            run_id=run_id,
+            status=status,
+            error=error,
+            started_utc=started,
+            ended_utc=ended,
+            targets=tuple(_require(doc, "targets", list, where)),
+            config=_require(doc, "config", dict, where),
+            probes=_require(doc, "probes", dict, where),
+            document=doc,
+        ),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class IcmpRecords:
+    """The rows of one ``raw/icmp.csv``.
+
+    ``frame`` has the requested columns with the dtypes above (``send_*_ns``
+    are int64 when no value is missing, else nullable Int64); ``outcome`` is a
+    categorical with the fixed categories ``ICMP_OUTCOME_DTYPE``. Row order is
+    file order (the order attempts resolved, not send order).
+    ``dropped_partial_last_line`` is true when the file did not end with a
+    newline, i.e. the writer stopped mid-row (a crash); that row was dropped.
+    """
+
+    path: Path
+    header: Mapping[str, Any]
+    frame: pd.DataFrame
+    dropped_partial_last_line: bool
+
+    @property
+    def interval_s(self) -> float | None:
+        """The requested probe interval from the file header, in seconds."""
+        return _positive_number(self.header.get("interval_s"))
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The targets the file header names (those with no row at all included)."""
+        targets = self.header.get("targets")
+        if isinstance(targets, list):
+            return tuple(t for t in targets if isinstance(t, str))
+        return ()
+
+
+def _positive_number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+@dataclass(frozen=True)
+class _CsvLayout:
+    header: dict[str, Any]
+    columns: list[str]
+    data_start: int  # byte offset of the first record row
+    data_end: int  # byte offset after the last complete row
+    partial_last_line: bool  # the file does not end with a newline
+
+
+def _read_head(path: Path) -> _CsvLayout:
+    """The JSON header, the column names and where the complete record rows lie."""
+    with open(path, "rb") as raw:
+        first = raw.readline()
+        second = raw.readline()
+        data_start = raw.tell()
+        partial_from = _partial_last_line_offset(raw)
+        size = raw.seek(0, os.SEEK_END)
+    where = f"raw file {path}"
+    line = first.decode("utf-8", errors="replace").rstrip("\r\n")
+    if not line.startswith("# "):
+        raise RunFormatError(f"{where} does not start with a '# {{...}}' header line")
+    try:
+        header = json.loads(line[2:])
+    except json.JSONDecodeError as exc:
+        raise RunFormatError(f"{where} header line is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise RunFormatError(f"{where} header line is not a JSON object")
+    if "schema_version" not in header:
+        raise RunFormatError(f"{where} header has no schema_version")
+    check_schema_version(header["schema_version"], supported=RAW_SCHEMA_VERSION, what=where)
+    if not second.endswith(b"\n"):
+        raise RunFormatError(f"{where} has no complete column-name line (line 2)")
+    return _CsvLayout(
+        header=header,
+        columns=second.decode("utf-8", errors="replace").rstrip("\r\n").split(","),
+        data_start=data_start,
+        data_end=size if partial_from is None else max(partial_from, data_start),
+        partial_last_line=partial_from is not None,
+    )
+
+
+def _partial_last_line_offset(raw: io.BufferedReader) -> int | None:
+    """None when the file ends with a newline, else the offset just after the last one."""
+    size = raw.seek(0, os.SEEK_END)
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        raw.seek(start)
+        chunk = raw.read(end - start)
+        if end == size and chunk.endswith(b"\n"):
+            return None
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+class _FileRange(io.RawIOBase):
+    """Bytes ``start`` to ``end`` of a file: one slice of rows for one parser."""
+
+    def __init__(self, path: Path, start: int, end: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: self._left]
+        count = self._file.readinto(view)
+        self._left -= count
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+# Parsing in parallel: pandas' C tokenizer and number conversion release the
+# GIL, so slices of the file parsed in threads scale with the cores (3.6 M rows:
+# ~1.3 s with one thread, ~0.75 s with two). Slices are cut at line ends, which
+# is only safe when no field is quoted (a quoted field may hold a newline): a
+# file with any '"' is parsed by one thread.
+_PARALLEL_MIN_SLICE_BYTES = 32 << 20
+_PARALLEL_MAX_THREADS = 4
+
+
+def _available_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(cores, _PARALLEL_MAX_THREADS)
+
+
+def _row_slices(path: Path, layout: _CsvLayout) -> list[tuple[int, int]]:
+    """Byte ranges of whole rows, one per parser thread."""
+    start, end = layout.data_start, layout.data_end
+    count = min(_available_threads(), (end - start) // _PARALLEL_MIN_SLICE_BYTES)
+    if count < 2:
+        return [(start, end)]
+    with open(path, "rb") as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data.find(b'"', start, end) >= 0:
+            return [(start, end)]
+        cuts = [start]
+        for i in range(1, count):
+            newline = data.find(b"\n", start + (end - start) * i // count, end)
+            if newline < 0 or newline + 1 >= end:
+                break
+            cuts.append(newline + 1)
+    cuts.append(end)
+    return list(itertools.pairwise(sorted(set(cuts))))
+
+
+def _read_slice(
+    path: Path, start: int, end: int, usecols: list[str], dtype: Mapping[str, Any]
+) -> pd.DataFrame:
+    with io.BufferedReader(_FileRange(path, start, end), buffer_size=1 << 20) as source:
+        return pd.read_csv(
+            source,
+            engine="c",
+            header=None,
+            names=list(ICMP_COLUMNS),
+            usecols=usecols,
+            dtype=dict(dtype),
+            keep_default_na=False,
+            na_values=[""],
+            encoding="utf-8",
+        )
+
+
+def _concat_slices(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if len(parts) == 1:
+        return parts[0]
+    for name in parts[0].columns:
+        if isinstance(parts[0][name].dtype, pd.CategoricalDtype):
+            # Each slice has its own categories: put all on their union first,
+            # so that concat keeps the column categorical.
+            union = pd.unique(
+                np.concatenate([part[name].cat.categories.to_numpy(object) for part in parts])
+            )
+            # Sorted, as pandas orders the categories it infers from one parser.
+            dtype = pd.CategoricalDtype(pd.Index(union).astype(str).sort_values())
+            for part in parts:
+                if part[name].dtype != dtype:
+                    part[name] = part[name].astype(dtype)
+    # Block-wise: one copy of each column, the exact values of nullable columns.
+    return pd.concat(parts, ignore_index=True)
+
+
+def _parse_slices(
+    path: Path, slices: list[tuple[int, int]], usecols: list[str], dtype: Mapping[str, Any]
+) -> list[pd.DataFrame]:
+    if len(slices) == 1:
+        return [_read_slice(path, slices[0][0], slices[0][1], usecols, dtype)]
+    with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+        return list(pool.map(lambda s: _read_slice(path, s[0], s[1], usecols, dtype), slices))
+
+
+def _read_columns(
+    path: Path, slices: list[tuple[int, int]], usecols: list[str], dtype: Mapping[str, Any]
+) -> pd.DataFrame:
+    parts = _parse_slices(path, slices, usecols, dtype)
+    for column in _NAME_COLUMNS:
+        if column in usecols and any(
+            part[column].cat.categories.dtype.kind not in "OUT" for part in parts
+        ):
+            # Values that all looked like numbers: read that column again as text.
+            texts = _parse_slices(path, slices, [column], {column: "str"})
+            for part, text in zip(parts, texts, strict=True):
+                part[column] = text[column].astype("category")
+    return _concat_slices(parts)
+
+
+def read_icmp_csv(
+    path: str | os.PathLike[str], *, columns: Sequence[str] = ICMP_ANALYSIS_COLUMNS
+) -> IcmpRecords:
+    """Read a raw ICMP record file (format v1) with the C parser and explicit dtypes.
+
+    ``columns`` selects what to keep (default: what the analysis needs; pass
+    ``ICMP_COLUMNS`` for all). The header's schema version, probe name and the
+    full column list are always checked. A partial last line (the writer
+    stopped mid-row) is left out and reported in ``dropped_partial_last_line``.
+    Large files are parsed in slices by up to 4 threads.
+    """
+    path = Path(path)
+    where = f"raw file {path}"
+    layout = _read_head(path)
+    header = layout.header
+    if header.get("probe") != "icmp" or header.get("format") != "csv":
+        raise RunFormatError(
+            f"{where} has probe={header.get('probe')!r}, format={header.get('format')!r}; "
+            "expected an icmp csv file"
+        )
+    if layout.columns != list(ICMP_COLUMNS):
+        missing = [c for c in ICMP_COLUMNS if c not in layout.columns]
+        extra = [c for c in layout.columns if c not in ICMP_COLUMNS]
+        raise RunFormatError(
+            f"{where} has columns {layout.columns}; schema_version 1 has exactly "
+            f"{list(ICMP_COLUMNS)} in that order (missing: {missing}, unexpected: {extra})"
+        )
+    unknown = [c for c in columns if c not in ICMP_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown icmp columns requested: {unknown}")
+    usecols = list(dict.fromkeys(columns))
+    slices = _row_slices(path, layout)
+    try:
+        dtypes = {c: _ICMP_DTYPES[c] for c in usecols}
+        complete = dtypes | {c: "int64" for c in _SEND_COLUMNS if c in dtypes}
+        try:
+            frame = _read_columns(path, slices, usecols, complete)
+        except ValueError:
+            # A send stamp is missing (or the file is broken: then this raises too).
+            frame = _read_columns(path, slices, usecols, dtypes)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise RunFormatError(f"{where} cannot be parsed as icmp records: {exc}") from None
+    frame = frame[usecols]
+    if "target" in frame and frame["target"].isna().any():
+        count = int(frame["target"].isna().sum())
+        raise RunFormatError(f"{where} has {count} rows without a target")
+    if "outcome" in frame:
+        outcome = frame["outcome"]
+        known = set(ICMP_OUTCOME_DTYPE.categories)
+        bad = [str(c) for c in outcome.cat.categories if str(c) not in known]
+        if outcome.isna().any():
+            bad.append("(empty)")
+        if bad:
+            raise RunFormatError(
+                f"{where} has outcomes {bad}; schema_version 1 knows {sorted(known)}"
+            )
+        frame["outcome"] = outcome.cat.set_categories(list(ICMP_OUTCOME_DTYPE.categories))
+    return IcmpRecords(
+        path=path, header=header, frame=frame, dropped_partial_last_line=layout.partial_last_line
+    )
+
+
+def load_icmp(
+    run: RunFolder, *, columns: Sequence[str] = ICMP_ANALYSIS_COLUMNS
+) -> IcmpRecords | None:
+    """The run's ICMP records, or None if its manifest lists no ICMP probe."""
+    path = run.probe_file("icmp")
+    if path is None:
+        return None
+    if not path.is_file():
+        raise RunFormatError(
+            f"run folder {run.path}: the manifest names {path.relative_to(run.path)} "
+            "for the icmp probe, but there is no such file"
+        )
+    return read_icmp_csv(path, columns=columns)
+
+
+def requested_icmp_interval_s(run: RunFolder, records: IcmpRecords | None) -> float | None:
+    """The requested ICMP interval in seconds: the raw header's, else the manifest config's."""
+    if records is not None and records.interval_s is not None:
+        return records.interval_s
+    icmp_config = run.manifest.config.get("icmp")
+    if isinstance(icmp_config, Mapping):
+        return _positive_number(icmp_config.get("interval_s"))
+    return None
