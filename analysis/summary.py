@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from analysis.hyperv import hyperv_summary, load_ground_truth, truth_summary
 from analysis.icmp import (
     BlackoutWindow,
     IcmpAnalysis,
@@ -146,6 +147,7 @@ def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run = load_run(run_dir)
     warnings: list[str] = []
     icmp = _analyse_run_icmp(run, warnings)
+    truth = load_ground_truth(run)
     error = run.manifest.error
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
@@ -159,6 +161,8 @@ def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "blackout": (
             None if icmp is None or icmp.blackout is None else blackout_to_json(icmp.blackout)
         ),
+        "hyperv": hyperv_summary(run),
+        "ground_truth": None if truth is None else truth_summary(truth),
     }
 
 

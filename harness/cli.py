@@ -4,6 +4,8 @@ functions; all work happens in ``harness.commands``."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -13,16 +15,12 @@ import click
 from . import __version__, exitcodes
 
 
-class UsageError(click.UsageError):
-    exit_code = exitcodes.USAGE
-
-
 def _fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
     click.echo(f"measure: error: {message}", err=True)
     sys.exit(code)
 
 
-def _parse_target(
+def _parse_targets(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> list[str]:
     targets = []
@@ -36,7 +34,11 @@ def _parse_target(
     return targets
 
 
-def _parse_interval(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+def _parse_interval(
+    _ctx: click.Context, _param: click.Parameter, value: float | None
+) -> float | None:
+    if value is None:
+        return None
     if value < 1.0:
         raise click.BadParameter(f"{value} ms is below the 1 ms minimum")
     if value > 60_000:
@@ -44,32 +46,71 @@ def _parse_interval(_ctx: click.Context, _param: click.Parameter, value: float) 
     return value
 
 
-class _ProgressLine:
-    """One line on stderr, rewritten in place on a terminal, every 5 s otherwise."""
+class _Terminal:
+    """Progress on stderr: rewritten in place on a terminal, sparse otherwise."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
+        self.last_line = ""
         self.last_printed = -1e9
+        self.last_phase: str | None = None
 
-    def __call__(self, progress: Any) -> None:
-        if not self.tty and progress.elapsed_s - self.last_printed < 5.0:
-            return
-        self.last_printed = progress.elapsed_s
-        parts = []
-        for target, stats in progress.targets.items():
-            parts.append(
-                f"{target}: {stats.replies}/{stats.sent} replies, "
-                f"loss streak {stats.current_loss_streak} (longest {stats.longest_loss_streak})"
-            )
-        line = f"{progress.elapsed_s:7.1f} s  " + "; ".join(parts)
+    def line(self, text: str, elapsed_s: float, *, force: bool = False) -> None:
         if self.tty:
-            click.echo("\r\x1b[2K" + line, err=True, nl=False)
-        else:
-            click.echo(line, err=True)
+            click.echo("\r\x1b[2K" + text, err=True, nl=False)
+            self.last_line = text
+        elif force or elapsed_s - self.last_printed >= 5.0:
+            click.echo(text, err=True)
+            self.last_printed = elapsed_s
 
     def close(self) -> None:
-        if self.tty:
+        if self.tty and self.last_line:
             click.echo("", err=True)
+            self.last_line = ""
+
+    @staticmethod
+    def icmp_text(targets: Any) -> str:
+        return "; ".join(
+            f"{target}: {s.replies}/{s.sent} replies, loss streak {s.current_loss_streak} "
+            f"(longest {s.longest_loss_streak})"
+            for target, s in targets.items()
+        )
+
+    def watch_progress(self, progress: Any) -> None:
+        self.line(
+            f"{progress.elapsed_s:7.1f} s  {self.icmp_text(progress.targets)}",
+            progress.elapsed_s,
+        )
+
+    def run_progress(self, progress: Any) -> None:
+        phase = str(progress.phase)
+        if phase != self.last_phase:
+            self.close()
+            self.last_phase = phase
+            text = f"[{progress.elapsed_s:6.1f} s] {phase}"
+            if progress.message:
+                text += f": {progress.message}"
+            click.echo(text, err=True)
+            return
+        parts = [f"[{progress.elapsed_s:6.1f} s] {phase}"]
+        if progress.percent is not None:
+            parts.append(f"{progress.percent:3d}%")
+        if progress.states:
+            parts.append(", ".join(f"{h}: {s}" for h, s in progress.states.items()))
+        if progress.icmp:
+            parts.append(self.icmp_text(progress.icmp))
+        self.line("  ".join(parts), progress.elapsed_s)
+
+
+def _print_summary(summary: dict[str, Any] | None, as_json: bool) -> None:
+    from analysis.render import format_summary_table
+
+    if summary is None:
+        return
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(format_summary_table(summary))
 
 
 @click.group(epilog=exitcodes.EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,13 +119,183 @@ def main() -> None:
     """Measure how long a VM is unreachable while it is live-migrated."""
 
 
+# -- measure run -------------------------------------------------------------
+
+
+@main.command(epilog=exitcodes.EPILOG)
+@click.option("--vm", default=None, help="VM to migrate [default: from the config, HVSW10Home].")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration [default: ./measure.toml if present].",
+)
+@click.option("--lab", is_flag=True, help="Measure the emulated lab, whatever is configured.")
+@click.option(
+    "--lab-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="lab.toml for a lab started for this run (timing, faults).",
+)
+@click.option("--seed", type=int, default=None, help="Seed of a lab started for this run.")
+@click.option("--source", default=None, help="Host that holds the VM [default: found].")
+@click.option("--dest", "destination", default=None, help="Destination host [default: the other].")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    callback=_parse_targets,
+    help="Guest address to ping; repeat for several [default: from the config].",
+)
+@click.option(
+    "--interval-ms",
+    type=float,
+    default=None,
+    callback=_parse_interval,
+    help="ICMP probe interval [default: 10].",
+)
+@click.option(
+    "--poll-ms",
+    type=click.FloatRange(min=10),
+    default=None,
+    help="Host-state poll interval per host [default: 100].",
+)
+@click.option(
+    "--include-storage",
+    is_flag=True,
+    default=None,
+    help="Move-VM -IncludeStorage (shared-nothing migration).",
+)
+@click.option("--destination-storage-path", default=None, help="Move-VM -DestinationStoragePath.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds Move-VM may take before it is stopped [default: 600].",
+)
+@click.option(
+    "--settle",
+    "settle_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to keep probing after Move-VM returns [default: 10].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Parent folder of the run folder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary document as JSON.")
+def run(
+    vm: str | None,
+    config_path: Path | None,
+    lab: bool,
+    lab_config: Path | None,
+    seed: int | None,
+    source: str | None,
+    destination: str | None,
+    targets: list[str],
+    interval_ms: float | None,
+    poll_ms: float | None,
+    include_storage: bool | None,
+    destination_storage_path: str | None,
+    timeout_s: float | None,
+    settle_s: float | None,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Live-migrate the VM with Move-VM on its source host and measure the blackout.
+
+    With no hosts configured (or --lab), the emulated lab is measured: the one
+    started by `measure lab up`, or one started for this run. Passwords come
+    from the environment variable each host names (password_env, default
+    MEASURE_PASSWORD), or a prompt on a terminal; never from the command line.
+    """
+    from .commands import lab as lab_command
+    from .commands import run as run_command
+    from .config import ConfigError, apply_overrides, load_config, password_from_env
+
+    try:
+        config = load_config(config_path)
+        config = apply_overrides(
+            config,
+            vm=vm,
+            source=source,
+            destination=destination,
+            guest_addresses=targets or None,
+            icmp_interval_s=None if interval_ms is None else interval_ms / 1000,
+            host_poll_interval_s=None if poll_ms is None else poll_ms / 1000,
+            include_storage=include_storage,
+            destination_storage_path=destination_storage_path,
+            timeout_s=timeout_s,
+            settle_s=settle_s,
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
+    use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
+    terminal = _Terminal()
+    kwargs: dict[str, Any] = {"out": out, "command": sys.argv, "progress": terminal.run_progress}
+    try:
+        if use_lab:
+            with lab_command.lab_for_run(config=lab_config, seed=seed) as state:
+                lab_run_config, lab_passwords = lab_command.run_config_for_lab(config, state, vm=vm)
+                result = run_command.run(
+                    config=lab_run_config,
+                    passwords=lab_passwords,
+                    ground_truth=state.ground_truth,
+                    extra_manifest={
+                        "lab": {"state_file": str(state.path), "seed": state.document.get("seed")}
+                    },
+                    **kwargs,
+                )
+        else:
+            passwords: dict[str, str | None] = {}
+            for host in config.hosts:
+                password = password_from_env(host)
+                if password is None and sys.stdin.isatty():
+                    password = click.prompt(
+                        f"Password for {host.username or 'the current user'} on {host.name}",
+                        hide_input=True,
+                        err=True,
+                    )
+                if password is None and host.auth not in ("kerberos",):
+                    _fail(
+                        f"{host.name}: no password: set the environment variable "
+                        f"{host.password_env}"
+                    )
+                passwords[host.name] = password
+            result = run_command.run(config=config, passwords=passwords, **kwargs)
+    except lab_command.LabError as exc:
+        terminal.close()
+        _fail(str(exc))
+    except run_command.PreflightError as exc:
+        terminal.close()
+        _fail(str(exc), exitcodes.PREFLIGHT)
+    except PermissionError as exc:
+        terminal.close()
+        _fail(str(exc))
+    terminal.close()
+    _print_summary(result.summary, as_json)
+    if result.message:
+        click.echo(f"measure: {result.status}: {result.message}", err=True)
+    click.echo(f"run folder: {result.run_dir}", err=True)
+    sys.exit(result.exit_code)
+
+
+# -- measure watch -----------------------------------------------------------
+
+
 @main.command(epilog=exitcodes.EPILOG)
 @click.option(
     "--target",
     "targets",
     multiple=True,
     required=True,
-    callback=_parse_target,
+    callback=_parse_targets,
     help="Guest address to ping (IPv4 or IPv6); repeat for several targets.",
 )
 @click.option(
@@ -124,49 +335,36 @@ def watch(
     as_json: bool,
 ) -> None:
     """Ping the guest while you migrate it by hand, then analyse the blackout."""
-    from .commands import watch as watch_command
-
-    _run_watch(
-        watch_command.run,
-        as_json,
-        targets=targets,
-        interval_s=interval_ms / 1000.0,
-        timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
-        duration_s=duration,
-        out=out,
-        command=sys.argv,
-    )
-
-
-def _run_watch(runner: Any, as_json: bool, **kwargs: Any) -> None:
-    from analysis.render import format_summary_table
     from probes.icmp import IcmpPermissionError
 
+    from .commands import watch as watch_command
     from .runfolder import OutputFolderError, RunStatus
 
-    progress = _ProgressLine()
+    terminal = _Terminal()
     try:
-        result = runner(progress=progress, **kwargs)
+        result = watch_command.run(
+            targets=targets,
+            interval_s=interval_ms / 1000.0,
+            timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
+            duration_s=duration,
+            out=out,
+            command=sys.argv,
+            progress=terminal.watch_progress,
+        )
     except (OutputFolderError, IcmpPermissionError) as exc:
-        progress.close()
+        terminal.close()
         _fail(str(exc))
-    except Exception as exc:
-        progress.close()
-        _fail(f"{type(exc).__name__}: {exc}", exitcodes.MIGRATION_FAILED)
-    progress.close()
-    _print_summary(result.summary, as_json, format_summary_table)
+    except ValueError as exc:
+        terminal.close()
+        _fail(str(exc))
+    terminal.close()
+    _print_summary(result.summary, as_json)
     click.echo(f"run folder: {result.run_dir}", err=True)
     if result.status is RunStatus.ABORTED:
         sys.exit(exitcodes.INTERRUPTED)
 
 
-def _print_summary(summary: dict[str, Any], as_json: bool, formatter: Any) -> None:
-    import json
-
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(formatter(summary))
+# -- measure analyze ----------------------------------------------------------
 
 
 @main.command(epilog=exitcodes.EPILOG)
@@ -176,7 +374,6 @@ def _print_summary(summary: dict[str, Any], as_json: bool, formatter: Any) -> No
 )
 def analyze(run_dir: Path, as_json: bool) -> None:
     """(Re)build RUN_DIR/derived/ from RUN_DIR/raw/ and show the summary."""
-    from analysis.render import format_summary_table
     from analysis.runfolder import RunFormatError
 
     from .commands import analyze as analyze_command
@@ -185,8 +382,80 @@ def analyze(run_dir: Path, as_json: bool) -> None:
         summary = analyze_command.run(run_dir=run_dir)
     except RunFormatError as exc:
         _fail(str(exc))
-    _print_summary(summary, as_json, format_summary_table)
+    _print_summary(summary, as_json)
+
+
+# -- measure lab ---------------------------------------------------------------
+
+
+@main.group()
+def lab() -> None:
+    """The emulated Hyper-V lab: two hosts speaking WinRM/PSRP and a guest in a
+    network namespace (needs root)."""
+
+
+@lab.command("up")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="lab.toml (timing, hosts, faults).",
+)
+@click.option("--seed", type=int, default=None, help="Seed for the random durations.")
+def lab_up(config_path: Path | None, seed: int | None) -> None:
+    """Start the lab in the background and print its endpoints."""
+    from .commands import lab as lab_command
+
+    try:
+        state, started = lab_command.up(config=config_path, seed=seed)
+    except (lab_command.LabError, PermissionError) as exc:
+        _fail(str(exc))
+    public = state.public()
+    click.echo("lab started" if started else "lab already running", err=True)
+    for host in public["hosts"]:
+        click.echo(
+            f"host  {host['name']:18} {host['url']}  auth {'/'.join(host['auth'])}  "
+            f"user {host['username']}"
+        )
+    click.echo(f"guest {public['guest']['name']:18} {public['guest']['address']}")
+    click.echo(f"credentials: `measure lab status --json` (state file {public['state_file']})")
+    click.echo(f"ground truth: {public['ground_truth']}")
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with credentials.")
+def lab_status(as_json: bool) -> None:
+    """Show whether the lab runs, its endpoints and its ground-truth file."""
+    from .commands import lab as lab_command
+
+    try:
+        status = lab_command.status()
+    except lab_command.LabError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    if not status["running"]:
+        click.echo("lab: not running")
+        sys.exit(1)
+    for host in status["hosts"]:
+        click.echo(f"host  {host['name']:18} {host['url']}")
+    click.echo(f"guest {status['guest']['name']:18} {status['guest']['address']}")
+    click.echo(f"ground truth: {status['ground_truth']}")
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Stop the lab and remove its namespaces and processes (idempotent)."""
+    from .commands import lab as lab_command
+
+    removed = lab_command.down()
+    click.echo("lab: stopped" if removed else "lab: nothing was running", err=True)
+    for item in removed:
+        click.echo(f"  removed {item}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -173,7 +173,8 @@ def _wsman(host: HostConfig, password: str | None, read_timeout_s: float) -> WSM
         auth=host.auth,
         username=host.username,
         password=password,
-        cert_validation=host.cert_validation,
+        # pypsrp also takes a CA bundle path here, though it is typed bool.
+        cert_validation=host.cert_validation,  # type: ignore[arg-type]
         encryption=encryption,
         connection_timeout=max(1, int(min(read_timeout_s, 10))),
         read_timeout=max(2, int(read_timeout_s)),

@@ -66,8 +66,9 @@ class CsvSink:
         self.rows_written += 1
 
     def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
-        for row in rows:
-            self.write_row(row)
+        batch = rows if isinstance(rows, list) else list(rows)
+        self._writer.writerows(batch)
+        self.rows_written += len(batch)
 
     def flush(self) -> None:
         if not self._file.closed:

@@ -13,6 +13,9 @@ import pytest
 
 IS_ROOT = os.geteuid() == 0
 
+# Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py).
+pytest_plugins = ["fixtures_netns"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IS_ROOT:

@@ -20,9 +20,7 @@ from typing import Any
 
 from analysis.summary import write_summary
 from probes.clock import clock_pair
-from probes.icmp import COLUMNS as ICMP_COLUMNS
-from probes.icmp import IcmpProbe, TargetStats
-from probes.sink import CsvSink
+from probes.icmp import IcmpProbe, IcmpTargetStats
 
 from ..runfolder import RunFolder, RunStatus, create_run_folder
 
@@ -36,7 +34,7 @@ class WatchProgress:
     """What a progress line shows; handed to the caller's callback."""
 
     elapsed_s: float
-    targets: Mapping[str, TargetStats]
+    targets: Mapping[str, IcmpTargetStats]
 
 
 @dataclass(frozen=True)
@@ -94,27 +92,25 @@ async def watch_async(
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
     try:
-        probe_kwargs: dict[str, Any] = {"targets": list(targets), "interval_s": interval_s}
-        if timeout_s is not None:
-            probe_kwargs["timeout_s"] = timeout_s
-        sink = CsvSink(
+        probe = IcmpProbe.create(
             run.raw / "icmp.csv",
-            probe="icmp",
-            columns=ICMP_COLUMNS,
-            meta={"interval_s": interval_s, "targets": list(targets)},
+            targets=list(targets),
+            interval_s=interval_s,
+            timeout_s=timeout_s,
+            privileged=privileged,
         )
         try:
-            probe = IcmpProbe(sink=sink, privileged=privileged, **probe_kwargs)
-            run.register_probe("icmp", "raw/icmp.csv", format="csv")
+            run.manifest["config"]["icmp"].update(
+                timeout_s=probe.timeout_s, privileged=probe.privileged
+            )
+            run.register_probe("icmp", "raw/icmp.csv", format="csv", **probe.meta)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(probe.run(stop))
                 tasks.create_task(
                     _supervise(tasks, probe, stop, duration_s, progress, on_ready, run)
                 )
-            run.manifest["config"]["icmp"]["timeout_s"] = probe.timeout_s
-            run.manifest["config"]["icmp"]["privileged"] = probe.privileged
         finally:
-            sink.close()
+            probe.sink.close()
         status = RunStatus.ABORTED if interrupted.is_set() else RunStatus.COMPLETED
     except BaseException as exc:
         error = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc

@@ -1,0 +1,720 @@
+"""``measure run``: live-migrate a VM with Move-VM and measure its blackout.
+
+The phases, each announced to the caller's progress callback and written to
+``raw/events.jsonl``:
+
+1. **preflight**: open one RunspacePool per host (reachable, authenticated),
+   find which host holds the VM (or check ``--source``), check that it runs,
+   that the destination is another host, and that the guest answers pings.
+   Any failure is a :class:`PreflightError` (exit code 3) naming the host.
+2. **clock**: ``Get-Date`` round trips per host (``raw/clock.jsonl``).
+3. **probes**: ICMP to the guest and one state poller per host, all owned
+   by one TaskGroup; the migration starts only when every probe is ready.
+4. **migrating**: ``Move-VM`` on the source host, on a connection of its own,
+   bounded by ``migration.timeout_s``; Ctrl-C or the timeout stops the
+   pipeline.
+5. **settling**: probes go on for ``settle_s`` after Move-VM returns, and
+   until the guest has answered for ``settle_quiet_s``.
+6. **harvest**: clocks again, then Hyper-V's own migration events from both
+   hosts (``raw/hyperv_events.jsonl``); with the lab, its ground truth.
+
+The run folder is finalised in every case; then it is analysed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from analysis.summary import write_summary
+from probes.clock import clock_pair, utc_iso
+from probes.host_state import HostObservation, HostStatePoller
+from probes.icmp import IcmpProbe, IcmpTargetStats
+from probes.sink import CsvSink, JsonlSink
+
+from .. import exitcodes
+from ..clocksync import ClockOffset, drift_ppm, sample_clock
+from ..config import RunConfig
+from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall
+from ..runfolder import RunFolder, RunStatus, create_run_folder
+
+# Hyper-V's own migration events, harvested after the run.
+HARVESTED_EVENTS = (
+    ("Microsoft-Windows-Hyper-V-VMMS-Admin", (20415, 20417, 20418)),
+    ("Microsoft-Windows-Hyper-V-Worker-Admin", (22507, 22508, 22509)),
+)
+PROBES_READY_DEADLINE_S = 15.0
+PREFLIGHT_PING_COUNT = 5
+CLOCK_SAMPLES = 7
+SETTLE_QUIET_LIMIT_S = 60.0  # the settle window ends at the latest this long after settle_s
+
+
+class Phase(StrEnum):
+    PREFLIGHT = "preflight"
+    CLOCK = "clock"
+    PROBES = "probes"
+    MIGRATING = "migrating"
+    SETTLING = "settling"
+    HARVEST = "harvest"
+    ANALYSIS = "analysis"
+    DONE = "done"
+
+
+class PreflightError(Exception):
+    """A check before the migration failed; nothing was migrated."""
+
+
+class ProbesNotReadyError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    phase: Phase
+    elapsed_s: float
+    message: str | None = None
+    percent: int | None = None
+    states: Mapping[str, str] = field(default_factory=dict)  # host -> state or "unlisted"
+    icmp: Mapping[str, IcmpTargetStats] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    status: RunStatus
+    exit_code: int
+    message: str | None
+    summary: dict[str, Any] | None
+    source: str | None = None
+    destination: str | None = None
+
+
+@dataclass(frozen=True)
+class MigrationOutcome:
+    """How the Move-VM call ended."""
+
+    kind: str  # "returned", "failed", "timeout", "interrupted"
+    message: str | None = None
+
+
+ProgressCallback = Callable[[RunProgress], None]
+
+
+class _Recorder:
+    """``raw/events.jsonl``: the harness's own events, each with both clocks."""
+
+    def __init__(self, sink: JsonlSink) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        now = clock_pair()
+        with self._lock:
+            self._sink.write(
+                {
+                    "event": event,
+                    "mono_ns": now.mono_ns,
+                    "utc_ns": now.utc_ns,
+                    "utc": utc_iso(now.utc_ns),
+                    **fields,
+                }
+            )
+
+
+@dataclass
+class _Context:
+    config: RunConfig
+    run: RunFolder
+    record: _Recorder
+    progress: ProgressCallback | None
+    start_mono_ns: int
+    passwords: Mapping[str, str | None] = field(default_factory=dict)
+    sessions: dict[str, HostSession] = field(default_factory=dict)
+    pollers: dict[str, HostStatePoller] = field(default_factory=dict)
+    icmp: IcmpProbe | None = None
+    phase: Phase = Phase.PREFLIGHT
+
+    def announce(self, phase: Phase, message: str | None = None) -> None:
+        self.phase = phase
+        self.record("phase", phase=str(phase), message=message)
+        self.tick(message)
+
+    def tick(self, message: str | None = None) -> None:
+        if self.progress is None:
+            return
+        states: dict[str, str] = {}
+        percent = None
+        for name, poller in self.pollers.items():
+            last = poller.last
+            if last is not None:
+                states[name] = (last.state or "?") if last.listed else "unlisted"
+                if last.percent_complete is not None:
+                    percent = last.percent_complete
+        self.progress(
+            RunProgress(
+                phase=self.phase,
+                elapsed_s=(time.monotonic_ns() - self.start_mono_ns) / 1e9,
+                message=message,
+                percent=percent,
+                states=states,
+                icmp={} if self.icmp is None else self.icmp.stats(),
+            )
+        )
+
+
+async def measure_run(
+    *,
+    config: RunConfig,
+    passwords: Mapping[str, str | None],
+    out: Path,
+    command: Sequence[str],
+    progress: ProgressCallback | None = None,
+    ground_truth: Path | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> RunResult:
+    """Run one migration with every probe; always returns a finalised run folder.
+
+    ``passwords`` maps host names to passwords (never written anywhere).
+    ``ground_truth``: the emulated lab's ground-truth file, copied (the part
+    written during this run) into ``raw/ground_truth.jsonl``.
+    """
+    if len(config.hosts) < 2:
+        raise PreflightError("two Hyper-V hosts are needed (source and destination)")
+    if not config.guest_addresses:
+        raise PreflightError("no guest address is configured: set [guest] addresses or --target")
+    run = create_run_folder(
+        out,
+        kind="run",
+        command=command,
+        config=config.describe(),
+        targets=list(config.guest_addresses),
+    )
+    if extra_manifest:
+        run.manifest.update(extra_manifest)
+        run.save()
+    events = JsonlSink(run.raw / "events.jsonl", probe="harness")
+    run.register_probe("harness", "raw/events.jsonl", format="jsonl")
+    ctx = _Context(
+        config=config,
+        run=run,
+        record=_Recorder(events),
+        progress=progress,
+        start_mono_ns=time.monotonic_ns(),
+        passwords=passwords,
+    )
+    status, exit_code, message = RunStatus.FAILED, exitcodes.MIGRATION_FAILED, None
+    error: BaseException | str | None = None
+    source = destination = None
+    interrupted = threading.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, interrupted.set)
+            installed.append(sig)
+    try:
+        ctx.announce(Phase.PREFLIGHT)
+        await _open_sessions(ctx)
+        source, destination = await _locate_vm(ctx)
+        await _check_guest_answers(ctx)
+        ctx.announce(Phase.CLOCK, "aligning clocks")
+        clock_sink = JsonlSink(run.raw / "clock.jsonl", probe="clock")
+        run.register_probe("clock", "raw/clock.jsonl", format="jsonl")
+        try:
+            before = await _align_clocks(ctx, clock_sink, "before")
+            outcome = await _probe_and_migrate(ctx, source, destination, interrupted)
+            ctx.announce(Phase.HARVEST, "aligning clocks and collecting Hyper-V's events")
+            after = await _align_clocks(ctx, clock_sink, "after", tolerate_failures=True)
+        finally:
+            clock_sink.close()
+        _record_clocks(run, before, after)
+        await _harvest(ctx, source, destination)
+        if outcome.kind == "returned":
+            status, exit_code = RunStatus.COMPLETED, exitcodes.OK
+        elif outcome.kind == "interrupted":
+            status, exit_code = RunStatus.ABORTED, exitcodes.INTERRUPTED
+            message = error = "interrupted: Move-VM was stopped"
+        elif outcome.kind == "timeout":
+            status, exit_code = RunStatus.ABORTED, exitcodes.MIGRATION_FAILED
+            message = error = outcome.message
+        else:
+            status, exit_code = RunStatus.FAILED, exitcodes.MIGRATION_FAILED
+            message = error = outcome.message
+    except PreflightError as exc:
+        status, exit_code, message, error = RunStatus.FAILED, exitcodes.PREFLIGHT, str(exc), exc
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        status, exit_code, message, error = (
+            RunStatus.ABORTED,
+            exitcodes.INTERRUPTED,
+            "interrupted",
+            exc,
+        )
+        raise
+    except Exception as exc:
+        status, exit_code, error = RunStatus.FAILED, exitcodes.MIGRATION_FAILED, exc
+        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HostError) else str(exc)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await asyncio.gather(
+            *(asyncio.to_thread(s.close) for s in ctx.sessions.values()), return_exceptions=True
+        )
+        if ground_truth is not None:
+            _copy_ground_truth(ground_truth, run, ctx.start_mono_ns)
+        ctx.record("end", status=str(status), message=message)
+        events.close()
+        run.manifest["hyperv"] = {
+            **run.manifest.get("hyperv", {}),
+            "source": source,
+            "destination": destination,
+        }
+        run.finalize(status, error)
+    summary = None
+    try:
+        summary = json.loads(write_summary(run.path).read_text(encoding="utf-8"))
+    except Exception as exc:  # the run folder stands; analysis can be rebuilt later
+        message = (message + "; " if message else "") + f"analysis failed: {exc}"
+    return RunResult(
+        run_dir=run.path,
+        status=status,
+        exit_code=exit_code,
+        message=message,
+        summary=summary,
+        source=source,
+        destination=destination,
+    )
+
+
+# -- preflight ---------------------------------------------------------------
+
+
+async def _open_sessions(ctx: _Context) -> None:
+    sessions = {
+        host.name: HostSession(host, ctx.passwords.get(host.name), call_timeout_s=20.0)
+        for host in ctx.config.hosts
+    }
+    ctx.sessions.update(sessions)
+    results = await asyncio.gather(
+        *(asyncio.to_thread(s.open) for s in sessions.values()), return_exceptions=True
+    )
+    for host, result in zip(sessions, results, strict=True):
+        if isinstance(result, HostError):
+            ctx.record("preflight", check="connect", host=host, ok=False, error=str(result))
+            raise PreflightError(str(result))
+        if isinstance(result, BaseException):
+            raise result
+        ctx.record("preflight", check="connect", host=host, ok=True)
+
+
+async def _locate_vm(ctx: _Context) -> tuple[str, str]:
+    """Which host holds the VM (found, not assumed), and where it goes."""
+    config, vm = ctx.config, ctx.config.vm
+    names = list(ctx.sessions)
+    results = await asyncio.gather(
+        *(asyncio.to_thread(ctx.sessions[n].get_vm, vm) for n in names), return_exceptions=True
+    )
+    holders = []
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, HostError):
+            raise PreflightError(f"{result} (while looking for VM {vm!r})")
+        if isinstance(result, BaseException):
+            raise result
+        ctx.record(
+            "preflight",
+            check="locate",
+            host=name,
+            listed=result is not None,
+            state=None if result is None else result.state,
+        )
+        if result is not None:
+            holders.append((name, result))
+    if config.source is not None:
+        source = config.host(config.source).name
+        held = dict(holders)
+        if source not in held:
+            where = ", ".join(n for n, _ in holders) or "no configured host"
+            raise PreflightError(
+                f"{source}: does not hold VM {vm!r} (it is on {where}); "
+                f"Move-VM must run on the source host"
+            )
+    elif not holders:
+        raise PreflightError(
+            f"VM {vm!r} was found on no host ({', '.join(names)}): check the VM name and that "
+            f"the account may see it (Hyper-V Administrators)"
+        )
+    elif len(holders) > 1:
+        raise PreflightError(
+            f"VM {vm!r} is listed on {' and '.join(n for n, _ in holders)}; pass --source"
+        )
+    else:
+        source = holders[0][0]
+    vm_status = dict(holders)[source]
+    if vm_status.state != "Running":
+        raise PreflightError(f"{source}: VM {vm!r} is {vm_status.state}, not Running")
+    if config.destination is not None:
+        destination = config.host(config.destination).name
+    else:
+        others = [n for n in names if n != source]
+        destination = others[0]
+    if destination.lower() == source.lower():
+        raise PreflightError(f"{source}: the destination is the source host; pick another host")
+    ctx.record("preflight", check="direction", source=source, destination=destination)
+    return source, destination
+
+
+async def _check_guest_answers(ctx: _Context) -> None:
+    from icmplib import async_multiping
+
+    from probes.icmp import resolve_privileged
+
+    addresses = list(ctx.config.guest_addresses)
+    try:
+        privileged = resolve_privileged(None)
+        hosts = await async_multiping(
+            addresses,
+            count=PREFLIGHT_PING_COUNT,
+            interval=0.05,
+            timeout=1,
+            privileged=privileged,
+        )
+    except Exception as exc:
+        raise PreflightError(f"cannot ping the guest: {exc}") from None
+    for host in hosts:
+        ctx.record(
+            "preflight",
+            check="guest_ping",
+            target=host.address,
+            received=host.packets_received,
+            sent=host.packets_sent,
+        )
+        if not host.is_alive:
+            raise PreflightError(
+                f"guest {host.address} does not answer pings: check the address and that the "
+                f"guest's firewall allows ICMP echo"
+            )
+
+
+# -- clocks ------------------------------------------------------------------
+
+
+async def _align_clocks(
+    ctx: _Context, sink: JsonlSink, phase: str, *, tolerate_failures: bool = False
+) -> dict[str, ClockOffset | None]:
+    names = list(ctx.sessions)
+    results = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                sample_clock,
+                n,
+                ctx.sessions[n].get_date,
+                phase=phase,
+                count=CLOCK_SAMPLES,
+                sink=sink,
+            )
+            for n in names
+        ),
+        return_exceptions=True,
+    )
+    offsets: dict[str, ClockOffset | None] = {}
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, BaseException):
+            ctx.record("clock_failed", host=name, phase=phase, error=str(result))
+            if not tolerate_failures:
+                raise PreflightError(f"{name}: Get-Date failed: {result}")
+            offsets[name] = None
+        else:
+            offsets[name] = result
+    return offsets
+
+
+def _record_clocks(
+    run: RunFolder,
+    before: Mapping[str, ClockOffset | None],
+    after: Mapping[str, ClockOffset | None],
+) -> None:
+    clocks = {}
+    for host in before:
+        b, a = before.get(host), after.get(host)
+        clocks[host] = {
+            "before": None if b is None else b.to_json(),
+            "after": None if a is None else a.to_json(),
+            "drift_ppm": None if a is None or b is None else drift_ppm(b, a),
+        }
+    run.manifest.setdefault("hyperv", {})["clock"] = clocks
+    run.save()
+
+
+# -- probes and the migration ----------------------------------------------
+
+
+def _poll_function(session: HostSession, vm: str) -> Callable[[], HostObservation]:
+    def poll() -> HostObservation:
+        result = session.poll_vm(vm)
+        return HostObservation(
+            listed=result.vm is not None,
+            state=None if result.vm is None else result.vm.state,
+            status=None if result.vm is None else result.vm.status,
+            percent_complete=None if result.job is None else result.job.percent_complete,
+            job_state=None if result.job is None else result.job.job_state,
+            host_time=None if result.host_time is None else result.host_time.isoformat(),
+            errors=result.errors,
+        )
+
+    return poll
+
+
+def _poller_file(host: str) -> str:
+    return f"raw/host_{host}.jsonl"
+
+
+async def _probe_and_migrate(
+    ctx: _Context, source: str, destination: str, interrupted: threading.Event
+) -> MigrationOutcome:
+    config, run = ctx.config, ctx.run
+    ctx.announce(Phase.PROBES, "starting probes")
+    icmp = IcmpProbe.create(
+        run.raw / "icmp.csv",
+        targets=list(config.guest_addresses),
+        interval_s=config.probes.icmp_interval_s,
+        timeout_s=config.probes.icmp_timeout_s,
+    )
+    ctx.icmp = icmp
+    run.register_probe("icmp", "raw/icmp.csv", format="csv", **icmp.meta)
+    sinks: list[CsvSink | JsonlSink] = [icmp.sink]
+    try:
+        for name, session in ctx.sessions.items():
+            role = "source" if name == source else "destination" if name == destination else None
+            sink = JsonlSink(
+                run.raw / f"host_{name}.jsonl",
+                probe="host_state",
+                meta={
+                    "host": name,
+                    "role": role,
+                    "vm": config.vm,
+                    "interval_s": config.probes.host_poll_interval_s,
+                },
+            )
+            sinks.append(sink)
+            ctx.pollers[name] = HostStatePoller(
+                host=name,
+                role=role,
+                poll=_poll_function(session, config.vm),
+                interval_s=config.probes.host_poll_interval_s,
+                sink=sink,
+            )
+            run.register_probe(f"host:{name}", _poller_file(name), format="jsonl", role=role)
+        stop = asyncio.Event()
+        outcome: list[MigrationOutcome] = []
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(icmp.run(stop))
+            for poller in ctx.pollers.values():
+                tasks.create_task(poller.run(stop))
+            tasks.create_task(_drive(ctx, source, destination, stop, interrupted, outcome))
+        return outcome[0]
+    finally:
+        for opened in sinks:
+            opened.close()
+
+
+async def _drive(
+    ctx: _Context,
+    source: str,
+    destination: str,
+    stop: asyncio.Event,
+    interrupted: threading.Event,
+    outcome: list[MigrationOutcome],
+) -> None:
+    """Wait for the probes, migrate, settle, then stop the probes."""
+    try:
+        probes: list[asyncio.Event] = [ctx.icmp.ready] if ctx.icmp else []
+        probes += [p.ready for p in ctx.pollers.values()]
+        try:
+            async with asyncio.timeout(PROBES_READY_DEADLINE_S):
+                for ready in probes:
+                    await ready.wait()
+        except TimeoutError:
+            not_ready = [n for n, p in ctx.pollers.items() if not p.ready.is_set()]
+            raise ProbesNotReadyError(
+                f"probes not ready within {PROBES_READY_DEADLINE_S:.0f} s: "
+                f"{', '.join(not_ready) or 'icmp'}"
+            ) from None
+        ctx.record("probes_ready")
+        ctx.announce(Phase.MIGRATING, f"Move-VM {ctx.config.vm} {source} -> {destination}")
+        result = await _migrate(ctx, source, destination, interrupted)
+        outcome.append(result)
+        if result.kind in ("returned", "failed"):
+            ctx.announce(Phase.SETTLING, "waiting for the guest to settle")
+            await _settle(ctx, interrupted)
+    finally:
+        stop.set()
+
+
+async def _migrate(
+    ctx: _Context, source: str, destination: str, interrupted: threading.Event
+) -> MigrationOutcome:
+    config = ctx.config
+    call = MoveVmCall(
+        config.host(source),
+        ctx.passwords.get(source),
+        vm=config.vm,
+        destination=destination,
+        include_storage=config.migration.include_storage,
+        destination_storage_path=config.migration.destination_storage_path,
+    )
+    deadline = time.monotonic() + config.migration.timeout_s
+
+    def blocking() -> MigrationOutcome:
+        try:
+            ctx.record(
+                "move_vm_start",
+                host=source,
+                destination=destination,
+                include_storage=config.migration.include_storage,
+            )
+            call.start()
+            while True:
+                if interrupted.is_set():
+                    call.stop()
+                    ctx.record("move_vm_stopped", host=source, reason="interrupted")
+                    return MigrationOutcome("interrupted")
+                if time.monotonic() > deadline:
+                    call.stop()
+                    text = f"Move-VM did not return within {config.migration.timeout_s:g} s"
+                    ctx.record("move_vm_stopped", host=source, reason="timeout")
+                    return MigrationOutcome("timeout", f"{source}: {text}")
+                if call.poll(1):
+                    break
+            try:
+                call.result()
+            except HostCallError as exc:
+                ctx.record(
+                    "move_vm_error",
+                    host=source,
+                    error=exc.reason,
+                    errors=[e.message for e in exc.errors],
+                )
+                return MigrationOutcome("failed", str(exc))
+            ctx.record("move_vm_return", host=source)
+            return MigrationOutcome("returned")
+        except HostError as exc:
+            ctx.record("move_vm_error", host=source, error=str(exc))
+            return MigrationOutcome("failed", str(exc))
+        finally:
+            call.close()
+
+    task = asyncio.ensure_future(asyncio.to_thread(blocking))
+    while not task.done():
+        ctx.tick()
+        await asyncio.wait([task], timeout=0.25)
+    return task.result()
+
+
+async def _settle(ctx: _Context, interrupted: threading.Event) -> None:
+    """``settle_s`` after Move-VM returned, and until the guest answered for
+    ``settle_quiet_s``; never longer than ``settle_s + SETTLE_QUIET_LIMIT_S``."""
+    migration = ctx.config.migration
+    start = time.monotonic()
+    quiet_since: float | None = None
+    while not interrupted.is_set():
+        now = time.monotonic()
+        stats = ctx.icmp.stats() if ctx.icmp else {}
+        answering = all(s.current_loss_streak == 0 and s.replies > 0 for s in stats.values())
+        if not answering:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        quiet = quiet_since is not None and now - quiet_since >= migration.settle_quiet_s
+        if now - start >= migration.settle_s and quiet:
+            break
+        if now - start >= migration.settle_s + SETTLE_QUIET_LIMIT_S:
+            ctx.record("settle_limit", message="the guest did not answer steadily")
+            break
+        ctx.tick()
+        await asyncio.sleep(0.1)  # a periodic check, not a wait for a condition
+    ctx.record("settled", interrupted=interrupted.is_set())
+
+
+# -- after the migration ----------------------------------------------------
+
+
+async def _harvest(ctx: _Context, source: str, destination: str) -> None:
+    """Hyper-V's own migration events from both hosts, stored raw."""
+    since = datetime.fromtimestamp(
+        ctx.run.manifest["clock"]["start"]["utc_ns"] / 1e9, tz=UTC
+    ) - timedelta(minutes=2)
+    sink = JsonlSink(
+        ctx.run.raw / "hyperv_events.jsonl",
+        probe="hyperv_events",
+        meta={"vm": ctx.config.vm, "since": since.isoformat()},
+    )
+    ctx.run.register_probe("hyperv_events", "raw/hyperv_events.jsonl", format="jsonl")
+    try:
+        for name, session in ctx.sessions.items():
+            for log_name, ids in HARVESTED_EVENTS:
+                offset = _host_offset(ctx.run, name)
+                query_since = since + timedelta(microseconds=offset / 1000) if offset else since
+                try:
+                    found = await asyncio.to_thread(session.win_events, log_name, ids, query_since)
+                except HostError as exc:
+                    sink.write(
+                        {
+                            "event": "harvest_failed",
+                            "host": name,
+                            "log_name": log_name,
+                            "error": str(exc),
+                        }
+                    )
+                    continue
+                received = clock_pair()
+                for item in found:
+                    sink.write(
+                        {
+                            "event": "win_event",
+                            "host": name,
+                            "received_mono_ns": received.mono_ns,
+                            "received_utc_ns": received.utc_ns,
+                            "matches_vm": ctx.config.vm.lower()
+                            in (item.get("message") or "").lower(),
+                            **item,
+                        }
+                    )
+    finally:
+        sink.close()
+
+
+def _host_offset(run: RunFolder, host: str) -> int:
+    clock = run.manifest.get("hyperv", {}).get("clock", {}).get(host, {})
+    before = clock.get("before") or {}
+    return int(before.get("offset_ns", 0))
+
+
+def _copy_ground_truth(path: Path, run: RunFolder, since_mono_ns: int) -> None:
+    """The lab's ground truth written since this run started, as raw data."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    except OSError:
+        return
+    if not lines:
+        return
+    out = run.raw / "ground_truth.jsonl"
+    with open(out, "x", encoding="utf-8") as handle:
+        handle.write(lines[0] + "\n")
+        for line in lines[1:]:
+            if json.loads(line).get("mono_ns", 0) >= since_mono_ns:
+                handle.write(line + "\n")
+    run.register_probe("ground_truth", "raw/ground_truth.jsonl", format="jsonl", source=str(path))
+
+
+def run(**kwargs: Any) -> RunResult:
+    """Synchronous entry point for the CLI and tests."""
+    return asyncio.run(measure_run(**kwargs))

@@ -1,0 +1,153 @@
+"""The lab's guest ``HVSW10Home``: a network namespace that really goes dark.
+
+:class:`NetnsGuest` implements the Hyper-V model's ``GuestControl`` on a
+:class:`lab.netns.GuestNamespace`:
+
+* ``freeze``: the injector inside the namespace makes the guest ignore echo
+  requests (replies time out, never "unreachable", as with a paused VM), then
+  every process started "inside the guest" is stopped with SIGSTOP (its whole
+  process group), so an in-guest agent sees a true execution gap;
+* ``thaw``: those processes continue (SIGCONT); the network stays dark;
+* ``network_restored``: echo requests are answered again.
+
+Each returns the moment it took effect: for the network edges the midpoint of
+the clock readings around the sysctl write inside the namespace, for the
+process edges the midpoint around the signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from probes.clock import ClockPair, clock_pair
+
+from .injector import BlackoutInjector, WriteStamp
+from .netns import GuestNamespace
+
+LAB_PREFIX = "mbl-"
+
+
+def _pair(stamp: WriteStamp) -> ClockPair:
+    return ClockPair(mono_ns=stamp.mono_ns, utc_ns=stamp.utc_ns)
+
+
+class NetnsGuest:
+    """A guest in its own network namespace, frozen and thawed for real."""
+
+    def __init__(self, *, prefix: str = LAB_PREFIX, truth_path: Path | None = None) -> None:
+        self.namespace = GuestNamespace(prefix=prefix, ipv6=False)
+        self._truth_path = truth_path
+        self._injector: BlackoutInjector | None = None
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+        self.frozen = False
+
+    @property
+    def address(self) -> str:
+        return self.namespace.guest_address
+
+    @property
+    def host_address(self) -> str:
+        """The harness side of the guest's link (where the guest sends to)."""
+        return self.namespace.host_address
+
+    def create(self) -> NetnsGuest:
+        self.namespace.create()
+        try:
+            self._injector = self.namespace.start_injector(truth_path=self._truth_path)
+        except BaseException:
+            self.namespace.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        """Stop the guest's processes, then remove the namespace. Idempotent."""
+        with self._lock:
+            processes, self._processes = self._processes, []
+        for proc in processes:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self._injector = None
+        self.namespace.destroy()
+
+    def __enter__(self) -> NetnsGuest:
+        return self.create()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.destroy()
+
+    # -- processes "inside the guest" ---------------------------------------
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout: int | None = subprocess.DEVNULL,
+        stderr: int | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` inside the guest namespace, in a process group of its
+        own, so that freezing the guest stops it and all its children."""
+        proc = subprocess.Popen(
+            self.namespace.exec_argv(*argv),
+            env=None if env is None else {**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        with self._lock:
+            self._processes.append(proc)
+            if self.frozen:
+                os.killpg(proc.pid, signal.SIGSTOP)
+        return proc
+
+    def _signal_all(self, sig: int) -> ClockPair:
+        with self._lock:
+            before = clock_pair()
+            for proc in self._processes:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, sig)
+            after = clock_pair()
+            self.frozen = sig == signal.SIGSTOP
+        return ClockPair(
+            mono_ns=(before.mono_ns + after.mono_ns) // 2,
+            utc_ns=(before.utc_ns + after.utc_ns) // 2,
+        )
+
+    # -- GuestControl ---------------------------------------------------------
+
+    def _require_injector(self) -> BlackoutInjector:
+        if self._injector is None:
+            raise RuntimeError("the guest namespace is not running")
+        return self._injector
+
+    async def freeze(self) -> ClockPair:
+        injector = self._require_injector()
+        stamp = await asyncio.to_thread(injector.dark)
+        self._signal_all(signal.SIGSTOP)
+        return _pair(stamp)
+
+    async def thaw(self) -> ClockPair:
+        return self._signal_all(signal.SIGCONT)
+
+    async def network_restored(self) -> ClockPair:
+        injector = self._require_injector()
+        return _pair(await asyncio.to_thread(injector.light))

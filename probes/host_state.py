@@ -1,0 +1,145 @@
+"""The host-state poller: what a hypervisor host says about the VM, every 100 ms.
+
+The probe does not know how to talk to a host: the harness hands it a
+blocking ``poll`` function (for Hyper-V, one PowerShell pipeline of Get-Date;
+Get-VM; Get-CimInstance Msvm_MigrationJob on an open RunspacePool). The probe
+owns the schedule, the worker thread, the timestamps and the record: one
+JSON Lines event per poll, successful or not, with the harness's send and
+receive times (monotonic and UTC ns) and the host's own clock reading.
+
+Polls run back to back on a drift-free schedule (poll k is due at
+t0 + k*interval); a poll that takes longer than the interval delays the
+next one, and the slots it overran are counted in ``skipped``, never
+silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from .clock import clock_pair
+from .sink import JsonlSink
+
+
+@dataclass(frozen=True)
+class HostObservation:
+    """What one poll saw. Returned by the harness's poll function."""
+
+    listed: bool  # the host lists the VM
+    state: str | None = None  # Running, Paused, Off, Saved, ... (None when not listed)
+    status: str | None = None  # Get-VM's Status text
+    percent_complete: int | None = None  # of this VM's migration job, where one runs
+    job_state: int | None = None  # Msvm_MigrationJob.JobState
+    host_time: str | None = None  # the host's clock during the poll, ISO 8601 with offset
+    errors: tuple[str, ...] = ()  # non-terminating errors other than "VM not found"
+
+
+PollFunction = Callable[[], HostObservation]
+
+
+@dataclass(frozen=True)
+class PollerStats:
+    polls: int
+    failures: int
+    skipped: int
+    last_state: str | None
+    last_listed: bool | None
+
+
+class HostStatePoller:
+    """Polls one host; same shape as every probe: ``ready`` and ``run(stop)``."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        poll: PollFunction,
+        interval_s: float,
+        sink: JsonlSink,
+        role: str | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.host = host
+        self.role = role
+        self.interval_s = interval_s
+        self._poll = poll
+        self._sink = sink
+        self.ready = asyncio.Event()
+        self._polls = 0
+        self._failures = 0
+        self._skipped = 0
+        self._last: HostObservation | None = None
+
+    def stats(self) -> PollerStats:
+        return PollerStats(
+            polls=self._polls,
+            failures=self._failures,
+            skipped=self._skipped,
+            last_state=None if self._last is None else self._last.state,
+            last_listed=None if self._last is None else self._last.listed,
+        )
+
+    @property
+    def last(self) -> HostObservation | None:
+        return self._last
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; the poll in flight then completes and is recorded."""
+        interval_ns = int(self.interval_s * 1e9)
+        start_ns = time.monotonic_ns()
+        k = 0
+        try:
+            while not stop.is_set():
+                await self._poll_once(k)
+                k += 1
+                now = time.monotonic_ns()
+                due = start_ns + k * interval_ns
+                if now > due:
+                    missed = (now - due) // interval_ns
+                    self._skipped += missed
+                    k += missed
+                    due = start_ns + k * interval_ns
+                wait_s = max(0.0, (due - time.monotonic_ns()) / 1e9)
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            self._sink.flush()
+
+    async def _poll_once(self, k: int) -> None:
+        send = clock_pair()
+        observation: HostObservation | None = None
+        error: str | None = None
+        try:
+            observation = await asyncio.to_thread(self._poll)
+        except Exception as exc:  # a failed poll is an event, never the end of the run
+            error = str(exc) or type(exc).__name__
+        recv = clock_pair()
+        self._polls += 1
+        record: dict[str, object] = {
+            "event": "poll",
+            "host": self.host,
+            "role": self.role,
+            "k": k,
+            "send_mono_ns": send.mono_ns,
+            "send_utc_ns": send.utc_ns,
+            "recv_mono_ns": recv.mono_ns,
+            "recv_utc_ns": recv.utc_ns,
+            "outcome": "ok" if error is None else "error",
+            "error": error,
+        }
+        if observation is not None:
+            fields = asdict(observation)
+            fields["errors"] = list(observation.errors)
+            record.update(fields)
+            self._last = observation
+            self.ready.set()
+        else:
+            self._failures += 1
+        self._sink.write(record)

@@ -1,0 +1,222 @@
+"""``measure run`` end to end against the emulated lab, through the real CLI:
+real WinRM/PSRP to the emulated hosts, real ICMP to a guest in a network
+namespace that really goes dark, and the lab's ground truth to check against."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+# A short migration: ~1 s of pre-copy, ~0.6-0.9 s blackout, 0.3-0.6 s of
+# network reconvergence after the resume.
+FAST_LAB = """
+[vm]
+memory_mb = 64
+
+[timing]
+transfer_rate_mb_s = 200
+precopy_overhead = 0.5
+paused_listed = [0.3, 0.5]
+unlisted = [0.3, 0.4]
+completion = 0.2
+network_reconvergence = [0.3, 0.6]
+negotiation = 0.1
+"""
+
+
+def measure(
+    tmp_path: Path, *args: str, lab_toml: str = FAST_LAB, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path | None]:
+    """Run the real ``measure run`` with a lab of its own; return the process and run folder."""
+    lab_config = tmp_path / "lab.toml"
+    lab_config.write_text(lab_toml)
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            "--lab-config",
+            str(lab_config),
+            "--settle",
+            "1",
+            "--out",
+            str(out),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state"), **(env or {})},
+    )
+    runs = sorted(out.glob("*-run-*")) if out.exists() else []
+    return proc, (runs[-1] if runs else None)
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "derived" / "summary.json").read_text())
+
+
+def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
+    proc, run_dir = measure(tmp_path, "--interval-ms", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert run_dir is not None
+    doc = json.loads(proc.stdout)
+    assert manifest(run_dir)["status"] == "completed"
+    raw = {p.name for p in (run_dir / "raw").iterdir()}
+    assert {
+        "icmp.csv",
+        "events.jsonl",
+        "clock.jsonl",
+        "hyperv_events.jsonl",
+        "ground_truth.jsonl",
+        "host_WS16TP4DM1VML1b.jsonl",
+        "host_WS16TP4DM2VML1b.jsonl",
+    } <= raw
+    events = [
+        json.loads(line)["event"]
+        for line in (run_dir / "raw" / "events.jsonl").read_text().splitlines()[1:]
+    ]
+    assert "move_vm_start" in events and "move_vm_return" in events
+
+    truth = doc["ground_truth"]
+    true_outage = truth["pause_to_network_restored_ms"]
+    true_pause = truth["pause_to_resume_ms"]
+    blackout = doc["blackout"]
+    # ICMP bounds contain the lab's true outage (pause -> network restored).
+    assert blackout["lower_ms"] <= true_outage <= blackout["upper_ms"]
+    assert blackout["unreachable"] == 0 and blackout["timeouts"] == blackout["lost"]
+    # The host-derived pause-to-running window contains the true pause.
+    host = doc["hyperv"]["host_blackout"]
+    assert host["lower_ms"] <= true_pause <= host["upper_ms"]
+    # Hyper-V's own figure (event 20415, one decimal) equals the lab's to 0.1 s.
+    reported = doc["hyperv"]["reported"]
+    assert reported["event_id"] == 20415
+    assert abs(reported["blackout_s"] - true_pause / 1000) <= 0.1
+    assert doc["hyperv"]["source"] == "WS16TP4DM1VML1b"
+    assert doc["hyperv"]["destination"] == "WS16TP4DM2VML1b"
+
+
+@pytest.mark.parametrize(
+    ("lab_extra", "args", "exit_code", "status", "message"),
+    [
+        pytest.param(
+            "[hosts.WS16TP4DM2VML1b]\nolder_version = true\n",
+            (),
+            1,
+            "failed",
+            "protocol version 6.0 is not supported",
+            id="protocol-version",
+        ),
+        pytest.param(
+            "",
+            ("--source", "WS16TP4DM2VML1b"),
+            3,
+            "failed",
+            "WS16TP4DM2VML1b: does not hold VM",
+            id="wrong-source",
+        ),
+        pytest.param(
+            "[faults]\nvm_missing = true\n",
+            (),
+            3,
+            "failed",
+            "was found on no host",
+            id="vm-not-found",
+        ),
+        pytest.param(
+            "[hosts.WS16TP4DM1VML1b]\naccess_denied = true\n",
+            (),
+            3,
+            "failed",
+            "do not have the required permission",
+            id="access-denied",
+        ),
+        pytest.param(
+            "[faults]\nfail_midway_at_percent = 40\n",
+            (),
+            1,
+            "failed",
+            "failed at migration source",
+            id="midway-rollback",
+        ),
+    ],
+)
+def test_lab_faults(
+    tmp_path: Path,
+    lab_extra: str,
+    args: tuple[str, ...],
+    exit_code: int,
+    status: str,
+    message: str,
+) -> None:
+    proc, run_dir = measure(tmp_path, *args, lab_toml=FAST_LAB + lab_extra)
+    assert proc.returncode == exit_code, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("measure:")]
+    assert error_lines and message in error_lines[0], proc.stderr
+    assert run_dir is not None
+    doc = manifest(run_dir)
+    assert doc["status"] == status
+    assert message in doc["error"]["message"]
+    assert (run_dir / "derived" / "summary.json").exists()
+
+
+def test_midway_failure_leaves_the_vm_running_on_the_source(tmp_path: Path) -> None:
+    proc, run_dir = measure(tmp_path, lab_toml=FAST_LAB + "[faults]\nfail_midway_at_percent = 40\n")
+    assert proc.returncode == 1
+    assert run_dir is not None
+    polls = (run_dir / "raw" / "host_WS16TP4DM1VML1b.jsonl").read_text().splitlines()[1:]
+    last = json.loads(polls[-1])
+    assert last["listed"] and last["state"] == "Running"
+    assert summary(run_dir)["blackout"] is None
+
+
+def test_host_that_stops_answering(tmp_path: Path) -> None:
+    lab = FAST_LAB + (
+        '[faults]\nunresponsive_host = "WS16TP4DM1VML1b"\nunresponsive_mode = "close"\n'
+        'unresponsive_after = "pause"\n'
+    )
+    proc, run_dir = measure(tmp_path, "--timeout", "30", lab_toml=lab)
+    assert proc.returncode == 1, proc.stderr
+    assert "WS16TP4DM1VML1b" in proc.stderr
+    assert run_dir is not None
+    doc = manifest(run_dir)
+    assert doc["status"] in ("failed", "aborted")
+    assert "WS16TP4DM1VML1b" in doc["error"]["message"]
+    polls = [
+        json.loads(line)
+        for line in (run_dir / "raw" / "host_WS16TP4DM1VML1b.jsonl").read_text().splitlines()[1:]
+    ]
+    assert any(p["outcome"] == "error" for p in polls)
+
+
+def test_the_password_never_leaves_the_lab(tmp_path: Path) -> None:
+    password = "Lab-Secret-7f3a9c"
+    proc, run_dir = measure(tmp_path, lab_toml=f'password = "{password}"\n' + FAST_LAB)
+    assert proc.returncode == 0, proc.stderr
+    assert run_dir is not None
+    assert password not in proc.stdout + proc.stderr
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+
+
+def test_a_hostile_vm_name_is_a_literal(tmp_path: Path) -> None:
+    proc, _run_dir = measure(tmp_path, "--vm", "x'; Remove-VM *")
+    assert proc.returncode == 3, proc.stderr
+    assert 'VM "x\'; Remove-VM *" was found on no host' in proc.stderr
