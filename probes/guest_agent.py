@@ -1,0 +1,847 @@
+#!/usr/bin/env python3
+"""migration-blackout guest agent: numbered screenshots and a heartbeat from inside the guest.
+
+This file runs on its own inside the VM being migrated: copy it there and run
+``python guest_agent.py --help``. It needs Python >= 3.9 and Pillow, nothing
+else; it works on Windows guests and on Linux guests with an X11 display.
+
+It does what the write-up's in-guest job did (capture the desktop once a
+second, number each capture, copy it to a file server) with the stamps that
+make the captures measurable:
+
+* every ``--interval`` seconds, on a drift-free schedule of the monotonic
+  clock, it grabs the screen, gives the capture the next sequence number and
+  stamps it with the guest's wall clock (UTC ns) and monotonic clock (ns) at
+  the start of the grab;
+* it delivers the encoded capture by HTTP POST to the harness's receiver, or
+  writes it to a folder (an SMB share, as in the write-up) as
+  ``seq_000795.png`` plus a ``seq_000795.json`` sidecar, each written under a
+  temporary name and renamed, the sidecar last;
+* deliveries that fail (the network is down during the migration) wait in a
+  bounded queue and are sent in order when delivery works again; a sender
+  thread does the network I/O, so the capture schedule never waits for it;
+* alongside, a UDP heartbeat (default 100 per second) carries a sequence
+  number and both guest clocks, authenticated by an HMAC-SHA256 keyed with the
+  run token. Heartbeats are never queued or resent: the gaps are the data.
+
+A frozen guest (a paused VM, or SIGSTOP in the lab) captures and sends
+nothing; when it runs again it captures at once and continues on its
+schedule without catching up, so sequence numbers have no holes from a
+freeze, only a long step in the guest's clocks.
+
+The wire formats are documented in docs/guest-agent.md of migration-blackout
+(and in ``--help``); ``probes/guest_receiver.py`` is the other end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import hashlib
+import hmac
+import http.client
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+AGENT_VERSION = "1.0"
+
+# Heartbeat datagram, version 1, big-endian (76 bytes):
+#   magic "MBHB" | version u8 | flags u8 (0) | reserved u16 (0) | agent_id u64 |
+#   seq u64 | guest_utc_ns i64 | guest_mono_ns i64 | interval_us u32 |
+#   HMAC-SHA256(token, the 44 bytes before it)
+HEARTBEAT_MAGIC = b"MBHB"
+HEARTBEAT_VERSION = 1
+HEARTBEAT_BODY = struct.Struct(">4sBBHQQqqI")
+HEARTBEAT_MAC_BYTES = 32
+HEARTBEAT_SIZE = HEARTBEAT_BODY.size + HEARTBEAT_MAC_BYTES
+
+# Sidecar JSON of folder delivery; history:
+#   1 (agent 1.0): first version.
+SIDECAR_SCHEMA_VERSION = 1
+
+DEFAULT_QUEUE_MAX = 600
+DEFAULT_QUEUE_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
+
+if sys.platform == "win32":
+    # time.monotonic() ticks in ~15.6 ms steps on Windows; QueryPerformanceCounter
+    # is system-wide, monotonic and sub-microsecond.
+    guest_mono_ns: Callable[[], int] = time.perf_counter_ns
+else:
+    guest_mono_ns = time.monotonic_ns
+
+
+def heartbeat_datagram(
+    key: bytes, agent_id: int, seq: int, utc_ns: int, mono_ns: int, interval_us: int
+) -> bytes:
+    """One heartbeat datagram (format version 1), HMAC included."""
+    body = HEARTBEAT_BODY.pack(
+        HEARTBEAT_MAGIC, HEARTBEAT_VERSION, 0, 0, agent_id, seq, utc_ns, mono_ns, interval_us
+    )
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One capture, encoded, with the guest's stamps taken when the grab started."""
+
+    seq: int
+    utc_ns: int
+    mono_ns: int
+    capture_ms: float
+    data: bytes
+    image_format: str  # "png" or "jpeg"
+
+    @property
+    def extension(self) -> str:
+        return ".png" if self.image_format == "png" else ".jpg"
+
+    @property
+    def content_type(self) -> str:
+        return "image/png" if self.image_format == "png" else "image/jpeg"
+
+
+class Counters:
+    """What the agent did; printed as one line on exit."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.frames_captured = 0
+        self.frames_sent = 0
+        self.frames_dropped = 0
+        self.frames_rejected = 0
+        self.capture_errors = 0
+        self.heartbeats_sent = 0
+        self.heartbeat_errors = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Log:
+    """Progress lines on stderr with ``--verbose``; warnings always."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self._lock = threading.Lock()
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            sys.stderr.write(f"guest-agent: {text}\n")
+            sys.stderr.flush()
+
+    def info(self, text: str) -> None:
+        if self.verbose:
+            self._write(text)
+
+    def warn(self, text: str) -> None:
+        self._write(text)
+
+
+class FrameQueue:
+    """Frames waiting for delivery, oldest first, bounded by count and bytes.
+
+    When a new frame does not fit, the oldest waiting frames are dropped (and
+    counted). A frame being sent is outside the queue; if sending fails it goes
+    back to the front, and is dropped if the queue filled up meanwhile.
+    """
+
+    def __init__(self, max_frames: int, max_bytes: int, counters: Counters, log: Log) -> None:
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._bytes = 0
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._counters = counters
+        self._log = log
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._frames)
+
+    def _fits(self, extra_bytes: int) -> bool:
+        return (
+            len(self._frames) + 1 <= self._max_frames
+            and self._bytes + extra_bytes <= self._max_bytes
+        )
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            while self._frames and not self._fits(len(frame.data)):
+                old = self._frames.popleft()
+                self._bytes -= len(old.data)
+                self._counters.add("frames_dropped")
+                self._log.info(f"seq={old.seq} dropped: queue full")
+            if not self._fits(len(frame.data)):
+                self._counters.add("frames_dropped")
+                self._log.info(f"seq={frame.seq} dropped: larger than the queue")
+                return
+            self._frames.append(frame)
+            self._bytes += len(frame.data)
+            self._cond.notify_all()
+
+    def give_back(self, frame: Frame) -> None:
+        with self._cond:
+            if self._fits(len(frame.data)):
+                self._frames.appendleft(frame)
+                self._bytes += len(frame.data)
+            else:
+                self._counters.add("frames_dropped")
+                self._log.info(f"seq={frame.seq} dropped: queue full")
+
+    def take(self, timeout_s: float) -> Frame | None:
+        with self._cond:
+            if not self._frames:
+                self._cond.wait(timeout_s)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._bytes -= len(frame.data)
+            return frame
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+SENT = "sent"
+REJECTED = "rejected"
+RETRY = "retry"
+
+
+class HttpDelivery:
+    """POST /frames to the receiver over one kept-alive HTTP connection."""
+
+    def __init__(
+        self, url: str, token: str, timeout_s: float, agent_id: int, interval_ns: int
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"--url must look like http://HOST:PORT/, not {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.path = parts.path.rstrip("/") + "/frames"
+        self._token = token
+        self._timeout_s = timeout_s
+        self._agent_id = agent_id
+        self._interval_ns = interval_ns
+        self._conn: http.client.HTTPConnection | None = None
+        self.last_error = ""
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def deliver(self, frame: Frame) -> str:
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Content-Type": frame.content_type,
+            "X-MB-Seq": str(frame.seq),
+            "X-MB-Guest-UTC-NS": str(frame.utc_ns),
+            "X-MB-Guest-Mono-NS": str(frame.mono_ns),
+            "X-MB-Capture-MS": f"{frame.capture_ms:.3f}",
+            "X-MB-Interval-NS": str(self._interval_ns),
+            "X-MB-Agent-ID": f"{self._agent_id:016x}",
+            "X-MB-Guest-Send-Mono-NS": str(guest_mono_ns()),
+        }
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self._timeout_s)
+        try:
+            # The receiver may have answered (401, 413) and stopped reading the
+            # body: read its answer rather than retrying for ever.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._conn.request("POST", self.path, body=frame.data, headers=headers)
+            response = self._conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self.last_error = f"{type(error).__name__}: {error}"
+            self._close()
+            return RETRY
+        if response.will_close:
+            self._close()
+        status = response.status
+        if 200 <= status < 300 or status == 409:  # 409: the receiver has this seq already
+            return SENT
+        self.last_error = f"HTTP {status} {response.reason}"
+        if status in (408, 429) or status >= 500:
+            return RETRY
+        return REJECTED
+
+    def close(self) -> None:
+        self._close()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, "." + name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+class FolderDelivery:
+    """``seq_000795.png`` and its ``seq_000795.json`` sidecar (written last) in a folder."""
+
+    def __init__(self, folder: str, agent_id: int, interval_ns: int) -> None:
+        self.folder = folder
+        self._agent_id = agent_id
+        self._interval_ns = interval_ns
+        self.last_error = ""
+
+    def deliver(self, frame: Frame) -> str:
+        name = f"seq_{frame.seq:06d}"
+        image_path = os.path.join(self.folder, name + frame.extension)
+        sidecar_path = os.path.join(self.folder, name + ".json")
+        sidecar = {
+            "schema_version": SIDECAR_SCHEMA_VERSION,
+            "seq": frame.seq,
+            "file": name + frame.extension,
+            "format": frame.image_format,
+            "guest_utc_ns": frame.utc_ns,
+            "guest_mono_ns": frame.mono_ns,
+            "capture_ms": round(frame.capture_ms, 3),
+            "interval_ns": self._interval_ns,
+            "agent_id": f"{self._agent_id:016x}",
+            "written_mono_ns": guest_mono_ns(),
+        }
+        try:
+            if os.path.exists(sidecar_path):
+                self.last_error = f"{sidecar_path} exists; not overwritten"
+                return REJECTED
+            _write_atomically(image_path, frame.data)
+            _write_atomically(sidecar_path, (json.dumps(sidecar) + "\n").encode("utf-8"))
+        except OSError as error:
+            self.last_error = f"{type(error).__name__}: {error}"
+            return RETRY
+        return SENT
+
+    def close(self) -> None:
+        pass
+
+
+class Sender(threading.Thread):
+    """Delivers queued frames in order; retries the oldest with backoff."""
+
+    def __init__(
+        self,
+        delivery: HttpDelivery | FolderDelivery,
+        queue: FrameQueue,
+        counters: Counters,
+        log: Log,
+        retry_max_s: float,
+    ) -> None:
+        super().__init__(name="frame-sender", daemon=True)
+        self._delivery = delivery
+        self._queue = queue
+        self._counters = counters
+        self._log = log
+        self._retry_max_s = retry_max_s
+        self.draining = threading.Event()  # capture ended: stop when the queue is empty
+        self.abandon = threading.Event()  # stop now
+        self.unsent = 0
+
+    def run(self) -> None:
+        backoff_s = 0.05
+        failing = False
+        while not self.abandon.is_set():
+            frame = self._queue.take(timeout_s=0.2)
+            if frame is None:
+                if self.draining.is_set():
+                    break
+                continue
+            outcome = self._delivery.deliver(frame)
+            if outcome == SENT:
+                self._counters.add("frames_sent")
+                self._log.info(f"seq={frame.seq} sent")
+                if failing:
+                    self._log.info("delivery works again")
+                failing = False
+                backoff_s = 0.05
+            elif outcome == REJECTED:
+                self._counters.add("frames_rejected")
+                self._log.warn(f"seq={frame.seq} rejected: {self._delivery.last_error}")
+            else:
+                self._queue.give_back(frame)
+                if not failing:
+                    self._log.info(f"delivery failing, queueing: {self._delivery.last_error}")
+                failing = True
+                self.abandon.wait(backoff_s)
+                backoff_s = min(self._retry_max_s, backoff_s * 2)
+        self.unsent = len(self._queue)
+        self._delivery.close()
+
+
+class Heartbeat(threading.Thread):
+    """UDP heartbeats on a drift-free schedule; missed slots are skipped, not caught up."""
+
+    def __init__(
+        self,
+        address: tuple[Any, ...],
+        family: int,
+        key: bytes,
+        agent_id: int,
+        hz: float,
+        counters: Counters,
+        log: Log,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self._address = address
+        self._key = key
+        self._agent_id = agent_id
+        self._interval_ns = round(1e9 / hz)
+        self._counters = counters
+        self._log = log
+        self._stop_event = stop
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._sent = threading.Condition()
+        self._sent_count = 0
+
+    def wait_for_next(self, timeout_s: float) -> None:
+        """Return after the next heartbeat went out (or ``timeout_s``).
+
+        A screen grab holds the GIL for milliseconds (longer when the display
+        is busy); grabbing just after a heartbeat keeps it out of the
+        heartbeat's way. This matters most on resuming from a freeze, when
+        both are overdue at once: the heartbeat goes first.
+        """
+        with self._sent:
+            target = self._sent_count + 1
+            self._sent.wait_for(
+                lambda: self._sent_count >= target or self._stop_event.is_set(), timeout_s
+            )
+
+    def run(self) -> None:
+        interval_us = self._interval_ns // 1000
+        start = guest_mono_ns()
+        next_slot = start
+        seq = 0
+        errors_logged = 0
+        try:
+            while True:
+                now = guest_mono_ns()
+                if now < next_slot:
+                    if self._stop_event.wait((next_slot - now) / 1e9):
+                        break
+                    continue
+                if self._stop_event.is_set():
+                    break
+                mono = guest_mono_ns()
+                utc = time.time_ns()
+                datagram = heartbeat_datagram(
+                    self._key, self._agent_id, seq, utc, mono, interval_us
+                )
+                try:
+                    self._sock.sendto(datagram, self._address)
+                    self._counters.add("heartbeats_sent")
+                except OSError as error:
+                    self._counters.add("heartbeat_errors")
+                    if errors_logged < 5:
+                        errors_logged += 1
+                        self._log.info(f"heartbeat seq={seq} not sent: {error}")
+                seq += 1
+                with self._sent:
+                    self._sent_count += 1
+                    self._sent.notify_all()
+                next_slot = start + ((guest_mono_ns() - start) // self._interval_ns + 1) * (
+                    self._interval_ns
+                )
+        finally:
+            self._sock.close()
+
+
+def grab_screen(display: str | None, all_screens: bool) -> Any:
+    from PIL import ImageGrab
+
+    if sys.platform == "win32":
+        return ImageGrab.grab(all_screens=all_screens)
+    if sys.platform == "darwin":
+        return ImageGrab.grab()
+    return ImageGrab.grab(xdisplay=display)
+
+
+def encode(image: Any, image_format: str, png_level: int, jpeg_quality: int) -> bytes:
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, "PNG", compress_level=png_level)
+    else:
+        image.convert("RGB").save(buffer, "JPEG", quality=jpeg_quality)
+    return buffer.getvalue()
+
+
+class Capturer:
+    """Grabs, stamps and encodes one frame."""
+
+    def __init__(self, args: argparse.Namespace, display: str | None) -> None:
+        self._args = args
+        self._display = display
+
+    def capture(self, seq: int) -> Frame:
+        args = self._args
+        mono = guest_mono_ns()
+        utc = time.time_ns()
+        image = grab_screen(self._display, args.all_screens)
+        capture_ms = (guest_mono_ns() - mono) / 1e6
+        image_format = args.format
+        data = encode(image, image_format, args.png_level, args.jpeg_quality)
+        if len(data) > args.max_frame_bytes and image_format == "png":
+            image_format = "jpeg"
+            data = encode(image, image_format, args.png_level, args.jpeg_quality)
+        return Frame(seq, utc, mono, capture_ms, data, image_format)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+HELP_EPILOG = """\
+delivery by HTTP (--url, the default way):
+  POST <url>/frames, body = the image (PNG or JPEG), headers:
+    Authorization: Bearer <token>
+    X-MB-Seq                 capture number (0, 1, 2, ...; from --start-seq)
+    X-MB-Guest-UTC-NS        guest wall clock at the start of the grab, ns since 1970 UTC
+    X-MB-Guest-Mono-NS       guest monotonic clock at the start of the grab, ns
+    X-MB-Capture-MS          how long the grab took, ms
+    X-MB-Interval-NS         the capture interval, ns
+    X-MB-Agent-ID            16 hex digits, new for every start of the agent
+    X-MB-Guest-Send-Mono-NS  guest monotonic clock when this upload started
+  2xx or 409 (already there) counts as sent; 408, 429, 5xx and network errors
+  are retried (the frame stays first in the queue); other answers (401, 413,
+  415, 400) count as rejected and the agent moves on.
+
+delivery to a folder (--folder, e.g. an SMB share):
+  seq_000795.png (or .jpg) then seq_000795.json with the same stamps
+  (schema_version, seq, file, format, guest_utc_ns, guest_mono_ns, capture_ms,
+  interval_ns, agent_id, written_mono_ns). Each is written as .NAME.tmp and
+  renamed, the sidecar last: a reader that waits for the .json never sees a
+  half-written image. Existing sidecars are never overwritten.
+
+heartbeat (UDP, --heartbeat, default the --url host and port):
+  76-byte datagrams, big-endian: "MBHB", version 1 (u8), flags 0 (u8),
+  reserved 0 (u16), agent id (u64), seq (u64, from 0), guest UTC ns (i64),
+  guest monotonic ns (i64), interval us (u32), then HMAC-SHA256 of those 44
+  bytes keyed with the token. The token itself never travels in UDP.
+
+clocks: the monotonic clock is CLOCK_MONOTONIC on Linux and
+QueryPerformanceCounter on Windows; UTC is time.time_ns().
+
+on exit (--duration passed, Ctrl-C, SIGTERM) the agent stops capturing, keeps
+sending queued frames for up to --drain seconds and prints one line:
+  guest-agent: frames_captured=N frames_sent=N frames_dropped=N
+  frames_rejected=N frames_unsent=N capture_errors=N heartbeats_sent=N
+  heartbeat_errors=N
+exit code 0; 2 for a usage error or when the first screen grab fails.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guest_agent.py",
+        description=(
+            "Inside the VM being migrated: capture the screen every --interval seconds, "
+            "number and stamp each capture, deliver it to the harness (HTTP or a folder), "
+            "and send a UDP heartbeat, so the harness can see when the guest stopped "
+            "running and when its network stopped delivering."
+        ),
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url", help="the harness receiver, http://HOST:PORT/ (frames go to <url>/frames)"
+    )
+    where.add_argument(
+        "--folder", help="write seq_NNNNNN.png + .json here instead of HTTP (e.g. an SMB share)"
+    )
+    parser.add_argument(
+        "--token",
+        help="the run token (default: $MB_AGENT_TOKEN); it shows in process lists, "
+        "so prefer the variable or --token-file",
+    )
+    parser.add_argument("--token-file", help="read the run token from this file")
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        help="seconds between captures (default 1)",
+    )
+    parser.add_argument(
+        "--start-seq", type=_non_negative_int, default=0, help="first capture number (default 0)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_float,
+        help="stop after this many seconds (default: run until Ctrl-C or SIGTERM)",
+    )
+    parser.add_argument(
+        "--format", choices=("png", "jpeg"), default="png", help="image format (default png)"
+    )
+    parser.add_argument(
+        "--png-level",
+        type=int,
+        choices=range(10),
+        default=1,
+        metavar="0-9",
+        help="PNG compression level (default 1: fast)",
+    )
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=80, help="JPEG quality 1-95 (default 80)"
+    )
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=_non_negative_int,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help="a PNG larger than this is sent as JPEG instead (default 8 MiB, "
+        "the receiver's default limit)",
+    )
+    parser.add_argument(
+        "--display",
+        "--xdisplay",
+        dest="display",
+        help="Linux: the X display to capture (default $DISPLAY)",
+    )
+    parser.add_argument("--all-screens", action="store_true", help="Windows: capture all monitors")
+    parser.add_argument(
+        "--queue-max",
+        type=_non_negative_int,
+        default=DEFAULT_QUEUE_MAX,
+        help=f"frames kept while delivery fails; the oldest are dropped first "
+        f"(default {DEFAULT_QUEUE_MAX})",
+    )
+    parser.add_argument(
+        "--queue-max-bytes",
+        type=_non_negative_int,
+        default=DEFAULT_QUEUE_MAX_BYTES,
+        help="bytes kept while delivery fails (default 512 MiB)",
+    )
+    parser.add_argument(
+        "--http-timeout",
+        type=_positive_float,
+        default=2.0,
+        help="seconds for connecting and for each read or write of an upload (default 2)",
+    )
+    parser.add_argument(
+        "--retry-max",
+        type=_positive_float,
+        default=1.0,
+        help="longest pause between delivery retries, seconds (default 1)",
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        help="on exit, seconds to keep delivering queued frames (default 10)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        metavar="HOST:PORT",
+        help="UDP heartbeat destination (default: the --url host and port; none with --folder)",
+    )
+    parser.add_argument(
+        "--heartbeat-hz",
+        type=float,
+        default=100.0,
+        help="heartbeats per second (default 100; 0 disables)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="one line per event on stderr")
+    parser.add_argument("--version", action="version", version=f"guest_agent {AGENT_VERSION}")
+    return parser
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return args.token or os.environ.get("MB_AGENT_TOKEN") or None
+
+
+def _stop_on_signals(stop: threading.Event, abandon: Callable[[], None]) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        # Event.set() takes a lock that the interrupted main thread may hold
+        # (it waits on the same event): set it from another thread. A second
+        # signal also gives up sending what is still queued.
+        target = abandon if stop.is_set() else stop.set
+        threading.Thread(target=target, daemon=True).start()
+
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.url and not args.folder:
+        parser.error("say where frames go: --url http://HOST:PORT/ or --folder PATH")
+    if args.heartbeat_hz < 0:
+        parser.error("--heartbeat-hz must be >= 0")
+    if args.queue_max < 1:
+        parser.error("--queue-max must be >= 1 (the frame being delivered waits there)")
+    try:
+        token = read_token(args)
+    except OSError as error:
+        parser.error(f"cannot read --token-file: {error}")
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+        parser.error("the token must be printable ASCII without spaces")
+
+    log = Log(args.verbose)
+    counters = Counters()
+    agent_id = secrets.randbits(64)
+    interval_ns = round(args.interval * 1e9)
+    display = args.display or os.environ.get("DISPLAY")
+
+    delivery: HttpDelivery | FolderDelivery
+    heartbeat_target: tuple[str, int] | None = None
+    if args.url:
+        if not token:
+            parser.error("--url needs the run token: --token, --token-file or $MB_AGENT_TOKEN")
+        try:
+            delivery = HttpDelivery(args.url, token, args.http_timeout, agent_id, interval_ns)
+        except ValueError as error:
+            parser.error(str(error))
+        heartbeat_target = (delivery.host, delivery.port)
+    else:
+        if not os.path.isdir(args.folder):
+            parser.error(f"--folder {args.folder!r} is not a folder")
+        delivery = FolderDelivery(args.folder, agent_id, interval_ns)
+    if args.heartbeat:
+        try:
+            heartbeat_target = parse_host_port(args.heartbeat)
+        except ValueError as error:
+            parser.error(f"--heartbeat: {error}")
+    heartbeat_address: tuple[Any, ...] | None = None
+    heartbeat_family = socket.AF_INET
+    if args.heartbeat_hz > 0 and heartbeat_target is not None:
+        if not token:
+            parser.error("the heartbeat needs the run token (or --heartbeat-hz 0)")
+        try:
+            info = socket.getaddrinfo(*heartbeat_target, type=socket.SOCK_DGRAM)[0]
+        except OSError as error:
+            parser.error(f"cannot resolve the heartbeat destination {heartbeat_target}: {error}")
+        heartbeat_family, heartbeat_address = info[0], info[4]
+
+    capturer = Capturer(args, display)
+    try:
+        first = capturer.capture(args.start_seq)
+    except Exception as error:
+        sys.stderr.write(
+            f"guest-agent: cannot capture the screen (display {display!r}): "
+            f"{type(error).__name__}: {error}\n"
+        )
+        return 2
+
+    stop = threading.Event()
+    queue = FrameQueue(args.queue_max, args.queue_max_bytes, counters, log)
+    sender = Sender(delivery, queue, counters, log, args.retry_max)
+    _stop_on_signals(stop, sender.abandon.set)
+    sender.start()
+    heartbeat: Heartbeat | None = None
+    if heartbeat_address is not None:
+        heartbeat = Heartbeat(
+            heartbeat_address,
+            heartbeat_family,
+            token.encode("ascii") if token else b"",
+            agent_id,
+            args.heartbeat_hz,
+            counters,
+            log,
+            stop,
+        )
+        heartbeat.start()
+    log.info(
+        f"agent {agent_id:016x}: capturing every {args.interval} s to "
+        f"{args.url or args.folder}; heartbeat {heartbeat_address or 'off'}"
+    )
+
+    start = first.mono_ns
+    end = start + int(args.duration * 1e9) if args.duration else None
+    seq = args.start_seq
+    frame: Frame | None = first
+    while True:
+        if frame is not None:
+            counters.add("frames_captured")
+            queue.put(frame)
+            log.info(f"seq={frame.seq} captured in {frame.capture_ms:.1f} ms")
+            seq += 1
+        now = guest_mono_ns()
+        # The next slot on the grid after now: a guest that was frozen for
+        # several intervals captures once on waking, then keeps to the grid.
+        next_slot = start + ((now - start) // interval_ns + 1) * interval_ns
+        if end is not None and next_slot >= end:
+            wait_ns = max(0, end - now)
+            stop.wait(wait_ns / 1e9)
+            break
+        while not stop.is_set() and guest_mono_ns() < next_slot:
+            stop.wait(max(0, next_slot - guest_mono_ns()) / 1e9)
+        if stop.is_set():
+            break
+        if heartbeat is not None:
+            heartbeat.wait_for_next(timeout_s=min(0.1, 2 / args.heartbeat_hz))
+        try:
+            frame = capturer.capture(seq)
+        except Exception as error:
+            frame = None
+            counters.add("capture_errors")
+            log.warn(f"seq={seq} not captured: {type(error).__name__}: {error}")
+
+    stop.set()
+    if heartbeat is not None:
+        heartbeat.join()
+    sender.draining.set()
+    queue.wake()
+    sender.join(timeout=max(0.0, args.drain))
+    sender.abandon.set()
+    queue.wake()
+    sender.join()
+    print(
+        f"guest-agent: frames_captured={counters.frames_captured} "
+        f"frames_sent={counters.frames_sent} frames_dropped={counters.frames_dropped} "
+        f"frames_rejected={counters.frames_rejected} frames_unsent={sender.unsent} "
+        f"capture_errors={counters.capture_errors} "
+        f"heartbeats_sent={counters.heartbeats_sent} "
+        f"heartbeat_errors={counters.heartbeat_errors}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

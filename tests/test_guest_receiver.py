@@ -1,0 +1,405 @@
+"""The guest receiver against hostile and broken clients, on real loopback sockets.
+
+Requests are written byte for byte (asyncio streams), so a test can send what
+no well-behaved client library would: paths in the seq header, lying
+Content-Lengths, bodies that stop half way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from probes.guest_agent import HEARTBEAT_BODY, heartbeat_datagram
+from probes.guest_receiver import (
+    FRAMES_FILE,
+    HEARTBEAT_FILE,
+    REJECTS_FILE,
+    GuestReceiver,
+    RateLimit,
+    new_token,
+)
+
+TOKEN = new_token()
+DEADLINE_S = 20
+
+
+def png(width: int = 64, height: int = 48, colour: tuple[int, int, int] = (0, 128, 255)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def frame_headers(seq: str | int, token: str | None = TOKEN) -> dict[str, str]:
+    headers = {
+        "X-MB-Seq": str(seq),
+        "X-MB-Guest-UTC-NS": "1795000000000000000",
+        "X-MB-Guest-Mono-NS": "5000000000",
+        "X-MB-Capture-MS": "7.25",
+        "X-MB-Interval-NS": "1000000000",
+        "X-MB-Agent-ID": "00000000000000aa",
+    }
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+async def http(
+    port: int,
+    *,
+    method: str = "POST",
+    path: str = "/frames",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    content_length: int | None = None,
+    chunked: bool = False,
+) -> int:
+    """Send one request on a new connection; the response's status code."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"{method} {path} HTTP/1.1", "Host: guest-receiver"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        else:
+            lines.append(
+                f"Content-Length: {len(body) if content_length is None else content_length}"
+            )
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if chunked:
+            for start in range(0, len(body), 65536):
+                piece = body[start : start + 65536]
+                writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(body)
+        # The receiver may answer and close before it has taken the whole body.
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+@asynccontextmanager
+async def receiving(run_dir: Path, **options: Any) -> AsyncIterator[GuestReceiver]:
+    """A receiver serving on an ephemeral loopback port for the block, then closed."""
+    receiver = GuestReceiver(run_dir, token=TOKEN, **options)
+    stop = asyncio.Event()
+    async with asyncio.timeout(DEADLINE_S), asyncio.TaskGroup() as tasks:
+        tasks.create_task(receiver.run(stop))
+        await receiver.ready.wait()
+        try:
+            yield receiver
+        finally:
+            stop.set()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def test_a_valid_frame_is_stored_under_its_seq_and_recorded(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        async with receiving(run_dir) as receiver:
+            host, port = receiver.address
+            assert host == "127.0.0.1" and port > 0
+            assert receiver.url == f"http://127.0.0.1:{port}/"
+            assert await http(port, headers=frame_headers(795), body=png()) == 201
+            assert await http(port, headers=frame_headers("0796"), body=jpeg()) == 201
+            assert receiver.first_frame.is_set() and not receiver.contact.is_set()
+
+    asyncio.run(scenario())
+    records = read_jsonl(run_dir / FRAMES_FILE)
+    assert records[0]["header"] is True and records[0]["schema_version"] == 1
+    first, second = records[1], records[2]
+    assert first["seq"] == 795 and first["file"] == "frames/seq_000795.png"
+    assert (first["width"], first["height"], first["format"]) == (64, 48, "png")
+    assert first["guest_utc_ns"] == 1795000000000000000 and first["guest_mono_ns"] == 5000000000
+    assert first["capture_ms"] == 7.25 and first["interval_ns"] == 1000000000
+    assert first["agent_id"] == "00000000000000aa"
+    assert first["recv_mono_ns"] <= first["stored_mono_ns"]
+    assert second["seq"] == 796 and second["file"] == "frames/seq_000796.jpg"
+    assert (run_dir / "frames" / "seq_000795.png").read_bytes() == png()
+    assert tree(run_dir) == {
+        "frames",
+        "frames/seq_000795.png",
+        "frames/seq_000796.jpg",
+        "raw",
+        "raw/guest_frames.jsonl",
+        "raw/guest_heartbeat.csv",
+        "raw/guest_rejects.jsonl",
+    }
+
+
+def test_bad_requests_get_their_status_and_nothing_lands_outside_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    small_limit = 100_000
+    big_png = png(400, 400)
+    noise = Image.frombytes("RGB", (300, 300), bytes(range(256)) * 1055)
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG", compress_level=0)
+    too_big = buffer.getvalue()
+    assert len(too_big) > small_limit
+    truncated = png()[:-30]
+    no_token = frame_headers(1, token=None)
+    expected: list[tuple[str, int]] = []
+
+    async def scenario() -> None:
+        async with receiving(run_dir, max_frame_bytes=small_limit, max_pixels=100_000) as receiver:
+            port = receiver.address[1]
+
+            async def check(reason: str, status: int, **request: Any) -> None:
+                assert await http(port, **request) == status, reason
+                expected.append((reason, status))
+
+            await check("unauthorized", 401, headers=no_token, body=png())
+            await check("unauthorized", 401, headers=frame_headers(1, "x" * 43), body=png())
+            await check("unauthorized", 401, headers=frame_headers(1, TOKEN + "x"), body=png())
+            await check("too_large", 413, headers=frame_headers(2), body=too_big)
+            await check("too_large", 413, headers=frame_headers(2), body=too_big, chunked=True)
+            await check("too_many_pixels", 413, headers=frame_headers(2), body=big_png)
+            await check("not_an_image", 415, headers=frame_headers(3), body=b"GIF89a" + b"\0" * 50)
+            await check("not_an_image", 415, headers=frame_headers(3), body=b"")
+            await check("bad_image", 400, headers=frame_headers(3), body=truncated)
+            await check("bad_image", 400, headers=frame_headers(3), body=png()[:40])
+            for seq in (
+                "../../etc/x",
+                "1/2",
+                "-1",
+                "1e3",
+                "",
+                "0x10",
+                "+1",
+                "1 2",
+                "1000000000",
+                "1.0",
+            ):
+                await check("bad_seq", 400, headers=frame_headers(seq), body=png())
+            bad_stamp = {**frame_headers(4), "X-MB-Guest-UTC-NS": "soon"}
+            await check("bad_header", 400, headers=bad_stamp, body=png())
+            missing_stamp = frame_headers(4)
+            del missing_stamp["X-MB-Guest-Mono-NS"]
+            await check("bad_header", 400, headers=missing_stamp, body=png())
+            await check(
+                "not_found", 404, path="/frames/../../x", headers=frame_headers(5), body=png()
+            )
+            await check("not_found", 404, path="/", headers=frame_headers(5), body=png())
+            await check("method_not_allowed", 405, method="GET", headers=frame_headers(5))
+            await check(
+                "method_not_allowed", 405, method="PUT", headers=frame_headers(5), body=png()
+            )
+            # The receiver still serves, and a refused seq is free to be sent properly.
+            assert await http(port, headers=frame_headers(3), body=png()) == 201
+            await check("duplicate_seq", 409, headers=frame_headers(3), body=png(colour=(0, 0, 0)))
+            assert receiver.stats.frames_stored == 1
+
+    asyncio.run(scenario())
+    assert tree(tmp_path) == {
+        "run",
+        "run/frames",
+        "run/frames/seq_000003.png",
+        "run/raw",
+        "run/raw/guest_frames.jsonl",
+        "run/raw/guest_heartbeat.csv",
+        "run/raw/guest_rejects.jsonl",
+    }
+    assert not Path("/etc/x").exists()
+    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    logged = [(r["reason"], r["status"]) for r in rejects[1:-1]]
+    assert logged == expected
+    assert all(r["channel"] == "http" and r["from_addr"] == "127.0.0.1" for r in rejects[1:-1])
+    assert rejects[2]["detail"] == "wrong token"
+    assert any(r["seq_header"] == "../../etc/x" for r in rejects[1:-1])
+    totals = rejects[-1]
+    assert totals["totals"] is True
+    assert sum(totals["by_reason"].values()) == len(expected)
+
+
+def test_a_flood_is_rate_limited_and_its_log_stays_small(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    statuses: list[int] = []
+
+    async def scenario() -> None:
+        async with receiving(run_dir) as receiver:
+            port = receiver.address[1]
+            body = png()
+            # 500 requests with a wrong token, 25 at a time.
+            for start in range(0, 500, 25):
+                batch = [
+                    http(port, headers=frame_headers(start + i, "wrong-token"), body=body)
+                    for i in range(25)
+                ]
+                statuses.extend(await asyncio.gather(*batch))
+            # The agent, with the token, is not starved by the flood.
+            assert await http(port, headers=frame_headers(7), body=body) == 201
+
+    asyncio.run(scenario())
+    assert len(statuses) == 500
+    assert set(statuses) == {401, 429}
+    assert statuses.count(401) >= 50  # the burst allowance of unauthorised requests
+    assert statuses.count(429) >= 300
+    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    assert len(rejects) < 80  # header + at most the log's burst and refill + totals
+    assert rejects[-1]["by_reason"] == {
+        "unauthorized": statuses.count(401),
+        "rate_limited": statuses.count(429),
+    }
+    assert sum(r.get("suppressed_before", 0) for r in rejects[1:-1]) <= 500
+
+
+def test_requests_with_the_token_are_limited_too(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> list[int]:
+        async with receiving(run_dir, request_rate=RateLimit(per_s=1.0, burst=5)) as receiver:
+            port = receiver.address[1]
+            return [await http(port, headers=frame_headers(n), body=png()) for n in range(8)]
+
+    statuses = asyncio.run(scenario())
+    assert statuses == [201] * 5 + [429] * 3
+
+
+def test_a_client_that_stops_mid_body_does_not_hurt(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        async with receiving(run_dir) as receiver:
+            port = receiver.address[1]
+            body = png()
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = "".join(f"{k}: {v}\r\n" for k, v in frame_headers(9).items())
+            request = (
+                f"POST /frames HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+            )
+            writer.write(request.encode() + body[:20])
+            await writer.drain()
+            await receiver.wait_until(lambda stats: stats.uploads_in_progress == 1)
+            # While it is in progress, nobody else can take its seq.
+            assert await http(port, headers=frame_headers(9), body=body) == 409
+            writer.close()
+            await writer.wait_closed()
+            await receiver.wait_until(lambda stats: stats.rejects["incomplete_body"] == 1)
+            assert receiver.stats.uploads_in_progress == 0
+            # The seq was not taken by the broken upload.
+            assert await http(port, headers=frame_headers(9), body=body) == 201
+
+    asyncio.run(scenario())
+
+
+def signed(body: bytes, key: bytes = TOKEN.encode()) -> bytes:
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def test_heartbeats_are_authenticated_and_bad_datagrams_counted(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    good = heartbeat_datagram(
+        TOKEN.encode(), 0xAA, 41, 1_795_000_000_000_000_000, 5_000_000_000, 10_000
+    )
+    body = good[: HEARTBEAT_BODY.size]
+    bad = {
+        "bad_size": [b"", b"x", good + b"\0", good[:-1], b"\0" * 4096],
+        "bad_magic": [signed(b"MBHX" + body[4:])],
+        "bad_version": [signed(body[:4] + b"\x02" + body[5:])],
+        "bad_mac": [
+            good[:-1] + bytes([good[-1] ^ 1]),
+            signed(body, key=b"another token"),
+            body[:-4] + struct.pack(">I", 20_000) + good[HEARTBEAT_BODY.size :],  # tampered
+        ],
+    }
+
+    async def scenario() -> None:
+        async with receiving(run_dir) as receiver:
+            host, port = receiver.address
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                for datagrams in bad.values():
+                    for datagram in datagrams:
+                        udp.sendto(datagram, (host, port))
+                udp.sendto(good, (host, port))
+                total = sum(len(d) for d in bad.values())
+                await receiver.wait_until(
+                    lambda stats: stats.heartbeats == 1 and stats.rejected == total
+                )
+            assert receiver.first_heartbeat.is_set()
+            assert {k: receiver.stats.rejects[k] for k in bad} == {
+                k: len(v) for k, v in bad.items()
+            }
+            assert await http(port, headers=frame_headers(1), body=png()) == 201
+            assert receiver.contact.is_set()
+
+    asyncio.run(scenario())
+    lines = (run_dir / HEARTBEAT_FILE).read_text().splitlines()
+    header = json.loads(lines[0][2:])
+    assert header["probe"] == "guest_heartbeat" and header["schema_version"] == 1
+    assert header["recv_stamp"] == "kernel"  # Linux
+    assert lines[1].split(",") == [
+        "agent_id",
+        "seq",
+        "guest_utc_ns",
+        "guest_mono_ns",
+        "interval_us",
+        "recv_mono_ns",
+        "recv_utc_ns",
+        "from_addr",
+    ]
+    assert len(lines) == 3
+    row = lines[2].split(",")
+    assert row[:5] == ["00000000000000aa", "41", "1795000000000000000", "5000000000", "10000"]
+    assert row[7] == "127.0.0.1"
+    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    assert {r["reason"] for r in rejects[1:-1]} == set(bad)
+    assert all(r["channel"] == "udp" for r in rejects[1:-1])
+
+
+def test_tcp_and_udp_share_one_port_and_the_token_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="token"):
+        GuestReceiver(tmp_path, token="")
+    with pytest.raises(ValueError, match="token"):
+        GuestReceiver(tmp_path, token="has space")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        receiver = GuestReceiver(run_dir, token=TOKEN)
+        with pytest.raises(RuntimeError, match="not listening"):
+            receiver.address  # noqa: B018
+        async with receiving(run_dir) as receiver:
+            port = receiver.address[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
+                probe.bind(("127.0.0.1", port))
+
+    asyncio.run(scenario())
