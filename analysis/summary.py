@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from analysis.guest import analyse_guest, guest_summary
 from analysis.hyperv import hyperv_summary, load_ground_truth, truth_summary
 from analysis.icmp import (
     BlackoutWindow,
@@ -142,6 +143,14 @@ def _analyse_run_icmp(run: RunFolder, warnings: list[str]) -> IcmpAnalysis | Non
     )
 
 
+def _guest(run_dir: Path) -> dict[str, Any] | None:
+    """The in-guest agent's evidence, or None when the run had no agent."""
+    analysis = analyse_guest(run_dir)
+    if analysis.heartbeat is None and analysis.frames is None:
+        return None
+    return guest_summary(analysis)
+
+
 def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The summary document of a run folder (nothing is written)."""
     run = load_run(run_dir)
@@ -162,6 +171,7 @@ def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             None if icmp is None or icmp.blackout is None else blackout_to_json(icmp.blackout)
         ),
         "hyperv": hyperv_summary(run),
+        "guest": _guest(run.path),
         "ground_truth": None if truth is None else truth_summary(truth),
     }
 

@@ -33,9 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from test_guest_display import ScreenClock, XvfbDisplay  # noqa: E402
-
 from analysis.guest import HEARTBEAT_SOURCE, execution_gaps, load_heartbeats  # noqa: E402
+from lab.desktop import ScreenClock, XvfbDisplay  # noqa: E402
 from probes.guest_receiver import GuestReceiver, new_token  # noqa: E402
 
 AGENT = REPO / "probes" / "guest_agent.py"

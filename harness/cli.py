@@ -54,6 +54,7 @@ class _Terminal:
         self.last_line = ""
         self.last_printed = -1e9
         self.last_phase: str | None = None
+        self.last_message: str | None = None
 
     def line(self, text: str, elapsed_s: float, *, force: bool = False) -> None:
         if self.tty:
@@ -84,9 +85,10 @@ class _Terminal:
 
     def run_progress(self, progress: Any) -> None:
         phase = str(progress.phase)
-        if phase != self.last_phase:
+        if phase != self.last_phase or (progress.message and progress.message != self.last_message):
             self.close()
             self.last_phase = phase
+            self.last_message = progress.message
             text = f"[{progress.elapsed_s:6.1f} s] {phase}"
             if progress.message:
                 text += f": {progress.message}"
@@ -189,6 +191,31 @@ def main() -> None:
     show_default=True,
     help="Parent folder of the run folder.",
 )
+@click.option(
+    "--guest-agent",
+    is_flag=True,
+    help="Receive frames and heartbeats from the in-guest agent (the lab starts it itself).",
+)
+@click.option(
+    "--agent-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Where the agent's receiver listens [default: 0.0.0.0:47600; the lab: its link].",
+)
+@click.option(
+    "--agent-wait",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the agent's first frame and heartbeat.",
+)
+@click.option(
+    "--agent-interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between the lab agent's screen captures.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary document as JSON.")
 def run(
     vm: str | None,
@@ -205,6 +232,10 @@ def run(
     destination_storage_path: str | None,
     timeout_s: float | None,
     settle_s: float | None,
+    guest_agent: bool,
+    agent_listen: str | None,
+    agent_wait: float,
+    agent_interval: float,
     out: Path,
     as_json: bool,
 ) -> None:
@@ -237,12 +268,25 @@ def run(
     except ConfigError as exc:
         _fail(str(exc))
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
+    listen: tuple[str, int] | None = None
+    if agent_listen is not None:
+        listen_host, _, listen_port = agent_listen.rpartition(":")
+        if not listen_host or not listen_port.isdigit() or not 0 <= int(listen_port) < 65536:
+            _fail(f"--agent-listen {agent_listen!r}: expected HOST:PORT")
+        listen = (listen_host.strip("[]"), int(listen_port))
     terminal = _Terminal()
     kwargs: dict[str, Any] = {"out": out, "command": sys.argv, "progress": terminal.run_progress}
     try:
         if use_lab:
             with lab_command.lab_for_run(config=lab_config, seed=seed) as state:
                 lab_run_config, lab_passwords = lab_command.run_config_for_lab(config, state, vm=vm)
+                if guest_agent:
+                    kwargs["guest_agent"] = lab_command.guest_agent_setup(
+                        state,
+                        listen=listen,
+                        contact_deadline_s=agent_wait,
+                        interval_s=agent_interval,
+                    )
                 result = run_command.run(
                     config=lab_run_config,
                     passwords=lab_passwords,
@@ -268,6 +312,17 @@ def run(
                         f"{host.password_env}"
                     )
                 passwords[host.name] = password
+            if guest_agent:
+                agent_host, agent_port = listen or ("0.0.0.0", 47600)
+                kwargs["guest_agent"] = run_command.GuestAgentSetup(
+                    listen_host=agent_host,
+                    listen_port=agent_port,
+                    contact_deadline_s=agent_wait,
+                    interval_s=agent_interval,
+                    advertise_host=run_command.address_towards(config.guest_addresses[0])
+                    if agent_host in ("0.0.0.0", "::") and config.guest_addresses
+                    else None,
+                )
             result = run_command.run(config=config, passwords=passwords, **kwargs)
     except lab_command.LabError as exc:
         terminal.close()
@@ -383,6 +438,189 @@ def analyze(run_dir: Path, as_json: bool) -> None:
     except RunFormatError as exc:
         _fail(str(exc))
     _print_summary(summary, as_json)
+
+
+# -- measure report -------------------------------------------------------------
+
+
+@main.command(epilog=exitcodes.EPILOG)
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--baseline",
+    "baseline_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A baseline run folder; repeat for each.",
+)
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a self-contained HTML report here.",
+)
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write a Markdown summary here (- for standard output).",
+)
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write JUnit XML here, one test case per threshold.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Take [thresholds] from this measure.toml.",
+)
+@click.option(
+    "--max-blackout-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Fail a run whose blackout upper bound exceeds this.",
+)
+@click.option(
+    "--max-timeouts",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Fail a run with more timeouts than this inside its blackout.",
+)
+@click.option(
+    "--max-regression-pct",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Median rise over the baseline that counts as a regression [default: 10].",
+)
+def report(
+    run_dirs: tuple[Path, ...],
+    baseline_dirs: tuple[Path, ...],
+    html: Path | None,
+    markdown: Path | None,
+    junit: Path | None,
+    config_path: Path | None,
+    max_blackout_ms: float | None,
+    max_timeouts: int | None,
+    max_regression_pct: float | None,
+) -> None:
+    """Report on RUN_DIR... (HTML, Markdown, JUnit) and judge them against
+    thresholds and a baseline. Exit 0 pass, 1 threshold exceeded or
+    regression, 2 bad input."""
+    from analysis.report import Thresholds
+
+    from .commands import report as report_command
+    from .config import ConfigError, load_config
+
+    try:
+        configured = load_config(config_path).thresholds
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        thresholds = Thresholds(
+            max_blackout_ms=max_blackout_ms
+            if max_blackout_ms is not None
+            else configured.max_blackout_ms,
+            max_timeouts=max_timeouts if max_timeouts is not None else configured.max_timeouts,
+            max_regression_pct=max_regression_pct
+            if max_regression_pct is not None
+            else configured.max_regression_pct,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    to_stdout = markdown is not None and str(markdown) == "-"
+    result = report_command.run(
+        run_dirs=list(run_dirs),
+        baseline_dirs=list(baseline_dirs),
+        html=html,
+        markdown=None if to_stdout else markdown,
+        junit=junit,
+        thresholds=thresholds,
+    )
+    if result.error:
+        _fail(result.error, result.exit_code)
+    if to_stdout:
+        click.echo(result.markdown, nl=False)
+    else:
+        click.echo(result.text, nl=False)
+    sys.exit(result.exit_code)
+
+
+# -- measure import -------------------------------------------------------------
+
+
+@main.group(name="import")
+def import_() -> None:
+    """Turn logs of other tools into run folders that `measure analyze` reads."""
+
+
+@import_.command("ping-log")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["windows", "iputils", "fping"]),
+    required=True,
+    help="windows: ping.exe lines with a timestamp prefix; iputils: ping -D; fping: fping -D -l.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Parent folder of the new run folder.",
+)
+@click.option("--target", default=None, help="The pinged address, when the log does not say.")
+@click.option(
+    "--timezone",
+    default=None,
+    help="Zone of local timestamps: +09:00, UTC, Asia/Tokyo [default: this machine's].",
+)
+@click.option(
+    "--date",
+    "start_date",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Date for logs stamped with the time of day only.",
+)
+@click.option(
+    "--interval-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The ping interval (ping -i, fping -p) when the log does not show it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary document as JSON.")
+def import_ping_log(
+    file: Path,
+    fmt: str,
+    out: Path,
+    target: str | None,
+    timezone: str | None,
+    start_date: str | None,
+    interval_ms: float | None,
+    as_json: bool,
+) -> None:
+    """Import a ping log (Windows, in English or Japanese; iputils; fping)."""
+    from harness.importers import ImportFormatError
+
+    from .commands import analyze as analyze_command
+    from .commands import import_ping_log as import_command
+    from .runfolder import OutputFolderError
+
+    try:
+        run_dir = import_command.run(
+            file=file,
+            fmt=fmt,
+            out=out,
+            command=sys.argv,
+            target=target,
+            timezone=timezone,
+            start_date=start_date,
+            interval_s=None if interval_ms is None else interval_ms / 1000,
+        )
+    except (ImportFormatError, OutputFolderError) as exc:
+        _fail(str(exc))
+    _print_summary(analyze_command.run(run_dir=run_dir), as_json)
+    click.echo(f"run folder: {run_dir}", err=True)
 
 
 # -- measure lab ---------------------------------------------------------------

@@ -5,8 +5,10 @@
 
 * ``freeze``: the injector inside the namespace makes the guest ignore echo
   requests (replies time out, never "unreachable", as with a paused VM), then
-  every process started "inside the guest" is stopped with SIGSTOP (its whole
-  process group), so an in-guest agent sees a true execution gap;
+  every process running inside the guest's network namespace (whoever started
+  it: the lab, or the harness starting the in-guest agent) is stopped with
+  SIGSTOP, so an in-guest agent sees a true execution gap; only the
+  injector, the lab's own hand inside the namespace, keeps running;
 * ``thaw``: those processes continue (SIGCONT); the network stays dark;
 * ``network_restored``: echo requests are answered again.
 
@@ -34,6 +36,24 @@ from .netns import GuestNamespace
 LAB_PREFIX = "mbl-"
 
 
+def namespace_pids(name: str) -> list[int]:
+    """The processes whose network namespace is the named one (``ip netns``)."""
+    try:
+        target = os.stat(f"/run/netns/{name}").st_ino
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino == target:
+                pids.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return pids
+
+
 def _pair(stamp: WriteStamp) -> ClockPair:
     return ClockPair(mono_ns=stamp.mono_ns, utc_ns=stamp.utc_ns)
 
@@ -47,6 +67,7 @@ class NetnsGuest:
         self._injector: BlackoutInjector | None = None
         self._processes: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
+        self._stopped: list[int] = []
         self.frozen = False
 
     @property
@@ -114,19 +135,25 @@ class NetnsGuest:
         )
         with self._lock:
             self._processes.append(proc)
-            if self.frozen:
-                os.killpg(proc.pid, signal.SIGSTOP)
         return proc
 
-    def _signal_all(self, sig: int) -> ClockPair:
+    def guest_pids(self) -> list[int]:
+        """Every process in the guest's network namespace but the injector."""
+        spared = {os.getpid()}
+        if self._injector is not None:
+            spared.add(self._injector.pid)
+        return [pid for pid in namespace_pids(self.namespace.name) if pid not in spared]
+
+    def _continue_all(self) -> ClockPair:
+        """SIGCONT what ``freeze`` stopped; the midpoint of the signalling."""
         with self._lock:
             before = clock_pair()
-            for proc in self._processes:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, sig)
+            for pid in self._stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
             after = clock_pair()
-            self.frozen = sig == signal.SIGSTOP
+            self.frozen = False
+            self._stopped = []
         return ClockPair(
             mono_ns=(before.mono_ns + after.mono_ns) // 2,
             utc_ns=(before.utc_ns + after.utc_ns) // 2,
@@ -141,12 +168,15 @@ class NetnsGuest:
 
     async def freeze(self) -> ClockPair:
         injector = self._require_injector()
-        stamp = await asyncio.to_thread(injector.dark)
-        self._signal_all(signal.SIGSTOP)
+        with self._lock:
+            self._stopped = self.guest_pids()
+            self.frozen = True
+            pids = list(self._stopped)
+        stamp = await asyncio.to_thread(lambda: injector.dark(stop_pids=pids))
         return _pair(stamp)
 
     async def thaw(self) -> ClockPair:
-        return self._signal_all(signal.SIGCONT)
+        return self._continue_all()
 
     async def network_restored(self) -> ClockPair:
         injector = self._require_injector()

@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -198,7 +199,22 @@ class _Helper:
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "dark":
-            return {"ok": True, "stamp": asdict(self.write(b"1"))}
+            stamp = self.write(b"1")
+            # Stopping the guest's processes right after its network, from
+            # this process, puts both edges of a pause within microseconds.
+            stopped = 0
+            for pid in request.get("stop_pids", ()):
+                try:
+                    os.kill(int(pid), signal.SIGSTOP)
+                    stopped += 1
+                except ProcessLookupError:
+                    pass
+            return {
+                "ok": True,
+                "stamp": asdict(stamp),
+                "stopped": stopped,
+                "stopped_by_mono_ns": time.monotonic_ns(),
+            }
         if op == "light":
             return {"ok": True, "stamp": asdict(self.write(b"0"))}
         if op == "blackout":
@@ -428,9 +444,11 @@ class BlackoutInjector:
 
     # -- commands -----------------------------------------------------------
 
-    def dark(self) -> WriteStamp:
-        """Make the guest ignore echo requests from now on."""
-        stamp = WriteStamp(**self._request({"op": "dark"}, 5.0)["stamp"])
+    def dark(self, *, stop_pids: Sequence[int] = ()) -> WriteStamp:
+        """Make the guest ignore echo requests from now on; then, from inside the
+        helper, SIGSTOP ``stop_pids`` (the guest's processes) at once."""
+        response = self._request({"op": "dark", "stop_pids": [int(p) for p in stop_pids]}, 5.0)
+        stamp = WriteStamp(**response["stamp"])
         self._record("write", asdict(stamp))
         return stamp
 

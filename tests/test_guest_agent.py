@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from test_guest_display import ScreenClock, XvfbDisplay, needs_xvfb
+from test_guest_display import needs_xvfb
 
 from analysis.guest import HEARTBEAT_SOURCE, analyse_stream, load_frames, load_heartbeats
+from lab.desktop import ScreenClock, XvfbDisplay
 from probes.guest_receiver import GuestReceiver, new_token
 
 AGENT = Path(__file__).resolve().parent.parent / "probes" / "guest_agent.py"

@@ -220,3 +220,23 @@ def test_a_hostile_vm_name_is_a_literal(tmp_path: Path) -> None:
     proc, _run_dir = measure(tmp_path, "--vm", "x'; Remove-VM *")
     assert proc.returncode == 3, proc.stderr
     assert 'VM "x\'; Remove-VM *" was found on no host' in proc.stderr
+
+
+def test_guest_agent_sees_the_freeze(tmp_path: Path) -> None:
+    """The lab runs the in-guest agent on an Xvfb desktop inside the guest; its
+    heartbeats show the guest's execution gap, its frames keep their numbers."""
+    proc, run_dir = measure(tmp_path, "--guest-agent", "--agent-interval", "0.25", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert run_dir is not None
+    doc = json.loads(proc.stdout)
+    true_pause = doc["ground_truth"]["pause_to_resume_ms"]
+    gap = doc["guest"]["execution_gap"]
+    assert gap["source"] == "guest_heartbeat"
+    assert gap["lower_ms"] <= true_pause <= gap["upper_ms"]
+    # Within one heartbeat interval (plus the schedule's own jitter) of the truth.
+    assert abs(gap["gap_ms"] - true_pause) <= gap["interval_ms"] + gap["jitter_ms"]
+    frames = doc["guest"]["frames"]
+    assert frames["records"] >= 4
+    assert frames["missing"] == 0  # no capture during the freeze, and none lost
+    stored = sorted((run_dir / "frames").glob("seq_*.png"))
+    assert len(stored) == frames["records"]

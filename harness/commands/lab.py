@@ -19,6 +19,7 @@ from lab import control
 from lab.control import LabError, LabState
 
 from ..config import HostConfig, RunConfig
+from .run import GuestAgentSetup
 
 
 def up(*, config: Path | None, seed: int | None) -> tuple[LabState, bool]:
@@ -63,6 +64,26 @@ def run_config_for_lab(
     return (
         replace(config, hosts=tuple(hosts), guest_addresses=(state.guest_address,), vm=vm),
         passwords,
+    )
+
+
+def guest_agent_setup(
+    state: LabState,
+    *,
+    listen: tuple[str, int] | None,
+    contact_deadline_s: float,
+    interval_s: float = 1.0,
+) -> GuestAgentSetup:
+    """The receiver on the harness's side of the guest's link; the lab starts
+    the agent inside the guest namespace."""
+    guest = state.document["guest"]
+    host, port = listen or (str(guest["harness_side_address"]), 0)
+    return GuestAgentSetup(
+        listen_host=host,
+        listen_port=port,
+        contact_deadline_s=contact_deadline_s,
+        interval_s=interval_s,
+        lab_namespace=str(guest["namespace"]),
     )
 
 

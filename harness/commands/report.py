@@ -1,0 +1,100 @@
+"""``measure report``: one report over many run folders, optionally against a baseline.
+
+Reads each run folder (building a missing ``derived/summary.json``), checks the
+thresholds and, with a baseline, the regression verdict, and writes the
+requested outputs. Returns the exit code instead of exiting: 0 every check
+passed (or nothing to check), 1 a threshold was exceeded or a regression found,
+2 bad input (a missing folder, an unreadable summary, an output that cannot be
+written); nothing is written on bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.report import (
+    Report,
+    Thresholds,
+    build_report,
+    format_verdict,
+    render_html,
+    render_junit,
+    render_markdown,
+)
+from analysis.runfolder import RunFormatError
+
+from .. import exitcodes
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What ``run`` did.
+
+    ``text``: plain-text lines for the terminal (the verdict and each failed
+    check, or the error). ``markdown``: the Markdown report (also when it was
+    not written to a file), None on bad input. ``written``: the files written.
+    ``error``: the bad-input message when ``exit_code`` is 2.
+    """
+
+    exit_code: int
+    report: Report | None
+    text: str
+    markdown: str | None
+    written: tuple[Path, ...]
+    error: str | None = None
+
+
+def _bad_input(message: str) -> ReportResult:
+    return ReportResult(
+        exit_code=exitcodes.USAGE,
+        report=None,
+        text=f"error: {message}\n",
+        markdown=None,
+        written=(),
+        error=message,
+    )
+
+
+def run(
+    *,
+    run_dirs: Sequence[Path],
+    baseline_dirs: Sequence[Path] = (),
+    html: Path | None = None,
+    markdown: Path | None = None,
+    junit: Path | None = None,
+    thresholds: Thresholds | None = None,
+) -> ReportResult:
+    """Report on ``run_dirs`` (against ``baseline_dirs``) and write the outputs asked for."""
+    try:
+        report = build_report(run_dirs, baseline_dirs=baseline_dirs, thresholds=thresholds)
+    except RunFormatError as exc:
+        return _bad_input(str(exc))
+
+    # Render everything before writing anything, so a failure leaves no partial set.
+    markdown_text = render_markdown(report)
+    outputs: list[tuple[Path, str]] = []
+    if html is not None:
+        outputs.append((Path(html), render_html(report)))
+    if markdown is not None:
+        outputs.append((Path(markdown), markdown_text))
+    if junit is not None:
+        outputs.append((Path(junit), render_junit(report)))
+    written: list[Path] = []
+    for path, text in outputs:
+        try:
+            # Plain write, not write-aside-and-rename: the target may be
+            # $GITHUB_STEP_SUMMARY or /dev/stdout.
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            return _bad_input(f"cannot write {path}: {exc}")
+        written.append(path)
+
+    return ReportResult(
+        exit_code=exitcodes.OK if report.passed else exitcodes.MIGRATION_FAILED,
+        report=report,
+        text=format_verdict(report),
+        markdown=markdown_text,
+        written=tuple(written),
+    )
