@@ -115,7 +115,35 @@ def _print_summary(summary: dict[str, Any] | None, as_json: bool) -> None:
         click.echo(format_summary_table(summary))
 
 
-@click.group(epilog=exitcodes.EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class _MeasureGroup(click.Group):
+    """Usage errors as one line (``measure: error: ...``), exit code 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "measure"
+            path = "measure" + path[path.find(" ") :] if " " in path else "measure"
+            message = exc.format_message().replace("\n", " ")
+            click.echo(f"measure: error: {message} (see '{path} --help')", err=True)
+            sys.exit(exitcodes.USAGE)
+        except click.ClickException as exc:
+            click.echo(f"measure: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("measure: interrupted", err=True)
+            sys.exit(exitcodes.INTERRUPTED)
+        if isinstance(result, int):
+            sys.exit(result)
+        return result
+
+
+@click.group(
+    cls=_MeasureGroup,
+    epilog=exitcodes.EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="measure")
 def main() -> None:
     """Measure how long a VM is unreachable while it is live-migrated."""
