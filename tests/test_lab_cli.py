@@ -1,0 +1,92 @@
+"""``measure lab up / status / down``: idempotent, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures_netns import wait_until
+
+from lab.guest import LAB_PREFIX
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.root
+
+
+def measure(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "MEASURE_LAB_DIR": str(state_dir)},
+    )
+
+
+def lab_leftovers() -> list[str]:
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found = [line.split()[0] for line in namespaces.splitlines() if line.startswith(LAB_PREFIX)]
+    found += [
+        part.strip().split("@")[0]
+        for part in (line.split(":")[1] for line in links.splitlines())
+        if part.strip().startswith(LAB_PREFIX)
+    ]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+
+
+def test_up_twice_status_down_twice(tmp_path: Path) -> None:
+    before = lab_leftovers()
+    first = measure(tmp_path, "up")
+    assert first.returncode == 0, first.stderr
+    assert "lab started" in first.stderr
+    second = measure(tmp_path, "up")
+    assert second.returncode == 0 and "already running" in second.stderr
+
+    status = json.loads(measure(tmp_path, "status", "--json").stdout)
+    assert status["running"] is True
+    assert [h["name"] for h in status["hosts"]] == ["WS16TP4DM1VML1b", "WS16TP4DM2VML1b"]
+    for host in status["hosts"]:
+        assert host["url"].startswith("http://127.0.0.1:") and host["url"].endswith("/wsman")
+        assert host["username"] and host["password"]
+    assert status["guest"]["name"] == "HVSW10Home"
+    assert status["guest"]["address"].startswith("198.18.")
+    assert Path(status["ground_truth"]).exists()
+    pid = status["pid"]
+    assert set(lab_leftovers()) > set(before)
+
+    down = measure(tmp_path, "down")
+    assert down.returncode == 0 and "stopped" in down.stderr
+    assert not alive(pid)
+    assert set(lab_leftovers()) <= set(before)
+    again = measure(tmp_path, "down")
+    assert again.returncode == 0 and "nothing was running" in again.stderr
+    assert measure(tmp_path, "status").returncode == 1
+
+
+def test_down_cleans_up_after_a_crashed_lab(tmp_path: Path) -> None:
+    before = lab_leftovers()
+    assert measure(tmp_path, "up").returncode == 0
+    status = json.loads(measure(tmp_path, "status", "--json").stdout)
+    os.kill(status["pid"], signal.SIGKILL)
+    wait_until(lambda: not alive(status["pid"]), timeout_s=10, what="the daemon to die")
+    assert set(lab_leftovers()) > set(before)  # the crash left its namespace behind
+    down = measure(tmp_path, "down")
+    assert down.returncode == 0
+    assert set(lab_leftovers()) <= set(before)
+    assert not (tmp_path / "lab.json").exists()
