@@ -118,7 +118,7 @@ def _print_summary(summary: dict[str, Any] | None, as_json: bool) -> None:
 class _MeasureGroup(click.Group):
     """Usage errors as one line (``measure: error: ...``), exit code 2."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
@@ -238,6 +238,18 @@ def main() -> None:
     help="Seconds to wait for the agent's first frame and heartbeat.",
 )
 @click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Migrations to run; more than one makes a session folder with per-direction stats.",
+)
+@click.option(
+    "--ping-pong",
+    is_flag=True,
+    help="With --repeat: each migration goes back the way the previous one came.",
+)
+@click.option(
     "--agent-interval",
     type=click.FloatRange(min=0.05),
     default=1.0,
@@ -264,6 +276,8 @@ def run(
     agent_listen: str | None,
     agent_wait: float,
     agent_interval: float,
+    repeat: int,
+    ping_pong: bool,
     out: Path,
     as_json: bool,
 ) -> None:
@@ -304,6 +318,14 @@ def run(
         listen = (listen_host.strip("[]"), int(listen_port))
     terminal = _Terminal()
     kwargs: dict[str, Any] = {"out": out, "command": sys.argv, "progress": terminal.run_progress}
+
+    def execute(**arguments: Any) -> Any:
+        if repeat == 1:
+            return run_command.run(**arguments)
+        from .commands import session as session_command
+
+        return session_command.run(repeat=repeat, ping_pong=ping_pong, **arguments)
+
     try:
         if use_lab:
             with lab_command.lab_for_run(config=lab_config, seed=seed) as state:
@@ -315,7 +337,7 @@ def run(
                         contact_deadline_s=agent_wait,
                         interval_s=agent_interval,
                     )
-                result = run_command.run(
+                result = execute(
                     config=lab_run_config,
                     passwords=lab_passwords,
                     ground_truth=state.ground_truth,
@@ -351,7 +373,7 @@ def run(
                     if agent_host in ("0.0.0.0", "::") and config.guest_addresses
                     else None,
                 )
-            result = run_command.run(config=config, passwords=passwords, **kwargs)
+            result = execute(config=config, passwords=passwords, **kwargs)
     except lab_command.LabError as exc:
         terminal.close()
         _fail(str(exc))
@@ -362,11 +384,56 @@ def run(
         terminal.close()
         _fail(str(exc))
     terminal.close()
+    if repeat > 1:
+        _print_session(result, as_json)
+        sys.exit(result.exit_code)
     _print_summary(result.summary, as_json)
     if result.message:
         click.echo(f"measure: {result.status}: {result.message}", err=True)
     click.echo(f"run folder: {result.run_dir}", err=True)
     sys.exit(result.exit_code)
+
+
+def _print_session(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.document, indent=2))
+        click.echo(f"session folder: {result.session_dir}", err=True)
+        return
+    click.echo(f"session {result.document['session_id']}  {result.document['status']}")
+    for run in result.document["runs"]:
+        if "run_id" not in run:
+            click.echo(f"  #{run['index'] + 1}  preflight failed: {run['preflight_error']}")
+            continue
+        blackout = (
+            next((r.summary or {} for r in result.runs if r.run_dir.name == run["run_id"]), {}).get(
+                "blackout"
+            )
+            or {}
+        )
+        figure = (
+            f"blackout {blackout.get('lower_ms')}..{blackout.get('upper_ms')} ms"
+            if blackout
+            else "no blackout"
+        )
+        click.echo(
+            f"  #{run['index'] + 1}  {run['source']} -> {run['destination']}  "
+            f"{run['status']}  {figure}  ({run['run_id']})"
+        )
+    click.echo("")
+    click.echo(
+        "direction                                  runs  median ms  p95 ms   max ms  (upper bound)"
+    )
+    for stats in result.document["directions"]:
+        upper = stats["upper"]
+
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1f}"
+
+        click.echo(
+            f"{stats['direction']:42} {upper['n']:4}  {fmt(upper['median_ms']):>9}  "
+            f"{fmt(upper['p95_ms']):>6}  {fmt(upper['max_ms']):>7}"
+        )
+    click.echo(f"session folder: {result.session_dir}", err=True)
 
 
 # -- measure watch -----------------------------------------------------------

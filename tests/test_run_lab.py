@@ -240,3 +240,50 @@ def test_guest_agent_sees_the_freeze(tmp_path: Path) -> None:
     assert frames["missing"] == 0  # no capture during the freeze, and none lost
     stored = sorted((run_dir / "frames").glob("seq_*.png"))
     assert len(stored) == frames["records"]
+
+
+def test_repeat_ping_pong_makes_a_session(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    lab_config = tmp_path / "lab.toml"
+    lab_config.write_text(FAST_LAB)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            "--lab-config",
+            str(lab_config),
+            "--settle",
+            "1",
+            "--repeat",
+            "2",
+            "--ping-pong",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    (session_dir,) = out.glob("*-session-*")
+    session = json.loads((session_dir / "session.json").read_text())
+    assert session == json.loads(proc.stdout)
+    assert session["status"] == "completed"
+    first, second = session["runs"]
+    assert (first["source"], first["destination"]) == ("WS16TP4DM1VML1b", "WS16TP4DM2VML1b")
+    assert (second["source"], second["destination"]) == ("WS16TP4DM2VML1b", "WS16TP4DM1VML1b")
+    for entry in session["runs"]:
+        assert manifest(session_dir / entry["run_id"])["status"] == "completed"
+    directions = {d["direction"]: d for d in session["directions"]}
+    assert set(directions) == {
+        "WS16TP4DM1VML1b -> WS16TP4DM2VML1b",
+        "WS16TP4DM2VML1b -> WS16TP4DM1VML1b",
+    }
+    for stats in directions.values():
+        assert stats["upper"]["n"] == 1
+        assert stats["upper"]["median_ms"] == stats["upper"]["max_ms"] > 0

@@ -1,0 +1,166 @@
+"""``measure run --repeat N [--ping-pong]``: several migrations, one session folder.
+
+Each migration gets a run folder of its own inside ``<out>/<session-id>/``;
+``session.json`` beside them lists the runs as they finish and, at the end,
+the blackout per direction (median, p95, max of the lower bound, estimate
+and upper bound). With ``--ping-pong`` every run after the first goes back
+the way the previous one came (the write-up migrated both ways); without it
+each run finds the VM's host again, which alternates too unless ``--source``
+pins the direction. The session stops early on Ctrl-C or a failed preflight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from analysis.report import direction_stats, read_run
+from probes.clock import clock_pair, utc_iso
+
+from .. import exitcodes
+from ..config import RunConfig
+from ..runfolder import OutputFolderError, new_run_id
+from .run import PreflightError, RunResult, measure_run
+
+# Version history of session.json:
+#   1 (0.1.0): first version.
+SESSION_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    session_dir: Path
+    runs: tuple[RunResult, ...]
+    exit_code: int
+    document: dict[str, Any]
+
+
+def _write(path: Path, document: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _stats_json(stats: Any) -> dict[str, Any]:
+    def ms(value: float | None) -> float | None:
+        return None if value is None or value == float("inf") else round(value, 3)
+
+    def figure(f: Any) -> dict[str, Any]:
+        return {
+            "n": f.n,
+            "median_ms": ms(f.median_ms),
+            "p95_ms": ms(f.p95_ms),
+            "max_ms": ms(f.max_ms),
+        }
+
+    return {
+        "direction": stats.direction,
+        "runs": list(stats.run_ids),
+        "lower": figure(stats.lower),
+        "estimate": figure(stats.estimate),
+        "upper": figure(stats.upper),
+        "open_upper": stats.open_upper,
+    }
+
+
+def _session_exit_code(results: list[RunResult], preflight_failed: bool) -> int:
+    codes = {r.exit_code for r in results}
+    if exitcodes.INTERRUPTED in codes:
+        return exitcodes.INTERRUPTED
+    if preflight_failed or exitcodes.PREFLIGHT in codes:
+        return exitcodes.PREFLIGHT
+    if codes - {exitcodes.OK}:
+        return exitcodes.MIGRATION_FAILED
+    return exitcodes.OK
+
+
+async def measure_session(
+    *,
+    config: RunConfig,
+    repeat: int,
+    ping_pong: bool,
+    out: Path,
+    command: list[str],
+    **run_kwargs: Any,
+) -> SessionResult:
+    """Run ``repeat`` migrations; every run folder is complete whatever happens."""
+    if repeat < 1:
+        raise ValueError("repeat must be at least 1")
+    start = clock_pair()
+    session_id = new_run_id("session", start)
+    session_dir = Path(out) / session_id
+    try:
+        session_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputFolderError(f"cannot create session folder {session_dir}: {exc}") from exc
+    document: dict[str, Any] = {
+        "schema_version": SESSION_SCHEMA_VERSION,
+        "kind": "session",
+        "session_id": session_id,
+        "command": command,
+        "repeat": repeat,
+        "ping_pong": ping_pong,
+        "started_utc": utc_iso(start.utc_ns),
+        "ended_utc": None,
+        "status": "running",
+        "runs": [],
+        "directions": [],
+    }
+    path = session_dir / "session.json"
+    _write(path, document)
+    results: list[RunResult] = []
+    preflight_failed = False
+    run_config = config
+    try:
+        for index in range(repeat):
+            try:
+                result = await measure_run(
+                    config=run_config, out=session_dir, command=command, **run_kwargs
+                )
+            except PreflightError as exc:
+                document["runs"].append({"index": index, "preflight_error": str(exc)})
+                preflight_failed = True
+                break
+            results.append(result)
+            document["runs"].append(
+                {
+                    "index": index,
+                    "run_id": result.run_dir.name,
+                    "status": str(result.status),
+                    "exit_code": result.exit_code,
+                    "source": result.source,
+                    "destination": result.destination,
+                    "message": result.message,
+                }
+            )
+            _write(path, document)
+            if result.exit_code in (exitcodes.INTERRUPTED, exitcodes.PREFLIGHT):
+                break
+            if ping_pong and result.source and result.destination:
+                run_config = replace(
+                    run_config, source=result.destination, destination=result.source
+                )
+    finally:
+        runs = [read_run(r.run_dir) for r in results if (r.run_dir / "manifest.json").exists()]
+        document["directions"] = [_stats_json(s) for s in direction_stats(runs)]
+        document["ended_utc"] = utc_iso(clock_pair().utc_ns)
+        exit_code = _session_exit_code(results, preflight_failed)
+        document["status"] = (
+            "completed"
+            if exit_code == exitcodes.OK
+            else ("aborted" if exit_code == exitcodes.INTERRUPTED else "failed")
+        )
+        document["exit_code"] = exit_code
+        _write(path, document)
+    return SessionResult(
+        session_dir=session_dir, runs=tuple(results), exit_code=exit_code, document=document
+    )
+
+
+def run(**kwargs: Any) -> SessionResult:
+    return asyncio.run(measure_session(**kwargs))
