@@ -152,4 +152,70 @@ def format_summary_table(summary: Mapping[str, Any], *, max_outages_per_target: 
             f"  outside it on that target: {blackout['timeouts_outside']} timeouts, "
             f"{blackout['unreachable_outside']} unreachable, {blackout['errors_outside']} errors"
         )
+    lines.extend(_witnesses(summary))
     return "\n".join(lines) + "\n"
+
+
+def _witnesses(summary: Mapping[str, Any]) -> list[str]:
+    """The blackout as every other witness saw it: the hosts, Hyper-V itself,
+    the in-guest agent, and (in the lab) the truth."""
+    rows: list[list[str]] = []
+    blackout = summary.get("blackout")
+    if blackout:
+        rows.append(
+            [
+                "network (ICMP)",
+                _number(blackout.get("lower_ms")),
+                _number(blackout.get("upper_ms")),
+                blackout.get("source", ""),
+            ]
+        )
+    hyperv = summary.get("hyperv") or {}
+    window = hyperv.get("host_blackout")
+    if window:
+        rows.append(
+            [
+                "hypervisor (host polls: Paused -> Running)",
+                _number(window["lower_ms"]),
+                _number(window["upper_ms"]),
+                window.get("source", ""),
+            ]
+        )
+    reported = hyperv.get("reported")
+    if reported and reported.get("blackout_s") is not None:
+        value = reported["blackout_s"] * 1000
+        half = reported.get("resolution_s", 0.1) * 500
+        rows.append(
+            [
+                "hypervisor (as Hyper-V reports it)",
+                _number(value - half, 0),
+                _number(value + half, 0),
+                reported.get("source", ""),
+            ]
+        )
+    guest = (summary.get("guest") or {}).get("execution_gap")
+    if guest:
+        rows.append(
+            [
+                "guest execution gap (agent)",
+                _number(guest["lower_ms"]),
+                _number(guest["upper_ms"]),
+                guest.get("source", ""),
+            ]
+        )
+    if not rows:
+        return []
+    lines = ["", "Downtime by witness (ms)"]
+    lines.extend(_table(["witness", "lower", "upper", "source"], rows, align="lrrl"))
+    truth = summary.get("ground_truth")
+    if truth:
+        lines.append(
+            "  lab truth: pause -> resume "
+            f"{_number(truth.get('pause_to_resume_ms'))} ms, pause -> network restored "
+            f"{_number(truth.get('pause_to_network_restored_ms'))} ms"
+        )
+    if hyperv.get("source"):
+        lines.append(
+            f"  migration {hyperv.get('vm')}: {hyperv['source']} -> {hyperv.get('destination')}"
+        )
+    return lines

@@ -83,3 +83,36 @@ def test_no_icmp_and_no_blackout() -> None:
     text = format_summary_table(summary)
     assert "no ICMP records" in text
     assert text.endswith("Blackout: none found\n")
+
+
+def test_every_witness_of_the_downtime_is_shown() -> None:
+    from analysis.render import format_summary_table
+
+    summary = {
+        "schema_version": 1,
+        "kind": "summary",
+        "run_id": "r",
+        "status": "completed",
+        "error": None,
+        "generated_by": "x",
+        "warnings": [],
+        "icmp": {},
+        "blackout": None,
+        "hyperv": {
+            "vm": "HVSW10Home",
+            "source": "A",
+            "destination": "B",
+            "host_blackout": {"lower_ms": 2044.2, "upper_ms": 2356.6, "source": "host-polls"},
+            "reported": {"blackout_s": 2.3, "resolution_s": 0.1, "source": "hyperv-event:20415"},
+        },
+        "guest": {
+            "execution_gap": {"lower_ms": 2284.2, "upper_ms": 2298.2, "source": "guest_heartbeat"}
+        },
+        "ground_truth": {"pause_to_resume_ms": 2291.0, "pause_to_network_restored_ms": 4862.9},
+    }
+    text = format_summary_table(summary)
+    assert "hypervisor (host polls: Paused -> Running)  2044.200  2356.600  host-polls" in text
+    assert "hypervisor (as Hyper-V reports it)              2250      2350" in text
+    assert "guest execution gap (agent)" in text and "2298.200" in text
+    assert "lab truth: pause -> resume 2291.000 ms" in text
+    assert "migration HVSW10Home: A -> B" in text
