@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures_netns import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -287,3 +289,59 @@ def test_repeat_ping_pong_makes_a_session(tmp_path: Path) -> None:
     for stats in directions.values():
         assert stats["upper"]["n"] == 1
         assert stats["upper"]["median_ms"] == stats["upper"]["max_ms"] > 0
+
+
+SLOW_PRECOPY = FAST_LAB.replace("precopy_overhead = 0.5", "precopy_overhead = 20")
+
+
+def test_move_vm_later_than_timeout_is_stopped(tmp_path: Path) -> None:
+    proc, run_dir = measure(tmp_path, "--timeout", "2", lab_toml=SLOW_PRECOPY)
+    assert proc.returncode == 1, proc.stderr
+    assert "Move-VM did not return within 2 s" in proc.stderr
+    assert run_dir is not None
+    doc = manifest(run_dir)
+    assert doc["status"] == "aborted"
+    events = [
+        json.loads(line) for line in (run_dir / "raw" / "events.jsonl").read_text().splitlines()[1:]
+    ]
+    assert any(e["event"] == "move_vm_stopped" and e["reason"] == "timeout" for e in events)
+    # Stopped during pre-copy: the migration rolled back, the VM runs on the source.
+    polls = (run_dir / "raw" / "host_WS16TP4DM1VML1b.jsonl").read_text().splitlines()[1:]
+    assert json.loads(polls[-1])["state"] == "Running"
+
+
+def test_ctrl_c_during_the_migration(tmp_path: Path) -> None:
+    lab_config = tmp_path / "lab.toml"
+    lab_config.write_text(SLOW_PRECOPY)
+    out = tmp_path / "results"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            "--lab-config",
+            str(lab_config),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state")},
+    )
+
+    def migrating() -> bool:
+        return any('"move_vm_start"' in p.read_text() for p in out.glob("*/raw/events.jsonl"))
+
+    wait_until(migrating, timeout_s=60, what="Move-VM to start")
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    (run_dir,) = out.glob("*-run-*")
+    doc = manifest(run_dir)
+    assert doc["status"] == "aborted"
+    assert "interrupted" in doc["error"]["message"]
+    assert (run_dir / "raw" / "icmp.csv").stat().st_size > 0
+    assert (run_dir / "derived" / "summary.json").exists()
