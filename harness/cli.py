@@ -291,6 +291,7 @@ def run(
     from .commands import lab as lab_command
     from .commands import run as run_command
     from .config import ConfigError, apply_overrides, load_config, password_from_env
+    from .guestagent import GuestAgentSetup, address_towards
 
     try:
         config = load_config(config_path)
@@ -364,12 +365,12 @@ def run(
                 passwords[host.name] = password
             if guest_agent:
                 agent_host, agent_port = listen or ("0.0.0.0", 47600)
-                kwargs["guest_agent"] = run_command.GuestAgentSetup(
+                kwargs["guest_agent"] = GuestAgentSetup(
                     listen_host=agent_host,
                     listen_port=agent_port,
                     contact_deadline_s=agent_wait,
                     interval_s=agent_interval,
-                    advertise_host=run_command.address_towards(config.guest_addresses[0])
+                    advertise_host=address_towards(config.guest_addresses[0])
                     if agent_host in ("0.0.0.0", "::") and config.guest_addresses
                     else None,
                 )
@@ -475,12 +476,34 @@ def _print_session(result: Any, as_json: bool) -> None:
     show_default=True,
     help="Parent folder; the run folder <run-id> is created inside it.",
 )
+@click.option(
+    "--guest-agent",
+    is_flag=True,
+    help="Also receive frames and heartbeats from the in-guest agent (prints how to start it).",
+)
+@click.option(
+    "--agent-listen",
+    default="0.0.0.0:47600",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the agent's receiver listens.",
+)
+@click.option(
+    "--agent-wait",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the agent's first frame and heartbeat.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary document as JSON.")
 def watch(
     targets: list[str],
     interval_ms: float,
     timeout_ms: float | None,
     duration: float | None,
+    guest_agent: bool,
+    agent_listen: str,
+    agent_wait: float,
     out: Path,
     as_json: bool,
 ) -> None:
@@ -488,11 +511,33 @@ def watch(
     from probes.icmp import IcmpPermissionError
 
     from .commands import watch as watch_command
+    from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
     from .runfolder import OutputFolderError, RunStatus
 
     terminal = _Terminal()
+    setup = None
+    if guest_agent:
+        listen_host, _, listen_port = agent_listen.rpartition(":")
+        if not listen_host or not listen_port.isdigit() or not 0 <= int(listen_port) < 65536:
+            _fail(f"--agent-listen {agent_listen!r}: expected HOST:PORT")
+        listen_host = listen_host.strip("[]")
+        setup = GuestAgentSetup(
+            listen_host=listen_host,
+            listen_port=int(listen_port),
+            contact_deadline_s=agent_wait,
+            advertise_host=address_towards(targets[0])
+            if listen_host in ("0.0.0.0", "::")
+            else None,
+        )
+
+    def announce(message: str) -> None:
+        terminal.close()
+        click.echo(message, err=True)
+
     try:
         result = watch_command.run(
+            guest_agent=setup,
+            announce=announce,
             targets=targets,
             interval_s=interval_ms / 1000.0,
             timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
@@ -504,6 +549,9 @@ def watch(
     except (OutputFolderError, IcmpPermissionError) as exc:
         terminal.close()
         _fail(str(exc))
+    except ProbesNotReadyError as exc:
+        terminal.close()
+        _fail(str(exc), exitcodes.MIGRATION_FAILED)
     except ValueError as exc:
         terminal.close()
         _fail(str(exc))

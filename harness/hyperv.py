@@ -310,6 +310,30 @@ class HostSession:
             raise HostCallError(self.name, "; ".join(c for c, _ in statements), errors)
         return CallResult(output=tuple(output), errors=errors)
 
+    def invoke_script(
+        self, script: str, parameters: Sequence[tuple[str, Any]] = (), *, name: str = "script"
+    ) -> CallResult:
+        """Run a script shipped as package data (never text assembled from
+        values); ``parameters`` bind by name to its ``param()`` block, as typed
+        values. ``name`` labels errors. Terminating errors raise
+        :class:`HostCallError`; non-terminating ones come back in
+        ``CallResult.errors``."""
+        with self._lock:
+            if self._pool is None:
+                raise HostError(self.name, "session is not open")
+            ps = PowerShell(self._pool)
+            ps.add_script(script)
+            for parameter, value in parameters:
+                ps.add_parameter(parameter, value)
+            try:
+                output = ps.invoke()
+            except Exception as exc:
+                raise _translate(self.name, exc) from None
+        errors = tuple(PowerShellError.from_record(r) for r in ps.streams.error)
+        if ps.had_errors or ps.state == PSInvocationState.FAILED:
+            raise HostCallError(self.name, name, errors)
+        return CallResult(output=tuple(output), errors=errors)
+
     # -- the calls the harness makes ---------------------------------------
 
     def get_vm(self, vm: str) -> VmStatus | None:

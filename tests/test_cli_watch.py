@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fixtures_netns import wait_until
+from test_guest_display import needs_xvfb
 
 from harness.cli import main
+from lab.desktop import ScreenClock, XvfbDisplay
 from lab.netns import GuestNamespace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,3 +172,77 @@ def test_ctrl_c_ends_a_watch_cleanly(tmp_path: Path, watch_guest: GuestNamespace
     assert len(rows) > 100
     assert all(line.count(",") == 13 for line in rows)  # no half-written row
     assert (csv.parent.parent / "derived" / "summary.json").exists()
+
+
+@needs_xvfb
+def test_watch_with_the_guest_agent(tmp_path: Path) -> None:
+    """`watch --guest-agent` announces the agent's command; the agent, started
+    as a user would, delivers frames and heartbeats into the run folder."""
+    out = tmp_path / "results"
+    watch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "watch",
+            "--target",
+            "127.0.0.1",
+            "--duration",
+            "2",
+            "--guest-agent",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--agent-wait",
+            "60",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert watch.stderr is not None
+    announced = ""
+    while "MB_AGENT_TOKEN=" not in announced:
+        line = watch.stderr.readline()
+        assert line, "watch ended without announcing the agent"
+        announced = line
+    words = announced.split()
+    token = next(w for w in words if w.startswith("MB_AGENT_TOKEN=")).split("=", 1)[1]
+    url = words[words.index("--url") + 1]
+    assert url.startswith("http://127.0.0.1:")
+    with XvfbDisplay(320, 240) as xvfb, ScreenClock(xvfb.display, period_s=0.05):
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "probes" / "guest_agent.py"),
+                "--url",
+                url,
+                "--display",
+                xvfb.display,
+                "--interval",
+                "0.2",
+            ],
+            env={**os.environ, "MB_AGENT_TOKEN": token},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            stdout, stderr = watch.communicate(timeout=60)
+        finally:
+            agent.terminate()
+            agent.communicate(timeout=30)
+    assert watch.returncode == 0, stderr
+    summary = json.loads(stdout)
+    guest = summary["guest"]
+    assert guest["heartbeat"]["records"] > 50
+    assert guest["frames"]["records"] >= 5
+    (run_dir,) = out.glob("*-watch-*")
+    assert len(list((run_dir / "frames").glob("seq_*.png"))) >= 5
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path

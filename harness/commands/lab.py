@@ -19,7 +19,7 @@ from lab import control
 from lab.control import LabError, LabState
 
 from ..config import HostConfig, RunConfig
-from .run import GuestAgentSetup
+from ..guestagent import GuestAgentSetup
 
 
 def up(*, config: Path | None, seed: int | None) -> tuple[LabState, bool]:

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +38,6 @@ from typing import Any
 
 from analysis.summary import write_summary
 from probes.clock import clock_pair, utc_iso
-from probes.guest_receiver import GuestReceiver, new_token
 from probes.host_state import HostObservation, HostStatePoller
 from probes.icmp import IcmpProbe, IcmpTargetStats
 from probes.sink import CsvSink, JsonlSink
@@ -47,6 +45,7 @@ from probes.sink import CsvSink, JsonlSink
 from .. import exitcodes
 from ..clocksync import ClockOffset, drift_ppm, sample_clock
 from ..config import RunConfig
+from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall
 from ..runfolder import RunFolder, RunStatus, create_run_folder
 
@@ -76,10 +75,6 @@ class PreflightError(Exception):
     """A check before the migration failed; nothing was migrated."""
 
 
-class ProbesNotReadyError(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class RunProgress:
     phase: Phase
@@ -99,24 +94,6 @@ class RunResult:
     summary: dict[str, Any] | None
     source: str | None = None
     destination: str | None = None
-
-
-@dataclass(frozen=True)
-class GuestAgentSetup:
-    """The in-guest agent: where its receiver listens and who starts the agent.
-
-    With ``lab_namespace`` the lab's desktop (Xvfb, a clock, the agent) is
-    started inside that namespace; otherwise the user starts the agent in the
-    guest with the command the progress callback announces.
-    """
-
-    listen_host: str
-    listen_port: int = 0
-    contact_deadline_s: float = 60.0
-    interval_s: float = 1.0
-    heartbeat_hz: float = 100.0
-    lab_namespace: str | None = None
-    advertise_host: str | None = None  # the address the guest should send to
 
 
 @dataclass(frozen=True)
@@ -540,7 +517,11 @@ async def _probe_and_migrate(
             run.register_probe(f"host:{name}", _poller_file(name), format="jsonl", role=role)
         stop = asyncio.Event()
         outcome: list[MigrationOutcome] = []
-        agent = None if guest_agent is None else _GuestAgent(ctx, guest_agent)
+        agent = (
+            None
+            if guest_agent is None
+            else GuestAgentSession(ctx.run, guest_agent, record=ctx.record, announce=ctx.tick)
+        )
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(icmp.run(stop))
             for poller in ctx.pollers.values():
@@ -561,7 +542,7 @@ async def _drive(
     stop: asyncio.Event,
     interrupted: threading.Event,
     outcome: list[MigrationOutcome],
-    agent: _GuestAgent | None = None,
+    agent: GuestAgentSession | None = None,
 ) -> None:
     """Wait for the probes, migrate, settle, then stop the probes."""
     try:
@@ -590,81 +571,6 @@ async def _drive(
         if agent is not None:
             await agent.stop()
         stop.set()
-
-
-def address_towards(target: str) -> str | None:
-    """This machine's address on the route to ``target`` (no packet is sent)."""
-    family = socket.AF_INET6 if ":" in target else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((target, 9))
-        except OSError:
-            return None
-        return str(probe.getsockname()[0])
-
-
-class _GuestAgent:
-    """The receiver of the in-guest agent's frames and heartbeats, and (in the
-    lab) the guest desktop that runs the agent."""
-
-    def __init__(self, ctx: _Context, setup: GuestAgentSetup) -> None:
-        self.ctx = ctx
-        self.setup = setup
-        self.token = new_token()
-        self.receiver = GuestReceiver(
-            ctx.run.path, token=self.token, host=setup.listen_host, port=setup.listen_port
-        )
-        self.desktop: Any = None
-        for probe, file in (
-            ("guest_frames", "raw/guest_frames.jsonl"),
-            ("guest_heartbeat", "raw/guest_heartbeat.csv"),
-            ("guest_rejects", "raw/guest_rejects.jsonl"),
-        ):
-            ctx.run.register_probe(probe, file)
-
-    def agent_url(self) -> str:
-        host, port = self.receiver.address
-        host = self.setup.advertise_host or host
-        return f"http://{host}:{port}/"
-
-    async def start_and_wait(self) -> None:
-        async with asyncio.timeout(PROBES_READY_DEADLINE_S):
-            await self.receiver.ready.wait()
-        url = self.agent_url()
-        self.ctx.record("guest_agent_listening", url=url)
-        if self.setup.lab_namespace is not None:
-            from lab.desktop import GuestDesktop
-
-            self.desktop = GuestDesktop(
-                namespace=self.setup.lab_namespace,
-                receiver_url=url,
-                token=self.token,
-                log_path=self.ctx.run.raw / "guest_agent_output.txt",
-                interval_s=self.setup.interval_s,
-                heartbeat_hz=self.setup.heartbeat_hz,
-            )
-            await asyncio.to_thread(self.desktop.start)
-            self.ctx.tick("the lab started the agent inside the guest")
-        else:
-            self.ctx.tick(
-                "start the agent in the guest: "
-                f"MB_AGENT_TOKEN={self.token} python guest_agent.py --url {url} "
-                f"--interval {self.setup.interval_s:g}"
-            )
-        try:
-            async with asyncio.timeout(self.setup.contact_deadline_s):
-                await self.receiver.contact.wait()
-        except TimeoutError:
-            raise ProbesNotReadyError(
-                f"no frame and heartbeat from the guest agent within "
-                f"{self.setup.contact_deadline_s:g} s (receiver {url})"
-            ) from None
-        self.ctx.record("guest_agent_contact")
-
-    async def stop(self) -> None:
-        if self.desktop is not None:
-            await asyncio.to_thread(self.desktop.stop)
-            self.desktop = None
 
 
 async def _migrate(

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from analysis.summary import write_summary
 from probes.clock import clock_pair
 from probes.icmp import IcmpProbe, IcmpTargetStats
 
-from ..runfolder import RunFolder, RunStatus, create_run_folder
+from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
+from ..runfolder import RunStatus, create_run_folder
 
 # How long the probe may take to open its sockets and send its first probe.
 PROBE_READY_DEADLINE_S = 10.0
@@ -45,10 +46,6 @@ class WatchResult:
     error: str | None
 
 
-class ProbeNotReadyError(Exception):
-    """A probe did not become ready within its deadline."""
-
-
 async def watch_async(
     *,
     targets: Sequence[str],
@@ -60,15 +57,16 @@ async def watch_async(
     kind: str = "watch",
     privileged: bool | None = None,
     progress: Callable[[WatchProgress], None] | None = None,
-    on_ready: Callable[[RunFolder], Awaitable[Any]] | None = None,
+    guest_agent: GuestAgentSetup | None = None,
+    announce: Callable[[str], None] | None = None,
     extra_config: Mapping[str, Any] | None = None,
 ) -> WatchResult:
     """Probe ``targets`` every ``interval_s`` until ``duration_s`` or SIGINT/SIGTERM.
 
-    ``on_ready`` is started as a task of the run once every probe is ready
-    (``measure demo`` injects its blackout there); the watch does not end
-    before it has finished. Returns after the run folder is finalised and
-    analysed.
+    With ``guest_agent`` the in-guest agent's receiver runs too, and the
+    duration starts once its first frame and heartbeat arrived; ``announce``
+    gets the command to start the agent. Returns after the run folder is
+    finalised and analysed.
     """
     config: dict[str, Any] = {
         "icmp": {"interval_s": interval_s, "timeout_s": timeout_s, "privileged": privileged},
@@ -104,11 +102,19 @@ async def watch_async(
                 timeout_s=probe.timeout_s, privileged=probe.privileged
             )
             run.register_probe("icmp", "raw/icmp.csv", format="csv", **probe.meta)
+            agent = None
+            if guest_agent is not None:
+                agent = GuestAgentSession(
+                    run,
+                    guest_agent,
+                    record=lambda *_a, **_k: None,
+                    announce=announce or (lambda _message: None),
+                )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(probe.run(stop))
-                tasks.create_task(
-                    _supervise(tasks, probe, stop, duration_s, progress, on_ready, run)
-                )
+                if agent is not None:
+                    tasks.create_task(agent.receiver.run(stop))
+                tasks.create_task(_supervise(probe, stop, duration_s, progress, agent))
         finally:
             probe.sink.close()
         status = RunStatus.ABORTED if interrupted.is_set() else RunStatus.COMPLETED
@@ -130,52 +136,40 @@ async def watch_async(
 
 
 async def _supervise(
-    tasks: asyncio.TaskGroup,
     probe: IcmpProbe,
     stop: asyncio.Event,
     duration_s: float | None,
     progress: Callable[[WatchProgress], None] | None,
-    on_ready: Callable[[RunFolder], Awaitable[Any]] | None,
-    run: RunFolder,
+    agent: GuestAgentSession | None,
 ) -> None:
-    """Wait for readiness, start the optional hook, report progress, end the watch."""
+    """Wait for readiness (and the guest agent), report progress, end the watch."""
     try:
-        async with asyncio.timeout(PROBE_READY_DEADLINE_S):
-            await probe.ready.wait()
-    except TimeoutError:
-        stop.set()
-        raise ProbeNotReadyError(
-            f"the ICMP probe was not ready within {PROBE_READY_DEADLINE_S:.0f} s"
-        ) from None
-    start = clock_pair().mono_ns
-    hook_done = asyncio.Event()
-
-    async def hook() -> None:
         try:
-            if on_ready is not None:
-                await on_ready(run)
-        finally:
-            hook_done.set()
-
-    tasks.create_task(hook())
-    deadline = None if duration_s is None else start + int(duration_s * 1e9)
-    try:
+            async with asyncio.timeout(PROBE_READY_DEADLINE_S):
+                await probe.ready.wait()
+        except TimeoutError:
+            raise ProbesNotReadyError(
+                f"the ICMP probe was not ready within {PROBE_READY_DEADLINE_S:.0f} s"
+            ) from None
+        if agent is not None:
+            await agent.start_and_wait()
+        start = clock_pair().mono_ns
+        deadline = None if duration_s is None else start + int(duration_s * 1e9)
         while not stop.is_set():
             now = clock_pair().mono_ns
-            if deadline is not None and now >= deadline and hook_done.is_set():
+            if deadline is not None and now >= deadline:
                 break
             if progress is not None:
                 progress(WatchProgress(elapsed_s=(now - start) / 1e9, targets=probe.stats()))
             wait = PROGRESS_PERIOD_S
-            if deadline is not None and now < deadline:
+            if deadline is not None:
                 wait = min(wait, (deadline - now) / 1e9)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await stop.wait()
     finally:
-        # The probes stop only after the hook is done: a demo's injected
-        # blackout must be measured to its end.
-        await hook_done.wait()
+        if agent is not None:
+            await agent.stop()
         stop.set()
 
 

@@ -1,0 +1,129 @@
+"""The in-guest agent from the harness's side: its receiver, and in the lab
+the guest desktop that runs it. Used by ``measure run`` and ``measure watch``.
+
+The receiver listens where the guest can reach it; the token authenticates
+the agent. For a real guest the harness announces the exact command to start
+the agent (token included: it is shown on the console, never written to the
+run folder); in the lab, the agent, a virtual X display and a clock are
+started inside the guest's network namespace, so they freeze with the VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from probes.guest_receiver import GuestReceiver, new_token
+
+from .runfolder import RunFolder
+
+RECEIVER_READY_DEADLINE_S = 15.0
+
+
+class ProbesNotReadyError(Exception):
+    """A probe (or the guest agent) did not become ready within its deadline."""
+
+
+@dataclass(frozen=True)
+class GuestAgentSetup:
+    """The in-guest agent: where its receiver listens and who starts the agent.
+
+    With ``lab_namespace`` the lab's desktop (Xvfb, a clock, the agent) is
+    started inside that namespace; otherwise the user starts the agent in the
+    guest with the command the progress callback announces.
+    """
+
+    listen_host: str
+    listen_port: int = 0
+    contact_deadline_s: float = 60.0
+    interval_s: float = 1.0
+    heartbeat_hz: float = 100.0
+    lab_namespace: str | None = None
+    advertise_host: str | None = None  # the address the guest should send to
+
+
+def address_towards(target: str) -> str | None:
+    """This machine's address on the route to ``target`` (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((target, 9))
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
+
+
+class GuestAgentSession:
+    """The receiver of the in-guest agent's frames and heartbeats, and (in the
+    lab) the guest desktop that runs the agent."""
+
+    def __init__(
+        self,
+        run: RunFolder,
+        setup: GuestAgentSetup,
+        *,
+        record: Callable[..., None],
+        announce: Callable[[str], None],
+    ) -> None:
+        self.run = run
+        self.setup = setup
+        self.record = record
+        self.announce = announce
+        self.token = new_token()
+        self.receiver = GuestReceiver(
+            run.path, token=self.token, host=setup.listen_host, port=setup.listen_port
+        )
+        self.desktop: Any = None
+        for probe, file in (
+            ("guest_frames", "raw/guest_frames.jsonl"),
+            ("guest_heartbeat", "raw/guest_heartbeat.csv"),
+            ("guest_rejects", "raw/guest_rejects.jsonl"),
+        ):
+            run.register_probe(probe, file)
+
+    def agent_url(self) -> str:
+        host, port = self.receiver.address
+        host = self.setup.advertise_host or host
+        return f"http://{host}:{port}/"
+
+    async def start_and_wait(self) -> None:
+        async with asyncio.timeout(RECEIVER_READY_DEADLINE_S):
+            await self.receiver.ready.wait()
+        url = self.agent_url()
+        self.record("guest_agent_listening", url=url)
+        if self.setup.lab_namespace is not None:
+            from lab.desktop import GuestDesktop
+
+            self.desktop = GuestDesktop(
+                namespace=self.setup.lab_namespace,
+                receiver_url=url,
+                token=self.token,
+                log_path=self.run.raw / "guest_agent_output.txt",
+                interval_s=self.setup.interval_s,
+                heartbeat_hz=self.setup.heartbeat_hz,
+            )
+            await asyncio.to_thread(self.desktop.start)
+            self.announce("the lab started the agent inside the guest")
+        else:
+            self.announce(
+                "start the agent in the guest: "
+                f"MB_AGENT_TOKEN={self.token} python guest_agent.py --url {url} "
+                f"--interval {self.setup.interval_s:g}"
+            )
+        try:
+            async with asyncio.timeout(self.setup.contact_deadline_s):
+                await self.receiver.contact.wait()
+        except TimeoutError:
+            raise ProbesNotReadyError(
+                f"no frame and heartbeat from the guest agent within "
+                f"{self.setup.contact_deadline_s:g} s (receiver {url})"
+            ) from None
+        self.record("guest_agent_contact")
+
+    async def stop(self) -> None:
+        if self.desktop is not None:
+            await asyncio.to_thread(self.desktop.stop)
+            self.desktop = None
