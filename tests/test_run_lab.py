@@ -108,6 +108,9 @@ def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
     # ICMP bounds contain the lab's true outage (pause -> network restored).
     assert blackout["lower_ms"] <= true_outage <= blackout["upper_ms"]
     assert blackout["unreachable"] == 0 and blackout["timeouts"] == blackout["lost"]
+    # The count-based estimate is within one interval of the truth (5 ms here),
+    # plus the stalls this shared VM itself takes now and then (5-25 ms seen).
+    assert abs(blackout["estimate_ms"] - true_outage) <= 5 + 15
     # The host-derived pause-to-running window contains the true pause.
     host = doc["hyperv"]["host_blackout"]
     assert host["lower_ms"] <= true_pause <= host["upper_ms"]
