@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_netns import wait_until
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -255,6 +256,9 @@ def test_guest_agent_sees_the_freeze(tmp_path: Path) -> None:
     assert frames["missing"] == 0  # no capture during the freeze, and none lost
     stored = sorted((run_dir / "frames").glob("seq_*.png"))
     assert len(stored) == frames["records"]
+    # The contact sheet of the frames around the gap is part of derived/.
+    with Image.open(run_dir / "derived" / "contact-sheet.png") as sheet:
+        assert sheet.width > 1000
 
 
 def test_repeat_ping_pong_makes_a_session(tmp_path: Path) -> None:

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from analysis.summary import write_summary
+from analysis.derive import rebuild_derived
 
 
 def run(*, run_dir: Path) -> dict[str, Any]:
     """Write ``run_dir/derived/summary.json`` and return it as a dict."""
-    path = write_summary(Path(run_dir))
+    path = rebuild_derived(Path(run_dir))[0]
     document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return document

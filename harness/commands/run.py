@@ -36,7 +36,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from analysis.summary import write_summary
+from analysis.derive import rebuild_derived
 from probes.clock import clock_pair, utc_iso
 from probes.host_state import HostObservation, HostStatePoller
 from probes.icmp import IcmpProbe, IcmpTargetStats
@@ -279,7 +279,7 @@ async def measure_run(
         run.finalize(status, error)
     summary = None
     try:
-        summary = json.loads(write_summary(run.path).read_text(encoding="utf-8"))
+        summary = json.loads(rebuild_derived(run.path)[0].read_text(encoding="utf-8"))
     except Exception as exc:  # the run folder stands; analysis can be rebuilt later
         message = (message + "; " if message else "") + f"analysis failed: {exc}"
     return RunResult(

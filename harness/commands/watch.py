@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.summary import write_summary
+from analysis.derive import rebuild_derived
 from probes.clock import clock_pair
 from probes.icmp import IcmpProbe, IcmpTargetStats
 
@@ -130,7 +130,7 @@ async def watch_async(
         if status is RunStatus.ABORTED and error is None:
             run.manifest["error"] = {"type": "interrupted", "message": "stopped by a signal"}
             run.save()
-    summary_path = write_summary(run.path)
+    summary_path = rebuild_derived(run.path)[0]
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     return WatchResult(run_dir=run.path, status=status, summary=summary, error=None)
 

@@ -1,0 +1,33 @@
+"""Everything in ``derived/``, rebuilt from ``raw/`` by one call.
+
+``measure analyze``, ``measure run`` and ``measure watch`` all end here, so a
+run folder's derived files are the same whichever wrote them, and can be
+rebuilt at any time (raw data is never touched).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from analysis.guest import FRAMES_FILE, contact_sheet, load_frames
+from analysis.summary import SUMMARY_FILE, write_summary
+
+CONTACT_SHEET_FILE = Path("derived") / "contact-sheet.png"
+
+
+def rebuild_derived(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``derived/summary.json`` and every picture the raw data supports;
+    return the paths written. Only the summary is required: a picture that
+    cannot be drawn is left out (its reason is in the summary's data)."""
+    run_path = Path(run_dir)
+    written = [write_summary(run_path)]
+    if (run_path / FRAMES_FILE).is_file() and len(load_frames(run_path)) >= 2:
+        try:
+            written.append(contact_sheet(run_path, run_path / CONTACT_SHEET_FILE))
+        except ValueError:
+            pass  # no two frames of one agent: nothing to put side by side
+    return written
+
+
+__all__ = ["CONTACT_SHEET_FILE", "SUMMARY_FILE", "rebuild_derived"]
