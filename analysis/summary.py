@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from analysis.console import console_summary
 from analysis.guest import analyse_guest, guest_summary
 from analysis.hyperv import hyperv_summary, load_ground_truth, truth_summary
 from analysis.icmp import (
@@ -172,6 +173,7 @@ def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         ),
         "hyperv": hyperv_summary(run),
         "guest": _guest(run.path),
+        "console": console_summary(run),
         "ground_truth": None if truth is None else truth_summary(truth),
     }
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from analysis.derive import rebuild_derived
 from probes.clock import clock_pair, utc_iso
+from probes.console_view import CONSOLE_FILE, ConsoleViewProbe
 from probes.host_state import HostObservation, HostStatePoller
 from probes.icmp import IcmpProbe, IcmpTargetStats
 from probes.sink import CsvSink, JsonlSink
@@ -45,6 +46,7 @@ from probes.sink import CsvSink, JsonlSink
 from .. import exitcodes
 from ..clocksync import ClockOffset, drift_ppm, sample_clock
 from ..config import RunConfig
+from ..console import DEFAULT_HEIGHT, DEFAULT_WIDTH, console_poll_function
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall
 from ..runfolder import RunFolder, RunStatus, create_run_folder
@@ -57,6 +59,7 @@ HARVESTED_EVENTS = (
 PROBES_READY_DEADLINE_S = 15.0
 PREFLIGHT_PING_COUNT = 5
 CLOCK_SAMPLES = 7
+CONSOLE_POLL_INTERVAL_S = 0.5
 SETTLE_QUIET_LIMIT_S = 60.0  # the settle window ends at the latest this long after settle_s
 
 
@@ -139,6 +142,7 @@ class _Context:
     sessions: dict[str, HostSession] = field(default_factory=dict)
     pollers: dict[str, HostStatePoller] = field(default_factory=dict)
     icmp: IcmpProbe | None = None
+    console: ConsoleViewProbe | None = None
     phase: Phase = Phase.PREFLIGHT
 
     def announce(self, phase: Phase, message: str | None = None) -> None:
@@ -515,6 +519,20 @@ async def _probe_and_migrate(
                 sink=sink,
             )
             run.register_probe(f"host:{name}", _poller_file(name), format="jsonl", role=role)
+        # The console view (the write-up's VM Connection window): the VM's
+        # screen thumbnail from whichever host holds it, the source first.
+        holders = [ctx.sessions[source], *(s for n, s in ctx.sessions.items() if n != source)]
+        console = ConsoleViewProbe.create(
+            run.path,
+            poll=console_poll_function(holders, config.vm),
+            vm=config.vm,
+            width=DEFAULT_WIDTH,
+            height=DEFAULT_HEIGHT,
+            interval_s=CONSOLE_POLL_INTERVAL_S,
+        )
+        ctx.console = console
+        sinks.append(console.sink)
+        run.register_probe("console", CONSOLE_FILE, format="jsonl", **console.meta)
         stop = asyncio.Event()
         outcome: list[MigrationOutcome] = []
         agent = (
@@ -526,6 +544,7 @@ async def _probe_and_migrate(
             tasks.create_task(icmp.run(stop))
             for poller in ctx.pollers.values():
                 tasks.create_task(poller.run(stop))
+            tasks.create_task(console.run(stop))
             if agent is not None:
                 tasks.create_task(agent.receiver.run(stop))
             tasks.create_task(_drive(ctx, source, destination, stop, interrupted, outcome, agent))
@@ -550,6 +569,7 @@ async def _drive(
             await agent.start_and_wait()
         probes: list[asyncio.Event] = [ctx.icmp.ready] if ctx.icmp else []
         probes += [p.ready for p in ctx.pollers.values()]
+        probes += [ctx.console.ready] if ctx.console else []
         try:
             async with asyncio.timeout(PROBES_READY_DEADLINE_S):
                 for ready in probes:

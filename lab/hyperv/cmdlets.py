@@ -8,7 +8,8 @@ real .NET type names and error ids; whether an error terminates the pipeline
 follows Windows.
 
 Scripts (``AddScript``) are not interpreted: the lab answers them with a
-terminating error that says so.
+terminating error that says so, except the harness's thumbnail script, which
+:mod:`lab.hyperv.thumbnail` recognises by its text and answers.
 """
 
 from __future__ import annotations
@@ -546,6 +547,12 @@ async def run_statement(ctx: CmdletContext, commands: list[Command]) -> None:
     """Run one statement (commands piped together); the lab runs one command per statement."""
     first = commands[0]
     if first.is_script:
+        # Imported here: the thumbnail module builds on this one.
+        from lab.hyperv import thumbnail
+
+        if thumbnail.is_thumbnail_script(first.command_text):
+            await thumbnail.run_script(ctx, commands)
+            return
         raise TerminatingError(scripts_not_supported())
     # Module-qualified names (Hyper-V\Get-VM) resolve to the cmdlet.
     name = first.command_text.rsplit("\\", 1)[-1]

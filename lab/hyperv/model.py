@@ -168,6 +168,10 @@ class MigrationTiming:
     negotiation: Span = Span(0.2, 0.5)
     # Hyper-V writes 20417 instead of a plain 20415 above this blackout.
     critical_blackout_s: float = 5.0
+    # The console after resume (the write-up's F-H, lab/hyperv/thumbnail.py):
+    # "Connecting to <vm>..." this long, then black this long, then the desktop.
+    console_connecting: Span = Span(0.5, 1.5)
+    console_black_after_connecting: Span = Span(0.5, 1.5)
 
     def __post_init__(self) -> None:
         if self.dirty_rate_bytes_per_s >= self.transfer_rate_bytes_per_s:
@@ -498,6 +502,17 @@ class Lab:
             host.responsive.set()
         self._fired_faults: set[UnresponsiveFault] = set()
         self._jobs: list[_Job] = []
+        # Imported here: the console module builds on this one.
+        from lab.hyperv.thumbnail import ConsoleScreen
+
+        self.console = ConsoleScreen(
+            vm_name=config.vm.name,
+            timing=config.timing,
+            seed=config.seed,
+            clock=self._clock,
+            record=self._record,
+            spawn=spawn,
+        )
         self._record_ids = 0
         now = self._clock.now()
         vm_cfg = config.vm
@@ -842,6 +857,7 @@ class Lab:
         source = self.host(job.source)
         vm.state = VmState.Paused
         vm.status = migrating_status(80)
+        self.console.pause(host=source.name)
         frozen = await self._guest.freeze()
         self._record(gt.PAUSE, frozen, **details, percent=80)
 
@@ -858,6 +874,7 @@ class Lab:
         thawed = await self._guest.thaw()
         blackout_s = (thawed.mono_ns - frozen.mono_ns) / 1e9
         self._record(gt.RESUME, thawed, **details, blackout_s=blackout_s)
+        self.console.resume(host=dest.name)
         self._spawn(self._restore_network(plan.network_reconvergence_s, details))
         self._write_migration_events(job, source, dest, plan, blackout_s)
 
