@@ -119,6 +119,12 @@ def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
     reported = doc["hyperv"]["reported"]
     assert reported["event_id"] == 20415
     assert abs(reported["blackout_s"] - true_pause / 1000) <= 0.1
+    # The console view went dark across the pause and came back from the
+    # destination (the VM Connection title switches hosts).
+    console = doc["console"]
+    assert console["blackout"] is not None
+    assert console["blackout"]["lower_ms"] >= true_pause * 0.5
+    assert set(console["frames_by_host"]) == {"WS16TP4DM1VML1b", "WS16TP4DM2VML1b"}
     assert doc["hyperv"]["source"] == "WS16TP4DM1VML1b"
     assert doc["hyperv"]["destination"] == "WS16TP4DM2VML1b"
 
