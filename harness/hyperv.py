@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -291,47 +291,47 @@ class HostSession:
     ) -> CallResult:
         """Run several cmdlets as separate statements of one pipeline: one
         round trip, outputs in statement order."""
-        with self._lock:
-            if self._pool is None:
-                raise HostError(self.name, "session is not open")
-            ps = PowerShell(self._pool)
+
+        def build(ps: PowerShell) -> None:
             for index, (cmdlet, parameters) in enumerate(statements):
                 if index:
                     ps.add_statement()
                 ps.add_cmdlet(cmdlet)
                 for name, value in parameters:
                     ps.add_parameter(name, value)
-            try:
-                output = ps.invoke()
-            except Exception as exc:
-                raise _translate(self.name, exc) from None
-        errors = tuple(PowerShellError.from_record(r) for r in ps.streams.error)
-        if ps.had_errors or ps.state == PSInvocationState.FAILED:
-            raise HostCallError(self.name, "; ".join(c for c, _ in statements), errors)
-        return CallResult(output=tuple(output), errors=errors)
+
+        return self._invoke(build, "; ".join(c for c, _ in statements))
 
     def invoke_script(
         self, script: str, parameters: Sequence[tuple[str, Any]] = (), *, name: str = "script"
     ) -> CallResult:
         """Run a script shipped as package data (never text assembled from
         values); ``parameters`` bind by name to its ``param()`` block, as typed
-        values. ``name`` labels errors. Terminating errors raise
+        values. ``name`` labels errors."""
+
+        def build(ps: PowerShell) -> None:
+            ps.add_script(script)
+            for parameter, value in parameters:
+                ps.add_parameter(parameter, value)
+
+        return self._invoke(build, name)
+
+    def _invoke(self, build: Callable[[PowerShell], None], label: str) -> CallResult:
+        """One pipeline on the open pool. Terminating errors raise
         :class:`HostCallError`; non-terminating ones come back in
-        ``CallResult.errors``."""
+        ``CallResult.errors`` (pypsrp sets ``had_errors`` only for the former)."""
         with self._lock:
             if self._pool is None:
                 raise HostError(self.name, "session is not open")
             ps = PowerShell(self._pool)
-            ps.add_script(script)
-            for parameter, value in parameters:
-                ps.add_parameter(parameter, value)
+            build(ps)
             try:
                 output = ps.invoke()
             except Exception as exc:
                 raise _translate(self.name, exc) from None
         errors = tuple(PowerShellError.from_record(r) for r in ps.streams.error)
         if ps.had_errors or ps.state == PSInvocationState.FAILED:
-            raise HostCallError(self.name, name, errors)
+            raise HostCallError(self.name, label, errors)
         return CallResult(output=tuple(output), errors=errors)
 
     # -- the calls the harness makes ---------------------------------------
