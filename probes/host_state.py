@@ -16,11 +16,11 @@ silently lost.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .clock import clock_pair
+from .schedule import poll_on_schedule
 from .sink import JsonlSink
 
 
@@ -89,28 +89,13 @@ class HostStatePoller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; the poll in flight then completes and is recorded."""
-        interval_ns = int(self.interval_s * 1e9)
-        start_ns = time.monotonic_ns()
-        k = 0
         try:
-            while not stop.is_set():
-                await self._poll_once(k)
-                k += 1
-                now = time.monotonic_ns()
-                due = start_ns + k * interval_ns
-                if now > due:
-                    missed = (now - due) // interval_ns
-                    self._skipped += missed
-                    k += missed
-                    due = start_ns + k * interval_ns
-                wait_s = max(0.0, (due - time.monotonic_ns()) / 1e9)
-                try:
-                    async with asyncio.timeout(wait_s):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+            await poll_on_schedule(self.interval_s, stop, self._poll_once, self._note_skipped)
         finally:
             self._sink.flush()
+
+    def _note_skipped(self, slots: int) -> None:
+        self._skipped += slots
 
     async def _poll_once(self, k: int) -> None:
         send = clock_pair()

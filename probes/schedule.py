@@ -1,0 +1,41 @@
+"""A drift-free polling schedule shared by the probes that poll a host.
+
+Poll k is due at ``t0 + k * interval`` on the monotonic clock. A poll that
+takes longer than the interval delays the next one, and the slots it overran
+are skipped (and counted), never silently lost and never bunched up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+
+async def poll_on_schedule(
+    interval_s: float,
+    stop: asyncio.Event,
+    poll_once: Callable[[int], Awaitable[None]],
+    on_skipped: Callable[[int], None],
+) -> None:
+    """Call ``poll_once(k)`` for slot k until ``stop`` is set; the poll in
+    flight completes. ``on_skipped(n)`` hears of every run of overrun slots."""
+    interval_ns = int(interval_s * 1e9)
+    start_ns = time.monotonic_ns()
+    k = 0
+    while not stop.is_set():
+        await poll_once(k)
+        k += 1
+        now = time.monotonic_ns()
+        due = start_ns + k * interval_ns
+        if now > due:
+            missed = (now - due) // interval_ns
+            if missed:
+                on_skipped(missed)
+            k += missed
+            due = start_ns + k * interval_ns
+        wait_s = max(0.0, (due - time.monotonic_ns()) / 1e9)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await stop.wait()
