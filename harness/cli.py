@@ -46,6 +46,14 @@ def _parse_interval(
     return value
 
 
+def _parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) for --agent-listen."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        _fail(f"--agent-listen {value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
 class _Terminal:
     """Progress on stderr: rewritten in place on a terminal, sparse otherwise."""
 
@@ -311,12 +319,7 @@ def run(
     except ConfigError as exc:
         _fail(str(exc))
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
-    listen: tuple[str, int] | None = None
-    if agent_listen is not None:
-        listen_host, _, listen_port = agent_listen.rpartition(":")
-        if not listen_host or not listen_port.isdigit() or not 0 <= int(listen_port) < 65536:
-            _fail(f"--agent-listen {agent_listen!r}: expected HOST:PORT")
-        listen = (listen_host.strip("[]"), int(listen_port))
+    listen = None if agent_listen is None else _parse_listen(agent_listen)
     terminal = _Terminal()
     kwargs: dict[str, Any] = {"out": out, "command": sys.argv, "progress": terminal.run_progress}
 
@@ -517,13 +520,10 @@ def watch(
     terminal = _Terminal()
     setup = None
     if guest_agent:
-        listen_host, _, listen_port = agent_listen.rpartition(":")
-        if not listen_host or not listen_port.isdigit() or not 0 <= int(listen_port) < 65536:
-            _fail(f"--agent-listen {agent_listen!r}: expected HOST:PORT")
-        listen_host = listen_host.strip("[]")
+        listen_host, listen_port = _parse_listen(agent_listen)
         setup = GuestAgentSetup(
             listen_host=listen_host,
-            listen_port=int(listen_port),
+            listen_port=listen_port,
             contact_deadline_s=agent_wait,
             advertise_host=address_towards(targets[0])
             if listen_host in ("0.0.0.0", "::")
