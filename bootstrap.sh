@@ -17,6 +17,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
     fi
+    # The QEMU lab: QEMU >= 8 (bookworm-backports on Debian 12), a Debian kernel,
+    # the guest's initramfs. Idempotent; fast when nothing changed.
+    sh lab/qemu/setup.sh
 elif [ "$(id -u)" != 0 ]; then
     echo "bootstrap: not root, skipping system packages ($SYSTEM_PACKAGES)"
 fi

@@ -49,6 +49,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -189,6 +190,11 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
     return removed
 
 
+def _teardown(name: str, host_if: str) -> None:
+    _ip("link", "del", host_if, check=False)
+    _ip("netns", "del", name, check=False)
+
+
 def _indexes_in_use() -> set[int]:
     used: set[int] = set()
     any_prefix = re.compile(r"^.*?(\d+)-(\d+)$")
@@ -239,7 +245,7 @@ class GuestNamespace:
         self.guest_if = ""
         self.ipv6 = False
         self._extra_count = 0
-        self._unreachable_ready = False
+        self._finalizer: weakref.finalize | None = None
         self._injectors: list[BlackoutInjector] = []
         self._responder: subprocess.Popen[str] | None = None
 
@@ -289,6 +295,9 @@ class GuestNamespace:
             except BaseException:
                 self.destroy()
                 raise
+        # A safety net if the owner forgets destroy(): runs when this object is
+        # collected or the interpreter exits (cleanup_stale() covers crashes).
+        self._finalizer = weakref.finalize(self, _teardown, self.name, self.host_if)
         return self
 
     def _build(self, x: int) -> None:
@@ -357,6 +366,9 @@ class GuestNamespace:
             injector.close()
         self._injectors.clear()
         self._stop_responder()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if self.index is None:
             return
         _ip("link", "del", self.host_if, check=False)
