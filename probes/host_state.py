@@ -16,7 +16,8 @@ silently lost.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 from .clock import clock_pair
@@ -37,7 +38,8 @@ class HostObservation:
     errors: tuple[str, ...] = ()  # non-terminating errors other than "VM not found"
 
 
-PollFunction = Callable[[], HostObservation]
+# Blocking (run in a worker thread) or a coroutine function (awaited on the loop).
+PollFunction = Callable[[], HostObservation] | Callable[[], Awaitable[HostObservation]]
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,10 @@ class HostStatePoller:
         observation: HostObservation | None = None
         error: str | None = None
         try:
-            observation = await asyncio.to_thread(self._poll)
+            if inspect.iscoroutinefunction(self._poll):
+                observation = await self._poll()
+            else:
+                observation = await asyncio.to_thread(self._poll)  # type: ignore[arg-type]
         except Exception as exc:  # a failed poll is an event, never the end of the run
             error = str(exc) or type(exc).__name__
         recv = clock_pair()

@@ -1,22 +1,23 @@
-"""``measure run``: live-migrate a VM with Move-VM and measure its blackout.
+"""``measure run``: live-migrate a VM and measure its blackout.
 
-The phases, each announced to the caller's progress callback and written to
-``raw/events.jsonl``:
+The hypervisor is a backend (``harness.backends``): Hyper-V over PSRP (real
+hosts or the emulated lab) or QEMU over QMP. The phases, each announced to
+the caller's progress callback and written to ``raw/events.jsonl``:
 
-1. **preflight**: open one RunspacePool per host (reachable, authenticated),
-   find which host holds the VM (or check ``--source``), check that it runs,
-   that the destination is another host, and that the guest answers pings.
-   Any failure is a :class:`PreflightError` (exit code 3) naming the host.
-2. **clock**: ``Get-Date`` round trips per host (``raw/clock.jsonl``).
-3. **probes**: ICMP to the guest and one state poller per host, all owned
-   by one TaskGroup; the migration starts only when every probe is ready.
-4. **migrating**: ``Move-VM`` on the source host, on a connection of its own,
-   bounded by ``migration.timeout_s``; Ctrl-C or the timeout stops the
-   pipeline.
-5. **settling**: probes go on for ``settle_s`` after Move-VM returns, and
-   until the guest has answered for ``settle_quiet_s``.
-6. **harvest**: clocks again, then Hyper-V's own migration events from both
-   hosts (``raw/hyperv_events.jsonl``); with the lab, its ground truth.
+1. **preflight**: reach both sides (reachable, authenticated), find where
+   the VM runs (or check ``--source``), check that it runs, that the
+   destination is another side, and that the guest answers pings. Any
+   failure is a :class:`PreflightError` (exit code 3) naming the side.
+2. **clock**: each side's clock against the harness's (``raw/clock.jsonl``).
+3. **probes**: ICMP to the guest, a state poller per side, the console view
+   and the guest agent where there are such, all owned by one TaskGroup;
+   the migration starts only when every probe is ready.
+4. **migrating**: Move-VM on the source host / QMP ``migrate``, bounded by
+   ``migration.timeout_s``; Ctrl-C or the timeout stops it.
+5. **settling**: probes go on for ``settle_s`` after the migration returns,
+   and until the guest has answered for ``settle_quiet_s``.
+6. **harvest**: clocks again, then the hypervisor's own figures; with the
+   emulated lab, its ground truth.
 
 The run folder is finalised in every case; then it is analysed.
 """
@@ -31,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -39,26 +39,22 @@ from typing import Any
 from analysis.derive import rebuild_derived
 from probes.clock import clock_pair, utc_iso
 from probes.console_view import CONSOLE_FILE, ConsoleViewProbe
-from probes.host_state import HostObservation, HostStatePoller
+from probes.host_state import HostStatePoller
 from probes.icmp import IcmpProbe, IcmpTargetStats
 from probes.sink import CsvSink, JsonlSink
 
 from .. import exitcodes
-from ..clocksync import ClockOffset, drift_ppm, sample_clock
+from ..backends import HypervisorBackend, MigrationOutcome, PreflightError
+from ..backends.hyperv import HyperVBackend
+from ..clocksync import ClockOffset, drift_ppm
 from ..config import RunConfig
-from ..console import DEFAULT_HEIGHT, DEFAULT_WIDTH, console_poll_function
+from ..console import DEFAULT_HEIGHT, DEFAULT_WIDTH
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
-from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall
+from ..hyperv import HostError
 from ..runfolder import RunFolder, RunStatus, create_run_folder
 
-# Hyper-V's own migration events, harvested after the run.
-HARVESTED_EVENTS = (
-    ("Microsoft-Windows-Hyper-V-VMMS-Admin", (20415, 20417, 20418)),
-    ("Microsoft-Windows-Hyper-V-Worker-Admin", (22507, 22508, 22509)),
-)
 PROBES_READY_DEADLINE_S = 15.0
 PREFLIGHT_PING_COUNT = 5
-CLOCK_SAMPLES = 7
 CONSOLE_POLL_INTERVAL_S = 0.5
 SETTLE_QUIET_LIMIT_S = 60.0  # the settle window ends at the latest this long after settle_s
 
@@ -72,10 +68,6 @@ class Phase(StrEnum):
     HARVEST = "harvest"
     ANALYSIS = "analysis"
     DONE = "done"
-
-
-class PreflightError(Exception):
-    """A check before the migration failed; nothing was migrated."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +89,6 @@ class RunResult:
     summary: dict[str, Any] | None
     source: str | None = None
     destination: str | None = None
-
-
-@dataclass(frozen=True)
-class MigrationOutcome:
-    """How the Move-VM call ended."""
-
-    kind: str  # "returned", "failed", "timeout", "interrupted"
-    message: str | None = None
 
 
 ProgressCallback = Callable[[RunProgress], None]
@@ -138,8 +122,7 @@ class _Context:
     record: _Recorder
     progress: ProgressCallback | None
     start_mono_ns: int
-    passwords: Mapping[str, str | None] = field(default_factory=dict)
-    sessions: dict[str, HostSession] = field(default_factory=dict)
+    backend: HypervisorBackend
     pollers: dict[str, HostStatePoller] = field(default_factory=dict)
     icmp: IcmpProbe | None = None
     console: ConsoleViewProbe | None = None
@@ -176,7 +159,8 @@ class _Context:
 async def measure_run(
     *,
     config: RunConfig,
-    passwords: Mapping[str, str | None],
+    passwords: Mapping[str, str | None] | None = None,
+    backend: HypervisorBackend | None = None,
     out: Path,
     command: Sequence[str],
     progress: ProgressCallback | None = None,
@@ -186,19 +170,21 @@ async def measure_run(
 ) -> RunResult:
     """Run one migration with every probe; always returns a finalised run folder.
 
-    ``passwords`` maps host names to passwords (never written anywhere).
-    ``ground_truth``: the emulated lab's ground-truth file, copied (the part
-    written during this run) into ``raw/ground_truth.jsonl``.
+    ``backend`` is the hypervisor (default: Hyper-V over PSRP with
+    ``config.hosts`` and ``passwords``, which map host names to passwords and
+    are never written anywhere). ``ground_truth``: the emulated lab's
+    ground-truth file, copied (the part written during this run) into
+    ``raw/ground_truth.jsonl``.
     """
-    if len(config.hosts) < 2:
-        raise PreflightError("two Hyper-V hosts are needed (source and destination)")
+    if backend is None:
+        backend = HyperVBackend(config, passwords or {})
     if not config.guest_addresses:
         raise PreflightError("no guest address is configured: set [guest] addresses or --target")
     run = create_run_folder(
         out,
         kind="run",
         command=command,
-        config=config.describe(),
+        config={**config.describe(), "hypervisor": backend.describe()},
         targets=list(config.guest_addresses),
     )
     if extra_manifest:
@@ -212,7 +198,7 @@ async def measure_run(
         record=_Recorder(events),
         progress=progress,
         start_mono_ns=time.monotonic_ns(),
-        passwords=passwords,
+        backend=backend,
     )
     status, exit_code, message = RunStatus.FAILED, exitcodes.MIGRATION_FAILED, None
     error: BaseException | str | None = None
@@ -226,26 +212,31 @@ async def measure_run(
             installed.append(sig)
     try:
         ctx.announce(Phase.PREFLIGHT)
-        await _open_sessions(ctx)
-        source, destination = await _locate_vm(ctx)
+        await backend.open(ctx.record)
+        source, destination = await backend.locate(ctx.record)
+        ctx.record("preflight", check="direction", source=source, destination=destination)
         await _check_guest_answers(ctx)
         ctx.announce(Phase.CLOCK, "aligning clocks")
         clock_sink = JsonlSink(run.raw / "clock.jsonl", probe="clock")
         run.register_probe("clock", "raw/clock.jsonl", format="jsonl")
         try:
-            before = await _align_clocks(ctx, clock_sink, "before")
+            before = await backend.align_clocks(
+                "before", clock_sink, ctx.record, tolerate_failures=False
+            )
             outcome = await _probe_and_migrate(ctx, source, destination, interrupted, guest_agent)
-            ctx.announce(Phase.HARVEST, "aligning clocks and collecting Hyper-V's events")
-            after = await _align_clocks(ctx, clock_sink, "after", tolerate_failures=True)
+            ctx.announce(Phase.HARVEST, "aligning clocks and collecting the hypervisor's figures")
+            after = await backend.align_clocks(
+                "after", clock_sink, ctx.record, tolerate_failures=True
+            )
         finally:
             clock_sink.close()
-        _record_clocks(run, before, after)
-        await _harvest(ctx, source, destination)
+        _record_clocks(run, backend.kind, before, after)
+        await backend.harvest(run, ctx.record)
         if outcome.kind == "returned":
             status, exit_code = RunStatus.COMPLETED, exitcodes.OK
         elif outcome.kind == "interrupted":
             status, exit_code = RunStatus.ABORTED, exitcodes.INTERRUPTED
-            message = error = "interrupted: Move-VM was stopped"
+            message = error = outcome.message or "interrupted"
         elif outcome.kind == "timeout":
             status, exit_code = RunStatus.ABORTED, exitcodes.MIGRATION_FAILED
             message = error = outcome.message
@@ -268,15 +259,18 @@ async def measure_run(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-        await asyncio.gather(
-            *(asyncio.to_thread(s.close) for s in ctx.sessions.values()), return_exceptions=True
-        )
+        await backend.close()
         if ground_truth is not None:
             _copy_ground_truth(ground_truth, run, ctx.start_mono_ns)
         ctx.record("end", status=str(status), message=message)
         events.close()
-        run.manifest["hyperv"] = {
-            **run.manifest.get("hyperv", {}),
+        run.manifest["hypervisor"] = {
+            "kind": backend.kind,
+            "source": source,
+            "destination": destination,
+        }
+        run.manifest[backend.kind] = {
+            **run.manifest.get(backend.kind, {}),
             "source": source,
             "destination": destination,
         }
@@ -298,80 +292,6 @@ async def measure_run(
 
 
 # -- preflight ---------------------------------------------------------------
-
-
-async def _open_sessions(ctx: _Context) -> None:
-    sessions = {
-        host.name: HostSession(host, ctx.passwords.get(host.name), call_timeout_s=20.0)
-        for host in ctx.config.hosts
-    }
-    ctx.sessions.update(sessions)
-    results = await asyncio.gather(
-        *(asyncio.to_thread(s.open) for s in sessions.values()), return_exceptions=True
-    )
-    for host, result in zip(sessions, results, strict=True):
-        if isinstance(result, HostError):
-            ctx.record("preflight", check="connect", host=host, ok=False, error=str(result))
-            raise PreflightError(str(result))
-        if isinstance(result, BaseException):
-            raise result
-        ctx.record("preflight", check="connect", host=host, ok=True)
-
-
-async def _locate_vm(ctx: _Context) -> tuple[str, str]:
-    """Which host holds the VM (found, not assumed), and where it goes."""
-    config, vm = ctx.config, ctx.config.vm
-    names = list(ctx.sessions)
-    results = await asyncio.gather(
-        *(asyncio.to_thread(ctx.sessions[n].get_vm, vm) for n in names), return_exceptions=True
-    )
-    holders = []
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, HostError):
-            raise PreflightError(f"{result} (while looking for VM {vm!r})")
-        if isinstance(result, BaseException):
-            raise result
-        ctx.record(
-            "preflight",
-            check="locate",
-            host=name,
-            listed=result is not None,
-            state=None if result is None else result.state,
-        )
-        if result is not None:
-            holders.append((name, result))
-    if config.source is not None:
-        source = config.host(config.source).name
-        held = dict(holders)
-        if source not in held:
-            where = ", ".join(n for n, _ in holders) or "no configured host"
-            raise PreflightError(
-                f"{source}: does not hold VM {vm!r} (it is on {where}); "
-                f"Move-VM must run on the source host"
-            )
-    elif not holders:
-        raise PreflightError(
-            f"VM {vm!r} was found on no host ({', '.join(names)}): check the VM name and that "
-            f"the account may see it (Hyper-V Administrators)"
-        )
-    elif len(holders) > 1:
-        raise PreflightError(
-            f"VM {vm!r} is listed on {' and '.join(n for n, _ in holders)}; pass --source"
-        )
-    else:
-        source = holders[0][0]
-    vm_status = dict(holders)[source]
-    if vm_status.state != "Running":
-        raise PreflightError(f"{source}: VM {vm!r} is {vm_status.state}, not Running")
-    if config.destination is not None:
-        destination = config.host(config.destination).name
-    else:
-        others = [n for n in names if n != source]
-        destination = others[0]
-    if destination.lower() == source.lower():
-        raise PreflightError(f"{source}: the destination is the source host; pick another host")
-    ctx.record("preflight", check="direction", source=source, destination=destination)
-    return source, destination
 
 
 async def _check_guest_answers(ctx: _Context) -> None:
@@ -409,38 +329,9 @@ async def _check_guest_answers(ctx: _Context) -> None:
 # -- clocks ------------------------------------------------------------------
 
 
-async def _align_clocks(
-    ctx: _Context, sink: JsonlSink, phase: str, *, tolerate_failures: bool = False
-) -> dict[str, ClockOffset | None]:
-    names = list(ctx.sessions)
-    results = await asyncio.gather(
-        *(
-            asyncio.to_thread(
-                sample_clock,
-                n,
-                ctx.sessions[n].get_date,
-                phase=phase,
-                count=CLOCK_SAMPLES,
-                sink=sink,
-            )
-            for n in names
-        ),
-        return_exceptions=True,
-    )
-    offsets: dict[str, ClockOffset | None] = {}
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, BaseException):
-            ctx.record("clock_failed", host=name, phase=phase, error=str(result))
-            if not tolerate_failures:
-                raise PreflightError(f"{name}: Get-Date failed: {result}")
-            offsets[name] = None
-        else:
-            offsets[name] = result
-    return offsets
-
-
 def _record_clocks(
     run: RunFolder,
+    kind: str,
     before: Mapping[str, ClockOffset | None],
     after: Mapping[str, ClockOffset | None],
 ) -> None:
@@ -452,27 +343,11 @@ def _record_clocks(
             "after": None if a is None else a.to_json(),
             "drift_ppm": None if a is None or b is None else drift_ppm(b, a),
         }
-    run.manifest.setdefault("hyperv", {})["clock"] = clocks
+    run.manifest.setdefault(kind, {})["clock"] = clocks
     run.save()
 
 
 # -- probes and the migration ----------------------------------------------
-
-
-def _poll_function(session: HostSession, vm: str) -> Callable[[], HostObservation]:
-    def poll() -> HostObservation:
-        result = session.poll_vm(vm)
-        return HostObservation(
-            listed=result.vm is not None,
-            state=None if result.vm is None else result.vm.state,
-            status=None if result.vm is None else result.vm.status,
-            percent_complete=None if result.job is None else result.job.percent_complete,
-            job_state=None if result.job is None else result.job.job_state,
-            host_time=None if result.host_time is None else result.host_time.isoformat(),
-            errors=result.errors,
-        )
-
-    return poll
 
 
 def _poller_file(host: str) -> str:
@@ -498,41 +373,44 @@ async def _probe_and_migrate(
     run.register_probe("icmp", "raw/icmp.csv", format="csv", **icmp.meta)
     sinks: list[CsvSink | JsonlSink] = [icmp.sink]
     try:
-        for name, session in ctx.sessions.items():
-            role = "source" if name == source else "destination" if name == destination else None
+        for side in ctx.backend.polled_sides(source, destination):
             sink = JsonlSink(
-                run.raw / f"host_{name}.jsonl",
+                run.raw / f"host_{side.name}.jsonl",
                 probe="host_state",
                 meta={
-                    "host": name,
-                    "role": role,
+                    "host": side.name,
+                    "role": side.role,
                     "vm": config.vm,
                     "interval_s": config.probes.host_poll_interval_s,
                 },
             )
             sinks.append(sink)
-            ctx.pollers[name] = HostStatePoller(
-                host=name,
-                role=role,
-                poll=_poll_function(session, config.vm),
+            ctx.pollers[side.name] = HostStatePoller(
+                host=side.name,
+                role=side.role,
+                poll=side.poll,
                 interval_s=config.probes.host_poll_interval_s,
                 sink=sink,
             )
-            run.register_probe(f"host:{name}", _poller_file(name), format="jsonl", role=role)
-        # The console view (the write-up's VM Connection window): the VM's
-        # screen thumbnail from whichever host holds it, the source first.
-        holders = [ctx.sessions[source], *(s for n, s in ctx.sessions.items() if n != source)]
-        console = ConsoleViewProbe.create(
-            run.path,
-            poll=console_poll_function(holders, config.vm),
-            vm=config.vm,
-            width=DEFAULT_WIDTH,
-            height=DEFAULT_HEIGHT,
-            interval_s=CONSOLE_POLL_INTERVAL_S,
-        )
-        ctx.console = console
-        sinks.append(console.sink)
-        run.register_probe("console", CONSOLE_FILE, format="jsonl", **console.meta)
+            run.register_probe(
+                f"host:{side.name}", _poller_file(side.name), format="jsonl", role=side.role
+            )
+        # The console view (the write-up's VM Connection window), where the
+        # hypervisor has one: the VM's screen from whichever side holds it.
+        console = None
+        console_poll = ctx.backend.console_poll(source)
+        if console_poll is not None:
+            console = ConsoleViewProbe.create(
+                run.path,
+                poll=console_poll,
+                vm=config.vm,
+                width=DEFAULT_WIDTH,
+                height=DEFAULT_HEIGHT,
+                interval_s=CONSOLE_POLL_INTERVAL_S,
+            )
+            ctx.console = console
+            sinks.append(console.sink)
+            run.register_probe("console", CONSOLE_FILE, format="jsonl", **console.meta)
         stop = asyncio.Event()
         outcome: list[MigrationOutcome] = []
         agent = (
@@ -544,7 +422,8 @@ async def _probe_and_migrate(
             tasks.create_task(icmp.run(stop))
             for poller in ctx.pollers.values():
                 tasks.create_task(poller.run(stop))
-            tasks.create_task(console.run(stop))
+            if console is not None:
+                tasks.create_task(console.run(stop))
             if agent is not None:
                 tasks.create_task(agent.receiver.run(stop))
             tasks.create_task(_drive(ctx, source, destination, stop, interrupted, outcome, agent))
@@ -581,8 +460,19 @@ async def _drive(
                 f"{', '.join(not_ready) or 'icmp'}"
             ) from None
         ctx.record("probes_ready")
-        ctx.announce(Phase.MIGRATING, f"Move-VM {ctx.config.vm} {source} -> {destination}")
-        result = await _migrate(ctx, source, destination, interrupted)
+        ctx.announce(
+            Phase.MIGRATING,
+            f"{ctx.backend.migration_name} {ctx.config.vm} {source} -> {destination}",
+        )
+        result = await ctx.backend.migrate(
+            ctx.run,
+            source,
+            destination,
+            timeout_s=ctx.config.migration.timeout_s,
+            interrupted=interrupted,
+            record=ctx.record,
+            tick=ctx.tick,
+        )
         outcome.append(result)
         if result.kind in ("returned", "failed"):
             ctx.announce(Phase.SETTLING, "waiting for the guest to settle")
@@ -591,66 +481,6 @@ async def _drive(
         if agent is not None:
             await agent.stop()
         stop.set()
-
-
-async def _migrate(
-    ctx: _Context, source: str, destination: str, interrupted: threading.Event
-) -> MigrationOutcome:
-    config = ctx.config
-    call = MoveVmCall(
-        config.host(source),
-        ctx.passwords.get(source),
-        vm=config.vm,
-        destination=destination,
-        include_storage=config.migration.include_storage,
-        destination_storage_path=config.migration.destination_storage_path,
-    )
-    deadline = time.monotonic() + config.migration.timeout_s
-
-    def blocking() -> MigrationOutcome:
-        try:
-            ctx.record(
-                "move_vm_start",
-                host=source,
-                destination=destination,
-                include_storage=config.migration.include_storage,
-            )
-            call.start()
-            while True:
-                if interrupted.is_set():
-                    call.stop()
-                    ctx.record("move_vm_stopped", host=source, reason="interrupted")
-                    return MigrationOutcome("interrupted")
-                if time.monotonic() > deadline:
-                    call.stop()
-                    text = f"Move-VM did not return within {config.migration.timeout_s:g} s"
-                    ctx.record("move_vm_stopped", host=source, reason="timeout")
-                    return MigrationOutcome("timeout", f"{source}: {text}")
-                if call.poll(1):
-                    break
-            try:
-                call.result()
-            except HostCallError as exc:
-                ctx.record(
-                    "move_vm_error",
-                    host=source,
-                    error=exc.reason,
-                    errors=[e.message for e in exc.errors],
-                )
-                return MigrationOutcome("failed", str(exc))
-            ctx.record("move_vm_return", host=source)
-            return MigrationOutcome("returned")
-        except HostError as exc:
-            ctx.record("move_vm_error", host=source, error=str(exc))
-            return MigrationOutcome("failed", str(exc))
-        finally:
-            call.close()
-
-    task = asyncio.ensure_future(asyncio.to_thread(blocking))
-    while not task.done():
-        ctx.tick()
-        await asyncio.wait([task], timeout=0.25)
-    return task.result()
 
 
 async def _settle(ctx: _Context, interrupted: threading.Event) -> None:
@@ -679,57 +509,6 @@ async def _settle(ctx: _Context, interrupted: threading.Event) -> None:
 
 
 # -- after the migration ----------------------------------------------------
-
-
-async def _harvest(ctx: _Context, source: str, destination: str) -> None:
-    """Hyper-V's own migration events from both hosts, stored raw."""
-    since = datetime.fromtimestamp(
-        ctx.run.manifest["clock"]["start"]["utc_ns"] / 1e9, tz=UTC
-    ) - timedelta(minutes=2)
-    sink = JsonlSink(
-        ctx.run.raw / "hyperv_events.jsonl",
-        probe="hyperv_events",
-        meta={"vm": ctx.config.vm, "since": since.isoformat()},
-    )
-    ctx.run.register_probe("hyperv_events", "raw/hyperv_events.jsonl", format="jsonl")
-    try:
-        for name, session in ctx.sessions.items():
-            for log_name, ids in HARVESTED_EVENTS:
-                offset = _host_offset(ctx.run, name)
-                query_since = since + timedelta(microseconds=offset / 1000) if offset else since
-                try:
-                    found = await asyncio.to_thread(session.win_events, log_name, ids, query_since)
-                except HostError as exc:
-                    sink.write(
-                        {
-                            "event": "harvest_failed",
-                            "host": name,
-                            "log_name": log_name,
-                            "error": str(exc),
-                        }
-                    )
-                    continue
-                received = clock_pair()
-                for item in found:
-                    sink.write(
-                        {
-                            "event": "win_event",
-                            "host": name,
-                            "received_mono_ns": received.mono_ns,
-                            "received_utc_ns": received.utc_ns,
-                            "matches_vm": ctx.config.vm.lower()
-                            in (item.get("message") or "").lower(),
-                            **item,
-                        }
-                    )
-    finally:
-        sink.close()
-
-
-def _host_offset(run: RunFolder, host: str) -> int:
-    clock = run.manifest.get("hyperv", {}).get("clock", {}).get(host, {})
-    before = clock.get("before") or {}
-    return int(before.get("offset_ns", 0))
 
 
 def _copy_ground_truth(path: Path, run: RunFolder, since_mono_ns: int) -> None:
