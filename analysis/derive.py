@@ -11,17 +11,19 @@ import os
 from pathlib import Path
 
 from analysis.guest import FRAMES_FILE, contact_sheet, load_frames
+from analysis.plot import plot_timeline
 from analysis.summary import SUMMARY_FILE, write_summary
 
 CONTACT_SHEET_FILE = Path("derived") / "contact-sheet.png"
 
 
 def rebuild_derived(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``derived/summary.json`` and every picture the raw data supports;
-    return the paths written. Only the summary is required: a picture that
-    cannot be drawn is left out (its reason is in the summary's data)."""
+    """Write ``derived/summary.json``, the timeline plots (``timeline.png``,
+    ``timeline.svg``, ``timeline-zoom.png``) and, with guest frames, the
+    contact sheet; return the paths written (the summary first)."""
     run_path = Path(run_dir)
     written = [write_summary(run_path)]
+    written += plot_timeline(run_path)
     if (run_path / FRAMES_FILE).is_file() and len(load_frames(run_path)) >= 2:
         try:
             written.append(contact_sheet(run_path, run_path / CONTACT_SHEET_FILE))

@@ -193,6 +193,21 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
                 reported.get("source", ""),
             ]
         )
+    qemu = summary.get("qemu") or {}
+    if qemu.get("stop_to_resume_ms") is not None:
+        value = qemu["stop_to_resume_ms"]
+        rows.append(
+            ["hypervisor (QEMU STOP -> RESUME)", _number(value), _number(value), "qemu-events"]
+        )
+    if qemu.get("downtime_ms") is not None:
+        rows.append(
+            [
+                "hypervisor (QEMU downtime, source side)",
+                _number(qemu["downtime_ms"], 0),
+                _number(qemu["downtime_ms"], 0),
+                "qemu-query-migrate",
+            ]
+        )
     guest = (summary.get("guest") or {}).get("execution_gap")
     if guest:
         rows.append(
@@ -213,6 +228,12 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
             "  lab truth: pause -> resume "
             f"{_number(truth.get('pause_to_resume_ms'))} ms, pause -> network restored "
             f"{_number(truth.get('pause_to_network_restored_ms'))} ms"
+        )
+    if qemu.get("outcome"):
+        lines.append(
+            f"  QEMU migration {qemu.get('source')} -> {qemu.get('destination')}: "
+            f"{qemu['outcome']}, total {qemu.get('total_time_ms')} ms, setup "
+            f"{qemu.get('setup_time_ms')} ms"
         )
     if hyperv.get("source"):
         lines.append(

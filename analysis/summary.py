@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.console import console_summary
+from analysis.decompose import decomposition_summary
 from analysis.guest import analyse_guest, guest_summary
 from analysis.hyperv import hyperv_summary, load_ground_truth, truth_summary
 from analysis.icmp import (
@@ -24,6 +25,7 @@ from analysis.icmp import (
     analyse_icmp,
     utc_iso,
 )
+from analysis.qemu import qemu_summary
 from analysis.runfolder import (
     RunFolder,
     RunFormatError,
@@ -159,6 +161,8 @@ def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     icmp = _analyse_run_icmp(run, warnings)
     truth = load_ground_truth(run)
     error = run.manifest.error
+    blackout = None if icmp is None or icmp.blackout is None else blackout_to_json(icmp.blackout)
+    guest = _guest(run.path)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "kind": "summary",
@@ -168,12 +172,16 @@ def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "generated_by": f"migration-blackout {package_version()}",
         "warnings": warnings,
         "icmp": {} if icmp is None else {t.target: target_to_json(t) for t in icmp.targets},
-        "blackout": (
-            None if icmp is None or icmp.blackout is None else blackout_to_json(icmp.blackout)
-        ),
+        "blackout": blackout,
         "hyperv": hyperv_summary(run),
-        "guest": _guest(run.path),
+        "qemu": qemu_summary(
+            run,
+            icmp_blackout=blackout,
+            guest_gap=None if guest is None else guest.get("execution_gap"),
+        ),
+        "guest": guest,
         "console": console_summary(run),
+        "decomposition": decomposition_summary(run),
         "ground_truth": None if truth is None else truth_summary(truth),
     }
 

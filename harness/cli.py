@@ -171,6 +171,36 @@ def main() -> None:
 )
 @click.option("--lab", is_flag=True, help="Measure the emulated lab, whatever is configured.")
 @click.option(
+    "--hypervisor",
+    type=click.Choice(["hyperv", "qemu"]),
+    default=None,
+    help="Hyper-V over PowerShell remoting, or QEMU over QMP [default: from the config, hyperv].",
+)
+@click.option(
+    "--downtime-limit-ms",
+    type=click.IntRange(min=1),
+    default=None,
+    help="QEMU: migrate-set-parameters downtime-limit.",
+)
+@click.option(
+    "--max-bandwidth-mib-s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="QEMU: migrate-set-parameters max-bandwidth.",
+)
+@click.option(
+    "--auto-converge",
+    is_flag=True,
+    default=None,
+    help="QEMU: throttle a guest that dirties memory faster than it can be sent.",
+)
+@click.option(
+    "--verify-memory",
+    is_flag=True,
+    default=None,
+    help="QEMU: start the destination paused, compare guest RAM on both sides, then run.",
+)
+@click.option(
     "--lab-config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -269,6 +299,11 @@ def run(
     vm: str | None,
     config_path: Path | None,
     lab: bool,
+    hypervisor: str | None,
+    downtime_limit_ms: int | None,
+    max_bandwidth_mib_s: float | None,
+    auto_converge: bool | None,
+    verify_memory: bool | None,
     lab_config: Path | None,
     seed: int | None,
     source: str | None,
@@ -315,6 +350,11 @@ def run(
             destination_storage_path=destination_storage_path,
             timeout_s=timeout_s,
             settle_s=settle_s,
+            hypervisor=hypervisor,
+            downtime_limit_ms=downtime_limit_ms,
+            max_bandwidth_mib_s=max_bandwidth_mib_s,
+            auto_converge=auto_converge,
+            verify_memory=verify_memory,
         )
     except ConfigError as exc:
         _fail(str(exc))
@@ -331,7 +371,9 @@ def run(
         return session_command.run(repeat=repeat, ping_pong=ping_pong, **arguments)
 
     try:
-        if use_lab:
+        if config.hypervisor == "qemu":
+            result = _run_qemu(config, use_lab, execute, kwargs, agent_wait)
+        elif use_lab:
             with lab_command.lab_for_run(config=lab_config, seed=seed) as state:
                 lab_run_config, lab_passwords = lab_command.run_config_for_lab(config, state, vm=vm)
                 if guest_agent:
@@ -396,6 +438,50 @@ def run(
         click.echo(f"measure: {result.status}: {result.message}", err=True)
     click.echo(f"run folder: {result.run_dir}", err=True)
     sys.exit(result.exit_code)
+
+
+def _run_qemu(
+    config: Any, use_lab: bool, execute: Any, kwargs: dict[str, Any], agent_wait: float
+) -> Any:
+    """``measure run --hypervisor qemu``: the QEMU lab, or the QMP endpoints of [qemu]."""
+    import tempfile
+
+    from .backends.qemu import QemuBackend, QemuSide
+    from .commands import lab as lab_command
+
+    if not use_lab:
+        first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
+        backend = QemuBackend(
+            (first, second),
+            settings=lab_command.qemu_settings(config),
+        )
+
+        async def configured() -> Any:
+            return backend
+
+        return execute(config=config, backend_factory=configured, **kwargs)
+    with (
+        lab_command.qemu_lab_for_run() as state,
+        tempfile.TemporaryDirectory(
+            prefix="mb-ram-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+        ) as ram_dumps,
+    ):
+        serial: list[int | None] = [None]
+
+        async def next_backend() -> Any:
+            backend, current = await lab_command.qemu_lab_backend(
+                config, state, after_serial=serial[0], verify_dir=Path(ram_dumps)
+            )
+            serial[0] = current.serial
+            return backend
+
+        return execute(
+            config=lab_command.qemu_run_config(config, state),
+            backend_factory=next_backend,
+            guest_agent=lab_command.qemu_guest_agent_setup(state, contact_deadline_s=agent_wait),
+            extra_manifest={"lab": {"kind": "qemu", "state_file": str(state.path)}},
+            **kwargs,
+        )
 
 
 def _print_session(result: Any, as_json: bool) -> None:
@@ -784,16 +870,31 @@ def lab() -> None:
     help="lab.toml (timing, hosts, faults).",
 )
 @click.option("--seed", type=int, default=None, help="Seed for the random durations.")
-def lab_up(config_path: Path | None, seed: int | None) -> None:
+@click.option(
+    "--hypervisor",
+    type=click.Choice(["hyperv", "qemu"]),
+    default="hyperv",
+    show_default=True,
+    help="The emulated Hyper-V lab, or the QEMU lab (a real guest).",
+)
+def lab_up(config_path: Path | None, seed: int | None, hypervisor: str) -> None:
     """Start the lab in the background and print its endpoints."""
     from .commands import lab as lab_command
 
     try:
-        state, started = lab_command.up(config=config_path, seed=seed)
+        public, started = lab_command.up(config=config_path, seed=seed, hypervisor=hypervisor)
     except (lab_command.LabError, PermissionError) as exc:
         _fail(str(exc))
-    public = state.public()
     click.echo("lab started" if started else "lab already running", err=True)
+    if hypervisor == "qemu":
+        running = public.get("running_qemu") or {}
+        click.echo(f"qemu  running on side {public.get('running_side')}: QMP {running.get('qmp')}")
+        click.echo(
+            f"guest {public['guest']['address']}  heartbeat to "
+            f"{public['heartbeat']['address']}:{public['heartbeat']['port']}"
+        )
+        click.echo(f"state file {public['state_file']}")
+        return
     for host in public["hosts"]:
         click.echo(
             f"host  {host['name']:18} {host['url']}  auth {'/'.join(host['auth'])}  "
@@ -806,12 +907,15 @@ def lab_up(config_path: Path | None, seed: int | None) -> None:
 
 @lab.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable, with credentials.")
-def lab_status(as_json: bool) -> None:
+@click.option(
+    "--hypervisor", type=click.Choice(["hyperv", "qemu"]), default="hyperv", show_default=True
+)
+def lab_status(as_json: bool, hypervisor: str) -> None:
     """Show whether the lab runs, its endpoints and its ground-truth file."""
     from .commands import lab as lab_command
 
     try:
-        status = lab_command.status()
+        status = lab_command.status(hypervisor)
     except lab_command.LabError as exc:
         _fail(str(exc))
     if as_json:
@@ -820,6 +924,10 @@ def lab_status(as_json: bool) -> None:
     if not status["running"]:
         click.echo("lab: not running")
         sys.exit(1)
+    if hypervisor == "qemu":
+        click.echo(f"qemu  {status['status']}, guest runs on side {status.get('running_side')}")
+        click.echo(f"guest {status['guest']['address']}")
+        return
     for host in status["hosts"]:
         click.echo(f"host  {host['name']:18} {host['url']}")
     click.echo(f"guest {status['guest']['name']:18} {status['guest']['address']}")
@@ -827,11 +935,17 @@ def lab_status(as_json: bool) -> None:
 
 
 @lab.command("down")
-def lab_down() -> None:
+@click.option(
+    "--hypervisor",
+    type=click.Choice(["hyperv", "qemu"]),
+    default=None,
+    help="Stop only this lab [default: both].",
+)
+def lab_down(hypervisor: str | None) -> None:
     """Stop the lab and remove its namespaces and processes (idempotent)."""
     from .commands import lab as lab_command
 
-    removed = lab_command.down()
+    removed = lab_command.down(hypervisor)
     click.echo("lab: stopped" if removed else "lab: nothing was running", err=True)
     for item in removed:
         click.echo(f"  removed {item}", err=True)

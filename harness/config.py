@@ -74,6 +74,24 @@ class MigrationConfig:
 
 
 @dataclass(frozen=True)
+class QemuSideConfig:
+    name: str
+    qmp: str  # UNIX socket path or host:port
+    incoming_uri: str | None = None  # where it listens when it is the destination
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """``[qemu]``: the QEMU backend (``--hypervisor qemu``)."""
+
+    sides: tuple[QemuSideConfig, ...] = ()
+    downtime_limit_ms: int | None = None
+    max_bandwidth_mib_s: float | None = None
+    auto_converge: bool = False
+    verify_memory: bool = False
+
+
+@dataclass(frozen=True)
 class Thresholds:
     max_blackout_ms: float | None = None
     max_timeouts: int | None = None
@@ -90,11 +108,15 @@ class RunConfig:
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     migration: MigrationConfig = field(default_factory=MigrationConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    qemu: QemuConfig = field(default_factory=QemuConfig)
+    hypervisor: str = "hyperv"
     origin: str | None = None  # the file it came from, for messages
 
     @property
     def uses_lab(self) -> bool:
-        """True when no real hosts are configured: the emulated lab is the default."""
+        """True when nothing real is configured: the emulated lab is the default."""
+        if self.hypervisor == "qemu":
+            return not self.qemu.sides
         return not self.hosts
 
     def host(self, name: str) -> HostConfig:
@@ -114,6 +136,11 @@ class RunConfig:
             "probes": vars(self.probes).copy(),
             "migration": vars(self.migration).copy(),
             "thresholds": vars(self.thresholds).copy(),
+            "hypervisor": self.hypervisor,
+            "qemu": {
+                **vars(self.qemu),
+                "sides": [vars(side).copy() for side in self.qemu.sides],
+            },
             "origin": self.origin,
         }
 
@@ -195,7 +222,18 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     """Validate a parsed TOML document into a :class:`RunConfig`."""
     _reject_unknown(
         document,
-        {"vm", "hosts", "guest", "source", "destination", "probes", "migration", "thresholds"},
+        {
+            "vm",
+            "hosts",
+            "guest",
+            "source",
+            "destination",
+            "probes",
+            "migration",
+            "thresholds",
+            "hypervisor",
+            "qemu",
+        },
         origin,
     )
     hosts_doc = document.get("hosts", [])
@@ -254,6 +292,36 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
         max_timeouts=thr.get("max_timeouts"),
         max_regression_pct=thr.get("max_regression_pct"),
     )
+    qemu_doc = document.get("qemu", {})
+    where = f"{origin}: [qemu]"
+    _reject_unknown(
+        qemu_doc,
+        {"sides", "downtime_limit_ms", "max_bandwidth_mib_s", "auto_converge", "verify_memory"},
+        where,
+    )
+    sides = []
+    for index, side in enumerate(qemu_doc.get("sides", [])):
+        side_where = f"{where} sides[{index}]"
+        _reject_unknown(side, {"name", "qmp", "incoming_uri"}, side_where)
+        if "name" not in side or "qmp" not in side:
+            raise ConfigError(f"{side_where}: name and qmp are required")
+        sides.append(
+            QemuSideConfig(
+                name=str(side["name"]), qmp=str(side["qmp"]), incoming_uri=side.get("incoming_uri")
+            )
+        )
+    if sides and len(sides) != 2:
+        raise ConfigError(f"{where}: two sides are needed (source and destination)")
+    qemu = QemuConfig(
+        sides=tuple(sides),
+        downtime_limit_ms=qemu_doc.get("downtime_limit_ms"),
+        max_bandwidth_mib_s=qemu_doc.get("max_bandwidth_mib_s"),
+        auto_converge=bool(qemu_doc.get("auto_converge", False)),
+        verify_memory=bool(qemu_doc.get("verify_memory", False)),
+    )
+    hypervisor = document.get("hypervisor", "hyperv")
+    if hypervisor not in ("hyperv", "qemu"):
+        raise ConfigError(f"{origin}: hypervisor must be hyperv or qemu, not {hypervisor!r}")
     vm = document.get("vm", "HVSW10Home")
     if not isinstance(vm, str) or not vm:
         raise ConfigError(f"{origin}: vm must be a non-empty string")
@@ -266,6 +334,8 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
         probes=probes,
         migration=migration,
         thresholds=thresholds,
+        qemu=qemu,
+        hypervisor=hypervisor,
         origin=origin,
     )
 
@@ -292,7 +362,13 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
     top = {
         k: v
         for k, v in overrides.items()
-        if v is not None and k in {"vm", "source", "destination", "guest_addresses"}
+        if v is not None and k in {"vm", "source", "destination", "guest_addresses", "hypervisor"}
+    }
+    qemu = {
+        k: v
+        for k, v in overrides.items()
+        if v is not None
+        and k in {"downtime_limit_ms", "max_bandwidth_mib_s", "auto_converge", "verify_memory"}
     }
     probes = {
         k: v
@@ -317,6 +393,7 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
         probes=replace(config.probes, **probes),
         migration=replace(config.migration, **migration),
         thresholds=replace(config.thresholds, **thresholds),
+        qemu=replace(config.qemu, **qemu),
         **top,
     )
 

@@ -32,8 +32,10 @@ class GuestAgentSetup:
     """The in-guest agent: where its receiver listens and who starts the agent.
 
     With ``lab_namespace`` the lab's desktop (Xvfb, a clock, the agent) is
-    started inside that namespace; otherwise the user starts the agent in the
-    guest with the command the progress callback announces.
+    started inside that namespace; with ``in_guest`` the guest runs its own
+    heartbeat sender already (the QEMU lab's guest, with ``token``: heartbeats
+    only, no frames); otherwise the user starts the agent in the guest with
+    the command the progress callback announces.
     """
 
     listen_host: str
@@ -43,6 +45,9 @@ class GuestAgentSetup:
     heartbeat_hz: float = 100.0
     lab_namespace: str | None = None
     advertise_host: str | None = None  # the address the guest should send to
+    in_guest: bool = False
+    token: str | None = None  # a token the guest already has (else a new one)
+    frames: bool = True  # wait for frames as well as heartbeats
 
 
 def address_towards(target: str) -> str | None:
@@ -72,7 +77,7 @@ class GuestAgentSession:
         self.setup = setup
         self.record = record
         self.announce = announce
-        self.token = new_token()
+        self.token = setup.token or new_token()
         self.receiver = GuestReceiver(
             run.path, token=self.token, host=setup.listen_host, port=setup.listen_port
         )
@@ -94,7 +99,9 @@ class GuestAgentSession:
             await self.receiver.ready.wait()
         url = self.agent_url()
         self.record("guest_agent_listening", url=url)
-        if self.setup.lab_namespace is not None:
+        if self.setup.in_guest:
+            self.announce("waiting for the guest's heartbeat")
+        elif self.setup.lab_namespace is not None:
             from lab.desktop import GuestDesktop
 
             self.desktop = GuestDesktop(
@@ -115,10 +122,13 @@ class GuestAgentSession:
             )
         try:
             async with asyncio.timeout(self.setup.contact_deadline_s):
-                await self.receiver.contact.wait()
+                if self.setup.frames:
+                    await self.receiver.contact.wait()
+                else:
+                    await self.receiver.first_heartbeat.wait()
         except TimeoutError:
             raise ProbesNotReadyError(
-                f"no frame and heartbeat from the guest agent within "
+                f"no {'frame and ' if self.setup.frames else ''}heartbeat from the guest within "
                 f"{self.setup.contact_deadline_s:g} s (receiver {url})"
             ) from None
         self.record("guest_agent_contact")

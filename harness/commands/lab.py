@@ -17,25 +17,48 @@ from typing import Any
 
 from lab import control
 from lab.control import LabError, LabState
+from lab.qemu import control as qemu_control
+from lab.qemu.control import QemuLabState
+from lab.qemu.migration import MigrationSettings
 
+from ..backends.qemu import QemuBackend, QemuSide
 from ..config import HostConfig, RunConfig
 from ..guestagent import GuestAgentSetup
 
 
-def up(*, config: Path | None, seed: int | None) -> tuple[LabState, bool]:
-    """Start the lab in the background (or find the running one)."""
-    return control.up(config=config, seed=seed)
+def up(
+    *, config: Path | None, seed: int | None, hypervisor: str = "hyperv"
+) -> tuple[dict[str, Any], bool]:
+    """Start the lab in the background (or find the running one); its public state."""
+    if hypervisor == "qemu":
+        if config is not None or seed is not None:
+            raise LabError("the QEMU lab takes no lab.toml or seed")
+        qemu_state, started = qemu_control.up()
+        return qemu_state.public(), started
+    state, started = control.up(config=config, seed=seed)
+    return state.public(), started
 
 
-def status() -> dict[str, Any]:
+def status(hypervisor: str = "hyperv") -> dict[str, Any]:
+    if hypervisor == "qemu":
+        qemu_state = qemu_control.read_state()
+        if qemu_state is None:
+            return {"running": False, "state_file": str(qemu_control.default_state_dir())}
+        return qemu_state.public()
     state = control.read_state()
     if state is None:
         return {"running": False, "state_file": str(control.default_state_dir() / "lab.json")}
     return state.public()
 
 
-def down() -> list[str]:
-    return control.down()
+def down(hypervisor: str | None = None) -> list[str]:
+    """Stop the lab(s); both kinds unless ``hypervisor`` names one."""
+    removed: list[str] = []
+    if hypervisor in (None, "qemu"):
+        removed += qemu_control.down()
+    if hypervisor in (None, "hyperv"):
+        removed += control.down()
+    return removed
 
 
 def run_config_for_lab(
@@ -102,6 +125,79 @@ def lab_for_run(*, config: Path | None = None, seed: int | None = None) -> Itera
             yield state
         finally:
             control.down(state_dir=Path(state_dir))
+
+
+@contextlib.contextmanager
+def qemu_lab_for_run() -> Iterator[QemuLabState]:
+    """The running QEMU lab, or one started for the ``with`` block."""
+    running = qemu_control.read_state()
+    if running is not None:
+        yield running
+        return
+    with tempfile.TemporaryDirectory(prefix="measure-qemu-lab-") as state_dir:
+        state, _ = qemu_control.up(state_dir=Path(state_dir))
+        try:
+            yield state
+        finally:
+            qemu_control.down(state_dir=Path(state_dir))
+
+
+def qemu_settings(config: RunConfig) -> MigrationSettings:
+    qemu = config.qemu
+    bandwidth = qemu.max_bandwidth_mib_s
+    return MigrationSettings(
+        downtime_limit_ms=qemu.downtime_limit_ms,
+        max_bandwidth=None if bandwidth is None else int(bandwidth * 1024 * 1024),
+        auto_converge=qemu.auto_converge,
+    )
+
+
+async def qemu_lab_backend(
+    config: RunConfig, state: QemuLabState, *, after_serial: int | None, verify_dir: Path | None
+) -> tuple[QemuBackend, QemuLabState]:
+    """A backend for the QEMU lab as it stands now (after the previous migration's
+    standby is up again when ``after_serial`` is given)."""
+    if after_serial is not None:
+        state = await qemu_control.wait_ready(
+            state_dir=state.path.parent, after_serial=after_serial
+        )
+    running, standby = state.running, state.standby
+    if running is None or standby is None:
+        raise LabError(f"the QEMU lab is not ready ({state.status}): run `measure lab down`")
+    sides = (
+        QemuSide(
+            name=f"qemu-{running.side}", qmp=str(running.qmp), incoming_uri=running.incoming_uri
+        ),
+        QemuSide(
+            name=f"qemu-{standby.side}", qmp=str(standby.qmp), incoming_uri=standby.incoming_uri
+        ),
+    )
+    backend = QemuBackend(
+        sides,
+        settings=qemu_settings(config),
+        verify_memory=verify_dir if config.qemu.verify_memory else None,
+        memory_bytes=state.memory_bytes,
+    )
+    return backend, state
+
+
+def qemu_run_config(config: RunConfig, state: QemuLabState) -> RunConfig:
+    return replace(
+        config, guest_addresses=(state.guest_address,), vm="qemu-guest", hypervisor="qemu"
+    )
+
+
+def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) -> GuestAgentSetup:
+    """The QEMU guest sends its own heartbeat (no frames) to this address."""
+    host, port = state.heartbeat_address
+    return GuestAgentSetup(
+        listen_host=host,
+        listen_port=port,
+        token=state.token,
+        in_guest=True,
+        frames=False,
+        contact_deadline_s=contact_deadline_s,
+    )
 
 
 __all__ = ["LabError", "down", "lab_for_run", "run_config_for_lab", "status", "up"]

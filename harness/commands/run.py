@@ -30,7 +30,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -161,6 +161,7 @@ async def measure_run(
     config: RunConfig,
     passwords: Mapping[str, str | None] | None = None,
     backend: HypervisorBackend | None = None,
+    backend_factory: Callable[[], Awaitable[HypervisorBackend]] | None = None,
     out: Path,
     command: Sequence[str],
     progress: ProgressCallback | None = None,
@@ -176,6 +177,8 @@ async def measure_run(
     ground-truth file, copied (the part written during this run) into
     ``raw/ground_truth.jsonl``.
     """
+    if backend is None and backend_factory is not None:
+        backend = await backend_factory()
     if backend is None:
         backend = HyperVBackend(config, passwords or {})
     if not config.guest_addresses:

@@ -1,0 +1,845 @@
+"""The run as one picture: a swim lane per witness, on the harness clock.
+
+``plot_timeline(run_dir)`` writes ``derived/timeline.png``, ``derived/timeline.svg``
+(the whole run) and ``derived/timeline-zoom.png`` (a few seconds around the
+blackout). ``timeline_figures(timeline, decomposition)`` returns the two
+``matplotlib.figure.Figure`` objects for notebooks. Figures are built with the
+object API and the Agg canvas: no pyplot, no global figure state.
+
+Lanes, top to bottom: the blackout windows (each component's bounds: the
+lower bound dark, the upper bound light) with the points A-H; one lane per
+host (the VM state as coloured spans, the migration's percent complete as a
+line); one lane per ICMP target (RTT of the replies, timeouts and
+unreachables as distinct markers, the lost fraction); the guest heartbeat (its
+step on the guest's clock and on arrival); the guest frames (with thumbnails of
+the frames around the gap); and the events (Hyper-V's, the harness's, the
+lab's ground truth), host events with their clock uncertainty as error bars.
+
+Scale: every high-rate series is reduced to one value range per pixel column
+(``numpy`` ``reduceat`` on time-sorted arrays) when it has more points than
+twice the columns, so an hour at 1 kHz draws a few thousand artists, never
+millions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.transforms import blended_transform_factory
+from PIL import Image
+
+from analysis.decompose import Component, Decomposition, Instant, decompose
+from analysis.icmp import utc_iso
+from analysis.timeline import (
+    EVENTS_LANE,
+    NS_PER_S,
+    OUTCOME_CODE,
+    Timeline,
+    build_timeline,
+    target_attempts,
+)
+
+OVERVIEW_PNG = "timeline.png"
+OVERVIEW_SVG = "timeline.svg"
+ZOOM_PNG = "timeline-zoom.png"
+
+WIDTH_IN = 16.0
+DPI = 100
+ZOOM_S = 3.0  # the zoom shows this much on each side of the blackout windows
+THUMB_WIDTH_PX = 110
+
+STATE_COLOURS = {
+    "Running": "#43a047",
+    "Paused": "#ffca28",
+    "unlisted": "#eeeeee",
+    "error": "#e53935",
+}
+OTHER_STATE_COLOUR = "#8e24aa"
+WINDOW_COLOURS = {
+    "hypervisor_blackout": "#bf360c",
+    "guest_execution_gap": "#2e7d32",
+    "network_outage": "#1565c0",
+    "network_reconvergence": "#6a1b9a",
+    "console_blackout": "#455a64",
+}
+WINDOW_LABELS = {
+    "hypervisor_blackout": "hypervisor\n(host polls)",
+    "guest_execution_gap": "guest freeze",
+    "network_outage": "network\n(ICMP)",
+    "network_reconvergence": "reconvergence",
+    "console_blackout": "console\n(thumbnail)",
+}
+LOST_MARKERS = {  # outcome: (marker, colour, y in axes fraction)
+    "timeout": ("x", "#d32f2f", 0.92),
+    "unreachable": ("v", "#c2185b", 0.80),
+    "error": ("|", "#212121", 0.68),
+}
+HARNESS_KINDS = {
+    "move_vm_start": ">",
+    "move_vm_return": "<",
+    "move_vm_error": "X",
+    "move_vm_stopped": "X",
+    "probes_ready": "^",
+    "settled": "s",
+    "settle_limit": "s",
+    "end": "o",
+}
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class _View:
+    """What one figure shows: ``[x0_ns, x1_ns]`` in ``bins`` pixel columns, seconds from origin."""
+
+    x0_ns: int
+    x1_ns: int
+    origin_ns: int
+    bins: int
+    origin_label: str
+
+    def x(self, t_ns: npt.ArrayLike) -> FloatArray:
+        return (np.asarray(t_ns, dtype=np.int64) - self.origin_ns).astype(np.float64) / NS_PER_S
+
+    def xs(self, t_ns: int) -> float:
+        return (t_ns - self.origin_ns) / NS_PER_S
+
+    @property
+    def column_s(self) -> float:
+        """Seconds per pixel column."""
+        return (self.x1_ns - self.x0_ns) / NS_PER_S / self.bins
+
+    def visible(self, lo_ns: int, hi_ns: int, columns: float = 3.0) -> tuple[float, float]:
+        """``[lo, hi]`` in seconds, widened about its middle to at least ``columns`` columns
+        (a 2 s blackout in an hour is a fraction of a pixel)."""
+        lo, hi = self.xs(lo_ns), self.xs(hi_ns)
+        least = columns * self.column_s
+        if hi - lo < least:
+            middle = (lo + hi) / 2
+            return middle - least / 2, middle + least / 2
+        return lo, hi
+
+    def edges(self) -> IntArray:
+        return np.linspace(self.x0_ns, self.x1_ns, self.bins + 1).astype(np.int64)
+
+    def slice(self, t_sorted: IntArray) -> slice:
+        lo, hi = np.searchsorted(t_sorted, [self.x0_ns, self.x1_ns], side="left")
+        return slice(int(lo), int(hi))
+
+
+def _bins(t_sorted: IntArray, view: _View) -> IntArray:
+    """Index of the first element of each pixel column (and the end), on sorted stamps."""
+    return np.searchsorted(t_sorted, view.edges(), side="left").astype(np.int64)
+
+
+def _per_bin(values: FloatArray, index: IntArray, reducer: np.ufunc) -> FloatArray:
+    """``reducer`` over each column's values (NaN for an empty column)."""
+    counts = np.diff(index)
+    out = np.full(len(counts), np.nan)
+    nonempty = counts > 0
+    if nonempty.any():
+        sub = values[index[0] : index[-1]].astype(np.float64)
+        starts = index[:-1][nonempty] - index[0]
+        out[nonempty] = reducer.reduceat(sub, starts)
+    return out
+
+
+def _count_per_bin(mask: npt.NDArray[np.bool_], index: IntArray) -> IntArray:
+    cumulative = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return np.diff(cumulative[index])
+
+
+def _centres(view: _View) -> FloatArray:
+    edges = view.x(view.edges())
+    return (edges[:-1] + edges[1:]) / 2
+
+
+# -- lanes -------------------------------------------------------------------
+
+
+def _shade(ax: Axes, view: _View, component: Component | None, colour: str) -> None:
+    """The component's upper bound light, its lower bound dark, across the lane."""
+    if component is None or component.start is None or component.end is None:
+        return
+    start, end = component.start, component.end
+    outer = view.visible(start.earliest, end.latest)
+    ax.axvspan(*outer, color=colour, alpha=0.12, lw=0, zorder=0)
+    inner = (start.hi_mono_ns, end.lo_mono_ns)
+    if inner[0] is not None and inner[1] is not None and inner[0] < inner[1]:
+        ax.axvspan(*view.visible(inner[0], inner[1], 1.0), color=colour, alpha=0.28, lw=0, zorder=0)
+
+
+def _window_bar(
+    ax: Axes, view: _View, y: float, start: Instant, end: Instant, colour: str, text: str
+) -> None:
+    x0, x1 = view.visible(start.earliest, end.latest)
+    ax.barh(y, x1 - x0, left=x0, height=0.6, color=colour, alpha=0.3, lw=0)
+    inner = (start.hi_mono_ns, end.lo_mono_ns)
+    if inner[0] is not None and inner[1] is not None and inner[0] < inner[1]:
+        i0, i1 = view.visible(inner[0], inner[1], 2.0)
+        ax.barh(y, i1 - i0, left=i0, height=0.6, color=colour, alpha=0.85, lw=0)
+    ax.annotate(
+        text,
+        (x1, y),
+        xytext=(4, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=8,
+        clip_on=True,
+    )
+
+
+def _bounds_text(component: Component) -> str:
+    lower = "?" if component.lower_ms is None else f"{component.lower_ms:.1f}"
+    upper = "open" if component.upper_ms is None else f"{component.upper_ms:.1f}"
+    return f"{lower} - {upper} ms"
+
+
+def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> None:
+    rows = [
+        c
+        for c in (
+            decomposition.hypervisor_blackout,
+            decomposition.guest_execution_gap,
+            decomposition.network_outage,
+            decomposition.network_reconvergence,
+            decomposition.console_blackout,
+        )
+        if c is not None and c.start is not None and c.end is not None
+    ]
+    labels = []
+    for y, component in enumerate(reversed(rows)):
+        assert component.start is not None and component.end is not None
+        colour = WINDOW_COLOURS.get(component.name, "#555555")
+        _window_bar(ax, view, y, component.start, component.end, colour, _bounds_text(component))
+        labels.append(WINDOW_LABELS.get(component.name, component.name))
+    reported = decomposition.reported_blackout
+    if reported is not None and reported.logged is not None:
+        y = len(rows)
+        logged = reported.logged
+        x = view.xs(logged.t_mono_ns)
+        err = logged.latest - logged.t_mono_ns
+        ax.errorbar(x, y, xerr=err / NS_PER_S, fmt="D", color="#37474f", ms=5, capsize=3)
+        ax.annotate(
+            f"{reported.event_id} logged: blackout {reported.value_s:g} s "
+            f"({reported.lower_ms:.0f} - {reported.upper_ms:.0f} ms)",
+            (x, y),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+        labels.append(f"Hyper-V {reported.event_id}")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(-0.7, max(len(labels), 1) - 0.3)
+    if not labels:
+        ax.text(0.5, 0.5, "no blackout seen", transform=ax.transAxes, ha="center", va="center")
+        ax.set_yticks([])
+
+
+def _state_runs(times: IntArray, states: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Consecutive polls of one state as spans; a change is drawn half-way between polls."""
+    runs: list[tuple[str, int, int]] = []
+    if not len(times):
+        return runs
+    change = [i for i in range(1, len(states)) if states[i] != states[i - 1]]
+    starts = [0, *change]
+    ends = [*change, len(states)]
+    for a, b in zip(starts, ends, strict=True):
+        lo = times[a] if a == 0 else (times[a - 1] + times[a]) // 2
+        hi = times[b - 1] if b == len(states) else (times[b - 1] + times[b]) // 2
+        runs.append((states[a], int(lo), int(hi)))
+    return runs
+
+
+def _draw_host(ax: Axes, view: _View, polls: pd.DataFrame, host: str, role: str | None) -> None:
+    mine = polls[polls["host"] == host].sort_values("t_mono_ns", kind="stable")
+    times = mine["t_mono_ns"].to_numpy(np.int64)
+    states = mine["seen"].astype(str).tolist()
+    by_state: dict[str, list[tuple[float, float]]] = {}
+    for state, lo, hi in _state_runs(times, states):
+        if hi < view.x0_ns or lo > view.x1_ns:
+            continue
+        x0 = view.xs(max(lo, view.x0_ns))
+        by_state.setdefault(state, []).append((x0, view.xs(min(hi, view.x1_ns)) - x0))
+    handles = []
+    for state, spans in by_state.items():
+        colour = STATE_COLOURS.get(state, OTHER_STATE_COLOUR)
+        ax.broken_barh(spans, (0, 100), color=colour, alpha=0.45, lw=0)
+        handles.append(Patch(color=colour, alpha=0.6, label=state))
+    if "percent_complete" in mine:
+        percent = pd.to_numeric(mine["percent_complete"], errors="coerce").to_numpy(np.float64)
+        _line(ax, view, times, percent, colour="#263238", label="percent complete")
+    ax.set_ylim(0, 105)
+    ax.set_yticks([0, 50, 100])
+    ax.set_ylabel(f"{host}\n{role or 'host'}, %", fontsize=7)
+    if handles:
+        ax.legend(handles=handles, loc="upper left", fontsize=7, ncols=len(handles), frameon=True)
+
+
+def _line(
+    ax: Axes, view: _View, t: IntArray, values: FloatArray, *, colour: str, label: str
+) -> None:
+    """A series drawn as is when sparse, else as its per-column min-max band."""
+    window = view.slice(t)
+    t, values = t[window], values[window]
+    if len(t) <= 2 * view.bins:
+        ok = np.isfinite(values)
+        ax.plot(view.x(t[ok]), values[ok], "-", color=colour, lw=1.2, label=label)
+        return
+    index = _bins(t, view)
+    index = index - index[0]
+    lo = _per_bin(values, index, np.fmin)
+    hi = _per_bin(values, index, np.fmax)
+    x = _centres(view)
+    ax.fill_between(x, lo, hi, color=colour, alpha=0.6, step="mid", lw=0.8, label=label)
+
+
+def _draw_icmp(ax: Axes, view: _View, icmp: pd.DataFrame, target: str) -> None:
+    attempts = target_attempts(icmp, target)
+    window = view.slice(attempts.t_mono_ns)
+    t = attempts.t_mono_ns[window]
+    outcome = attempts.outcome[window]
+    rtt = attempts.rtt_ms[window]
+    reply = outcome == OUTCOME_CODE["reply"]
+    blended = blended_transform_factory(ax.transData, ax.transAxes)
+    if len(t) <= 2 * view.bins:
+        # NaN where a probe was lost breaks the line there: no line across the outage.
+        known = outcome != OUTCOME_CODE["unresolved"]
+        line = np.where(reply, rtt, np.nan)[known]
+        ax.plot(view.x(t[known]), line, ".-", color="#1565c0", ms=2.5, lw=0.6)
+        for kind, (marker, colour, y) in LOST_MARKERS.items():
+            chosen = outcome == OUTCOME_CODE[kind]
+            if chosen.any():
+                ax.plot(
+                    view.x(t[chosen]),
+                    np.full(int(chosen.sum()), y),
+                    marker,
+                    color=colour,
+                    ms=5,
+                    ls="none",
+                    transform=blended,
+                )
+    else:
+        index = _bins(t, view)
+        index = index - index[0]
+        replies_rtt = np.where(reply, rtt, np.nan)
+        lo = _per_bin(replies_rtt, index, np.fmin)
+        hi = _per_bin(replies_rtt, index, np.fmax)
+        replied = _count_per_bin(reply, index)
+        total = _per_bin(np.where(reply, rtt, 0.0), index, np.add)
+        mean = np.divide(total, replied, out=np.full(len(replied), np.nan), where=replied > 0)
+        x = _centres(view)
+        ax.fill_between(x, lo, hi, color="#1565c0", alpha=0.2, step="mid", lw=0)
+        ax.plot(x, mean, "-", color="#0d47a1", lw=0.7, drawstyle="steps-mid")
+        sent = np.diff(index)
+        lost = np.zeros(len(sent), dtype=np.int64)
+        for kind, (marker, colour, y) in LOST_MARKERS.items():
+            count = _count_per_bin(outcome == OUTCOME_CODE[kind], index)
+            lost += count
+            columns = count > 0
+            if columns.any():
+                ax.plot(
+                    x[columns],
+                    np.full(int(columns.sum()), y),
+                    marker,
+                    color=colour,
+                    ms=5,
+                    ls="none",
+                    transform=blended,
+                )
+        twin = ax.twinx()
+        fraction = np.divide(lost, sent, out=np.zeros(len(sent)), where=sent > 0)
+        twin.fill_between(x, 0, fraction, step="mid", color="#d32f2f", alpha=0.25, lw=0)
+        twin.set_ylim(0, 1.05)
+        twin.set_ylabel("lost\nper column", fontsize=7)
+        twin.tick_params(labelsize=7)
+    handles = [
+        Line2D([], [], color="#1565c0", marker=".", label="reply RTT")
+        if len(t) <= 2 * view.bins
+        else Line2D([], [], color="#0d47a1", label="reply RTT: mean, min-max per column")
+    ]
+    for kind, (marker, colour, _y) in LOST_MARKERS.items():
+        label = f"{kind} ({attempts.count(kind)} in the run)"
+        handles.append(Line2D([], [], color=colour, marker=marker, ls="none", label=label))
+    finite = rtt[reply & np.isfinite(rtt)]
+    if len(finite) and float(finite.min()) > 0 and float(finite.max()) > 10 * float(finite.min()):
+        ax.set_yscale("log")  # spikes of 100x the usual RTT stay readable
+    ax.set_ylabel(f"ICMP {target}\nRTT ms", fontsize=8)
+    ax.legend(handles=handles, loc="lower left", fontsize=7, ncols=len(handles), frameon=True)
+
+
+def _steps(records: pd.DataFrame, column: str) -> tuple[IntArray, FloatArray]:
+    """Per record: its time and the step (ms) from the previous record of its agent."""
+    ordered = records.sort_values(["agent_id", "seq"], kind="stable")
+    stamp = ordered[column].to_numpy(np.int64)
+    agent = ordered["agent_id"].astype(str).to_numpy()
+    step = np.full(len(ordered), np.nan)
+    if len(ordered) > 1:
+        same = agent[1:] == agent[:-1]
+        step[1:] = np.where(same, (stamp[1:] - stamp[:-1]) / 1e6, np.nan)
+    t = ordered["t_mono_ns"].to_numpy(np.int64)
+    order = np.argsort(t, kind="stable")
+    return t[order], step[order]
+
+
+CONSOLE_COLOURS = {
+    "desktop": "#90caf9",
+    "connecting": "#546e7a",
+    "black": "#212121",
+    "unavailable": "#ef9a9a",
+}
+HOST_COLOURS = ("#8d6e63", "#26a69a", "#7e57c2", "#c0ca33")
+
+
+def _draw_console(ax: Axes, view: _View, console: pd.DataFrame, hosts: Sequence[str]) -> None:
+    """The console's view as spans (top) and the host serving it, its title host (bottom)."""
+    times = console["t_mono_ns"].to_numpy(np.int64)
+    handles = []
+    for rows, key, colours in (
+        ((0.35, 0.65), "view", CONSOLE_COLOURS),
+        ((0.0, 0.3), "host", None),
+    ):
+        values = console[key].fillna("none").astype(str).tolist()
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for state, lo, hi in _state_runs(times, values):
+            if hi < view.x0_ns or lo > view.x1_ns:
+                continue
+            x0 = view.xs(max(lo, view.x0_ns))
+            spans.setdefault(state, []).append((x0, view.xs(min(hi, view.x1_ns)) - x0))
+        for state, pieces in spans.items():
+            if colours is not None:
+                colour = colours.get(state, OTHER_STATE_COLOUR)
+            elif state in hosts:
+                colour = HOST_COLOURS[list(hosts).index(state) % len(HOST_COLOURS)]
+            else:
+                colour = "#e0e0e0"
+            ax.broken_barh(pieces, rows, color=colour, lw=0)
+            handles.append(Patch(color=colour, label=state))
+    ax.set_ylim(0, 1)
+    ax.set_yticks([0.15, 0.5], ["host", "screen"], fontsize=7)
+    ax.set_ylabel("console\nview", fontsize=8)
+    ax.legend(handles=handles, loc="upper left", fontsize=7, ncols=len(handles), frameon=True)
+
+
+def _draw_heartbeat(ax: Axes, view: _View, heartbeats: pd.DataFrame) -> None:
+    t, guest_step = _steps(heartbeats, "guest_mono_ns")
+    _, arrival_step = _steps(heartbeats, "recv_mono_ns")
+    _series_max(ax, view, t, arrival_step, colour="#90a4ae", label="arrival step")
+    _series_max(ax, view, t, guest_step, colour="#2e7d32", label="step on the guest's clock")
+    ax.set_yscale("log")
+    ax.set_ylabel("heartbeat\nstep ms", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7, ncols=2)
+
+
+def _series_max(
+    ax: Axes, view: _View, t: IntArray, values: FloatArray, *, colour: str, label: str
+) -> None:
+    window = view.slice(t)
+    t, values = t[window], values[window]
+    if len(t) <= 2 * view.bins:
+        # A record's step covers the time since the record before it: steps-pre.
+        ok = np.isfinite(values)
+        ax.plot(
+            view.x(t[ok]),
+            values[ok],
+            ".-",
+            color=colour,
+            ms=2,
+            lw=0.7,
+            drawstyle="steps-pre",
+            label=label,
+        )
+        return
+    index = _bins(t, view)
+    index = index - index[0]
+    peak = _per_bin(values, index, np.fmax)
+    ax.plot(_centres(view), peak, "-", color=colour, lw=0.9, label=f"{label} (max per column)")
+
+
+def _draw_frames(
+    figure: Figure, ax: Axes, view: _View, frames: pd.DataFrame, run_path: Path
+) -> None:
+    t_all = frames["t_mono_ns"].to_numpy(np.int64)
+    window = view.slice(t_all)
+    shown = frames.iloc[window]
+    t = t_all[window]
+    if len(t) <= 2 * view.bins:
+        ax.vlines(view.x(t), 0.0, 0.15, color="#455a64", lw=0.8)
+    else:
+        # Too many to tell apart: the columns that hold frames, as runs (a gap shows).
+        present = np.diff(_bins(t, view)) > 0
+        edges = np.diff(present.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        x0 = view.xs(view.x0_ns)
+        spans = [
+            (x0 + a * view.column_s, (b - a) * view.column_s)
+            for a, b in zip(starts, ends, strict=True)
+        ]
+        ax.broken_barh(spans, (0.0, 0.15), color="#90a4ae", lw=0)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_ylabel("guest\nframes", fontsize=8)
+    if len(shown) >= 2:
+        _thumbnails(figure, ax, view, shown.reset_index(drop=True), t, run_path)
+
+
+def _thumbnails(
+    figure: Figure, ax: Axes, view: _View, frames: pd.DataFrame, t: IntArray, run_path: Path
+) -> None:
+    """The frames on each side of the longest gap between frames, those that fit.
+
+    Frames before the gap hang to the left of their time, frames after it to
+    the right, so the two that straddle the gap show side by side even when
+    the gap is a fraction of a pixel.
+    """
+    gap = int(np.argmax(np.diff(t)))
+    wanted = [*range(max(0, gap - 2), gap + 1), *range(gap + 1, min(len(t), gap + 4))]
+    px_per_s = _px_per_s(figure, ax, view)
+    # The two that straddle the gap first, then the others nearest to it while they fit.
+    order = sorted(wanted, key=lambda i: (i not in (gap, gap + 1), abs(i - gap - 0.5)))
+    taken: list[tuple[float, float]] = []
+    left_px, right_px = view.xs(view.x0_ns) * px_per_s, view.xs(view.x1_ns) * px_per_s
+    seqs = frames["seq"].to_numpy(np.int64)
+    files = frames["file"].astype(str).to_numpy() if "file" in frames else None
+    for i in order:
+        x = view.xs(int(t[i]))
+        before = i <= gap
+        x_px = x * px_per_s
+        extent = (x_px - THUMB_WIDTH_PX - 2, x_px) if before else (x_px, x_px + THUMB_WIDTH_PX + 2)
+        if extent[0] < left_px or extent[1] > right_px:
+            continue  # it would hang out of the lane
+        if any(extent[0] < other[1] and other[0] < extent[1] for other in taken):
+            continue
+        relative = None if files is None else Path(files[i])
+        if relative is None or relative.is_absolute() or ".." in relative.parts:
+            continue  # only files inside the run folder
+        path = run_path / relative
+        if not path.is_file():
+            continue
+        with Image.open(path) as image:
+            image.load()
+            height = max(1, round(image.height * THUMB_WIDTH_PX / image.width))
+            thumb = np.asarray(image.convert("RGB").resize((THUMB_WIDTH_PX, height)))
+        box = AnnotationBbox(
+            OffsetImage(thumb, zoom=1.0),
+            (x, 0.6),
+            xycoords=("data", "axes fraction"),
+            box_alignment=(1.0, 0.5) if before else (0.0, 0.5),
+            frameon=True,
+            pad=0.1,
+            annotation_clip=True,
+        )
+        ax.add_artist(box)
+        ax.annotate(
+            f"#{int(seqs[i])}",
+            (x, 0.17),
+            xycoords=("data", "axes fraction"),
+            xytext=(-3 if before else 3, 0),
+            textcoords="offset points",
+            ha="right" if before else "left",
+            fontsize=7,
+        )
+        taken.append(extent)
+
+
+def _px_per_s(figure: Figure, ax: Axes, view: _View) -> float:
+    axes_px = ax.get_position().width * figure.get_figwidth() * figure.dpi
+    return float(axes_px / ((view.x1_ns - view.x0_ns) / NS_PER_S))
+
+
+def _event_marks(events: pd.DataFrame) -> list[tuple[int, str, int, int, int]]:
+    """(row, label, t, lo, hi) of each event to draw; rows: 2 Hyper-V, 1 harness, 0 truth."""
+    marks = []
+    for kind, t, lo, hi in zip(
+        events["kind"].astype(str),
+        events["t_mono_ns"].to_numpy(np.int64),
+        events["t_lo_ns"].to_numpy(np.int64),
+        events["t_hi_ns"].to_numpy(np.int64),
+        strict=True,
+    ):
+        if kind.startswith("event:"):
+            marks.append((2, kind.removeprefix("event:"), int(t), int(lo), int(hi)))
+        elif kind.startswith("truth:"):
+            marks.append((0, kind.removeprefix("truth:"), int(t), int(t), int(t)))
+        elif kind in HARNESS_KINDS or kind.startswith("phase:"):
+            marks.append((1, kind.removeprefix("phase:"), int(t), int(t), int(t)))
+    return marks
+
+
+def _draw_events(figure: Figure, ax: Axes, view: _View, events: pd.DataFrame) -> None:
+    mine = events[events["lane"] == EVENTS_LANE]
+    mine = mine[(mine["t_mono_ns"] >= view.x0_ns) & (mine["t_mono_ns"] <= view.x1_ns)]
+    rows = {"Hyper-V events": 2, "harness": 1, "lab truth": 0}
+    styles = {2: ("D", "#37474f", 4), 1: ("|", "#00838f", 9), 0: ("*", "#6d4c41", 7)}
+    px_per_s = _px_per_s(figure, ax, view)
+    marks = _event_marks(mine)
+    for row in rows.values():
+        in_row = sorted((m for m in marks if m[0] == row), key=lambda m: m[2])
+        if not in_row:
+            continue
+        marker, colour, size = styles[row]
+        x = view.x(np.array([m[2] for m in in_row], dtype=np.int64))
+        if row == 2:
+            err = [
+                [(m[2] - m[3]) / NS_PER_S for m in in_row],
+                [(m[4] - m[2]) / NS_PER_S for m in in_row],
+            ]
+            ax.errorbar(
+                x,
+                np.full(len(x), row),
+                xerr=err,
+                fmt=marker,
+                color=colour,
+                ms=size,
+                capsize=2,
+                ls="none",
+            )
+        else:
+            ax.plot(x, np.full(len(x), row), marker, color=colour, ms=size, ls="none")
+        # Events closer than a label's width share one label.
+        clusters: list[tuple[float, list[str]]] = []
+        for xi, mark in zip(x, in_row, strict=True):
+            if clusters and (xi - clusters[-1][0]) * px_per_s < 70:
+                if mark[1] not in clusters[-1][1]:
+                    clusters[-1][1].append(mark[1])
+            else:
+                clusters.append((float(xi), [mark[1]]))
+        for i, (xi, names) in enumerate(clusters):
+            ax.annotate(
+                " ".join(names),
+                (xi, row),
+                xytext=(3, 6 if i % 2 == 0 else -11),
+                textcoords="offset points",
+                fontsize=6.5,
+                clip_on=True,
+            )
+    ax.set_yticks(list(rows.values()), list(rows), fontsize=8)
+    ax.set_ylim(-0.8, 2.8)
+
+
+# -- figures -----------------------------------------------------------------
+
+
+def _mark_points(
+    figure: Figure, axes: Sequence[Axes], view: _View, decomposition: Decomposition
+) -> str:
+    """Vertical lines at the observed points A-H; returns the caption for the others.
+
+    Points closer than a letter's width share one label ("A B"), as in an hour's view.
+    """
+    top = axes[0]
+    blended = blended_transform_factory(top.transData, top.transAxes)
+    px_per_s = _px_per_s(figure, top, view)
+    missing: dict[str, list[str]] = {}
+    labels: list[tuple[float, list[str]]] = []
+    for point in decomposition.points:
+        if point.at is None:
+            missing.setdefault(f"{point.status}: {point.note}", []).append(point.letter)
+            continue
+        x = view.xs(point.at.t_mono_ns)
+        for ax in axes:
+            ax.axvline(x, color="#424242", lw=0.7, ls=":", zorder=1)
+        lo, hi = point.at.earliest, point.at.latest
+        top.plot([view.xs(lo), view.xs(hi)], [1.02, 1.02], color="#424242", lw=2, transform=blended)
+        if labels and (x - labels[-1][0]) * px_per_s < 16:
+            labels[-1][1].append(point.letter)
+        else:
+            labels.append((x, [point.letter]))
+    for x, letters in labels:
+        top.text(
+            x,
+            1.04,
+            " ".join(letters),
+            transform=blended,
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            fontweight="bold",
+        )
+    return "; ".join(f"{', '.join(letters)} {why}" for why, letters in missing.items())
+
+
+def _lanes(timeline: Timeline) -> list[tuple[str, str, float]]:
+    """(kind, name, height) of each lane in order."""
+    lanes = [("windows", "", 1.3)]
+    polls = timeline.polls
+    if len(polls):
+        hosts = list(dict.fromkeys(polls["host"].astype(str)))
+        order = [timeline.source_host, timeline.destination_host]
+        hosts.sort(key=lambda h: order.index(h) if h in order else len(order))
+        lanes += [("host", host, 1.0) for host in hosts]
+    if len(timeline.icmp):
+        targets = [t for t in timeline.icmp_targets if (timeline.icmp["target"] == t).any()]
+        lanes += [("icmp", target, 1.5) for target in targets]
+    if len(timeline.console):
+        lanes.append(("console", "", 1.0))
+    if len(timeline.heartbeats):
+        lanes.append(("heartbeat", "", 1.1))
+    if len(timeline.frames):
+        lanes.append(("frames", "", 1.6))
+    if (timeline.events["lane"] == EVENTS_LANE).any():
+        lanes.append(("events", "", 1.3))
+    return lanes
+
+
+def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title: str) -> Figure:
+    lanes = _lanes(timeline)
+    heights = [h for _, _, h in lanes]
+    height_in = 1.75 + 1.05 * sum(heights)
+    figure = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
+    FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(
+        len(lanes),
+        1,
+        height_ratios=heights,
+        left=0.1,
+        right=0.93,
+        top=1 - 1.0 / height_in,
+        bottom=0.75 / height_in,
+    )
+    axes: list[Axes] = []
+    for i in range(len(lanes)):
+        axes.append(figure.add_subplot(grid[i, 0], sharex=axes[0] if axes else None))
+    roles = {timeline.source_host: "source", timeline.destination_host: "destination"}
+    decomp = decomposition
+    guest_or_host = decomp.guest_execution_gap or decomp.hypervisor_blackout
+    for ax, (kind, name, _h) in zip(axes, lanes, strict=True):
+        if kind == "windows":
+            _draw_windows(ax, view, decomp)
+        elif kind == "host":
+            _shade(ax, view, decomp.hypervisor_blackout, WINDOW_COLOURS["hypervisor_blackout"])
+            _draw_host(ax, view, timeline.polls, name, roles.get(name))
+        elif kind == "icmp":
+            outage = decomp.network_outage
+            if outage is not None and outage.detail.get("target") == name:
+                _shade(ax, view, outage, WINDOW_COLOURS["network_outage"])
+            _draw_icmp(ax, view, timeline.icmp, name)
+        elif kind == "console":
+            _shade(ax, view, decomp.console_blackout, WINDOW_COLOURS["console_blackout"])
+            hosts = [h for h in (timeline.source_host, timeline.destination_host) if h]
+            _draw_console(ax, view, timeline.console, hosts)
+        elif kind == "heartbeat":
+            _shade(ax, view, guest_or_host, WINDOW_COLOURS["guest_execution_gap"])
+            _draw_heartbeat(ax, view, timeline.heartbeats)
+        elif kind == "frames":
+            _shade(ax, view, guest_or_host, WINDOW_COLOURS["guest_execution_gap"])
+        elif kind == "events":
+            _shade(ax, view, decomp.hypervisor_blackout, WINDOW_COLOURS["hypervisor_blackout"])
+            _draw_events(figure, ax, view, timeline.events)
+        ax.grid(axis="x", color="#e0e0e0", lw=0.5)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes[:-1]:
+        ax.tick_params(axis="x", labelbottom=False)
+    axes[0].set_xlim(view.xs(view.x0_ns), view.xs(view.x1_ns))
+    # Frames last: thumbnails are placed in pixels, which needs the final limits.
+    for ax, (kind, _name, _h) in zip(axes, lanes, strict=True):
+        if kind == "frames":
+            _draw_frames(figure, ax, view, timeline.frames, timeline.run.path)
+    axes[-1].set_xlabel(f"seconds from {view.origin_label}", fontsize=9)
+    missing = _mark_points(figure, axes, view, decomp)
+
+    origin_utc = timeline.clock.utc_ns(view.origin_ns)
+    top = axes[0].secondary_xaxis("top")
+    digits = 23 if view.x1_ns - view.x0_ns < 120 * NS_PER_S else 19  # HH:MM:SS[.mmm]
+    top.xaxis.set_major_formatter(
+        FuncFormatter(lambda x, _pos: _utc_label(origin_utc + round(x * NS_PER_S), digits))
+    )
+    top.xaxis.set_major_locator(MaxNLocator(7))
+    top.tick_params(labelsize=7, pad=18)
+    figure.text(0.1, 1 - 0.12 / height_in, title, fontsize=11, va="top")
+    caption = "top axis: UTC (harness clock)"
+    if missing:
+        caption += "; not on the timeline: " + missing
+    figure.text(0.1, 0.08 / height_in, caption, fontsize=7, va="bottom")
+    return figure
+
+
+def _utc_label(utc_ns: int, digits: int) -> str:
+    return utc_iso(utc_ns)[11:digits]
+
+
+def _blackout_span(decomposition: Decomposition) -> tuple[int, int] | None:
+    lows, highs = [], []
+    for component in decomposition.components():
+        if component.start is not None:
+            lows.append(component.start.earliest)
+        if component.end is not None:
+            highs.append(component.end.latest)
+    if not lows or not highs:
+        return None
+    return min(lows), max(highs)
+
+
+def _bins_for(width_in: float) -> int:
+    return max(100, int(width_in * DPI * (0.93 - 0.1)))
+
+
+def timeline_figures(
+    timeline: Timeline, decomposition: Decomposition, *, zoom_s: float = ZOOM_S
+) -> tuple[Figure, Figure | None]:
+    """The whole-run figure and the zoom on the blackout (None without a blackout)."""
+    first, last = timeline.span_ns()
+    if last <= first:
+        last = first + NS_PER_S
+    bins = _bins_for(WIDTH_IN)
+    start_label = timeline.utc_iso(first) or ""
+    overview = _View(first, last, first, bins, f"the first record ({start_label[:19]}Z)")
+    hosts = ""
+    if timeline.source_host and timeline.destination_host:
+        hosts = f"{timeline.source_host} -> {timeline.destination_host}"
+    what = " ".join(part for part in (timeline.vm, hosts) if part)
+    title = f"{timeline.run.manifest.run_id}: {what}" if what else timeline.run.manifest.run_id
+    whole = _figure(timeline, decomposition, overview, title)
+
+    span = _blackout_span(decomposition)
+    if span is None:
+        return whole, None
+    reach = round(zoom_s * NS_PER_S)
+    pause = decomposition.point("B").at
+    origin, label = (
+        (pause.t_mono_ns, "B (the source paused the VM, best guess)")
+        if pause is not None
+        else (span[0], "the start of the blackout windows")
+    )
+    zoom = _View(span[0] - reach, span[1] + reach, origin, bins, label)
+    return whole, _figure(timeline, decomposition, zoom, f"{title}: +/- {zoom_s:g} s")
+
+
+def plot_timeline(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    zoom_s: float = ZOOM_S,
+) -> list[Path]:
+    """Write ``timeline.png``, ``timeline.svg`` and ``timeline-zoom.png`` into ``out_dir``.
+
+    ``out_dir`` defaults to ``run_dir/derived``. Returns the paths written (no
+    zoom without a blackout).
+    """
+    timeline = build_timeline(run_dir)
+    decomposition = decompose(timeline)
+    whole, zoom = timeline_figures(timeline, decomposition, zoom_s=zoom_s)
+    out = Path(run_dir) / "derived" if out_dir is None else Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / OVERVIEW_PNG, out / OVERVIEW_SVG]
+    whole.savefig(written[0], format="png", metadata={"Software": None})
+    whole.savefig(written[1], format="svg", metadata={"Date": None})
+    if zoom is not None:
+        written.append(out / ZOOM_PNG)
+        zoom.savefig(written[2], format="png", metadata={"Software": None})
+    return written

@@ -1,0 +1,108 @@
+"""What QEMU said about a migration (``raw/qemu_migration.jsonl``), beside what
+the probes measured.
+
+QEMU gives two figures that are easily confused: ``downtime`` (measured on the
+source only, from the stop of the vCPUs to the end of the last transfer, as
+the source sees it) and STOP -> RESUME (the source's STOP event to the
+destination's RESUME event, on QEMU's own timestamps). The summary keeps them
+apart, and the cross-check says how much longer the guest was unreachable
+(ICMP) or not running (heartbeat) than QEMU's STOP -> RESUME: the guest
+answering again and the network, not the hypervisor.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from analysis.runfolder import RunFolder, RunFormatError, check_schema_version
+
+RAW_SCHEMA_VERSION = 1
+
+
+def _records(run: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    path = run.probe_file("qemu_migration")
+    if path is None or not path.exists():
+        return None
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n")[:-1] if line.strip()]
+    if not lines:
+        raise RunFormatError(f"{path} is empty; expected a header line")
+    header = json.loads(lines[0])
+    check_schema_version(
+        header.get("schema_version"),
+        supported=RAW_SCHEMA_VERSION,
+        what=f"{path.name} (QEMU migration raw file)",
+    )
+    return header, [json.loads(line) for line in lines[1:]]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def _excess(measured: dict[str, Any] | None, reference_ms: float | None) -> dict[str, Any] | None:
+    if measured is None or reference_ms is None:
+        return None
+    lower, upper = measured.get("lower_ms"), measured.get("upper_ms")
+    return {
+        "source": measured.get("source"),
+        "lower_ms": None if lower is None else _ms(lower - reference_ms),
+        "upper_ms": None if upper is None else _ms(upper - reference_ms),
+        "contains_stop_to_resume": (None if upper is None else bool(upper >= reference_ms)),
+    }
+
+
+def qemu_summary(
+    run: RunFolder,
+    *,
+    icmp_blackout: dict[str, Any] | None = None,
+    guest_gap: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The ``qemu`` block of summary.json, or None when QEMU did not run."""
+    found = _records(run)
+    if found is None:
+        return None
+    header, records = found
+    result = next((r for r in reversed(records) if r.get("event") == "result"), None)
+    events = [r for r in records if r.get("event") == "qmp_event"]
+    polls = [r for r in records if r.get("event") == "migrate_poll"]
+    document: dict[str, Any] = {
+        "source": header.get("source"),
+        "destination": header.get("destination"),
+        "uri": header.get("uri"),
+        "settings": header.get("settings"),
+        "polls": len(polls),
+        "events": sorted({str(e.get("name")) for e in events}),
+        "outcome": None,
+    }
+    if result is None:
+        return document
+    stop_to_resume = result.get("stop_to_resume_ms")
+
+    def edge(name: str) -> dict[str, Any] | None:
+        event = result.get(name)
+        if not event:
+            return None
+        return {"qemu_utc_ns": event.get("qemu_utc_ns"), "qemu_mono_ns": event.get("qemu_mono_ns")}
+
+    document.update(
+        {
+            "outcome": result.get("outcome"),
+            "error": result.get("error"),
+            "stop_to_resume_ms": _ms(stop_to_resume),
+            "downtime_ms": result.get("downtime_ms"),
+            "downtime_measured_on": "source",
+            "setup_time_ms": result.get("setup_time_ms"),
+            "total_time_ms": result.get("total_time_ms"),
+            "ram": result.get("ram"),
+            "memory_check": result.get("memory"),
+            "announced": result.get("announced"),
+            "stop": edge("stop"),
+            "resume": edge("resume"),
+            "cross_check": {
+                "icmp_beyond_stop_to_resume": _excess(icmp_blackout, stop_to_resume),
+                "heartbeat_beyond_stop_to_resume": _excess(guest_gap, stop_to_resume),
+            },
+        }
+    )
+    return document
