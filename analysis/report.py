@@ -170,6 +170,7 @@ class ReportedRun:
     blackout: BlackoutFigures | None
     warnings: tuple[str, ...]
     summary_note: str | None
+    hypervisor_says: str | None = None
 
     @property
     def excluded_because(self) -> str | None:
@@ -268,13 +269,32 @@ class Report:
 
 
 def run_direction(manifest: Mapping[str, Any]) -> str:
-    """``"<source> -> <destination>"`` from the manifest's ``hyperv`` object, else "unknown"."""
-    hyperv = manifest.get("hyperv")
-    if isinstance(hyperv, Mapping):
-        source, destination = hyperv.get("source"), hyperv.get("destination")
-        if isinstance(source, str) and source and isinstance(destination, str) and destination:
-            return f"{source} -> {destination}"
+    """``"<source> -> <destination>"`` from the manifest's ``hypervisor`` (or, in
+    older run folders, ``hyperv``) object, else "unknown"."""
+    for key in ("hypervisor", "hyperv"):
+        block = manifest.get(key)
+        if isinstance(block, Mapping):
+            source, destination = block.get("source"), block.get("destination")
+            if isinstance(source, str) and source and isinstance(destination, str) and destination:
+                return f"{source} -> {destination}"
     return DIRECTION_UNKNOWN
+
+
+def hypervisor_figure(summary: Mapping[str, Any]) -> str | None:
+    """What the hypervisor itself says about the blackout, for the report's tables:
+    Hyper-V's 20415/20417 figure, or QEMU's STOP -> RESUME and its downtime."""
+    hyperv = summary.get("hyperv")
+    reported = hyperv.get("reported") if isinstance(hyperv, Mapping) else None
+    if isinstance(reported, Mapping) and _is_number(reported.get("blackout_s")):
+        return f"{reported['blackout_s']:.1f} s (event {reported.get('event_id')})"
+    qemu = summary.get("qemu")
+    if isinstance(qemu, Mapping) and _is_number(qemu.get("stop_to_resume_ms")):
+        downtime = qemu.get("downtime_ms")
+        text = f"STOP->RESUME {qemu['stop_to_resume_ms']:.1f} ms"
+        if _is_number(downtime):
+            text += f", downtime {downtime} ms (source)"
+        return text
+    return None
 
 
 def _summary_of(run: RunFolder) -> tuple[dict[str, Any], str | None]:
@@ -397,6 +417,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
         blackout=blackout_from_summary(summary, f"{path / SUMMARY_FILE}"),
         warnings=tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
         summary_note=note,
+        hypervisor_says=hypervisor_figure(summary),
     )
 
 
@@ -992,7 +1013,9 @@ def _run_rows(
                 f"{blackout.timeouts} / {blackout.timeouts_outside}",
                 f"{blackout.unreachable} / {blackout.unreachable_outside}",
             )
-        rows.append((run.run_id, status, run.direction, *figures, verdict))
+        rows.append(
+            (run.run_id, status, run.direction, *figures, run.hypervisor_says or "-", verdict)
+        )
     return rows
 
 
@@ -1006,6 +1029,7 @@ _RUN_HEADERS = (
     "lost",
     "timeouts in / outside",
     "unreachable in / outside",
+    "hypervisor says",
     "checks",
 )
 _RUN_NUMERIC = frozenset(range(3, 9))

@@ -503,7 +503,7 @@ def test_markdown_tables(tmp_path: Path, baseline: list[Path]) -> None:
     row = next(line for line in lines if line.startswith("| cand-0 |"))
     assert row == (
         f"| cand-0 | completed | HV-A -> HV-B | {first.lower_ms:.1f} | {first.estimate_ms:.1f} | "
-        f"{first.upper_ms:.1f} | {first.lost} | {first.timeouts} / 0 | 0 / 0 | pass |"
+        f"{first.upper_ms:.1f} | {first.lost} | {first.timeouts} / 0 | 0 / 0 | - | pass |"
     )
     assert first.upper_ms == first.lower_ms + 20
     # Every table row has as many cells as its header.
@@ -596,3 +596,13 @@ def test_figure_stats_match_numpy_and_show_open_blackouts() -> None:
     assert stats.median_ms == pytest.approx(1010.0)
     assert (stats.p95_ms, stats.max_ms) == (math.inf, math.inf)
     assert figure_stats([]).median_ms is None
+
+
+def test_the_hypervisor_figure_stands_beside_the_measured_one() -> None:
+    from analysis.report import hypervisor_figure
+
+    hyperv = {"hyperv": {"reported": {"blackout_s": 2.3, "event_id": 20415}}}
+    assert hypervisor_figure(hyperv) == "2.3 s (event 20415)"
+    qemu = {"hyperv": None, "qemu": {"stop_to_resume_ms": 10.11, "downtime_ms": 6}}
+    assert hypervisor_figure(qemu) == "STOP->RESUME 10.1 ms, downtime 6 ms (source)"
+    assert hypervisor_figure({"hyperv": None, "qemu": None}) is None
