@@ -137,3 +137,62 @@ def test_a_migration_that_never_converges_is_cancelled(lab_dir: Path, tmp_path: 
     assert summary["blackout"] is None
     status = asyncio.run(guest.status())
     assert status.agent_id
+
+
+def test_qmp_endpoints_from_the_config_file(lab_dir: Path, tmp_path: Path) -> None:
+    """Your own QEMUs: the two QMP sockets and the incoming URI named in [qemu]."""
+    state = asyncio.run(qemu_control.wait_ready(state_dir=lab_dir / "qemu"))
+    assert state.running is not None and state.standby is not None
+    config = tmp_path / "measure.toml"
+    config.write_text(
+        f"""
+hypervisor = "qemu"
+vm = "tiny-guest"
+
+[guest]
+addresses = ["{state.guest_address}"]
+
+[qemu]
+downtime_limit_ms = 50
+
+[[qemu.sides]]
+name = "left"
+qmp = "{state.running.qmp}"
+incoming_uri = "{state.running.incoming_uri}"
+
+[[qemu.sides]]
+name = "right"
+qmp = "{state.standby.qmp}"
+incoming_uri = "{state.standby.incoming_uri}"
+"""
+    )
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            "--config",
+            str(config),
+            "--interval-ms",
+            "5",
+            "--settle",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "MEASURE_LAB_DIR": str(lab_dir)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["qemu"]["source"], summary["qemu"]["destination"]) == ("left", "right")
+    assert summary["qemu"]["settings"]["downtime_limit_ms"] == 50
+    assert summary["blackout"]["upper_ms"] >= summary["qemu"]["stop_to_resume_ms"]
+    # Wait for the lab's new standby before the next test migrates again.
+    asyncio.run(qemu_control.wait_ready(state_dir=lab_dir / "qemu", after_serial=state.serial))

@@ -157,10 +157,9 @@ async def qemu_lab_backend(
 ) -> tuple[QemuBackend, QemuLabState]:
     """A backend for the QEMU lab as it stands now (after the previous migration's
     standby is up again when ``after_serial`` is given)."""
-    if after_serial is not None:
-        state = await qemu_control.wait_ready(
-            state_dir=state.path.parent, after_serial=after_serial
-        )
+    # Wait for the lab to be ready (a standby waiting), and after a migration
+    # of ours for the new standby on the old side.
+    state = await qemu_control.wait_ready(state_dir=state.path.parent, after_serial=after_serial)
     running, standby = state.running, state.standby
     if running is None or standby is None:
         raise LabError(f"the QEMU lab is not ready ({state.status}): run `measure lab down`")
