@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -40,8 +41,9 @@ from analysis.derive import rebuild_derived
 from probes.clock import clock_pair, utc_iso
 from probes.console_view import CONSOLE_FILE, ConsoleViewProbe
 from probes.host_state import HostStatePoller
-from probes.icmp import IcmpProbe, IcmpTargetStats
-from probes.sink import CsvSink, JsonlSink
+from probes.icmp import IcmpTargetStats
+from probes.icmp_process import IcmpProbeProcess
+from probes.sink import JsonlSink
 
 from .. import exitcodes
 from ..backends import HypervisorBackend, MigrationOutcome, PreflightError
@@ -56,6 +58,9 @@ from ..runfolder import RunFolder, RunStatus, create_run_folder
 PROBES_READY_DEADLINE_S = 15.0
 PREFLIGHT_PING_COUNT = 5
 CONSOLE_POLL_INTERVAL_S = 0.5
+# SCHED_FIFO priority of the ICMP prober's process when root: it does nothing
+# else, and real-time scheduling keeps its sends on time on a busy machine.
+ICMP_REALTIME_PRIORITY = 10
 SETTLE_QUIET_LIMIT_S = 60.0  # the settle window ends at the latest this long after settle_s
 
 
@@ -124,7 +129,7 @@ class _Context:
     start_mono_ns: int
     backend: HypervisorBackend
     pollers: dict[str, HostStatePoller] = field(default_factory=dict)
-    icmp: IcmpProbe | None = None
+    icmp: IcmpProbeProcess | None = None
     console: ConsoleViewProbe | None = None
     phase: Phase = Phase.PREFLIGHT
 
@@ -366,15 +371,19 @@ async def _probe_and_migrate(
 ) -> MigrationOutcome:
     config, run = ctx.config, ctx.run
     ctx.announce(Phase.PROBES, "starting probes")
-    icmp = IcmpProbe.create(
+    # The ICMP prober runs in a process of its own: pypsrp's XML parsing in
+    # threads and image decoding here would otherwise delay its schedule.
+    icmp = IcmpProbeProcess(
         run.raw / "icmp.csv",
         targets=list(config.guest_addresses),
         interval_s=config.probes.icmp_interval_s,
         timeout_s=config.probes.icmp_timeout_s,
+        realtime_priority=ICMP_REALTIME_PRIORITY if os.geteuid() == 0 else None,
     )
+    await icmp.start()
     ctx.icmp = icmp
-    run.register_probe("icmp", "raw/icmp.csv", format="csv", **icmp.meta)
-    sinks: list[CsvSink | JsonlSink] = [icmp.sink]
+    run.register_probe("icmp", "raw/icmp.csv", format="csv", process=True, **icmp.meta)
+    sinks: list[JsonlSink] = []
     try:
         for side in ctx.backend.polled_sides(source, destination):
             sink = JsonlSink(
@@ -432,6 +441,7 @@ async def _probe_and_migrate(
             tasks.create_task(_drive(ctx, source, destination, stop, interrupted, outcome, agent))
         return outcome[0]
     finally:
+        await icmp.close()
         for opened in sinks:
             opened.close()
 
