@@ -120,6 +120,27 @@ def read_state(state_dir: Path | None = None) -> LabState | None:
     return state if _alive(state.pid) else None
 
 
+def spawn_daemon(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a lab daemon in a session of its own (it outlives the shell), with
+    this project importable and its output in ``log_path``."""
+    project_root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(project_root), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+        )
+
+
 def up(
     *,
     state_dir: Path | None = None,
@@ -142,22 +163,7 @@ def up(
         argv += ["--config", str(Path(config).resolve())]
     if seed is not None:
         argv += ["--seed", str(seed)]
-    project_root = Path(__file__).resolve().parent.parent
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(project_root), os.environ.get("PYTHONPATH", "")) if p
-        ),
-    }
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=env,
-        )
+    proc = spawn_daemon(argv, log_path)
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         code = proc.poll()

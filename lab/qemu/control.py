@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.control import LabError
+from lab.control import LabError, spawn_daemon
 from lab.control import default_state_dir as hyperv_state_dir
 from lab.netns import require_netns_privileges
 
@@ -235,22 +235,7 @@ def up(
         "--config-json",
         json.dumps(asdict(config)),
     ]
-    project_root = Path(__file__).resolve().parents[2]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(project_root), os.environ.get("PYTHONPATH", "")) if p
-        ),
-    }
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=env,
-        )
+    proc = spawn_daemon(argv, log_path)
     _STARTED[proc.pid] = proc
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
