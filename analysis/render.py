@@ -218,6 +218,17 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
                 guest.get("source", ""),
             ]
         )
+    decomposition = summary.get("decomposition") or {}
+    reconvergence = decomposition.get("network_reconvergence")
+    if reconvergence and reconvergence.get("lower_ms") is not None:
+        rows.append(
+            [
+                "network reconvergence (after the resume)",
+                _number(reconvergence["lower_ms"]),
+                _number(reconvergence.get("upper_ms")),
+                reconvergence.get("source", ""),
+            ]
+        )
     if not rows:
         return []
     lines = ["", "Downtime by witness (ms)"]
@@ -229,6 +240,15 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
             f"{_number(truth.get('pause_to_resume_ms'))} ms, pause -> network restored "
             f"{_number(truth.get('pause_to_network_restored_ms'))} ms"
         )
+    points = decomposition.get("points") or {}
+    if points:
+        marks = []
+        for name in "ABCDEFGH":
+            point = points.get(name) or {}
+            at = point.get("at") or {}
+            when = str(at.get("t_utc", ""))[11:23] if at.get("t_utc") else None
+            marks.append(f"{name} {when}" if when else f"{name} {point.get('status', '?')}")
+        lines.append("  points (UTC): " + ", ".join(marks))
     if qemu.get("outcome"):
         lines.append(
             f"  QEMU migration {qemu.get('source')} -> {qemu.get('destination')}: "

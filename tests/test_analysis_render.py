@@ -109,6 +109,13 @@ def test_every_witness_of_the_downtime_is_shown() -> None:
             "execution_gap": {"lower_ms": 2284.2, "upper_ms": 2298.2, "source": "guest_heartbeat"}
         },
         "ground_truth": {"pause_to_resume_ms": 2291.0, "pause_to_network_restored_ms": 4862.9},
+        "decomposition": {
+            "network_reconvergence": {"lower_ms": 2496.8, "upper_ms": 2654.0, "source": "icmp"},
+            "points": {
+                "A": {"status": "observed", "at": {"t_utc": "2026-11-25T23:32:05.652329Z"}},
+                "D": {"status": "unknown", "at": None},
+            },
+        },
     }
     text = format_summary_table(summary)
     assert "hypervisor (host polls: Paused -> Running)  2044.200  2356.600  host-polls" in text
@@ -116,3 +123,5 @@ def test_every_witness_of_the_downtime_is_shown() -> None:
     assert "guest execution gap (agent)" in text and "2298.200" in text
     assert "lab truth: pause -> resume 2291.000 ms" in text
     assert "migration HVSW10Home: A -> B" in text
+    assert "network reconvergence (after the resume)    2496.800  2654.000" in text
+    assert "points (UTC): A 23:32:05.652, B ?, C ?, D unknown," in text
