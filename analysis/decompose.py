@@ -32,6 +32,7 @@ the point says how many polls failed or were skipped in between.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -796,14 +797,50 @@ def _counts(
 # -- the decomposition -------------------------------------------------------
 
 
-def decompose(timeline: Timeline, *, around_s: float = AROUND_S) -> Decomposition:
-    """Split the run's downtime by witness and place the points A-H (module docstring)."""
+def qemu_component(run: RunFolder) -> Component | None:
+    """QEMU's STOP (source) -> RESUME (destination), from ``raw/qemu_migration.jsonl``.
+
+    QEMU stamps its events with this machine's clock to the microsecond, so
+    both edges are exact on the harness timeline (see ``analysis.qemu``).
+    """
+    path = run.probe_file("qemu_migration")
+    if path is None or not path.exists():
+        return None
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n")[1:-1] if line]
+    result = next(
+        (r for r in (json.loads(line) for line in reversed(lines)) if r.get("event") == "result"),
+        None,
+    )
+    if not result or not result.get("stop") or not result.get("resume"):
+        return None
+    stop, resume = int(result["stop"]["qemu_mono_ns"]), int(result["resume"]["qemu_mono_ns"])
+    return Component(
+        name="hypervisor_blackout",
+        source="qemu-events",
+        lower_ms=(resume - stop) / NS_PER_MS,
+        upper_ms=(resume - stop) / NS_PER_MS,
+        start=Instant(stop, stop, stop),
+        end=Instant(resume, resume, resume),
+        detail={"downtime_ms": result.get("downtime_ms"), "downtime_measured_on": "source"},
+    )
+
+
+def decompose(
+    timeline: Timeline,
+    *,
+    around_s: float = AROUND_S,
+    hypervisor_events: Component | None = None,
+) -> Decomposition:
+    """Split the run's downtime by witness and place the points A-H (module docstring).
+
+    ``hypervisor_events``: the hypervisor's own pause and resume (QEMU's STOP
+    and RESUME), used as the hypervisor blackout when no host was polled."""
     notes: list[str] = list(timeline.warnings)
     source, destination = timeline.source_host, timeline.destination_host
     window = None
     if source and destination and len(timeline.polls):
         window = host_blackout(timeline.polls, source, destination)
-    hypervisor = None if window is None else _hypervisor_component(window)
+    hypervisor = hypervisor_events if window is None else _hypervisor_component(window)
 
     network = None
     target = timeline.icmp_targets[0] if timeline.icmp_targets else None
@@ -827,7 +864,11 @@ def decompose(timeline: Timeline, *, around_s: float = AROUND_S) -> Decompositio
     console, console_points = _console(timeline)
 
     resume, resume_source = None, None
-    if guest is not None and guest_usable:
+    if hypervisor is not None and hypervisor is hypervisor_events:
+        # The hypervisor's own RESUME event is exact; a guest program's first
+        # heartbeat may come tens of ms later (QEMU's TCG warms up again).
+        resume, resume_source = hypervisor.end, hypervisor.source
+    elif guest is not None and guest_usable:
         resume, resume_source = guest.end, guest.source
     elif hypervisor is not None:
         resume, resume_source = hypervisor.end, hypervisor.source
@@ -1010,7 +1051,8 @@ def has_witnesses(run: RunFolder) -> bool:
     or the console view."""
     hosts = any(probe.startswith("host:") for probe in run.manifest.probes)
     guest = any((run.path / name).is_file() for name in _GUEST_FILES)
-    return hosts or guest or "console" in run.manifest.probes
+    probes = run.manifest.probes
+    return hosts or guest or "console" in probes or "qemu_migration" in probes
 
 
 def decomposition_summary(run: RunFolder | str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -1022,7 +1064,8 @@ def decomposition_summary(run: RunFolder | str | os.PathLike[str]) -> dict[str, 
     # The RTTs only bound the guest's clock alignment: skip that column without a guest.
     guest = any((folder.path / name).is_file() for name in _GUEST_FILES)
     timeline = build_timeline(folder, icmp_rtt=guest)
-    return decomposition_to_json(decompose(timeline), timeline)
+    decomposition = decompose(timeline, hypervisor_events=qemu_component(folder))
+    return decomposition_to_json(decomposition, timeline)
 
 
 def decompose_run(

@@ -241,7 +241,7 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
             f"{_number(truth.get('pause_to_network_restored_ms'))} ms"
         )
     points = decomposition.get("points") or {}
-    if points:
+    if any((point or {}).get("at") for point in points.values()):
         marks = []
         for name in "ABCDEFGH":
             point = points.get(name) or {}

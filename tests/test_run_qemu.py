@@ -114,6 +114,13 @@ def test_ping_pong_with_memory_check(lab_dir: Path, tmp_path: Path) -> None:
         # pause; the heartbeat's delivery gap on the harness clock does not.
         delivery = summary["guest"]["delivery_gap"]
         assert delivery["upper_ms"] >= stop_to_resume
+        # The decomposition takes QEMU's own STOP and RESUME as the hypervisor
+        # blackout, and measures the network's reconvergence from the RESUME.
+        decomposition = summary["decomposition"]
+        hypervisor = decomposition["hypervisor_blackout"]
+        assert hypervisor["source"] == "qemu-events"
+        assert hypervisor["lower_ms"] == pytest.approx(stop_to_resume, abs=0.01)
+        assert decomposition["network_reconvergence"]["source"].endswith("qemu-events resume")
     assert len(directions) == 2  # there and back
 
 
