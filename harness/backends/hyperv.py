@@ -236,11 +236,12 @@ class HyperVBackend:
             finally:
                 call.close()
 
-        task = asyncio.ensure_future(asyncio.to_thread(blocking))
-        while not task.done():
-            tick()
-            await asyncio.wait([task], timeout=0.25)
-        return task.result()
+        async with asyncio.TaskGroup() as tasks:
+            call_task = tasks.create_task(asyncio.to_thread(blocking))
+            while not call_task.done():
+                tick()
+                await asyncio.wait([call_task], timeout=0.25)
+        return call_task.result()
 
     # -- afterwards -----------------------------------------------------------
 
