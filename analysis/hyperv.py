@@ -170,10 +170,12 @@ def reported_blackout(events: list[dict[str, Any]], vm: str) -> dict[str, Any] |
     """Hyper-V's own blackout figure (event 20415, or 20417 when over the critical
     level), with the brownout and dirty pages from the Worker-Admin events."""
     mine = [e for e in events if vm.lower() in (e.get("message") or "").lower()]
+    # The latest one: the harvest asks for this migration's events only, but an
+    # older run folder may hold an earlier migration's event as well.
     blackout = next(
         (
             e
-            for e in sorted(mine, key=lambda e: str(e.get("time_created")))
+            for e in sorted(mine, key=lambda e: str(e.get("time_created")), reverse=True)
             if e.get("id") in BLACKOUT_EVENT_IDS
             and _seconds(_BLACKOUT_RE, e.get("message") or "") is not None
         ),

@@ -303,7 +303,12 @@ def test_repeat_ping_pong_makes_a_session(tmp_path: Path) -> None:
     assert (first["source"], first["destination"]) == ("WS16TP4DM1VML1b", "WS16TP4DM2VML1b")
     assert (second["source"], second["destination"]) == ("WS16TP4DM2VML1b", "WS16TP4DM1VML1b")
     for entry in session["runs"]:
-        assert manifest(session_dir / entry["run_id"])["status"] == "completed"
+        run_dir = session_dir / entry["run_id"]
+        assert manifest(run_dir)["status"] == "completed"
+        # Each run reports its own migration's 20415, not the previous one's.
+        doc = summary(run_dir)
+        reported = doc["hyperv"]["reported"]["blackout_s"]
+        assert abs(reported - doc["ground_truth"]["pause_to_resume_ms"] / 1000) <= 0.1
     directions = {d["direction"]: d for d in session["directions"]}
     assert set(directions) == {
         "WS16TP4DM1VML1b -> WS16TP4DM2VML1b",

@@ -32,6 +32,7 @@ HARVESTED_EVENTS = (
 )
 CLOCK_SAMPLES = 7
 HOST_CALL_TIMEOUT_S = 20.0
+HARVEST_MARGIN_S = 2.0
 
 
 class HyperVBackend:
@@ -44,7 +45,7 @@ class HyperVBackend:
         self.config = config
         self._passwords = dict(passwords)
         self.sessions: dict[str, HostSession] = {}
-        self._started_utc: datetime | None = None
+        self._started_utc: datetime | None = None  # when Move-VM was sent
         self._offsets: dict[str, int] = {}
 
     def describe(self) -> dict[str, Any]:
@@ -53,7 +54,6 @@ class HyperVBackend:
     # -- preflight ------------------------------------------------------------
 
     async def open(self, record: Recorder) -> None:
-        self._started_utc = datetime.now(UTC)
         sessions = {
             host.name: HostSession(
                 host, self._passwords.get(host.name), call_timeout_s=HOST_CALL_TIMEOUT_S
@@ -195,6 +195,7 @@ class HyperVBackend:
             destination_storage_path=migration.destination_storage_path,
         )
         deadline = time.monotonic() + timeout_s
+        self._started_utc = datetime.now(UTC)
 
         def blocking() -> MigrationOutcome:
             try:
@@ -247,7 +248,10 @@ class HyperVBackend:
 
     async def harvest(self, run: RunFolder, record: Recorder) -> None:
         """Hyper-V's own migration events from both hosts, stored raw."""
-        since = (self._started_utc or datetime.now(UTC)) - timedelta(minutes=2)
+        # Only this migration's events: an earlier migration of the same VM (a
+        # ping-pong session) wrote the same event IDs minutes ago. The margin
+        # covers the clock offsets' uncertainty.
+        since = (self._started_utc or datetime.now(UTC)) - timedelta(seconds=HARVEST_MARGIN_S)
         sink = JsonlSink(
             run.raw / "hyperv_events.jsonl",
             probe="hyperv_events",
