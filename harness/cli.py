@@ -333,7 +333,13 @@ def run(
     """
     from .commands import lab as lab_command
     from .commands import run as run_command
-    from .config import ConfigError, apply_overrides, load_config, password_from_env
+    from .config import (
+        ConfigError,
+        apply_overrides,
+        load_config,
+        password_from_env,
+        password_from_keyring,
+    )
     from .guestagent import GuestAgentSetup, address_towards
 
     try:
@@ -395,7 +401,7 @@ def run(
         else:
             passwords: dict[str, str | None] = {}
             for host in config.hosts:
-                password = password_from_env(host)
+                password = password_from_env(host) or password_from_keyring(host)
                 if password is None and sys.stdin.isatty():
                     password = click.prompt(
                         f"Password for {host.username or 'the current user'} on {host.name}",

@@ -398,7 +398,25 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
     )
 
 
+KEYRING_SERVICE = "migration-blackout"
+
+
 def password_from_env(host: HostConfig, environ: Mapping[str, str] | None = None) -> str | None:
     """The host's password from its environment variable, or None if unset."""
     environ = os.environ if environ is None else environ
     return environ.get(host.password_env)
+
+
+def password_from_keyring(host: HostConfig) -> str | None:
+    """The host's password from the OS keyring, when the optional ``keyring``
+    package is installed: service ``migration-blackout``, user
+    ``<host name>:<username>`` (``keyring set migration-blackout HOST:USER``)."""
+    try:
+        import keyring  # optional dependency
+    except ImportError:
+        return None
+    try:
+        value = keyring.get_password(KEYRING_SERVICE, f"{host.name}:{host.username or ''}")
+    except Exception:  # a keyring without a backend must not stop a run
+        return None
+    return None if value is None else str(value)

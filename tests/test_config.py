@@ -84,3 +84,33 @@ def test_passwords_come_from_the_named_environment_variable() -> None:
     assert password_from_env(config.hosts[0], {"LAB_PW": "pw"}) == "pw"
     assert password_from_env(config.hosts[0], {}) is None
     assert "pw" not in repr(config.describe())
+
+
+def test_the_keyring_is_asked_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optional keyring package: looked up by host and user; absent or broken
+    keyrings give None, never an error."""
+    import sys
+    import types
+
+    from harness.config import KEYRING_SERVICE, password_from_keyring
+
+    host = parse_config(
+        {"hosts": [{"name": "HOST1", "address": "h", "username": "LAB\\u"}]}, origin="x"
+    ).hosts[0]
+    monkeypatch.setitem(sys.modules, "keyring", None)
+    assert password_from_keyring(host) is None  # not installed
+    asked = []
+
+    def get_password(service: str, user: str) -> str:
+        asked.append((service, user))
+        return "from-keyring"
+
+    monkeypatch.setitem(sys.modules, "keyring", types.SimpleNamespace(get_password=get_password))
+    assert password_from_keyring(host) == "from-keyring"
+    assert asked == [(KEYRING_SERVICE, "HOST1:LAB\\u")]
+
+    def broken(service: str, user: str) -> str:
+        raise RuntimeError("no recommended backend was available")
+
+    monkeypatch.setitem(sys.modules, "keyring", types.SimpleNamespace(get_password=broken))
+    assert password_from_keyring(host) is None
