@@ -27,7 +27,7 @@ from pypsrp.complex_objects import PSInvocationState
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
-from requests.exceptions import RequestException
+from requests.exceptions import RequestException, SSLError
 
 from .config import HostConfig
 
@@ -189,6 +189,12 @@ def _translate(host: str, exc: BaseException) -> HostError:
         if exc.code == 401:
             return HostAuthError(host, "authentication failed (HTTP 401): check the credentials")
         return HostUnreachableError(host, f"WinRM answered HTTP {exc.code}")
+    if isinstance(exc, SSLError):
+        return HostUnreachableError(
+            host,
+            "TLS failed (the certificate is not trusted or does not match the address): "
+            "set cert_validation to the CA bundle that signed it, or check the address",
+        )
     if isinstance(exc, RequestException):
         kind = type(exc).__name__
         return HostUnreachableError(

@@ -79,6 +79,8 @@ async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> 
                 "seed": config.seed,
                 "config_file": None if config_path is None else str(config_path),
                 "ground_truth": str(lab.ground_truth_path),
+                "tls": config.tls,
+                "ca": None if lab.ca_path is None else str(lab.ca_path),
             }
             _write_state(state_path, state)
             await stop.wait()

@@ -54,7 +54,7 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
 def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") -> LabConfig:
     _check_keys(
         document,
-        {"seed", "vm", "timing", "hosts", "faults", "username", "password", "auth_methods"},
+        {"seed", "vm", "timing", "hosts", "faults", "username", "password", "auth_methods", "tls"},
         origin,
     )
     config = DEFAULT_LAB
@@ -65,6 +65,8 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
             config = replace(config, username=str(document["username"]))
         if "password" in document:
             config = replace(config, password=str(document["password"]))
+        if "tls" in document:
+            config = replace(config, tls=bool(document["tls"]))
         if "auth_methods" in document:
             config = replace(config, auth_methods=frozenset(document["auth_methods"]))
 

@@ -373,3 +373,15 @@ def test_ctrl_c_during_the_migration(tmp_path: Path) -> None:
     assert "interrupted" in doc["error"]["message"]
     assert (run_dir / "raw" / "icmp.csv").stat().st_size > 0
     assert (run_dir / "derived" / "summary.json").exists()
+
+
+def test_a_run_over_https_with_certificate_validation(tmp_path: Path) -> None:
+    """The lab's hosts on HTTPS with a certificate made for the lab, which the
+    harness validates as it would a real host's."""
+    proc, run_dir = measure(tmp_path, lab_toml="tls = true\n" + FAST_LAB)
+    assert proc.returncode == 0, proc.stderr
+    assert run_dir is not None
+    doc = manifest(run_dir)
+    assert doc["status"] == "completed"
+    assert all(h["url"].startswith("https://") for h in doc["config"]["hosts"])
+    assert all(h["cert_validation"] for h in doc["config"]["hosts"])

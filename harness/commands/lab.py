@@ -75,11 +75,12 @@ def run_config_for_lab(
                 name=host["name"],
                 address=address,
                 port=port,
-                https=False,
+                https=bool(state.document.get("tls")),
                 auth="basic",
                 username=host["username"],
                 password_env="(lab)",
-                cert_validation=False,
+                # The lab's own certificate, validated as a real host's would be.
+                cert_validation=str(state.document["ca"]) if state.document.get("ca") else False,
             )
         )
         passwords[host["name"]] = str(host["password"])

@@ -244,6 +244,8 @@ class LabConfig:
     # Which HTTP auth schemes the hosts accept: "basic", "negotiate" (NTLM).
     auth_methods: frozenset[str] = frozenset({"basic", "negotiate"})
     bind_address: str = "127.0.0.1"
+    # HTTPS with a self-signed certificate made for the lab (LabHosts.ca_path).
+    tls: bool = False
     # Fixed ports per host name; absent or 0: ephemeral.
     ports: tuple[tuple[str, int], ...] = ()
     # None: a file in a temporary directory removed when the lab stops.

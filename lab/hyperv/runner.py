@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import ssl
 import tempfile
 import threading
 from collections.abc import Callable, Coroutine
@@ -26,6 +27,7 @@ from lab.hyperv import groundtruth as gt
 from lab.hyperv.auth import Credentials, NtlmUserFile
 from lab.hyperv.model import GuestControl, InMemoryGuest, Lab, LabConfig
 from lab.hyperv.server import HostServer
+from lab.hyperv.tls import make_self_signed
 
 T = TypeVar("T")
 
@@ -35,10 +37,12 @@ class HostEndpoint:
     name: str
     address: str
     port: int
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}/wsman"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.address}:{self.port}/wsman"
 
 
 class LabHosts:
@@ -69,6 +73,8 @@ class LabHosts:
         self._ntlm_file: NtlmUserFile | None = None
         self._ground_truth: gt.GroundTruthLog | None = None
         self._lab: Lab | None = None
+        self.ca_path: Path | None = None  # with config.tls: the certificate to trust
+        self._key_path: Path | None = None
 
     @property
     def lab(self) -> Lab:
@@ -151,12 +157,29 @@ class LabHosts:
             await runner.setup()
             self._runners.append(runner)
             self._servers.append(server)
-            site = web.TCPSite(runner, config.bind_address, ports.get(host.name.lower(), 0))
+            site = web.TCPSite(
+                runner,
+                config.bind_address,
+                ports.get(host.name.lower(), 0),
+                ssl_context=self._tls_context(),
+            )
             await site.start()
             port = int(runner.addresses[0][1])
-            endpoint = HostEndpoint(host.name, config.bind_address, port)
+            endpoint = HostEndpoint(host.name, config.bind_address, port, tls=config.tls)
             server.address = endpoint.url
             self.hosts[host.name] = endpoint
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """With ``config.tls``: HTTPS with a certificate made for this lab
+        (``self.ca_path`` is what a client trusts)."""
+        if not self.config.tls:
+            return None
+        assert self._workdir is not None
+        if self.ca_path is None:
+            self.ca_path, self._key_path = make_self_signed(self._workdir)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.ca_path, self._key_path)
+        return context
 
     async def _stop(self) -> None:
         for server in self._servers:
@@ -223,6 +246,10 @@ class LabThread:
     @property
     def ground_truth_path(self) -> Path:
         return self.hosts_runtime.ground_truth_path
+
+    @property
+    def ca_path(self) -> Path | None:
+        return self.hosts_runtime.ca_path
 
     @property
     def guest(self) -> GuestControl:
