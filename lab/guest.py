@@ -23,9 +23,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import threading
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from probes.clock import ClockPair, clock_pair
@@ -65,7 +63,6 @@ class NetnsGuest:
         self.namespace = GuestNamespace(prefix=prefix, ipv6=False)
         self._truth_path = truth_path
         self._injector: BlackoutInjector | None = None
-        self._processes: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._stopped: list[int] = []
         self.frozen = False
@@ -89,21 +86,10 @@ class NetnsGuest:
         return self
 
     def destroy(self) -> None:
-        """Stop the guest's processes, then remove the namespace. Idempotent."""
-        with self._lock:
-            processes, self._processes = self._processes, []
-        for proc in processes:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGCONT)
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        """Continue whatever the guest froze, then remove the namespace (the
+        processes started inside it belong to whoever started them). Idempotent."""
+        if self.frozen:
+            self._continue_all()
         self._injector = None
         self.namespace.destroy()
 
@@ -112,30 +98,6 @@ class NetnsGuest:
 
     def __exit__(self, *exc_info: object) -> None:
         self.destroy()
-
-    # -- processes "inside the guest" ---------------------------------------
-
-    def spawn(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        stdout: int | None = subprocess.DEVNULL,
-        stderr: int | None = subprocess.DEVNULL,
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` inside the guest namespace, in a process group of its
-        own, so that freezing the guest stops it and all its children."""
-        proc = subprocess.Popen(
-            self.namespace.exec_argv(*argv),
-            env=None if env is None else {**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        with self._lock:
-            self._processes.append(proc)
-        return proc
 
     def guest_pids(self) -> list[int]:
         """Every process in the guest's network namespace but the injector."""

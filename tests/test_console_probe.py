@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures_netns import until
 from PIL import Image
 from test_lab_hyperv_support import DST, SRC, VM, fast_config, fast_timing
 
@@ -57,11 +58,7 @@ def _migrate(lab: LabThread) -> None:
 
 
 async def _wait_for(condition: Callable[[], bool], what: str, deadline_s: float = 15) -> None:
-    """Check ``condition`` (state of another thread, files) every interval until a deadline."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {deadline_s} s waiting for {what}"
-        await asyncio.sleep(INTERVAL_S)
+    await until(condition, timeout_s=deadline_s, what=what)
 
 
 def _console_events(lab: LabThread) -> list[dict[str, Any]]:

@@ -30,54 +30,42 @@ MAX_EXCESS_MS = 250.0
 def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One QEMU lab for the module, started and stopped through the CLI."""
     state_dir = tmp_path_factory.mktemp("lab-state")
-    env = {**os.environ, "MEASURE_LAB_DIR": str(state_dir)}
-    up = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "lab", "up", "--hypervisor", "qemu"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=env,
-    )
+    up = cli(state_dir, "lab", "up", "--hypervisor", "qemu")
     assert up.returncode == 0, up.stderr
     try:
         yield state_dir
     finally:
-        down = subprocess.run(
-            [sys.executable, "-m", "harness.cli", "lab", "down", "--hypervisor", "qemu"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO,
-            env=env,
-        )
+        down = cli(state_dir, "lab", "down", "--hypervisor", "qemu")
         assert down.returncode == 0, down.stderr
 
 
-def measure(lab_dir: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(lab_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``measure`` command, with the module's lab state folder."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "run",
-            "--hypervisor",
-            "qemu",
-            "--lab",
-            "--interval-ms",
-            "5",
-            "--settle",
-            "1",
-            "--out",
-            str(out),
-            "--json",
-            *args,
-        ],
+        [sys.executable, "-m", "harness.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=REPO,
         env={**os.environ, "MEASURE_LAB_DIR": str(lab_dir)},
+    )
+
+
+def measure(lab_dir: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(
+        lab_dir,
+        "run",
+        "--hypervisor",
+        "qemu",
+        "--lab",
+        "--interval-ms",
+        "5",
+        "--settle",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+        *args,
     )
 
 
@@ -173,28 +161,18 @@ qmp = "{state.standby.qmp}"
 incoming_uri = "{state.standby.incoming_uri}"
 """
     )
-    out = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "run",
-            "--config",
-            str(config),
-            "--interval-ms",
-            "5",
-            "--settle",
-            "1",
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "MEASURE_LAB_DIR": str(lab_dir)},
+    proc = cli(
+        lab_dir,
+        "run",
+        "--config",
+        str(config),
+        "--interval-ms",
+        "5",
+        "--settle",
+        "1",
+        "--out",
+        str(tmp_path / "results"),
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)

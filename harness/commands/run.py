@@ -71,8 +71,6 @@ class Phase(StrEnum):
     MIGRATING = "migrating"
     SETTLING = "settling"
     HARVEST = "harvest"
-    ANALYSIS = "analysis"
-    DONE = "done"
 
 
 @dataclass(frozen=True)
