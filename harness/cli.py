@@ -378,7 +378,8 @@ def run(
 
     try:
         if config.hypervisor == "qemu":
-            result = _run_qemu(config, use_lab, execute, kwargs, agent_wait)
+            with lab_command.qemu_run(config, use_lab=use_lab, agent_wait_s=agent_wait) as args:
+                result = execute(**args, **kwargs)
         elif use_lab:
             with lab_command.lab_for_run(config=lab_config, seed=seed) as state:
                 lab_run_config, lab_passwords = lab_command.run_config_for_lab(config, state, vm=vm)
@@ -444,50 +445,6 @@ def run(
         click.echo(f"measure: {result.status}: {result.message}", err=True)
     click.echo(f"run folder: {result.run_dir}", err=True)
     sys.exit(result.exit_code)
-
-
-def _run_qemu(
-    config: Any, use_lab: bool, execute: Any, kwargs: dict[str, Any], agent_wait: float
-) -> Any:
-    """``measure run --hypervisor qemu``: the QEMU lab, or the QMP endpoints of [qemu]."""
-    import tempfile
-
-    from .backends.qemu import QemuBackend, QemuSide
-    from .commands import lab as lab_command
-
-    if not use_lab:
-        first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
-        backend = QemuBackend(
-            (first, second),
-            settings=lab_command.qemu_settings(config),
-        )
-
-        async def configured() -> Any:
-            return backend
-
-        return execute(config=config, backend_factory=configured, **kwargs)
-    with (
-        lab_command.qemu_lab_for_run() as state,
-        tempfile.TemporaryDirectory(
-            prefix="mb-ram-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
-        ) as ram_dumps,
-    ):
-        serial: list[int | None] = [None]
-
-        async def next_backend() -> Any:
-            backend, current = await lab_command.qemu_lab_backend(
-                config, state, after_serial=serial[0], verify_dir=Path(ram_dumps)
-            )
-            serial[0] = current.serial
-            return backend
-
-        return execute(
-            config=lab_command.qemu_run_config(config, state),
-            backend_factory=next_backend,
-            guest_agent=lab_command.qemu_guest_agent_setup(state, contact_deadline_s=agent_wait),
-            extra_manifest={"lab": {"kind": "qemu", "state_file": str(state.path)}},
-            **kwargs,
-        )
 
 
 def _print_session(result: Any, as_json: bool) -> None:

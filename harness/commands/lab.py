@@ -200,4 +200,51 @@ def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) ->
     )
 
 
-__all__ = ["LabError", "down", "lab_for_run", "run_config_for_lab", "status", "up"]
+@contextlib.contextmanager
+def qemu_run(config: RunConfig, *, use_lab: bool, agent_wait_s: float) -> Iterator[dict[str, Any]]:
+    """The arguments of a QEMU run (or session): the QEMU lab (the running one,
+    or one for the ``with`` block), or the QMP endpoints of ``[qemu]``. Each
+    run gets a fresh backend (after a migration the lab's standby is new)."""
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(
+        prefix="mb-ram-", dir=shm if shm.is_dir() else None
+    ) as ram_dumps:
+        verify_dir = Path(ram_dumps) if config.qemu.verify_memory else None
+        if not use_lab:
+            first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
+            backend = QemuBackend(
+                (first, second), settings=qemu_settings(config), verify_memory=verify_dir
+            )
+
+            async def configured() -> QemuBackend:
+                return backend
+
+            yield {"config": config, "backend_factory": configured}
+            return
+        with qemu_lab_for_run() as state:
+            serial: list[int | None] = [None]
+
+            async def next_backend() -> QemuBackend:
+                backend, current = await qemu_lab_backend(
+                    config, state, after_serial=serial[0], verify_dir=Path(ram_dumps)
+                )
+                serial[0] = current.serial
+                return backend
+
+            yield {
+                "config": qemu_run_config(config, state),
+                "backend_factory": next_backend,
+                "guest_agent": qemu_guest_agent_setup(state, contact_deadline_s=agent_wait_s),
+                "extra_manifest": {"lab": {"kind": "qemu", "state_file": str(state.path)}},
+            }
+
+
+__all__ = [
+    "LabError",
+    "down",
+    "lab_for_run",
+    "qemu_run",
+    "run_config_for_lab",
+    "status",
+    "up",
+]
