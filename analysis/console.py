@@ -46,8 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.icmp import utc_iso
-from analysis.runfolder import RunFolder, RunFormatError, check_schema_version, load_run
+from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.runfolder import (
+    RunFolder,
+    RunFormatError,
+    check_schema_version,
+    load_run,
+)
 
 RAW_SCHEMA_VERSION = 1
 PROBE = "console"

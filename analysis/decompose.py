@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.guest import (
+from migration_blackout.analysis.guest import (
     FRAMES_FILE,
     FRAMES_SOURCE,
     HEARTBEAT_FILE,
@@ -50,10 +50,15 @@ from analysis.guest import (
     ExecutionGap,
     execution_gaps,
 )
-from analysis.hyperv import HostBlackout, StateEdge, host_blackout, reported_blackout
-from analysis.icmp import BlackoutWindow, analyse_icmp
-from analysis.runfolder import RunFolder, load_run
-from analysis.timeline import (
+from migration_blackout.analysis.hyperv import (
+    HostBlackout,
+    StateEdge,
+    host_blackout,
+    reported_blackout,
+)
+from migration_blackout.analysis.icmp import BlackoutWindow, analyse_icmp
+from migration_blackout.analysis.runfolder import RunFolder, load_run
+from migration_blackout.analysis.timeline import (
     NS_PER_MS,
     OUTCOME_CODE,
     TargetAttempts,
@@ -676,7 +681,7 @@ def _console(timeline: Timeline) -> tuple[Component | None, dict[str, Point]]:
     if not timeline.console_samples:
         return None, {}
     # Imported here: only runs with a console probe need it.
-    from analysis.console import analyse_console
+    from migration_blackout.analysis.console import analyse_console
 
     episode = analyse_console(timeline.console_samples).blackout
     if episode is None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from analysis.guest import FRAMES_FILE, contact_sheet, load_frames
-from analysis.plot import plot_timeline
-from analysis.summary import SUMMARY_FILE, write_summary
+from migration_blackout.analysis.guest import FRAMES_FILE, contact_sheet, load_frames
+from migration_blackout.analysis.plot import plot_timeline
+from migration_blackout.analysis.summary import SUMMARY_FILE, write_summary
 
 CONTACT_SHEET_FILE = Path("derived") / "contact-sheet.png"
 

@@ -43,8 +43,12 @@ import numpy.typing as npt
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from analysis.icmp import utc_iso
-from analysis.runfolder import RAW_SCHEMA_VERSION, RunFormatError, check_schema_version
+from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.runfolder import (
+    RAW_SCHEMA_VERSION,
+    RunFormatError,
+    check_schema_version,
+)
 
 HEARTBEAT_FILE = Path("raw") / "guest_heartbeat.csv"
 FRAMES_FILE = Path("raw") / "guest_frames.jsonl"

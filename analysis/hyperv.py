@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.runfolder import RunFolder, RunFormatError, check_schema_version
+from migration_blackout.analysis.runfolder import RunFolder, RunFormatError, check_schema_version
 
 # Hyper-V's migration events and the figures their messages carry.
 BLACKOUT_EVENT_IDS = (20415, 20417)

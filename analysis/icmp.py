@@ -41,7 +41,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from analysis.runfolder import ICMP_ATTEMPT_OUTCOMES, ICMP_OUTCOME_DTYPE, RunFormatError
+from migration_blackout.analysis.runfolder import (
+    ICMP_ATTEMPT_OUTCOMES,
+    ICMP_OUTCOME_DTYPE,
+    RunFormatError,
+)
 
 # Codes of ICMP_OUTCOME_DTYPE's categories: attempts first, then the extra rows.
 _CODE = {name: code for code, name in enumerate(ICMP_OUTCOME_DTYPE.categories)}

@@ -41,9 +41,9 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 from PIL import Image
 
-from analysis.decompose import Component, Decomposition, Instant, decompose
-from analysis.icmp import utc_iso
-from analysis.timeline import (
+from migration_blackout.analysis.decompose import Component, Decomposition, Instant, decompose
+from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.timeline import (
     EVENTS_LANE,
     NS_PER_S,
     OUTCOME_CODE,

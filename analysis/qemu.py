@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from analysis.runfolder import RunFolder, RunFormatError, check_schema_version
+from migration_blackout.analysis.runfolder import RunFolder, RunFormatError, check_schema_version
 
 RAW_SCHEMA_VERSION = 1
 

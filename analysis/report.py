@@ -45,7 +45,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from analysis.compare import (
+from migration_blackout.analysis.compare import (
     DEFAULT_MAX_REGRESSION_PCT,
     RegressionVerdict,
     Verdict,
@@ -54,8 +54,18 @@ from analysis.compare import (
     format_p,
     format_pct,
 )
-from analysis.runfolder import RunFolder, RunFormatError, load_run, package_version
-from analysis.summary import SUMMARY_FILE, build_summary, read_summary, write_summary
+from migration_blackout.analysis.runfolder import (
+    RunFolder,
+    RunFormatError,
+    load_run,
+    package_version,
+)
+from migration_blackout.analysis.summary import (
+    SUMMARY_FILE,
+    build_summary,
+    read_summary,
+    write_summary,
+)
 
 DIRECTION_UNKNOWN = "unknown"
 INCLUDED_STATUS = "completed"

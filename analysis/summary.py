@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from analysis.console import console_summary
-from analysis.decompose import decomposition_summary
-from analysis.guest import analyse_guest, guest_summary
-from analysis.hyperv import hyperv_summary, load_ground_truth, truth_summary
-from analysis.icmp import (
+from migration_blackout.analysis.console import console_summary
+from migration_blackout.analysis.decompose import decomposition_summary
+from migration_blackout.analysis.guest import analyse_guest, guest_summary
+from migration_blackout.analysis.hyperv import hyperv_summary, load_ground_truth, truth_summary
+from migration_blackout.analysis.icmp import (
     BlackoutWindow,
     IcmpAnalysis,
     Outage,
@@ -25,8 +25,8 @@ from analysis.icmp import (
     analyse_icmp,
     utc_iso,
 )
-from analysis.qemu import qemu_summary
-from analysis.runfolder import (
+from migration_blackout.analysis.qemu import qemu_summary
+from migration_blackout.analysis.runfolder import (
     RunFolder,
     RunFormatError,
     check_schema_version,

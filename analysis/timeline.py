@@ -75,7 +75,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from analysis.guest import (
+from migration_blackout.analysis.guest import (
     FRAMES_FILE,
     FRAMES_SOURCE,
     HEARTBEAT_FILE,
@@ -83,9 +83,13 @@ from analysis.guest import (
     load_frames,
     load_heartbeats,
 )
-from analysis.hyperv import load_ground_truth, load_host_polls, load_hyperv_events
-from analysis.icmp import utc_iso
-from analysis.runfolder import (
+from migration_blackout.analysis.hyperv import (
+    load_ground_truth,
+    load_host_polls,
+    load_hyperv_events,
+)
+from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.runfolder import (
     ICMP_ATTEMPT_OUTCOMES,
     ICMP_OUTCOME_DTYPE,
     RAW_SCHEMA_VERSION,
@@ -812,7 +816,7 @@ def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
     if path is None or not path.is_file():
         return pd.DataFrame(columns), ()
     # Imported here: only runs with a console probe need that reader.
-    from analysis.console import DEFAULT_DIM_DARK_FRACTION, load_console
+    from migration_blackout.analysis.console import DEFAULT_DIM_DARK_FRACTION, load_console
 
     samples = load_console(path).samples
     frame = pd.DataFrame(

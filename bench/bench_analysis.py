@@ -54,7 +54,7 @@ BLACKOUT_AT_S = 1800.0
 
 def generate(run: Path, *, seconds: float, rate_hz: float, seed: int = 20261125) -> dict[str, Any]:
     """Write ``run`` (manifest + raw/icmp.csv); returns what was injected."""
-    from analysis.runfolder import ICMP_COLUMNS
+    from migration_blackout.analysis.runfolder import ICMP_COLUMNS
 
     rng = np.random.default_rng(seed)
     interval_ns = round(1e9 / rate_hz)
@@ -174,9 +174,9 @@ def measure_stages(run: Path) -> dict[str, Any]:
     import resource
 
     started = time.perf_counter()
-    from analysis.icmp import analyse_icmp
-    from analysis.runfolder import load_icmp, load_run, requested_icmp_interval_s
-    from analysis.summary import blackout_to_json, target_to_json
+    from migration_blackout.analysis.icmp import analyse_icmp
+    from migration_blackout.analysis.runfolder import load_icmp, load_run, requested_icmp_interval_s
+    from migration_blackout.analysis.summary import blackout_to_json, target_to_json
 
     imported = time.perf_counter()
     rss_after_imports = _rss_mb()
@@ -196,7 +196,7 @@ def measure_stages(run: Path) -> dict[str, Any]:
     }
     json.dumps(document)
     documented = time.perf_counter()
-    from analysis.runfolder import _read_head, _row_slices
+    from migration_blackout.analysis.runfolder import _read_head, _row_slices
 
     return {
         "parser_threads": len(_row_slices(records.path, _read_head(records.path))),
@@ -215,7 +215,7 @@ def measure_build_summary(run: Path, *, trace: bool) -> dict[str, Any]:
     import resource
     import tracemalloc
 
-    from analysis.summary import build_summary
+    from migration_blackout.analysis.summary import build_summary
 
     rss_after_imports = _rss_mb()
     if trace:
@@ -236,7 +236,7 @@ def measure_build_summary(run: Path, *, trace: bool) -> dict[str, Any]:
 def measure_pyarrow_read(run: Path) -> dict[str, Any]:
     import pandas as pd
 
-    from analysis.runfolder import _ICMP_DTYPES, ICMP_ANALYSIS_COLUMNS
+    from migration_blackout.analysis.runfolder import _ICMP_DTYPES, ICMP_ANALYSIS_COLUMNS
 
     columns = list(ICMP_ANALYSIS_COLUMNS)
     started = time.perf_counter()

@@ -33,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from analysis.guest import HEARTBEAT_SOURCE, execution_gaps, load_heartbeats  # noqa: E402
-from lab.desktop import ScreenClock, XvfbDisplay  # noqa: E402
-from probes.guest_receiver import GuestReceiver, new_token  # noqa: E402
+from migration_blackout.analysis.guest import HEARTBEAT_SOURCE, execution_gaps, load_heartbeats  # noqa: E402
+from migration_blackout.lab.desktop import ScreenClock, XvfbDisplay  # noqa: E402
+from migration_blackout.probes.guest_receiver import GuestReceiver, new_token  # noqa: E402
 
 AGENT = REPO / "probes" / "guest_agent.py"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

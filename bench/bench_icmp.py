@@ -44,9 +44,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab.injector import BlackoutInjector, InjectedBlackout
-from lab.netns import GuestNamespace
-from probes.icmp import ATTEMPT_OUTCOMES, IcmpProbe
+from migration_blackout.lab.injector import BlackoutInjector, InjectedBlackout
+from migration_blackout.lab.netns import GuestNamespace
+from migration_blackout.probes.icmp import ATTEMPT_OUTCOMES, IcmpProbe
 
 MS = 1_000_000
 PREFIX = "mbob-"

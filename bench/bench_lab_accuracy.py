@@ -55,7 +55,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "harness.cli",
+                "migration_blackout.harness.cli",
                 "run",
                 "--lab-config",
                 str(lab),

@@ -37,13 +37,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
-from lab.qemu import control  # noqa: E402
-from lab.qemu.artefacts import ensure_artefacts  # noqa: E402
-from lab.qemu.guest import GuestControl  # noqa: E402
-from lab.qemu.migration import MigrationResult, MigrationSettings, migrate  # noqa: E402
-from lab.qemu.qmp import QmpClient  # noqa: E402
-from probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver  # noqa: E402
-from probes.icmp import IcmpProbe  # noqa: E402
+from migration_blackout.lab.qemu import control  # noqa: E402
+from migration_blackout.lab.qemu.artefacts import ensure_artefacts  # noqa: E402
+from migration_blackout.lab.qemu.guest import GuestControl  # noqa: E402
+from migration_blackout.lab.qemu.migration import MigrationResult, MigrationSettings, migrate  # noqa: E402
+from migration_blackout.lab.qemu.qmp import QmpClient  # noqa: E402
+from migration_blackout.probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver  # noqa: E402
+from migration_blackout.probes.icmp import IcmpProbe  # noqa: E402
 
 PING_INTERVAL_S = 0.005
 DIRTY_MIB = 64

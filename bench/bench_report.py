@@ -89,8 +89,8 @@ def _sets(parent: Path, mode: str) -> tuple[list[Path], list[Path]]:
 def measure_run(mode: str, parent: Path) -> dict[str, Any]:
     """In a fresh interpreter: the imports and run(), as ``measure report`` does them."""
     started = time.perf_counter()
-    from analysis.report import Thresholds
-    from harness.commands.report import run
+    from migration_blackout.analysis.report import Thresholds
+    from migration_blackout.harness.commands.report import run
 
     imported = time.perf_counter()
     candidate, baseline = _sets(parent, mode)
@@ -122,7 +122,7 @@ def measure_run(mode: str, parent: Path) -> dict[str, Any]:
 
 def measure_stages(parent: Path) -> dict[str, Any]:
     """In a fresh interpreter: the report's stages one by one (summaries on disk)."""
-    from analysis import report as report_module
+    from migration_blackout.analysis import report as report_module
 
     candidate, baseline = _sets(parent, "baseline")
     thresholds = report_module.Thresholds(max_blackout_ms=1200.0, max_timeouts=130)

@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.config import HostConfig  # noqa: E402
-from harness.hyperv import HostSession, MoveVmCall  # noqa: E402
-from lab import control  # noqa: E402
+from migration_blackout.harness.config import HostConfig  # noqa: E402
+from migration_blackout.harness.hyperv import HostSession, MoveVmCall  # noqa: E402
+from migration_blackout.lab import control  # noqa: E402
 
 # Pre-copy of about 2 s, a blackout of about 1 s, reconvergence 0.5 s.
 TWO_SECOND_MIGRATION = """
@@ -109,7 +109,7 @@ def run_wall_times(config_path: Path, repeats: int) -> list[float]:
                 [
                     sys.executable,
                     "-m",
-                    "harness.cli",
+                    "migration_blackout.harness.cli",
                     "run",
                     "--lab-config",
                     str(config_path),

@@ -84,9 +84,13 @@ def generate(
     """Write ``run``; returns the true instants and sizes."""
     from PIL import Image
 
-    from analysis.runfolder import ICMP_COLUMNS
-    from probes.guest_receiver import FRAMES_FILE, HEARTBEAT_COLUMNS, HEARTBEAT_FILE
-    from probes.sink import CsvSink, JsonlSink
+    from migration_blackout.analysis.runfolder import ICMP_COLUMNS
+    from migration_blackout.probes.guest_receiver import (
+        FRAMES_FILE,
+        HEARTBEAT_COLUMNS,
+        HEARTBEAT_FILE,
+    )
+    from migration_blackout.probes.sink import CsvSink, JsonlSink
 
     rng = np.random.default_rng(seed)
     utc = UTC0 - MONO0
@@ -346,9 +350,9 @@ def _peak_mb() -> float:
 
 def measure_stages(run: Path, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    from analysis.decompose import decompose
-    from analysis.plot import timeline_figures
-    from analysis.timeline import build_timeline
+    from migration_blackout.analysis.decompose import decompose
+    from migration_blackout.analysis.plot import timeline_figures
+    from migration_blackout.analysis.timeline import build_timeline
 
     imported = time.perf_counter()
     rss_imports = _rss_mb()
@@ -386,7 +390,7 @@ def measure_stages(run: Path, out: Path) -> dict[str, Any]:
 
 def measure_summary(run: Path, _out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    from analysis.decompose import decomposition_summary
+    from migration_blackout.analysis.decompose import decomposition_summary
 
     imported = time.perf_counter()
     document = decomposition_summary(run)
@@ -397,7 +401,7 @@ def measure_summary(run: Path, _out: Path) -> dict[str, Any]:
 
 def measure_plot(run: Path, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    from analysis.plot import plot_timeline
+    from migration_blackout.analysis.plot import plot_timeline
 
     imported = time.perf_counter()
     plot_timeline(run, out)

@@ -113,7 +113,7 @@ class _Terminal:
 
 
 def _print_summary(summary: dict[str, Any] | None, as_json: bool) -> None:
-    from analysis.render import format_summary_table
+    from migration_blackout.analysis.render import format_summary_table
 
     if summary is None:
         return
@@ -560,7 +560,7 @@ def watch(
     as_json: bool,
 ) -> None:
     """Ping the guest while you migrate it by hand, then analyse the blackout."""
-    from probes.icmp import IcmpPermissionError
+    from migration_blackout.probes.icmp import IcmpPermissionError
 
     from .commands import watch as watch_command
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
@@ -621,7 +621,7 @@ def watch(
 )
 def analyze(run_dir: Path, as_json: bool) -> None:
     """(Re)build RUN_DIR/derived/ from RUN_DIR/raw/ and show the summary."""
-    from analysis.runfolder import RunFormatError
+    from migration_blackout.analysis.runfolder import RunFormatError
 
     from .commands import analyze as analyze_command
 
@@ -698,7 +698,7 @@ def report(
     """Report on RUN_DIR... (HTML, Markdown, JUnit) and judge them against
     thresholds and a baseline. Exit 0 pass, 1 threshold exceeded or
     regression, 2 bad input."""
-    from analysis.report import Thresholds
+    from migration_blackout.analysis.report import Thresholds
 
     from .commands import report as report_command
     from .config import ConfigError, load_config
@@ -792,7 +792,7 @@ def import_ping_log(
     as_json: bool,
 ) -> None:
     """Import a ping log (Windows, in English or Japanese; iputils; fping)."""
-    from harness.importers import ImportFormatError
+    from migration_blackout.harness.importers import ImportFormatError
 
     from .commands import analyze as analyze_command
     from .commands import import_ping_log as import_command

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from probes.clock import clock_pair
-from probes.sink import JsonlSink
+from migration_blackout.probes.clock import clock_pair
+from migration_blackout.probes.sink import JsonlSink
 
 
 @dataclass(frozen=True)

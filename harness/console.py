@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from probes.console_view import ConsoleFrame
+from migration_blackout.probes.console_view import ConsoleFrame
 
 from .hyperv import HostError, HostSession, _is_vm_not_found, _prop, parse_host_datetime
 
@@ -37,7 +37,7 @@ DEFAULT_HEIGHT = 120
 @functools.cache
 def thumbnail_script() -> str:
     """The text of ``Get-VMThumbnail.ps1`` as shipped."""
-    data = pkgutil.get_data("harness", SCRIPT_RESOURCE)
+    data = pkgutil.get_data("migration_blackout.harness", SCRIPT_RESOURCE)
     if data is None:
         raise FileNotFoundError(f"harness/{SCRIPT_RESOURCE} is not installed")
     return data.decode("utf-8-sig")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from probes.guest_receiver import GuestReceiver, new_token
+from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
 
 from .runfolder import RunFolder
 
@@ -102,7 +102,7 @@ class GuestAgentSession:
         if self.setup.in_guest:
             self.announce("waiting for the guest's heartbeat")
         elif self.setup.lab_namespace is not None:
-            from lab.desktop import GuestDesktop
+            from migration_blackout.lab.desktop import GuestDesktop
 
             self.desktop = GuestDesktop(
                 namespace=self.setup.lab_namespace,

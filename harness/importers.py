@@ -43,7 +43,15 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from probes.icmp import DUPLICATE, ERROR, LATE, REPLY, TIMEOUT, UNREACHABLE, UNRESOLVED
+from migration_blackout.probes.icmp import (
+    DUPLICATE,
+    ERROR,
+    LATE,
+    REPLY,
+    TIMEOUT,
+    UNREACHABLE,
+    UNRESOLVED,
+)
 
 FORMATS = ("windows", "iputils", "fping")
 

@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from probes.clock import ClockPair, clock_pair, utc_iso
+from migration_blackout.probes.clock import ClockPair, clock_pair, utc_iso
 
 from . import __version__
 

@@ -1,6 +1,6 @@
 """``measure lab up / status / down``: the lab daemon's lifecycle.
 
-``up`` starts ``python -m lab.daemon`` in the background (its own session, so
+``up`` starts ``python -m migration_blackout.lab.daemon`` in the background (its own session, so
 it survives the shell) and waits, with a deadline, until it has written its
 state file; a second ``up`` finds the running lab and returns it. ``down``
 stops the daemon and removes whatever a crashed one left behind (namespaces,
@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import migration_blackout
 
 from .daemon import STATE_FILE, STATE_SCHEMA_VERSION
 from .guest import LAB_PREFIX
@@ -120,14 +122,18 @@ def read_state(state_dir: Path | None = None) -> LabState | None:
     return state if _alive(state.pid) else None
 
 
+# The folder that holds the migration_blackout package (not resolved: in a
+# checkout the package's folders are symbolic links).
+IMPORT_ROOT = Path(migration_blackout.__file__).parent.parent
+
+
 def spawn_daemon(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a lab daemon in a session of its own (it outlives the shell), with
     this project importable and its output in ``log_path``."""
-    project_root = Path(__file__).resolve().parent.parent
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(project_root), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (str(IMPORT_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
     with open(log_path, "wb") as log:
@@ -158,7 +164,7 @@ def up(
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     cleanup_stale(LAB_PREFIX)
     log_path = state_dir / "daemon.log"
-    argv = [sys.executable, "-m", "lab.daemon", "--state-dir", str(state_dir)]
+    argv = [sys.executable, "-m", "migration_blackout.lab.daemon", "--state-dir", str(state_dir)]
     if config is not None:
         argv += ["--config", str(Path(config).resolve())]
     if seed is not None:

@@ -1,4 +1,4 @@
-"""The lab as a background process: ``python -m lab.daemon --state-dir DIR``.
+"""The lab as a background process: ``python -m migration_blackout.lab.daemon --state-dir DIR``.
 
 Starts the guest namespace and both emulated hosts, writes ``DIR/lab.json``
 (endpoints, credentials, guest address, ground-truth path) once everything
@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from probes.clock import clock_pair, utc_iso
+from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .guest import NetnsGuest
 from .hyperv import LabHosts
@@ -90,7 +90,9 @@ async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.daemon", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m migration_blackout.lab.daemon", description=__doc__
+    )
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=None)

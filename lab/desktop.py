@@ -7,7 +7,7 @@ client (setup, CreateGC, PutImage, GetInputFocus as a round trip) over the
 display's Unix socket, with the face rendered by Pillow. Xvfb picks a free
 display number itself and reports it through ``-displayfd``.
 
-``python -m lab.desktop clock --display :N`` runs the clock as a process of
+``python -m migration_blackout.lab.desktop clock --display :N`` runs the clock as a process of
 its own (the lab starts it inside the guest's namespace, so freezing the
 guest stops it too).
 """
@@ -258,8 +258,10 @@ class ScreenClock:
         self.close()
 
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGENT = os.path.join(PROJECT_ROOT, "probes", "guest_agent.py")
+# The migration_blackout package folder, and the folder that holds it (for PYTHONPATH).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMPORT_ROOT = os.path.dirname(PACKAGE_ROOT)
+AGENT = os.path.join(PACKAGE_ROOT, "probes", "guest_agent.py")
 
 
 class GuestDesktop:
@@ -297,7 +299,7 @@ class GuestDesktop:
         self._log: Any = None
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": PROJECT_ROOT}
+        env = {**os.environ, "PYTHONPATH": IMPORT_ROOT}
         self._xvfb = XvfbDisplay(*self._size, argv_prefix=self._prefix)
         try:
             display = self._xvfb.display
@@ -306,7 +308,7 @@ class GuestDesktop:
                     *self._prefix,
                     self._python,
                     "-m",
-                    "lab.desktop",
+                    "migration_blackout.lab.desktop",
                     "clock",
                     "--display",
                     display,
@@ -366,7 +368,9 @@ class GuestDesktop:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.desktop", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m migration_blackout.lab.desktop", description=__doc__
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     clock = commands.add_parser("clock", help="draw a clock on a display until SIGTERM")
     clock.add_argument("--display", required=True)

@@ -26,7 +26,7 @@ import signal
 import threading
 from pathlib import Path
 
-from probes.clock import ClockPair, clock_pair
+from migration_blackout.probes.clock import ClockPair, clock_pair
 
 from .injector import BlackoutInjector, WriteStamp
 from .netns import GuestNamespace

@@ -393,7 +393,7 @@ class BlackoutInjector:
         self.sched_fifo: bool = bool(hello["sched_fifo"])
         if truth_path is not None:
             # Imported here so the helper half of this file stays stdlib-only.
-            from probes.sink import JsonlSink
+            from migration_blackout.probes.sink import JsonlSink
 
             self._truth = JsonlSink(
                 truth_path,

@@ -53,7 +53,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lab.injector import BlackoutInjector
+from migration_blackout.lab.injector import BlackoutInjector
 
 DEFAULT_PREFIX = "mbo-"
 IFNAMSIZ = 16  # including the terminating NUL: names of at most 15 characters

@@ -112,7 +112,7 @@ from typing import Any
 import icmplib
 from icmplib.exceptions import ICMPError, ICMPLibError, SocketPermissionError
 
-from probes.sink import CsvSink
+from migration_blackout.probes.sink import CsvSink
 
 PROBE_NAME = "icmp"
 ICMP_COLUMNS = (

@@ -5,7 +5,7 @@ threads, the console probe decodes images, the guest receiver checks frames.
 In one process all of that competes with the prober for the interpreter
 lock and the event loop, and its sends bunch up (seen: send-interval jitter
 p99 of ~10 ms at a 10 ms interval). Here the same :class:`IcmpProbe` runs in
-a child process (``python -m probes.icmp_process``) that does nothing else,
+a child process (``python -m migration_blackout.probes.icmp_process``) that does nothing else,
 writes ``raw/icmp.csv`` itself, and reports readiness and live counters to
 the parent as JSON lines on its stdout. Same shape as every probe: ``ready``,
 ``run(stop)``, ``stats()``.
@@ -71,7 +71,7 @@ class IcmpProbeProcess:
         argv = [
             sys.executable,
             "-m",
-            "probes.icmp_process",
+            "migration_blackout.probes.icmp_process",
             "--path",
             str(self.path),
             "--interval",
@@ -239,7 +239,7 @@ async def _child(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m probes.icmp_process")
+    parser = argparse.ArgumentParser(prog="python -m migration_blackout.probes.icmp_process")
     parser.add_argument("--path", required=True)
     parser.add_argument("--target", action="append", required=True)
     parser.add_argument("--interval", type=float, required=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.injector import BlackoutInjector
-from lab.netns import GuestNamespace
+from migration_blackout.lab.injector import BlackoutInjector
+from migration_blackout.lab.netns import GuestNamespace
 
 PING_GROUP_RANGE = Path("/proc/sys/net/ipv4/ping_group_range")
 TEST_PREFIX = "mbot-"  # tests use their own prefix; the demo and lab use "mbo-"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.icmp import (
+from migration_blackout.analysis.icmp import (
     BlackoutWindow,
     Outage,
     TargetIcmpSummary,
@@ -21,7 +21,7 @@ from analysis.icmp import (
     select_blackout,
     utc_iso,
 )
-from analysis.runfolder import RunFormatError
+from migration_blackout.analysis.runfolder import RunFormatError
 
 MS = 1_000_000
 MONO0 = 7_000_000 * MS

@@ -6,8 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from analysis.render import format_summary_table
-from analysis.summary import build_summary
+from migration_blackout.analysis.render import format_summary_table
+from migration_blackout.analysis.summary import build_summary
 
 V1_SMALL = Path(__file__).parent / "data" / "runs" / "v1-small"
 
@@ -86,7 +86,7 @@ def test_no_icmp_and_no_blackout() -> None:
 
 
 def test_every_witness_of_the_downtime_is_shown() -> None:
-    from analysis.render import format_summary_table
+    from migration_blackout.analysis.render import format_summary_table
 
     summary = {
         "schema_version": 1,

@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from analysis import runfolder
-from analysis.icmp import analyse_icmp
-from analysis.runfolder import (
+from migration_blackout.analysis import runfolder
+from migration_blackout.analysis.icmp import analyse_icmp
+from migration_blackout.analysis.runfolder import (
     ICMP_COLUMNS,
     RunFormatError,
     check_schema_version,
@@ -348,6 +348,6 @@ def test_analysis_imports_neither_probes_nor_harness() -> None:
 def test_reader_and_writer_agree_on_the_icmp_columns() -> None:
     """analysis/ keeps its own copy of the columns (it never imports probes/);
     this is where the two sides of run format v1 are held together."""
-    from probes.icmp import ICMP_COLUMNS as WRITTEN
+    from migration_blackout.probes.icmp import ICMP_COLUMNS as WRITTEN
 
     assert tuple(WRITTEN) == tuple(ICMP_COLUMNS)

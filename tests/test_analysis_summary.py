@@ -9,9 +9,14 @@ from typing import Any
 
 import pytest
 
-from analysis.runfolder import ICMP_COLUMNS, RunFormatError
-from analysis.summary import SUMMARY_FILE, build_summary, read_summary, write_summary
-from probes.sink import CsvSink
+from migration_blackout.analysis.runfolder import ICMP_COLUMNS, RunFormatError
+from migration_blackout.analysis.summary import (
+    SUMMARY_FILE,
+    build_summary,
+    read_summary,
+    write_summary,
+)
+from migration_blackout.probes.sink import CsvSink
 
 V1_SMALL = Path(__file__).parent / "data" / "runs" / "v1-small"
 MONO0 = 9_000_000_000_000

@@ -47,7 +47,7 @@ def measure(
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "migration_blackout.harness.cli",
             "run",
             "--config",
             str(path),

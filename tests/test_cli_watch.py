@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from fixtures_netns import wait_until
 from test_guest_display import needs_xvfb
 
-from harness.cli import main
-from lab.desktop import ScreenClock, XvfbDisplay
-from lab.netns import GuestNamespace
+from migration_blackout.harness.cli import main
+from migration_blackout.lab.desktop import ScreenClock, XvfbDisplay
+from migration_blackout.lab.netns import GuestNamespace
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "data" / "runs" / "v1-small"
@@ -103,7 +103,7 @@ def test_watch_measures_an_injected_blackout(tmp_path: Path, watch_guest: GuestN
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "migration_blackout.harness.cli",
             "watch",
             "--target",
             watch_guest.guest_address,
@@ -144,7 +144,7 @@ def test_ctrl_c_ends_a_watch_cleanly(tmp_path: Path, watch_guest: GuestNamespace
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "migration_blackout.harness.cli",
             "watch",
             "--target",
             watch_guest.guest_address,
@@ -183,7 +183,7 @@ def test_watch_with_the_guest_agent(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "migration_blackout.harness.cli",
             "watch",
             "--target",
             "127.0.0.1",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import (
+from migration_blackout.harness.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
@@ -92,7 +92,7 @@ def test_the_keyring_is_asked_when_installed(monkeypatch: pytest.MonkeyPatch) ->
     import sys
     import types
 
-    from harness.config import KEYRING_SERVICE, password_from_keyring
+    from migration_blackout.harness.config import KEYRING_SERVICE, password_from_keyring
 
     host = parse_config(
         {"hosts": [{"name": "HOST1", "address": "h", "username": "LAB\\u"}]}, origin="x"

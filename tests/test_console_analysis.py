@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from analysis.console import (
+from migration_blackout.analysis.console import (
     ConsoleSample,
     analyse_console,
     blackout_to_json,
     console_document,
     load_console,
 )
-from analysis.runfolder import RunFormatError
+from migration_blackout.analysis.runfolder import RunFormatError
 
 MS = 1_000_000
 EPOCH_NS = 1_795_000_000 * 10**9

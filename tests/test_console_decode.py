@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab.hyperv.thumbnail import encode_rgb565, render_connecting, render_desktop
-from probes.console_view import (
+from migration_blackout.lab.hyperv.thumbnail import encode_rgb565, render_connecting, render_desktop
+from migration_blackout.probes.console_view import (
     BLACK,
     CHANGED,
     DEFAULT_BLACK_MAX_LUMA,

@@ -10,18 +10,18 @@ from collections.abc import Iterator
 import pytest
 from test_lab_hyperv_support import DST, SRC, VM, fast_config
 
-from harness.config import HostConfig
-from harness.console import (
+from migration_blackout.harness.config import HostConfig
+from migration_blackout.harness.console import (
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,
     SCRIPT_NAME,
     fetch_thumbnail,
     thumbnail_script,
 )
-from harness.hyperv import HostCallError, HostSession
-from lab.hyperv import HostConfig as LabHostConfig
-from lab.hyperv import LabThread, read_ground_truth
-from lab.hyperv.thumbnail import THUMBNAIL_SCRIPT
+from migration_blackout.harness.hyperv import HostCallError, HostSession
+from migration_blackout.lab.hyperv import HostConfig as LabHostConfig
+from migration_blackout.lab.hyperv import LabThread, read_ground_truth
+from migration_blackout.lab.hyperv.thumbnail import THUMBNAIL_SCRIPT
 
 HOSTILE = "x'; Remove-VM *"
 

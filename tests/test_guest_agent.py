@@ -28,9 +28,14 @@ import pytest
 from PIL import Image
 from test_guest_display import needs_xvfb
 
-from analysis.guest import HEARTBEAT_SOURCE, analyse_stream, load_frames, load_heartbeats
-from lab.desktop import ScreenClock, XvfbDisplay
-from probes.guest_receiver import GuestReceiver, new_token
+from migration_blackout.analysis.guest import (
+    HEARTBEAT_SOURCE,
+    analyse_stream,
+    load_frames,
+    load_heartbeats,
+)
+from migration_blackout.lab.desktop import ScreenClock, XvfbDisplay
+from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
 
 AGENT = Path(__file__).resolve().parent.parent / "probes" / "guest_agent.py"
 TOKEN = new_token()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.guest import (
+from migration_blackout.analysis.guest import (
     FRAMES_SOURCE,
     HEARTBEAT_SOURCE,
     analyse_guest,
@@ -20,9 +20,9 @@ from analysis.guest import (
     load_frames,
     load_heartbeats,
 )
-from analysis.runfolder import RunFormatError
-from probes.guest_receiver import FRAMES_FILE, HEARTBEAT_COLUMNS, HEARTBEAT_FILE
-from probes.sink import CsvSink, JsonlSink
+from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.probes.guest_receiver import FRAMES_FILE, HEARTBEAT_COLUMNS, HEARTBEAT_FILE
+from migration_blackout.probes.sink import CsvSink, JsonlSink
 
 MS = 1_000_000
 UTC0 = 1_795_000_000_000_000_000  # guest wall clock at mono 0

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from PIL import Image, ImageGrab
 
-from lab.desktop import ScreenClock, XRootPainter, XvfbDisplay
+from migration_blackout.lab.desktop import ScreenClock, XRootPainter, XvfbDisplay
 
 XVFB = shutil.which("Xvfb")
 needs_xvfb = pytest.mark.skipif(

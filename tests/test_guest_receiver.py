@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from probes.guest_agent import HEARTBEAT_BODY, heartbeat_datagram
-from probes.guest_receiver import (
+from migration_blackout.probes.guest_agent import HEARTBEAT_BODY, heartbeat_datagram
+from migration_blackout.probes.guest_receiver import (
     FRAMES_FILE,
     HEARTBEAT_FILE,
     REJECTS_FILE,

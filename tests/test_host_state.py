@@ -10,8 +10,8 @@ from pathlib import Path
 
 from fixtures_netns import until
 
-from probes.host_state import HostObservation, HostStatePoller
-from probes.sink import JsonlSink
+from migration_blackout.probes.host_state import HostObservation, HostStatePoller
+from migration_blackout.probes.sink import JsonlSink
 
 
 def test_every_poll_is_an_event_failures_included(tmp_path: Path) -> None:

@@ -10,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from harness.config import HostConfig
-from harness.hyperv import (
+from migration_blackout.harness.config import HostConfig
+from migration_blackout.harness.hyperv import (
     HostAuthError,
     HostCallError,
     HostSession,
     HostUnreachableError,
     MoveVmCall,
 )
-from lab.hyperv import (
+from migration_blackout.lab.hyperv import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
     DEFAULT_VM_NAME,
@@ -28,7 +28,7 @@ from lab.hyperv import (
     Span,
     read_ground_truth,
 )
-from lab.hyperv import HostConfig as LabHostConfig
+from migration_blackout.lab.hyperv import HostConfig as LabHostConfig
 
 FAST = MigrationTiming(
     precopy_overhead=Span(0.3),

@@ -30,9 +30,14 @@ from typing import Any
 import pytest
 from fixtures_netns import ping_group_range, until
 
-from lab.injector import BlackoutInjector, InjectedBlackout
-from lab.netns import GuestNamespace
-from probes.icmp import ATTEMPT_OUTCOMES, ICMP_COLUMNS, IcmpPermissionError, IcmpProbe
+from migration_blackout.lab.injector import BlackoutInjector, InjectedBlackout
+from migration_blackout.lab.netns import GuestNamespace
+from migration_blackout.probes.icmp import (
+    ATTEMPT_OUTCOMES,
+    ICMP_COLUMNS,
+    IcmpPermissionError,
+    IcmpProbe,
+)
 
 SEED = int(os.environ.get("MBO_TEST_SEED", "20261125"))
 MS = 1_000_000

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fixtures_netns import ping_group_range, until
 
-from lab.netns import GuestNamespace
-from probes.icmp import IcmpPermissionError
-from probes.icmp_process import IcmpProbeProcess
+from migration_blackout.lab.netns import GuestNamespace
+from migration_blackout.probes.icmp import IcmpPermissionError
+from migration_blackout.probes.icmp_process import IcmpProbeProcess
 
 pytestmark = pytest.mark.root
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.runfolder import ICMP_COLUMNS
-from analysis.summary import build_summary
-from harness.commands import import_ping_log
-from harness.importers import (
+from migration_blackout.analysis.runfolder import ICMP_COLUMNS
+from migration_blackout.analysis.summary import build_summary
+from migration_blackout.harness.commands import import_ping_log
+from migration_blackout.harness.importers import (
     ImportFormatError,
     ImportOptionError,
     PingLogFileError,

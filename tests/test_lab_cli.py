@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fixtures_netns import wait_until
 
-from lab.guest import LAB_PREFIX
+from migration_blackout.lab.guest import LAB_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.root
 
 def measure(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", "lab", *args],
+        [sys.executable, "-m", "migration_blackout.harness.cli", "lab", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -24,7 +24,7 @@ from test_lab_hyperv_support import (
     wsman_for,
 )
 
-from lab.hyperv import (
+from migration_blackout.lab.hyperv import (
     FaultConfig,
     HostConfig,
     LabThread,
@@ -32,7 +32,7 @@ from lab.hyperv import (
     UnresponsiveFault,
     read_ground_truth,
 )
-from lab.hyperv import groundtruth as gt
+from migration_blackout.lab.hyperv import groundtruth as gt
 
 MOVE_FAILED_ID = "OperationFailed,Microsoft.HyperV.PowerShell.Commands.MoveVM"
 

@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 from fixtures_netns import TEST_PREFIX, wait_until
 
-from lab.injector import BlackoutInjector
-from lab.netns import IFNAMSIZ, GuestNamespace, NetnsPermissionError, cleanup_stale
+from migration_blackout.lab.injector import BlackoutInjector
+from migration_blackout.lab.netns import (
+    IFNAMSIZ,
+    GuestNamespace,
+    NetnsPermissionError,
+    cleanup_stale,
+)
 
 pytestmark = pytest.mark.root
 

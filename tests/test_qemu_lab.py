@@ -33,20 +33,20 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lab.qemu import control
-from lab.qemu.artefacts import ensure_artefacts
-from lab.qemu.control import QemuLabState
-from lab.qemu.guest import GuestControl
-from lab.qemu.migration import (
+from migration_blackout.lab.qemu import control
+from migration_blackout.lab.qemu.artefacts import ensure_artefacts
+from migration_blackout.lab.qemu.control import QemuLabState
+from migration_blackout.lab.qemu.guest import GuestControl
+from migration_blackout.lab.qemu.migration import (
     OUTCOME_CANCELLED,
     OUTCOME_COMPLETED,
     MigrationResult,
     MigrationSettings,
     migrate,
 )
-from lab.qemu.qmp import QmpClient
-from probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver
-from probes.icmp import IcmpProbe
+from migration_blackout.lab.qemu.qmp import QmpClient
+from migration_blackout.probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver
+from migration_blackout.probes.icmp import IcmpProbe
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from lab.qemu.artefacts import SETUP_SCRIPT, QemuArtefacts, ensure_artefacts
-from lab.qemu.migration import PAGE_BYTES, compare_dumps
-from lab.qemu.qmp import (
+from migration_blackout.lab.qemu.artefacts import SETUP_SCRIPT, QemuArtefacts, ensure_artefacts
+from migration_blackout.lab.qemu.migration import PAGE_BYTES, compare_dumps
+from migration_blackout.lab.qemu.qmp import (
     QmpClient,
     QmpCommandError,
     QmpConnectionError,
     QmpTimeoutError,
     RunState,
 )
-from probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver, new_token
+from migration_blackout.probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver, new_token
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from harness.cli import main
+from migration_blackout.harness.cli import main
 
 DATA = Path(__file__).parent / "data"
 

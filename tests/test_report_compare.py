@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from analysis.compare import (
+from migration_blackout.analysis.compare import (
     ALPHA,
     Verdict,
     compare_blackouts,

@@ -25,9 +25,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analysis.report import CheckOutcome, Thresholds, build_report, figure_stats, render_junit
-from analysis.summary import SUMMARY_FILE
-from harness.commands.report import run
+from migration_blackout.analysis.report import (
+    CheckOutcome,
+    Thresholds,
+    build_report,
+    figure_stats,
+    render_junit,
+)
+from migration_blackout.analysis.summary import SUMMARY_FILE
+from migration_blackout.harness.commands.report import run
 
 DATA = Path(__file__).parent / "data"
 V1_SMALL = DATA / "runs" / "v1-small"
@@ -599,7 +605,7 @@ def test_figure_stats_match_numpy_and_show_open_blackouts() -> None:
 
 
 def test_the_hypervisor_figure_stands_beside_the_measured_one() -> None:
-    from analysis.report import hypervisor_figure
+    from migration_blackout.analysis.report import hypervisor_figure
 
     hyperv = {"hyperv": {"reported": {"blackout_s": 2.3, "event_id": 20415}}}
     assert hypervisor_figure(hyperv) == "2.3 s (event 20415)"

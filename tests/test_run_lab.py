@@ -52,7 +52,7 @@ def measure(
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "migration_blackout.harness.cli",
             "run",
             "--lab-config",
             str(lab_config),
@@ -275,7 +275,7 @@ def test_repeat_ping_pong_makes_a_session(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "migration_blackout.harness.cli",
             "run",
             "--lab-config",
             str(lab_config),
@@ -346,7 +346,7 @@ def test_ctrl_c_during_the_migration(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "migration_blackout.harness.cli",
             "run",
             "--lab-config",
             str(lab_config),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.qemu import control as qemu_control
-from lab.qemu.guest import GuestControl
+from migration_blackout.lab.qemu import control as qemu_control
+from migration_blackout.lab.qemu.guest import GuestControl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def cli(lab_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real ``measure`` command, with the module's lab state folder."""
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args],
+        [sys.executable, "-m", "migration_blackout.harness.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,

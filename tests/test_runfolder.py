@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.runfolder import (
+from migration_blackout.harness.runfolder import (
     MANIFEST_SCHEMA_VERSION,
     OutputFolderError,
     RunStatus,
     create_run_folder,
     redact,
 )
-from probes.sink import RAW_SCHEMA_VERSION, CsvSink, JsonlSink
+from migration_blackout.probes.sink import RAW_SCHEMA_VERSION, CsvSink, JsonlSink
 
 
 def test_manifest_written_at_start_and_finalised(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from test_timeline_runs import (
     write_run,
 )
 
-from analysis.timeline import (
+from migration_blackout.analysis.timeline import (
     TIDY_COLUMNS,
     ClockEstimate,
     HostClock,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_timeline_runs import DESTINATION, MS, SOURCE, Scenario, Truth, write_run
 
-from analysis.decompose import (
+from migration_blackout.analysis.decompose import (
     NOT_OBSERVED,
     OBSERVED,
     UNKNOWN,
@@ -20,8 +20,8 @@ from analysis.decompose import (
     decompose_run,
     decomposition_summary,
 )
-from analysis.hyperv import host_blackout
-from analysis.timeline import build_timeline
+from migration_blackout.analysis.hyperv import host_blackout
+from migration_blackout.analysis.timeline import build_timeline
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from analysis.decompose import (
+from migration_blackout.analysis.decompose import (
     Decomposition,
     Instant,
     decompose,
     decomposition_summary,
 )
-from analysis.hyperv import load_ground_truth, truth_summary
-from analysis.runfolder import load_run
-from analysis.timeline import Timeline, build_timeline
+from migration_blackout.analysis.hyperv import load_ground_truth, truth_summary
+from migration_blackout.analysis.runfolder import load_run
+from migration_blackout.analysis.timeline import Timeline, build_timeline
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "runs" / "lab-v1-sample"
 SOURCE, DESTINATION = "WS16TP4DM1VML1b", "WS16TP4DM2VML1b"

@@ -9,8 +9,8 @@ from matplotlib.offsetbox import AnnotationBbox
 from PIL import Image
 from test_timeline_runs import Scenario, write_run
 
-from analysis.decompose import decompose
-from analysis.plot import (
+from migration_blackout.analysis.decompose import decompose
+from migration_blackout.analysis.plot import (
     OVERVIEW_PNG,
     OVERVIEW_SVG,
     ZOOM_PNG,
@@ -18,7 +18,7 @@ from analysis.plot import (
     plot_timeline,
     timeline_figures,
 )
-from analysis.timeline import build_timeline
+from migration_blackout.analysis.timeline import build_timeline
 
 DATA = Path(__file__).resolve().parent / "data" / "runs"
 KIB = 1024

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from analysis.guest import analyse_guest
-from analysis.runfolder import ICMP_COLUMNS, load_icmp, load_run
-from probes.guest_receiver import FRAMES_FILE, HEARTBEAT_COLUMNS, HEARTBEAT_FILE
-from probes.sink import CsvSink, JsonlSink
+from migration_blackout.analysis.guest import analyse_guest
+from migration_blackout.analysis.runfolder import ICMP_COLUMNS, load_icmp, load_run
+from migration_blackout.probes.guest_receiver import FRAMES_FILE, HEARTBEAT_COLUMNS, HEARTBEAT_FILE
+from migration_blackout.probes.sink import CsvSink, JsonlSink
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from probes.host_state import HostObservation
-from probes.sink import JsonlSink
+from migration_blackout.probes.host_state import HostObservation
+from migration_blackout.probes.sink import JsonlSink
 
 from ..clocksync import ClockOffset
 from ..runfolder import RunFolder

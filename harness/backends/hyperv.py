@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from probes.clock import clock_pair
-from probes.host_state import HostObservation
-from probes.sink import JsonlSink
+from migration_blackout.probes.clock import clock_pair
+from migration_blackout.probes.host_state import HostObservation
+from migration_blackout.probes.sink import JsonlSink
 
 from ..clocksync import ClockOffset, sample_clock
 from ..config import RunConfig

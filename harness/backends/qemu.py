@@ -27,9 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.qemu.migration import MigrationError, MigrationResult, MigrationSettings, migrate
-from lab.qemu.qmp import QmpClient, QmpError
-from probes.sink import JsonlSink
+from migration_blackout.lab.qemu.migration import (
+    MigrationError,
+    MigrationResult,
+    MigrationSettings,
+    migrate,
+)
+from migration_blackout.lab.qemu.qmp import QmpClient, QmpError
+from migration_blackout.probes.sink import JsonlSink
 
 from ..clocksync import ClockOffset
 from ..runfolder import RunFolder

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from analysis.derive import rebuild_derived
+from migration_blackout.analysis.derive import rebuild_derived
 
 
 def run(*, run_dir: Path) -> dict[str, Any]:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from analysis.summary import write_summary
-from probes.clock import utc_iso
-from probes.icmp import ICMP_COLUMNS, PROBE_NAME
-from probes.sink import CsvSink
+from migration_blackout.analysis.summary import write_summary
+from migration_blackout.probes.clock import utc_iso
+from migration_blackout.probes.icmp import ICMP_COLUMNS, PROBE_NAME
+from migration_blackout.probes.sink import CsvSink
 
 from ..importers import (
     UNRECOGNISED_QUOTED,

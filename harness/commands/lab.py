@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lab import control
-from lab.control import LabError, LabState
-from lab.qemu import control as qemu_control
-from lab.qemu.control import QemuLabState
-from lab.qemu.migration import MigrationSettings
+from migration_blackout.lab import control
+from migration_blackout.lab.control import LabError, LabState
+from migration_blackout.lab.qemu import control as qemu_control
+from migration_blackout.lab.qemu.control import QemuLabState
+from migration_blackout.lab.qemu.migration import MigrationSettings
 
 from ..backends.qemu import QemuBackend, QemuSide
 from ..config import HostConfig, RunConfig

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.report import (
+from migration_blackout.analysis.report import (
     Report,
     Thresholds,
     build_report,
@@ -23,7 +23,7 @@ from analysis.report import (
     render_junit,
     render_markdown,
 )
-from analysis.runfolder import RunFormatError
+from migration_blackout.analysis.runfolder import RunFormatError
 
 from .. import exitcodes
 

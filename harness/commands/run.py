@@ -37,13 +37,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from analysis.derive import rebuild_derived
-from probes.clock import clock_pair, utc_iso
-from probes.console_view import CONSOLE_FILE, ConsoleViewProbe
-from probes.host_state import HostStatePoller
-from probes.icmp import IcmpTargetStats
-from probes.icmp_process import IcmpProbeProcess
-from probes.sink import JsonlSink
+from migration_blackout.analysis.derive import rebuild_derived
+from migration_blackout.probes.clock import clock_pair, utc_iso
+from migration_blackout.probes.console_view import CONSOLE_FILE, ConsoleViewProbe
+from migration_blackout.probes.host_state import HostStatePoller
+from migration_blackout.probes.icmp import IcmpTargetStats
+from migration_blackout.probes.icmp_process import IcmpProbeProcess
+from migration_blackout.probes.sink import JsonlSink
 
 from .. import exitcodes
 from ..backends import HypervisorBackend, MigrationOutcome, PreflightError
@@ -303,7 +303,7 @@ async def measure_run(
 async def _check_guest_answers(ctx: _Context) -> None:
     from icmplib import async_multiping
 
-    from probes.icmp import resolve_privileged
+    from migration_blackout.probes.icmp import resolve_privileged
 
     addresses = list(ctx.config.guest_addresses)
     try:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from analysis.report import direction_stats, read_run
-from probes.clock import clock_pair, utc_iso
+from migration_blackout.analysis.report import direction_stats, read_run
+from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .. import exitcodes
 from ..config import RunConfig

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.derive import rebuild_derived
-from probes.clock import clock_pair
-from probes.icmp import IcmpProbe, IcmpTargetStats
+from migration_blackout.analysis.derive import rebuild_derived
+from migration_blackout.probes.clock import clock_pair
+from migration_blackout.probes.icmp import IcmpProbe, IcmpTargetStats
 
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..runfolder import RunStatus, create_run_folder

@@ -6,9 +6,9 @@ Start them with :class:`LabHosts` (in an event loop) or :class:`LabThread`
 ground-truth file format in :mod:`lab.hyperv.groundtruth`.
 """
 
-from lab.hyperv.groundtruth import SCHEMA_VERSION as GROUND_TRUTH_SCHEMA_VERSION
-from lab.hyperv.groundtruth import read_ground_truth
-from lab.hyperv.model import (
+from migration_blackout.lab.hyperv.groundtruth import SCHEMA_VERSION as GROUND_TRUTH_SCHEMA_VERSION
+from migration_blackout.lab.hyperv.groundtruth import read_ground_truth
+from migration_blackout.lab.hyperv.model import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
     DEFAULT_VM_NAME,
@@ -25,7 +25,7 @@ from lab.hyperv.model import (
     VmConfig,
     VmState,
 )
-from lab.hyperv.runner import HostEndpoint, LabHosts, LabThread
+from migration_blackout.lab.hyperv.runner import HostEndpoint, LabHosts, LabThread
 
 __all__ = [
     "DEFAULT_DESTINATION_HOST",

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from psrpcore import Command
 from psrpcore.types import ErrorCategory, ErrorRecord, PSObject
 
-from lab.hyperv import model, pstypes
+from migration_blackout.lab.hyperv import model, pstypes
 
 HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
 PARAMETER_BINDING_EXCEPTION = [
@@ -548,7 +548,7 @@ async def run_statement(ctx: CmdletContext, commands: list[Command]) -> None:
     first = commands[0]
     if first.is_script:
         # Imported here: the thumbnail module builds on this one.
-        from lab.hyperv import thumbnail
+        from migration_blackout.lab.hyperv import thumbnail
 
         if thumbnail.is_thumbnail_script(first.command_text):
             await thumbnail.run_script(ctx, commands)

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from probes.clock import ClockPair, clock_pair
+from migration_blackout.probes.clock import ClockPair, clock_pair
 
 SCHEMA_VERSION = 1
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from lab.hyperv import groundtruth as gt
-from probes.clock import ClockPair, clock_pair
+from migration_blackout.lab.hyperv import groundtruth as gt
+from migration_blackout.probes.clock import ClockPair, clock_pair
 
 DEFAULT_SOURCE_HOST = "WS16TP4DM1VML1b"
 DEFAULT_DESTINATION_HOST = "WS16TP4DM2VML1b"
@@ -505,7 +505,7 @@ class Lab:
         self._fired_faults: set[UnresponsiveFault] = set()
         self._jobs: list[_Job] = []
         # Imported here: the console module builds on this one.
-        from lab.hyperv.thumbnail import ConsoleScreen
+        from migration_blackout.lab.hyperv.thumbnail import ConsoleScreen
 
         self.console = ConsoleScreen(
             vm_name=config.vm.name,

@@ -39,8 +39,8 @@ from psrpcore.types import (
     RunspacePoolState,
 )
 
-from lab.hyperv import cmdlets, pstypes
-from lab.hyperv.model import Lab
+from migration_blackout.lab.hyperv import cmdlets, pstypes
+from migration_blackout.lab.hyperv.model import Lab
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from psrpcore.types import (
     add_note_property,
 )
 
-from lab.hyperv.model import EventLevel, HostEvent, JobView, VmState, VmView
+from migration_blackout.lab.hyperv.model import EventLevel, HostEvent, JobView, VmState, VmView
 
 CIM_PREFIX = "Microsoft.Management.Infrastructure.CimInstance"
 

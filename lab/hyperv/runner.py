@@ -23,11 +23,11 @@ from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
-from lab.hyperv import groundtruth as gt
-from lab.hyperv.auth import Credentials, NtlmUserFile
-from lab.hyperv.model import GuestControl, InMemoryGuest, Lab, LabConfig
-from lab.hyperv.server import HostServer
-from lab.hyperv.tls import make_self_signed
+from migration_blackout.lab.hyperv import groundtruth as gt
+from migration_blackout.lab.hyperv.auth import Credentials, NtlmUserFile
+from migration_blackout.lab.hyperv.model import GuestControl, InMemoryGuest, Lab, LabConfig
+from migration_blackout.lab.hyperv.server import HostServer
+from migration_blackout.lab.hyperv.tls import make_self_signed
 
 T = TypeVar("T")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from psrpcore import PSRPCoreError
 
-from lab.hyperv import wsman
-from lab.hyperv.auth import (
+from migration_blackout.lab.hyperv import wsman
+from migration_blackout.lab.hyperv.auth import (
     ConnectionRegistry,
     ConnectionSecurity,
     Credentials,
@@ -26,8 +26,8 @@ from lab.hyperv.auth import (
     parse_basic,
     parse_negotiate,
 )
-from lab.hyperv.model import Lab
-from lab.hyperv.psrp import PoolSession, Spawn, UnknownCommandError
+from migration_blackout.lab.hyperv.model import Lab
+from migration_blackout.lab.hyperv.psrp import PoolSession, Spawn, UnknownCommandError
 
 log = logging.getLogger(__name__)
 

@@ -51,11 +51,11 @@ from PIL import Image, ImageDraw, ImageFont
 from psrpcore import Command
 from psrpcore.types import ErrorCategory, ErrorRecord, PSByteArray, PSCustomObject, PSInt
 
-from lab.hyperv import cmdlets, model, pstypes
-from lab.hyperv.cmdlets import CmdletContext, Parameter, TerminatingError
-from probes.clock import ClockPair
+from migration_blackout.lab.hyperv import cmdlets, model, pstypes
+from migration_blackout.lab.hyperv.cmdlets import CmdletContext, Parameter, TerminatingError
+from migration_blackout.probes.clock import ClockPair
 
-SCRIPT_PACKAGE = "harness"
+SCRIPT_PACKAGE = "migration_blackout.harness"
 SCRIPT_RESOURCE = "scripts/Get-VMThumbnail.ps1"
 SCRIPT_NAME = "Get-VMThumbnail.ps1"
 

@@ -1,7 +1,7 @@
 """The QEMU lab's lifecycle: what ``measure lab up/status/down --hypervisor qemu`` calls.
 
 ``up`` makes sure the guest images exist (``lab/qemu/setup.sh``), starts
-``python -m lab.qemu.daemon`` in its own session and waits, with a deadline,
+``python -m migration_blackout.lab.qemu.daemon`` in its own session and waits, with a deadline,
 until its state file says ``ready`` (the guest answers, a standby waits); a
 second ``up`` finds the running lab and returns it. ``down`` stops the daemon
 (which quits both QEMUs and removes the network) and removes whatever a
@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.control import LabError, spawn_daemon
-from lab.control import default_state_dir as hyperv_state_dir
-from lab.netns import require_netns_privileges
+from migration_blackout.lab.control import LabError, spawn_daemon
+from migration_blackout.lab.control import default_state_dir as hyperv_state_dir
+from migration_blackout.lab.netns import require_netns_privileges
 
 from .artefacts import QemuSetupError, ensure_artefacts
 from .daemon import STATE_FILE, STATE_SCHEMA_VERSION
@@ -229,7 +229,7 @@ def up(
     argv = [
         sys.executable,
         "-m",
-        "lab.qemu.daemon",
+        "migration_blackout.lab.qemu.daemon",
         "--state-dir",
         str(state_dir),
         "--config-json",

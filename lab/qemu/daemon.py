@@ -1,4 +1,5 @@
-"""The QEMU lab as a background process: ``python -m lab.qemu.daemon --state-dir DIR``.
+"""The QEMU lab as a background process:
+``python -m migration_blackout.lab.qemu.daemon --state-dir DIR``.
 
 Runs ``QemuLab`` until SIGTERM or SIGINT and keeps ``DIR/qemu-lab.json`` (mode
 0600: it holds the heartbeat token) up to date: rewritten atomically at every
@@ -20,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from probes.clock import clock_pair, utc_iso
+from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .artefacts import QemuSetupError, ensure_artefacts
 from .lab import GUEST_NAME, LabSnapshot, QemuLab, QemuLabConfig, QemuLabError
@@ -108,7 +109,9 @@ async def serve(state_dir: Path, config: QemuLabConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.qemu.daemon", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m migration_blackout.lab.qemu.daemon", description=__doc__
+    )
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--config-json", default="{}", help="QemuLabConfig fields as a JSON object")
     args = parser.parse_args(argv)

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probes.clock import clock_pair, utc_iso
-from probes.sink import JsonlSink
+from migration_blackout.probes.clock import clock_pair, utc_iso
+from migration_blackout.probes.sink import JsonlSink
 
 from .artefacts import QemuArtefacts, ensure_artefacts
 from .guest import DEFAULT_CONTROL_PORT, GuestControl, GuestControlError, GuestStatus

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probes.clock import ClockPair, clock_pair
+from migration_blackout.probes.clock import ClockPair, clock_pair
 
 from .qmp import MigrationInfo, QmpClient, QmpError, QmpEvent
 

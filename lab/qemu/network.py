@@ -35,7 +35,7 @@ import time
 
 # Shared with GuestNamespace on purpose: one allocation lock and one view of which
 # 198.18.X.0/24 subnets are taken, whichever lab takes them.
-from lab.netns import (
+from migration_blackout.lab.netns import (
     IFNAMSIZ,
     NetnsError,
     _allocation_lock,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probes.clock import ClockPair, clock_pair
+from migration_blackout.probes.clock import ClockPair, clock_pair
 
 _READ_LIMIT = 16 * 1024 * 1024  # one QMP message per line; query results can be large
 
