@@ -18,6 +18,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -171,18 +172,23 @@ def stats_of(probe: IcmpProbe, target: str) -> Any:
 # --------------------------------------------------------------------------
 
 
-# A send this much behind its slot near a blackout's edge means the machine
-# (usually the hypervisor: steal time) stopped the prober; the count estimate
-# can then be off by the stall, whatever the prober does. Such a blackout is
-# injected again rather than judged.
-DISTURBED_NS = MS // 2
+# A send behind its slot near a blackout's edge means the machine (usually the
+# hypervisor: steal time) stopped the prober; the estimates can then be off by
+# that lateness, whatever the prober does. A blackout is judged with its own
+# measured edge lateness added to the tolerances; one with a send this late
+# says little and is injected again.
+DISTURBED_NS = 10 * MS
 SESSIONS = 5
 
 
 def edge_lateness_ns(own: Sequence[Row], first_lost: int, last_lost: int, interval_ns: int) -> int:
-    """The largest delay of a send behind its slot within 3 attempts of either edge."""
+    """The largest delay of a send behind its slot within 3 attempts of either edge.
+
+    A slot's delay is measured from the typical one (the median offset of every
+    send from its slot), not from the earliest: one early outlier would make
+    every edge look late."""
     slots = [r.send_mono_ns - r.n * interval_ns for r in own if r.send_mono_ns is not None]
-    origin = min(slots)
+    origin = statistics.median_low(slots)
     near = [*range(first_lost - 3, first_lost + 4), *range(last_lost - 3, last_lost + 4)]
     return max(slots[n] - origin for n in near if 0 <= n < len(slots))
 
@@ -216,7 +222,7 @@ def test_blackout_bounds(
     lengths = [base + rng.random() * interval_s for base in (0.05, 0.2, 1.0)]
     context = f"seed={SEED} interval={interval_ms} ms lengths={[round(x, 6) for x in lengths]}"
     target = guest.guest_address
-    judged: list[tuple[InjectedBlackout, Estimate]] = []
+    judged: list[tuple[InjectedBlackout, Estimate, int]] = []
     disturbed: list[str] = []
     pending = lengths
     for session in range(SESSIONS):
@@ -246,21 +252,22 @@ def test_blackout_bounds(
                 disturbed.append(f"{detail}, a send {lateness / MS:.2f} ms late at an edge")
                 again.append(blackout.requested_s)
             else:
-                judged.append((blackout, found))
+                judged.append((blackout, found, lateness))
         assert stats_of(probe, target).longest_loss_streak == max(lost_counts), context
         assert stats_of(probe, target).timeouts == sum(lost_counts), context
         pending = again
         if not pending:
             break
     assert not pending, f"the machine disturbed every try: {disturbed}"
-    for blackout, found in judged:
+    for blackout, found, lateness in judged:
         injected = blackout.duration_ns
         detail = (
             f"{context}: injected {injected / MS:.3f} ms, lower {found.lower_ns / MS:.3f}, "
-            f"upper {found.upper_ns / MS:.3f}, lost {found.lost}"
+            f"upper {found.upper_ns / MS:.3f}, lost {found.lost}, "
+            f"edge lateness {lateness / MS:.2f} ms"
         )
-        assert found.upper_ns - injected < 2 * interval_ns + 1 * MS, detail
-        assert abs(found.lost * interval_ns - injected) <= interval_ns + MS // 2, detail
+        assert found.upper_ns - injected < 2 * interval_ns + 1 * MS + lateness, detail
+        assert abs(found.lost * interval_ns - injected) <= interval_ns + MS // 2 + lateness, detail
 
 
 # --------------------------------------------------------------------------
