@@ -1,5 +1,7 @@
 """Everything in ``derived/``, rebuilt from ``raw/`` by one call.
 
+Each file is replaced, never written through (``analysis/outputs.py``).
+
 ``measure analyze``, ``measure run`` and ``measure watch`` all end here, so a
 run folder's derived files are the same whichever wrote them, and can be
 rebuilt at any time (raw data is never touched).

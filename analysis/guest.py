@@ -44,6 +44,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.runfolder import (
     RAW_SCHEMA_VERSION,
     RunFormatError,
@@ -613,7 +614,4 @@ def contact_sheet(
                 font=small,
             )
             x += marker
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, "PNG")
-    return out
+    return replace_file(out_path, lambda handle: sheet.save(handle, "PNG"))

@@ -251,6 +251,14 @@ def main() -> None:
     help="Seconds to keep probing after Move-VM returns [default: 10].",
 )
 @click.option(
+    "--harvest-timeout",
+    "harvest_timeout_s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds each host has for the clocks and events after the migration [default: 20; "
+    "5 after Ctrl-C].",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("results"),
@@ -315,6 +323,7 @@ def run(
     destination_storage_path: str | None,
     timeout_s: float | None,
     settle_s: float | None,
+    harvest_timeout_s: float | None,
     guest_agent: bool,
     agent_listen: str | None,
     agent_wait: float,
@@ -356,6 +365,7 @@ def run(
             destination_storage_path=destination_storage_path,
             timeout_s=timeout_s,
             settle_s=settle_s,
+            harvest_timeout_s=harvest_timeout_s,
             hypervisor=hypervisor,
             downtime_limit_ms=downtime_limit_ms,
             max_bandwidth_mib_s=max_bandwidth_mib_s,
@@ -377,28 +387,25 @@ def run(
         return session_command.run(repeat=repeat, ping_pong=ping_pong, **arguments)
 
     try:
-        if config.hypervisor == "qemu":
-            with lab_command.qemu_run(config, use_lab=use_lab, agent_wait_s=agent_wait) as args:
+        if config.hypervisor == "qemu" and use_lab:
+            result = execute(
+                config=config,
+                environment=lab_command.QemuLabForRun(agent_wait_s=agent_wait),
+                **kwargs,
+            )
+        elif config.hypervisor == "qemu":
+            with lab_command.qemu_configured_run(config) as args:
                 result = execute(**args, **kwargs)
         elif use_lab:
-            with lab_command.lab_for_run(config=lab_config, seed=seed) as state:
-                lab_run_config, lab_passwords = lab_command.run_config_for_lab(config, state, vm=vm)
-                if guest_agent:
-                    kwargs["guest_agent"] = lab_command.guest_agent_setup(
-                        state,
-                        listen=listen,
-                        contact_deadline_s=agent_wait,
-                        interval_s=agent_interval,
-                    )
-                result = execute(
-                    config=lab_run_config,
-                    passwords=lab_passwords,
-                    ground_truth=state.ground_truth,
-                    extra_manifest={
-                        "lab": {"state_file": str(state.path), "seed": state.document.get("seed")}
-                    },
-                    **kwargs,
-                )
+            environment = lab_command.HyperVLabForRun(
+                config=lab_config,
+                seed=seed,
+                vm=vm,
+                agent_listen=listen,
+                agent_wait_s=agent_wait if guest_agent else None,
+                agent_interval_s=agent_interval,
+            )
+            result = execute(config=config, environment=environment, **kwargs)
         else:
             passwords: dict[str, str | None] = {}
             for host in config.hosts:
@@ -415,6 +422,9 @@ def run(
                         f"{host.password_env}"
                     )
                 passwords[host.name] = password
+            # Read once: no process this one starts inherits a password.
+            for host in config.hosts:
+                os.environ.pop(host.password_env, None)
             if guest_agent:
                 agent_host, agent_port = listen or ("0.0.0.0", 47600)
                 kwargs["guest_agent"] = GuestAgentSetup(
@@ -564,7 +574,7 @@ def watch(
 
     from .commands import watch as watch_command
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
-    from .runfolder import OutputFolderError, RunStatus
+    from .runfolder import OutputFolderError, RunStatus, describe_error
 
     terminal = _Terminal()
     setup = None
@@ -604,11 +614,18 @@ def watch(
     except ValueError as exc:
         terminal.close()
         _fail(str(exc))
+    except OSError as exc:  # the run folder could not even be finalised (a full disk)
+        terminal.close()
+        _fail(describe_error(exc), exitcodes.MIGRATION_FAILED)
     terminal.close()
     _print_summary(result.summary, as_json)
+    if result.error:
+        click.echo(f"measure: {result.status}: {result.error}", err=True)
     click.echo(f"run folder: {result.run_dir}", err=True)
     if result.status is RunStatus.ABORTED:
         sys.exit(exitcodes.INTERRUPTED)
+    if result.status is RunStatus.FAILED:
+        sys.exit(exitcodes.MIGRATION_FAILED)
 
 
 # -- measure analyze ----------------------------------------------------------
@@ -624,11 +641,22 @@ def analyze(run_dir: Path, as_json: bool) -> None:
     from migration_blackout.analysis.runfolder import RunFormatError
 
     from .commands import analyze as analyze_command
+    from .runfolder import describe_error
 
     try:
         summary = analyze_command.run(run_dir=run_dir)
     except RunFormatError as exc:
         _fail(str(exc))
+    except OSError as exc:  # derived/ is not a folder of its own, or the disk is full
+        _fail(f"cannot rebuild {Path(run_dir) / 'derived'}: {describe_error(exc)}")
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        _fail(
+            f"run folder {run_dir}: a raw record this version cannot read "
+            f"({type(exc).__name__}: {exc})"
+        )
+    if as_json:  # the table shows them; a script reading the JSON gets them on stderr too
+        for warning in summary.get("warnings", []):
+            click.echo(f"measure: warning: {warning}", err=True)
     _print_summary(summary, as_json)
 
 

@@ -71,6 +71,7 @@ class MigrationConfig:
     timeout_s: float = 600.0
     settle_s: float = 10.0
     settle_quiet_s: float = 2.0
+    harvest_timeout_s: float = 20.0  # clocks and the hypervisor's figures after the migration
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,14 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     where = f"{origin}: [migration]"
     _reject_unknown(
         mig,
-        {"include_storage", "destination_storage_path", "timeout_s", "settle_s", "settle_quiet_s"},
+        {
+            "include_storage",
+            "destination_storage_path",
+            "timeout_s",
+            "settle_s",
+            "settle_quiet_s",
+            "harvest_timeout_s",
+        },
         where,
     )
     migration = MigrationConfig(
@@ -281,6 +289,7 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
         timeout_s=float(mig.get("timeout_s", 600.0)),
         settle_s=float(mig.get("settle_s", 10.0)),
         settle_quiet_s=float(mig.get("settle_quiet_s", 2.0)),
+        harvest_timeout_s=float(mig.get("harvest_timeout_s", 20.0)),
     )
 
     thr = document.get("thresholds", {})
@@ -379,7 +388,14 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
         k: v
         for k, v in overrides.items()
         if v is not None
-        and k in {"include_storage", "destination_storage_path", "timeout_s", "settle_s"}
+        and k
+        in {
+            "include_storage",
+            "destination_storage_path",
+            "timeout_s",
+            "settle_s",
+            "harvest_timeout_s",
+        }
     }
     thresholds = {
         k: v

@@ -13,8 +13,9 @@ import pytest
 
 IS_ROOT = os.geteuid() == 0
 
-# Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py).
-pytest_plugins = ["fixtures_netns"]
+# Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py);
+# a small disk that fills up (tests/fixtures_disk.py).
+pytest_plugins = ["fixtures_netns", "fixtures_disk"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

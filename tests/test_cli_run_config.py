@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 CONFIG = """
@@ -97,3 +99,51 @@ def test_a_password_in_the_config_file_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "passwords do not belong in the config file" in last_line(proc)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_host_names_never_become_paths(tmp_path: Path) -> None:
+    """Host names from measure.toml name the poll records only percent-encoded:
+    ``/`` and ``..`` in them create nothing outside raw/."""
+    lab_dir = tmp_path / "lab-state"
+    environment = {**os.environ, "MEASURE_LAB_DIR": str(lab_dir)}
+    cli = [sys.executable, "-m", "migration_blackout.harness.cli"]
+    up = subprocess.run([*cli, "lab", "up"], capture_output=True, text=True, env=environment)
+    assert up.returncode == 0, up.stderr
+    try:
+        status = json.loads(
+            subprocess.run(
+                [*cli, "lab", "status", "--json"], capture_output=True, text=True, env=environment
+            ).stdout
+        )
+        names = ["../../escaped", "a/b"]
+        hosts = "".join(
+            f'[[hosts]]\nname = "{name}"\naddress = "127.0.0.1"\n'
+            f"port = {host['url'].rsplit(':', 1)[1].split('/')[0]}\n"
+            f'transport = "http"\nauth = "basic"\nusername = "{host["username"]}"\n'
+            'password_env = "MB_TEST_PASSWORD"\n'
+            for name, host in zip(names, status["hosts"], strict=True)
+        )
+        config = f'{hosts}\n[guest]\naddresses = ["{status["guest"]["address"]}"]\n'
+        proc = measure(
+            tmp_path,
+            "--settle",
+            "0",
+            "--timeout",
+            "20",
+            config=config,
+            env={"MB_TEST_PASSWORD": status["hosts"][0]["password"]},
+        )
+    finally:
+        subprocess.run([*cli, "lab", "down"], capture_output=True, env=environment)
+    (run_dir,) = (tmp_path / "results").glob("*-run-*")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] != "running", proc.stderr
+    files = {manifest["probes"][f"host:{name}"]["file"] for name in names}
+    assert files == {"raw/host_..%2F..%2Fescaped.jsonl", "raw/host_a%2Fb.jsonl"}
+    for file in files:
+        assert (run_dir / file).is_file()
+    assert not (tmp_path / "escaped.jsonl").exists() and not (run_dir / "raw" / "host_a").exists()
+    outside = [p for p in tmp_path.rglob("*escaped*") if run_dir not in p.parents]
+    assert outside == []

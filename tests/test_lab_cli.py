@@ -42,6 +42,24 @@ def lab_leftovers() -> list[str]:
     return found
 
 
+def leftovers_of(daemon_pid: int) -> list[str]:
+    """The namespace and veths of the lab whose daemon is ``daemon_pid`` (the
+    namespace is named ``<prefix><index>-<creator pid>``): other labs, of runs
+    in parallel, come and go meanwhile."""
+    names = lab_leftovers()
+    indexes = {
+        name[len(LAB_PREFIX) :].split("-")[0]
+        for name in names
+        if name.startswith(LAB_PREFIX) and name.endswith(f"-{daemon_pid}")
+    }
+    return [
+        name
+        for name in names
+        if name.endswith(f"-{daemon_pid}")
+        or any(name in (f"{LAB_PREFIX}{x}h", f"{LAB_PREFIX}{x}g") for x in indexes)
+    ]
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -51,7 +69,6 @@ def alive(pid: int) -> bool:
 
 
 def test_up_twice_status_down_twice(tmp_path: Path) -> None:
-    before = lab_leftovers()
     first = measure(tmp_path, "up")
     assert first.returncode == 0, first.stderr
     assert "lab started" in first.stderr
@@ -68,25 +85,26 @@ def test_up_twice_status_down_twice(tmp_path: Path) -> None:
     assert status["guest"]["address"].startswith("198.18.")
     assert Path(status["ground_truth"]).exists()
     pid = status["pid"]
-    assert set(lab_leftovers()) > set(before)
-
-    down = measure(tmp_path, "down")
-    assert down.returncode == 0 and "stopped" in down.stderr
+    try:
+        assert len(leftovers_of(pid)) == 2  # the namespace and the root end of its veth
+    finally:
+        down = measure(tmp_path, "down")
+    assert down.returncode == 0 and f"stopped daemon {pid}" in down.stderr
     assert not alive(pid)
-    assert set(lab_leftovers()) <= set(before)
+    assert leftovers_of(pid) == []
     again = measure(tmp_path, "down")
-    assert again.returncode == 0 and "nothing was running" in again.stderr
+    assert again.returncode == 0 and f"daemon {pid}" not in again.stderr
     assert measure(tmp_path, "status").returncode == 1
 
 
 def test_down_cleans_up_after_a_crashed_lab(tmp_path: Path) -> None:
-    before = lab_leftovers()
     assert measure(tmp_path, "up").returncode == 0
     status = json.loads(measure(tmp_path, "status", "--json").stdout)
-    os.kill(status["pid"], signal.SIGKILL)
-    wait_until(lambda: not alive(status["pid"]), timeout_s=10, what="the daemon to die")
-    assert set(lab_leftovers()) > set(before)  # the crash left its namespace behind
+    pid = status["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), timeout_s=10, what="the daemon to die")
+    assert leftovers_of(pid)  # the crash left its namespace behind
     down = measure(tmp_path, "down")
     assert down.returncode == 0
-    assert set(lab_leftovers()) <= set(before)
+    assert leftovers_of(pid) == []
     assert not (tmp_path / "lab.json").exists()

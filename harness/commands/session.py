@@ -24,8 +24,9 @@ from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .. import exitcodes
 from ..config import RunConfig
+from ..deadlines import Interrupt
 from ..runfolder import OutputFolderError, new_run_id
-from .run import PreflightError, RunResult, measure_run
+from .run import PreflightError, RunResult, measure_run, with_environment
 
 # Version history of session.json:
 #   1 (0.1.0): first version.
@@ -86,9 +87,11 @@ async def measure_session(
     ping_pong: bool,
     out: Path,
     command: list[str],
+    interrupt: Interrupt | None = None,
     **run_kwargs: Any,
 ) -> SessionResult:
-    """Run ``repeat`` migrations; every run folder is complete whatever happens."""
+    """Run ``repeat`` migrations; every run folder is complete whatever happens.
+    An interrupt ends the run in progress (aborted) and the session."""
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
     start = clock_pair()
@@ -120,7 +123,11 @@ async def measure_session(
         for index in range(repeat):
             try:
                 result = await measure_run(
-                    config=run_config, out=session_dir, command=command, **run_kwargs
+                    config=run_config,
+                    out=session_dir,
+                    command=command,
+                    interrupt=interrupt,
+                    **run_kwargs,
                 )
             except PreflightError as exc:
                 document["runs"].append({"index": index, "preflight_error": str(exc)})
@@ -140,6 +147,8 @@ async def measure_session(
             )
             _write(path, document)
             if result.exit_code in (exitcodes.INTERRUPTED, exitcodes.PREFLIGHT):
+                break
+            if interrupt is not None and interrupt.is_set():
                 break
             if ping_pong and result.source and result.destination:
                 run_config = replace(
@@ -162,5 +171,5 @@ async def measure_session(
     )
 
 
-def run(**kwargs: Any) -> SessionResult:
-    return asyncio.run(measure_session(**kwargs))
+def run(*, environment: Any = None, **kwargs: Any) -> SessionResult:
+    return asyncio.run(with_environment(measure_session, environment, **kwargs))
