@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 
 import click
 
+from migration_blackout.probes.environment import forget_secrets
+
 from . import __version__, exitcodes
 
 
@@ -375,6 +377,8 @@ def run(
     except ConfigError as exc:
         _fail(str(exc))
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
+    if use_lab or config.hypervisor == "qemu":
+        forget_secrets()  # no Hyper-V password is read: nothing the run starts inherits one
     listen = None if agent_listen is None else _parse_listen(agent_listen)
     terminal = _Terminal()
     kwargs: dict[str, Any] = {"out": out, "command": sys.argv, "progress": terminal.run_progress}
@@ -425,6 +429,7 @@ def run(
             # Read once: no process this one starts inherits a password.
             for host in config.hosts:
                 os.environ.pop(host.password_env, None)
+            forget_secrets()
             if guest_agent:
                 agent_host, agent_port = listen or ("0.0.0.0", 47600)
                 kwargs["guest_agent"] = GuestAgentSetup(
@@ -576,6 +581,7 @@ def watch(
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
     from .runfolder import OutputFolderError, RunStatus, describe_error
 
+    forget_secrets()  # no password is read here: no child inherits one
     terminal = _Terminal()
     setup = None
     if guest_agent:

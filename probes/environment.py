@@ -28,3 +28,13 @@ def child_environment(
     environment = {key: value for key, value in source.items() if not is_secret_name(key)}
     environment.update(extra or {})
     return environment
+
+
+def forget_secrets() -> list[str]:
+    """Remove secret-looking variables from this process's own environment,
+    once they were read: children started without an explicit environment
+    (multiprocessing's, a library's) inherit none. Returns the names removed."""
+    names = [name for name in os.environ if is_secret_name(name)]
+    for name in names:
+        del os.environ[name]
+    return names

@@ -137,7 +137,9 @@ def _reached(ran: Ran, at: str) -> bool:
     return any(e.get("phase") == at or e.get("event") == at for e in events)
 
 
-def start_run(tmp: Path, lab: str, *args: str, out: str = "results") -> subprocess.Popen[str]:
+def start_run(
+    tmp: Path, lab: str, *args: str, out: str = "results", env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """``measure run`` in ``tmp`` with a lab of its own, in a process group of
     its own (as a shell starts a job); ``--out`` as given (relative to ``tmp``)."""
     (tmp / "lab.toml").write_text(lab)
@@ -160,7 +162,7 @@ def start_run(tmp: Path, lab: str, *args: str, out: str = "results") -> subproce
         text=True,
         cwd=tmp,
         start_new_session=True,
-        env={**os.environ, "MEASURE_LAB_DIR": str(tmp / "lab-state")},
+        env={**os.environ, "MEASURE_LAB_DIR": str(tmp / "lab-state"), **(env or {})},
     )
 
 
@@ -455,3 +457,56 @@ def test_a_killed_run_leaves_a_lab_that_the_next_lab_down_removes(tmp_path: Path
     assert state["guest"]["namespace"] not in namespaces
     # The ICMP prober (a process group of its own) sees its input end and stops.
     wait_until(lambda: not _processes_mentioning(str(out)), timeout_s=30, what="the prober to end")
+
+
+def _environment(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat_fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_no_process_the_run_starts_inherits_a_password(tmp_path: Path) -> None:
+    """MEASURE_PASSWORD (and any secret-looking variable) reaches none of the
+    processes a run starts: the ICMP prober, the image decoder, the lab's
+    daemon, and the agent and its desktop inside the guest."""
+    secret = "Do-Not-Leak-4f1c"
+    proc = start_run(
+        tmp_path,
+        SLOW_LAB,
+        "--guest-agent",
+        "--agent-interval",
+        "0.25",
+        env={"MEASURE_PASSWORD": secret, "SOME_API_TOKEN": secret},
+    )
+    ran = Ran(Cell("env", "move_vm_start", "none", 0, "completed"))
+    deadline = time.monotonic() + 90
+    while not _reached(ran, "move_vm_start"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        runs = sorted((tmp_path / "results").glob("*-run-*"))
+        ran.run_dir = runs[0] if runs else None
+        time.sleep(0.01)
+    started = set(_children(proc.pid))
+    started |= set(_processes_mentioning(str(ran.run_dir)))  # the prober, its own group
+    started |= set(_processes_mentioning("guest_agent.py"))
+    started |= set(_processes_mentioning("migration_blackout.lab.desktop"))
+    started |= {r.pid for r in registered_labs() if r.owner_pid == proc.pid}
+    environments = {pid: _environment(pid) for pid in started}
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert len(environments) >= 5, environments.keys()  # prober, decoder, daemon, agent, clock
+    leaked = [pid for pid, env in environments.items() if secret.encode() in env]
+    assert leaked == []
