@@ -33,6 +33,7 @@ from migration_blackout.analysis.runfolder import (
     load_icmp,
     load_run,
     package_version,
+    raw_data_warnings,
     requested_icmp_interval_s,
 )
 
@@ -155,7 +156,18 @@ def _guest(run_dir: Path) -> dict[str, Any] | None:
 
 
 def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The summary document of a run folder (nothing is written)."""
+    """The summary document of a run folder (nothing is written).
+
+    Lines of raw files that are not records are skipped; each file's count
+    (a ``RawDataWarning``) lands in ``warnings``.
+    """
+    with raw_data_warnings() as skipped:
+        document = _build_summary(run_dir)
+    document["warnings"].extend(skipped)
+    return document
+
+
+def _build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run = load_run(run_dir)
     warnings: list[str] = []
     icmp = _analyse_run_icmp(run, warnings)

@@ -125,10 +125,25 @@ def _print_summary(summary: dict[str, Any] | None, as_json: bool) -> None:
         click.echo(format_summary_table(summary))
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning about the user's data is one line on stderr, as an error is."""
+    click.echo(f"measure: warning: {message}", err=True)
+
+
 class _MeasureGroup(click.Group):
     """Usage errors as one line (``measure: error: ...``), exit code 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        import warnings
+
+        warnings.showwarning = _show_warning
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
