@@ -25,15 +25,23 @@ def _fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
 def _parse_targets(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> list[str]:
+    from .config import guest_address_problem
+
     targets = []
     for value in values:
-        try:
-            targets.append(str(ipaddress.ip_address(value)))
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not an IPv4 or IPv6 address") from None
+        problem = guest_address_problem(value)
+        if problem is not None:
+            raise click.BadParameter(problem)
+        targets.append(str(ipaddress.ip_address(value)))
     if len(set(targets)) != len(targets):
         raise click.BadParameter("the same address is given twice")
     return targets
+
+
+def _parse_vm(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("the VM name is empty")
+    return value
 
 
 def _parse_interval(
@@ -178,7 +186,12 @@ def main() -> None:
 
 
 @main.command(epilog=exitcodes.EPILOG)
-@click.option("--vm", default=None, help="VM to migrate [default: from the config, HVSW10Home].")
+@click.option(
+    "--vm",
+    default=None,
+    callback=_parse_vm,
+    help="VM to migrate [default: from the config, HVSW10Home].",
+)
 @click.option(
     "--config",
     "config_path",
@@ -367,6 +380,7 @@ def run(
         password_from_keyring,
     )
     from .guestagent import GuestAgentSetup, address_towards
+    from .runfolder import OutputFolderError, describe_error
 
     try:
         config = load_config(config_path)
@@ -391,6 +405,14 @@ def run(
         )
     except ConfigError as exc:
         _fail(str(exc))
+    if lab_config is not None:
+        # A lab.toml that cannot work is a usage error, found before anything starts.
+        from migration_blackout.lab.labconfig import LabConfigError, load_lab_config
+
+        try:
+            load_lab_config(lab_config, seed=seed)
+        except LabConfigError as exc:
+            _fail(str(exc))
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
     if use_lab or config.hypervisor == "qemu":
         forget_secrets()  # no Hyper-V password is read: nothing the run starts inherits one
@@ -463,9 +485,12 @@ def run(
     except run_command.PreflightError as exc:
         terminal.close()
         _fail(str(exc), exitcodes.PREFLIGHT)
-    except PermissionError as exc:
+    except (PermissionError, OutputFolderError) as exc:
         terminal.close()
         _fail(str(exc))
+    except OSError as exc:  # the run folder could not even be finalised (a full disk)
+        terminal.close()
+        _fail(describe_error(exc), exitcodes.MIGRATION_FAILED)
     terminal.close()
     if repeat > 1:
         _print_session(result, as_json)

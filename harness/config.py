@@ -26,6 +26,23 @@ class ConfigError(Exception):
     """The configuration file or a flag is invalid; the message says where."""
 
 
+def guest_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be a guest to probe, or None. The unspecified
+    address (0.0.0.0, ::), broadcast and multicast reach no single guest:
+    probing them would measure whoever answers."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"{address!r} is not an IPv4 or IPv6 address"
+    if ip.is_unspecified:
+        return f"{ip} is the unspecified address, not a guest"
+    if ip.is_multicast:
+        return f"{ip} is a multicast address, not a guest"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is the broadcast address, not a guest"
+    return None
+
+
 @dataclass(frozen=True)
 class HostConfig:
     """One Hyper-V host reached over WinRM (PowerShell remoting)."""
@@ -251,10 +268,9 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     if isinstance(addresses, str):
         addresses = [addresses]
     for address in addresses:
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ConfigError(f"{origin}: [guest] {address!r} is not an IP address") from None
+        problem = guest_address_problem(str(address))
+        if problem is not None:
+            raise ConfigError(f"{origin}: [guest] {problem}")
 
     probes_doc = document.get("probes", {})
     _reject_unknown(probes_doc, {"icmp", "host_state"}, f"{origin}: [probes]")

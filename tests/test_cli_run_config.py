@@ -147,3 +147,79 @@ def test_host_names_never_become_paths(tmp_path: Path) -> None:
     assert not (tmp_path / "escaped.jsonl").exists() and not (run_dir / "raw" / "host_a").exists()
     outside = [p for p in tmp_path.rglob("*escaped*") if run_dir not in p.parents]
     assert outside == []
+
+
+@pytest.mark.parametrize(
+    "target", ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1", "not-an-address"]
+)
+@pytest.mark.parametrize("command", ["run", "watch"])
+def test_a_target_that_is_no_guest_is_refused_before_anything_starts(
+    tmp_path: Path, command: str, target: str
+) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "migration_blackout.harness.cli",
+            command,
+            "--target",
+            target,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert last_line(proc).startswith("measure: error: ")
+    assert not out.exists() or not list(out.iterdir())  # no run folder for a refused target
+
+
+def test_an_empty_vm_name_is_refused(tmp_path: Path) -> None:
+    proc = measure(tmp_path, "--vm", "", env={"MB_TEST_PASSWORD": "x"})
+    assert proc.returncode == 2
+    assert "the VM name is empty" in last_line(proc)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.root
+def test_an_output_folder_on_a_read_only_disk_is_one_line(tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)], check=True
+    )
+    try:
+        proc = measure(tmp_path, "--out", str(read_only / "results"), env={"MB_TEST_PASSWORD": "x"})
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc).startswith("measure: error: cannot create output folder")
+
+
+def test_a_lab_config_that_cannot_work_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "lab.toml").write_text("[timing]\nwarp_factor = 9\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "migration_blackout.harness.cli",
+            "run",
+            "--lab-config",
+            str(tmp_path / "lab.toml"),
+            "--out",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "warp_factor" in last_line(proc)
+    assert not (tmp_path / "results").exists()

@@ -510,3 +510,47 @@ def test_no_process_the_run_starts_inherits_a_password(tmp_path: Path) -> None:
     assert len(environments) >= 5, environments.keys()  # prober, decoder, daemon, agent, clock
     leaked = [pid for pid, env in environments.items() if secret.encode() in env]
     assert leaked == []
+
+
+def test_lab_down_during_a_run_fails_it_within_its_limits(tmp_path: Path) -> None:
+    """The lab taken away under a run (its hosts and its guest gone): the run
+    fails within its own limits, not after a minute of waiting for a guest
+    that cannot answer again."""
+    environment = {**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state")}
+    cli = [sys.executable, "-m", "migration_blackout.harness.cli"]
+    (tmp_path / "lab.toml").write_text(SLOW_LAB)
+    up = subprocess.run(
+        [*cli, "lab", "up", "--config", str(tmp_path / "lab.toml")],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert up.returncode == 0, up.stderr
+    try:
+        proc = subprocess.Popen(
+            [*cli, "run", "--timeout", "30", "--settle", "1", "--out", "results"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=environment,
+        )
+        ran = Ran(Cell("lab-down", "move_vm_start", "none", 1, "failed"))
+        deadline = time.monotonic() + 60
+        while not _reached(ran, "move_vm_start"):
+            assert proc.poll() is None and time.monotonic() < deadline, "Move-VM never started"
+            runs = sorted((tmp_path / "results").glob("*-run-*"))
+            ran.run_dir = runs[0] if runs else None
+            time.sleep(0.01)
+    finally:
+        down = subprocess.run([*cli, "lab", "down"], capture_output=True, env=environment)
+    downed = time.monotonic()
+    _, stderr = proc.communicate(timeout=120)
+    took_s = time.monotonic() - downed
+    assert down.returncode == 0
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert ran.run_dir is not None and _manifest(ran.run_dir)["status"] == "failed"
+    # Move-VM's error within a poll, settle 1 s, the harvest's short deadline (no
+    # answer), the analysis: well inside --timeout (30 s).
+    assert took_s < 30, f"the run took {took_s:.1f} s to end after the lab went down"

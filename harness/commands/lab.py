@@ -31,6 +31,7 @@ from migration_blackout.lab.qemu import control as qemu_control
 from migration_blackout.lab.qemu.control import QemuLabState
 from migration_blackout.lab.qemu.migration import MigrationSettings
 
+from ..backends import PreflightError
 from ..backends.qemu import QemuBackend, QemuSide
 from ..config import HostConfig, RunConfig
 from ..deadlines import Interrupt
@@ -137,6 +138,9 @@ class _PrivateLab:
         self.state_dir: Path | None = None
 
     async def start(self, start: Callable[[Path, threading.Event], T]) -> T:
+        """Start the lab; a lab that cannot start fails the run's preflight
+        (nothing was migrated: exit 3), with the reason."""
+
         def blocking() -> T:
             with self._lock:
                 if self._cancel.is_set():
@@ -144,7 +148,10 @@ class _PrivateLab:
                 self.state_dir = Path(tempfile.mkdtemp(prefix=self._prefix))
                 return start(self.state_dir, self._cancel)
 
-        return await asyncio.to_thread(blocking)
+        try:
+            return await asyncio.to_thread(blocking)
+        except (LabError, PermissionError) as exc:
+            raise PreflightError(str(exc)) from None
 
     async def close(self, stop: Callable[[Path], object]) -> None:
         self._cancel.set()

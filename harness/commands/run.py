@@ -789,7 +789,9 @@ async def _drive(
         outcome.append(result)
         if result.kind in ("returned", "failed") and not ctx.interrupt.is_set():
             ctx.announce(Phase.SETTLING, "waiting for the guest to settle")
-            await _settle(ctx)
+            # After a failure, settle_s only: a guest that no longer answers (its
+            # host gone) must not hold the run for the quiet limit.
+            await _settle(ctx, wait_for_quiet=result.kind == "returned")
     except Interrupted as exc:
         outcome.append(MigrationOutcome("interrupted", str(exc)))
     except (ProbesNotReadyError, TimeoutError) as exc:
@@ -877,10 +879,12 @@ async def _migrate(ctx: _Context, source: str, destination: str) -> MigrationOut
                 await asyncio.wait({call}, timeout=1.0)
 
 
-async def _settle(ctx: _Context) -> None:
-    """``settle_s`` after Move-VM returned, and until the guest answered for
-    ``settle_quiet_s``; never longer than ``settle_s + SETTLE_QUIET_LIMIT_S``."""
+async def _settle(ctx: _Context, *, wait_for_quiet: bool = True) -> None:
+    """``settle_s`` after Move-VM returned, and (``wait_for_quiet``) until the
+    guest answered for ``settle_quiet_s``; never longer than ``settle_s`` plus
+    the quiet limit (``SETTLE_QUIET_LIMIT_S``, or ``--timeout`` if shorter)."""
     migration = ctx.config.migration
+    quiet_limit_s = min(SETTLE_QUIET_LIMIT_S, migration.timeout_s) if wait_for_quiet else 0.0
     start = time.monotonic()
     quiet_since: float | None = None
     while not ctx.interrupt.is_set():
@@ -894,8 +898,9 @@ async def _settle(ctx: _Context) -> None:
         quiet = quiet_since is not None and now - quiet_since >= migration.settle_quiet_s
         if now - start >= migration.settle_s and quiet:
             break
-        if now - start >= migration.settle_s + SETTLE_QUIET_LIMIT_S:
-            ctx.record("settle_limit", message="the guest did not answer steadily")
+        if now - start >= migration.settle_s + quiet_limit_s:
+            if wait_for_quiet:
+                ctx.record("settle_limit", message="the guest did not answer steadily")
             break
         ctx.tick()
         # A periodic check of the counters, ended at once by an interrupt.
