@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def _only(folder: Path, pattern: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def workflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workflow]:
+def workflow(tmp_path_factory: pytest.TempPathFactory) -> Workflow:
     home = tmp_path_factory.mktemp("workflow")
     env = {
         **os.environ,
@@ -77,10 +76,10 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workflow]:
     (home / "lab.toml").write_text(FAST_LAB)
     up = measure(home, env, "lab", "up", "--config", "lab.toml", "--seed", "7")
     assert up.returncode == 0, up.stderr
+    results = home / "results"
     try:
         status = json.loads(measure(home, env, "lab", "status", "--json").stdout)
         guest = status["guest"]["address"]
-        results = home / "results"
         watch = subprocess.Popen(
             [
                 *(sys.executable, "-m", "migration_blackout.harness.cli", "watch"),
@@ -117,18 +116,19 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workflow]:
             *("--label", "build=new", "--out", str(results / "new")),
         )
         assert new.returncode == 0, new.stderr
-        yield Workflow(
-            home=home,
-            results=results,
-            watch=_only(results, "*-watch-*"),
-            baseline_session=_only(results / "old", "*-session-*"),
-            session=_only(results / "new", "*-session-*"),
-            env=env,
-            watch_stderr=watch_err,
-            session_stderr=new.stderr,
-        )
     finally:
+        # The tests read the folders only: the lab goes as soon as they are made.
         measure(home, env, "lab", "down")
+    return Workflow(
+        home=home,
+        results=results,
+        watch=_only(results, "*-watch-*"),
+        baseline_session=_only(results / "old", "*-session-*"),
+        session=_only(results / "new", "*-session-*"),
+        env=env,
+        watch_stderr=watch_err,
+        session_stderr=new.stderr,
+    )
 
 
 @dataclass(frozen=True)
