@@ -262,6 +262,29 @@ def test_guest_agent_sees_the_freeze(tmp_path: Path) -> None:
     assert frames["missing"] == 0  # no capture during the freeze, and none lost
     stored = sorted((run_dir / "frames").glob("seq_*.png"))
     assert len(stored) == frames["records"]
+    # Network reconvergence darkens all of the guest's traffic: heartbeats sent
+    # after the resume and before the network came back were lost on the way
+    # (the delivery gap has holes), while frames captured then were queued by
+    # the agent and delivered once the network was back, in order, none lost.
+    truth = {
+        e["event"]: e
+        for e in map(json.loads, (run_dir / "raw" / "ground_truth.jsonl").read_text().splitlines())
+        if e.get("kind") == "event"
+    }
+    resumed = truth["resume"]["mono_ns"]
+    # All traffic came back when the link filter was lit (just before echo).
+    restored = truth["network_restored"]["link_before_mono_ns"]
+    assert restored <= truth["network_restored"]["mono_ns"]
+    heartbeat_gap = doc["guest"]["heartbeat"]["delivery_gap"]
+    assert heartbeat_gap["missing_between"] > 0
+    assert heartbeat_gap["after_recv_mono_ns"] >= restored
+    records = [
+        json.loads(line)
+        for line in (run_dir / "raw" / "guest_frames.jsonl").read_text().splitlines()[1:]
+    ]
+    queued = [r for r in records if resumed < r["guest_mono_ns"] < restored]
+    assert queued, "no frame was captured during the reconvergence window"
+    assert all(r["recv_mono_ns"] >= restored for r in queued), queued
     # The contact sheet of the frames around the gap is part of derived/.
     with Image.open(run_dir / "derived" / "contact-sheet.png") as sheet:
         assert sheet.width > 1000

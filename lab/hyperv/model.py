@@ -294,7 +294,12 @@ class GuestControl(Protocol):
     ``freeze``: the guest stops executing and answering (blackout starts).
     ``thaw``: the guest runs again, on the destination (blackout ends); its
     network may still be unreachable. ``network_restored``: the network path
-    to the guest works again. Each returns the moment it took effect.
+    to the guest works again. Each returns the moment it took effect (for the
+    network: when ICMP echo stopped or started being answered).
+    ``link_edge()``: where the guest's other traffic is darkened separately
+    (the netns guest's link filter), the monotonic clock before and after the
+    latest change of it, else None; recorded in the ground truth beside the
+    echo edge.
     """
 
     async def freeze(self) -> ClockPair: ...
@@ -302,6 +307,8 @@ class GuestControl(Protocol):
     async def thaw(self) -> ClockPair: ...
 
     async def network_restored(self) -> ClockPair: ...
+
+    def link_edge(self) -> tuple[int, int] | None: ...
 
 
 class InMemoryGuest:
@@ -324,6 +331,9 @@ class InMemoryGuest:
     async def network_restored(self) -> ClockPair:
         self.network_up = True
         return self._note("network_restored")
+
+    def link_edge(self) -> tuple[int, int] | None:
+        return None
 
     def _note(self, what: str) -> ClockPair:
         stamp = clock_pair()
@@ -861,7 +871,7 @@ class Lab:
         vm.status = migrating_status(80)
         self.console.pause(host=source.name)
         frozen = await self._guest.freeze()
-        self._record(gt.PAUSE, frozen, **details, percent=80)
+        self._record(gt.PAUSE, frozen, **details, **self._link_fields(), percent=80)
 
         await self._clock.sleep(plan.paused_listed_s)
         vm.host = None
@@ -891,7 +901,15 @@ class Lab:
     async def _restore_network(self, delay_s: float, details: dict[str, Any]) -> None:
         await self._clock.sleep(delay_s)
         restored = await self._guest.network_restored()
-        self._record(gt.NETWORK_RESTORED, restored, **details)
+        self._record(gt.NETWORK_RESTORED, restored, **details, **self._link_fields())
+
+    def _link_fields(self) -> dict[str, int]:
+        """The link filter's edge beside the echo edge (the netns guest): all of
+        the guest's traffic went dark / came back between these two stamps."""
+        edge = self._guest.link_edge()
+        if edge is None:
+            return {}
+        return {"link_before_mono_ns": edge[0], "link_after_mono_ns": edge[1]}
 
     def _write_migration_events(
         self, job: _Job, source: _Host, dest: _Host, plan: _MigrationPlan, blackout_s: float
