@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,8 @@ class HostAuthError(HostError):
 
 
 class HostCallError(HostError):
-    """A terminating error from a cmdlet (the pipeline failed)."""
+    """A cmdlet failed: a terminating error (the pipeline failed) or, for
+    Move-VM, any error record at all."""
 
     def __init__(self, host: str, cmdlet: str, errors: Sequence[PowerShellError]) -> None:
         text = "; ".join(e.message for e in errors) or "the pipeline failed without an error record"
@@ -61,11 +63,22 @@ class HostCallError(HostError):
 
 @dataclass(frozen=True)
 class PowerShellError:
-    """One ErrorRecord, terminating or not."""
+    """One ErrorRecord, terminating or not.
+
+    ``message`` is in the host's language; code should decide on
+    ``fully_qualified_error_id`` (``<ErrorId>,<command type>``, never
+    translated), ``category`` and ``target_name``, and show ``message``.
+    """
 
     message: str
     fully_qualified_error_id: str | None
     category: int | None
+    target_name: str | None = None
+
+    @property
+    def error_id(self) -> str:
+        """The FullyQualifiedErrorId's first part, e.g. ``InvalidParameter``."""
+        return (self.fully_qualified_error_id or "").split(",", 1)[0]
 
     @classmethod
     def from_record(cls, record: Any) -> PowerShellError:
@@ -78,10 +91,12 @@ class PowerShellError:
                 message = str(getattr(exception, "extended_properties", {}).get("Message") or "")
         if not message:
             message = str(getattr(record, "message", "") or record)
+        target = getattr(record, "target_name", None)
         return cls(
             message=" ".join(message.split()),
             fully_qualified_error_id=getattr(record, "fq_error", None),
             category=getattr(record, "category", None),
+            target_name=str(target) if target else None,
         )
 
 
@@ -115,9 +130,27 @@ class VmPoll:
 
 @dataclass(frozen=True)
 class MigrationJob:
-    vm_name: str | None
+    """One ``Msvm_MigrationJob``. ``virtual_system_name`` is the migrated VM's
+    GUID (``Msvm_ComputerSystem.Name``); ``element_name`` is a display name,
+    not the VM's name: jobs are matched to the VM by its Id."""
+
+    virtual_system_name: str | None
+    element_name: str | None
     percent_complete: int | None
     job_state: int | None
+    start_time: datetime | None = None
+
+    def is_for(self, vm_id: str | None) -> bool:
+        return vm_id is not None and _same_guid(self.virtual_system_name, vm_id)
+
+
+def _same_guid(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return uuid.UUID(str(a).strip("{}")) == uuid.UUID(str(b).strip("{}"))
+    except ValueError:
+        return False
 
 
 def _prop(obj: Any, name: str) -> Any:
@@ -230,15 +263,43 @@ def _find_vm(output: Sequence[Any], vm: str) -> VmStatus | None:
 def _job(obj: Any) -> MigrationJob:
     percent = _prop(obj, "PercentComplete")
     state = _prop(obj, "JobState")
+    started = _prop(obj, "StartTime")
+    start_time = None
+    if started is not None:
+        with contextlib.suppress(ValueError):
+            start_time = parse_host_datetime(started)
     return MigrationJob(
-        vm_name=_text(_prop(obj, "ElementName") or _prop(obj, "VirtualSystemName")),
+        virtual_system_name=_text(_prop(obj, "VirtualSystemName")),
+        element_name=_text(_prop(obj, "ElementName")),
         percent_complete=None if percent is None else int(str(percent)),
         job_state=None if state is None else int(str(state)),
+        start_time=start_time,
     )
 
 
+def latest_job(jobs: Sequence[MigrationJob], vm_id: str | None) -> MigrationJob | None:
+    """The VM's most recent migration job: finished jobs stay listed for minutes
+    (a ping-pong session sees the previous migration's)."""
+    mine = [j for j in jobs if j.is_for(vm_id)]
+    if not mine:
+        return None
+    oldest = datetime.min.replace(tzinfo=UTC)
+    return max(mine, key=lambda j: j.start_time or oldest)
+
+
+# FullyQualifiedErrorIds of "no such VM": Get-VM's (InvalidParameter on
+# Windows Server 2016-2022; ObjectNotFound when asked by -Id) and the one our
+# own scripts write.
+VM_NOT_FOUND_ERROR_IDS = frozenset({"InvalidParameter", "ObjectNotFound", "VMNotFound"})
+_NOT_FOUND_TEXT = "unable to find a virtual machine"
+
+
 def _is_vm_not_found(error: PowerShellError) -> bool:
-    return "unable to find a virtual machine" in error.message
+    """Decided on the error id, which Windows never translates; the English
+    text only when a record has no id at all."""
+    if error.fully_qualified_error_id:
+        return error.error_id in VM_NOT_FOUND_ERROR_IDS
+    return _NOT_FOUND_TEXT in error.message
 
 
 class HostSession:
@@ -346,8 +407,11 @@ class HostSession:
         """The VM as this host lists it, or None when the host does not hold it."""
         return _find_vm(self.invoke("Get-VM", [("Name", vm)]).output, vm)
 
-    def poll_vm(self, vm: str) -> VmPoll:
-        """Get-Date; Get-VM; Get-CimInstance Msvm_MigrationJob in one round trip."""
+    def poll_vm(self, vm: str, vm_id: str | None = None) -> VmPoll:
+        """Get-Date; Get-VM; Get-CimInstance Msvm_MigrationJob in one round trip.
+
+        The job is the VM's latest, matched by ``vm_id`` (the VM's GUID, from
+        an earlier Get-VM; this poll's own when the host lists the VM)."""
         result = self.invoke_statements(
             [
                 ("Get-Date", ()),
@@ -366,10 +430,11 @@ class HostSession:
                     host_time = parse_host_datetime(obj)
                 except ValueError:
                     pass
+        listed = _find_vm(result.output, vm)
         return VmPoll(
-            vm=_find_vm(result.output, vm),
+            vm=listed,
             host_time=host_time,
-            job=next((j for j in jobs if j.vm_name and j.vm_name.lower() == vm.lower()), None),
+            job=latest_job(jobs, vm_id or (listed.vm_id if listed else None)),
             errors=tuple(e.message for e in result.errors if not _is_vm_not_found(e)),
         )
 
@@ -414,6 +479,24 @@ class HostSession:
                 }
             )
         return events
+
+
+COMPATIBILITY_REPORT_TYPE = "Microsoft.HyperV.PowerShell.VMCompatibilityReport"
+
+
+def _is_compatibility_report(obj: Any) -> bool:
+    return any(t.endswith(COMPATIBILITY_REPORT_TYPE) for t in getattr(obj, "types", None) or [])
+
+
+def _report_error(report: Any) -> PowerShellError:
+    """A compatibility report as an error. Its Incompatibilities lie below the
+    serialisation depth and arrive as type names; the report is what is said."""
+    destination = _text(_prop(report, "Destination")) or "the destination"
+    return PowerShellError(
+        f"the VM is not compatible with {destination} (a compatibility report came back)",
+        "VMCompatibilityReport",
+        None,
+    )
 
 
 class MoveVmCall:
@@ -469,16 +552,22 @@ class MoveVmCall:
         return self._ps.state != PSInvocationState.RUNNING
 
     def result(self) -> CallResult:
-        """After :meth:`poll` returned True: the output, or HostCallError."""
+        """After :meth:`poll` returned True: the output, or :class:`HostCallError`.
+
+        Any error record fails the call, terminating or not: Hyper-V cmdlets
+        report a failed migration with WriteError and the pipeline still
+        completes (pypsrp's ``had_errors`` is then False). So does a
+        compatibility report in the output (Move-VM's answer to an
+        incompatible destination)."""
         assert self._ps is not None
-        errors = tuple(PowerShellError.from_record(r) for r in self._ps.streams.error)
-        if self._ps.had_errors or self._ps.state == PSInvocationState.FAILED:
-            raise HostCallError(self.host.name, "Move-VM", errors)
+        errors = [PowerShellError.from_record(r) for r in self._ps.streams.error]
         if self._ps.state == PSInvocationState.STOPPED:
-            raise HostCallError(
-                self.host.name, "Move-VM", [PowerShellError("the pipeline was stopped", None, None)]
-            )
-        return CallResult(output=tuple(self._ps.output), errors=errors)
+            errors.append(PowerShellError("the pipeline was stopped", None, None))
+        output = tuple(self._ps.output)
+        errors += [_report_error(o) for o in output if _is_compatibility_report(o)]
+        if errors or self._ps.had_errors or self._ps.state == PSInvocationState.FAILED:
+            raise HostCallError(self.host.name, "Move-VM", errors)
+        return CallResult(output=output, errors=())
 
     def stop(self) -> None:
         if self._ps is not None and self._ps.state == PSInvocationState.RUNNING:

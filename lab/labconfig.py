@@ -121,6 +121,7 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
             {
                 "fail_midway_at_percent",
                 "vm_missing",
+                "vm_off_after_landing",
                 "unresponsive_host",
                 "unresponsive_mode",
                 "unresponsive_after",
@@ -140,6 +141,7 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
             fail_midway_at_percent=faults.get("fail_midway_at_percent"),
             vm_missing=bool(faults.get("vm_missing", False)),
             unresponsive=unresponsive,
+            vm_off_after_landing=bool(faults.get("vm_off_after_landing", False)),
         )
         return replace(
             config,

@@ -172,6 +172,14 @@ def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
             "failed at migration source",
             id="midway-rollback",
         ),
+        pytest.param(
+            "[faults]\nvm_off_after_landing = true\n",
+            (),
+            1,
+            "failed",
+            "Move-VM returned without an error, but VM 'HVSW10Home' is Off on WS16TP4DM2VML1b",
+            id="post-condition",
+        ),
     ],
 )
 def test_lab_faults(
@@ -194,6 +202,8 @@ def test_lab_faults(
 
 
 def test_midway_failure_leaves_the_vm_running_on_the_source(tmp_path: Path) -> None:
+    """Move-VM's failure is a non-terminating error record, as on Windows: the
+    pipeline completes, and the run still fails with the host's reason."""
     proc, run_dir = measure(tmp_path, lab_toml=FAST_LAB + "[faults]\nfail_midway_at_percent = 40\n")
     assert proc.returncode == 1
     assert run_dir is not None
@@ -201,6 +211,14 @@ def test_midway_failure_leaves_the_vm_running_on_the_source(tmp_path: Path) -> N
     last = json.loads(polls[-1])
     assert last["listed"] and last["state"] == "Running"
     assert summary(run_dir)["blackout"] is None
+    events = [
+        json.loads(line) for line in (run_dir / "raw" / "events.jsonl").read_text().splitlines()
+    ]
+    (error,) = [e for e in events if e.get("event") == "move_vm_error"]
+    assert error["error_ids"] == ["OperationFailed,Microsoft.HyperV.PowerShell.Commands.MoveVM"]
+    assert "(0x80072746)" in error["errors"][0]
+    assert not any(e.get("event") == "move_vm_return" for e in events)
+    assert "(0x80072746)" in manifest(run_dir)["error"]["message"]
 
 
 def test_host_that_stops_answering(tmp_path: Path) -> None:

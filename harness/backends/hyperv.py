@@ -33,6 +33,10 @@ HARVESTED_EVENTS = (
 CLOCK_SAMPLES = 7
 HOST_CALL_TIMEOUT_S = 20.0
 HARVEST_MARGIN_S = 2.0
+# After Move-VM returned: how long the hosts may take to list the VM where it
+# went (the write-up saw Running on the destination as the wizard closed).
+POST_CONDITION_DEADLINE_S = 10.0
+POST_CONDITION_RETRY_S = 0.2
 
 
 class HyperVBackend:
@@ -47,6 +51,7 @@ class HyperVBackend:
         self.sessions: dict[str, HostSession] = {}
         self._started_utc: datetime | None = None  # when Move-VM was sent
         self._offsets: dict[str, int] = {}
+        self.vm_id: str | None = None  # the VM's GUID, from Get-VM on its source
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "hosts": [h.name for h in self.config.hosts]}
@@ -115,6 +120,7 @@ class HyperVBackend:
         else:
             source = holders[0][0]
         vm_status = dict(holders)[source]
+        self.vm_id = vm_status.vm_id
         if vm_status.state != "Running":
             raise PreflightError(f"{source}: VM {vm!r} is {vm_status.state}, not Running")
         if config.destination is not None:
@@ -164,7 +170,9 @@ class HyperVBackend:
             return "source" if name == source else "destination" if name == destination else None
 
         return [
-            PolledSide(name=name, role=role(name), poll=_state_poll(session, self.config.vm))
+            PolledSide(
+                name=name, role=role(name), poll=_state_poll(session, self.config.vm, self.vm_id)
+            )
             for name, session in self.sessions.items()
         ]
 
@@ -227,9 +235,13 @@ class HyperVBackend:
                         host=source,
                         error=exc.reason,
                         errors=[e.message for e in exc.errors],
+                        error_ids=[e.fully_qualified_error_id for e in exc.errors],
                     )
                     return MigrationOutcome("failed", str(exc))
                 record("move_vm_return", host=source)
+                failure = self._check_where_the_vm_is(source, destination, record)
+                if failure is not None:
+                    return MigrationOutcome("failed", failure)
                 return MigrationOutcome("returned")
             except HostError as exc:
                 record("move_vm_error", host=source, error=str(exc))
@@ -243,6 +255,33 @@ class HyperVBackend:
                 tick()
                 await asyncio.wait([call_task], timeout=0.25)
         return call_task.result()
+
+    def _check_where_the_vm_is(self, source: str, destination: str, record: Recorder) -> str | None:
+        """The post-condition of a Move-VM that returned without an error: the VM
+        is listed Running on the destination and not on the source. None when
+        it holds (within POST_CONDITION_DEADLINE_S), else what was seen."""
+        vm = self.config.vm
+        deadline = time.monotonic() + POST_CONDITION_DEADLINE_S
+        while True:
+            seen: dict[str, str] = {}
+            for name in (source, destination):
+                try:
+                    status = self.sessions[name].get_vm(vm)
+                except HostError as exc:
+                    seen[name] = f"unknown ({exc.reason})"
+                else:
+                    seen[name] = "not listed" if status is None else status.state
+            holds = seen[destination] == "Running" and seen[source] == "not listed"
+            if holds or time.monotonic() > deadline:
+                record("post_condition", vm=vm, holds=holds, seen=seen)
+                if holds:
+                    return None
+                return (
+                    f"{source}: Move-VM returned without an error, but VM {vm!r} is "
+                    f"{seen[destination]} on {destination} (expected Running) and "
+                    f"{seen[source]} on {source} (expected not listed)"
+                )
+            time.sleep(POST_CONDITION_RETRY_S)  # the hosts' lists are polled, not pushed
 
     # -- afterwards -----------------------------------------------------------
 
@@ -299,9 +338,9 @@ class HyperVBackend:
         )
 
 
-def _state_poll(session: HostSession, vm: str) -> Callable[[], HostObservation]:
+def _state_poll(session: HostSession, vm: str, vm_id: str | None) -> Callable[[], HostObservation]:
     def poll() -> HostObservation:
-        result = session.poll_vm(vm)
+        result = session.poll_vm(vm, vm_id)
         return HostObservation(
             listed=result.vm is not None,
             state=None if result.vm is None else result.vm.state,

@@ -227,7 +227,10 @@ async def _move_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
             storage_path=None if storage_path is None else str(storage_path),
         )
     except model.HyperVError as error:
-        raise TerminatingError(hyperv_error(MOVE_VM, error)) from None
+        # Non-terminating, as Hyper-V's cmdlets report a failed operation: the
+        # pipeline completes, and a client that checks only for a failed
+        # pipeline (pypsrp's had_errors) sees success.
+        ctx.out.write_error(hyperv_error(MOVE_VM, error))
 
 
 async def _get_date(ctx: CmdletContext, params: dict[str, Any]) -> None:

@@ -224,6 +224,9 @@ class FaultConfig:
     # The VM exists on no host.
     vm_missing: bool = False
     unresponsive: tuple[UnresponsiveFault, ...] = ()
+    # The VM lands on the destination and is turned off there just before
+    # Move-VM returns (without an error): only a post-condition catches it.
+    vm_off_after_landing: bool = False
 
 
 def default_hosts() -> tuple[HostConfig, ...]:
@@ -891,6 +894,9 @@ class Lab:
         self._write_migration_events(job, source, dest, plan, blackout_s)
 
         await self._clock.sleep(plan.completion_s)
+        if self.config.faults.vm_off_after_landing:
+            vm.state = VmState.Off
+            self._record(gt.VM_TURNED_OFF, **details, host=dest.name)
         now = self._clock.now()
         job.fixed_percent = 100
         job.state = JobState.Completed

@@ -235,7 +235,9 @@ def migration_job(
         InstanceID=job.instance_id,
         Caption="Virtual Machine Migration",
         Description="Migrating a virtual machine",
-        ElementName=job.vm_name,
+        # A display name, not the VM's: a client must match jobs by
+        # VirtualSystemName (the VM's GUID). Real wording not verified.
+        ElementName="Virtual Machine Migration",
         Name="Virtual Machine Migration",
         JobState=PSUInt16(int(job.job_state)),
         PercentComplete=PSUInt16(job.percent_complete),
