@@ -62,6 +62,10 @@ class ProbeConfig:
     icmp_interval_s: float = 0.010
     icmp_timeout_s: float | None = None
     host_poll_interval_s: float = 0.100
+    # A host call (poll, Get-Date, harvest) with no answer after this long has
+    # failed; the session is then reopened (pypsrp's pool is unusable after a
+    # read timeout).
+    host_call_timeout_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -260,13 +264,19 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     icmp = probes_doc.get("icmp", {})
     _reject_unknown(icmp, {"interval_ms", "timeout_ms"}, f"{origin}: [probes.icmp]")
     host_state = probes_doc.get("host_state", {})
-    _reject_unknown(host_state, {"interval_ms"}, f"{origin}: [probes.host_state]")
+    _reject_unknown(host_state, {"interval_ms", "timeout_ms"}, f"{origin}: [probes.host_state]")
     probes = ProbeConfig(
         icmp_interval_s=_ms(icmp, "interval_ms", f"{origin}: [probes.icmp]") or 0.010,
         icmp_timeout_s=_ms(icmp, "timeout_ms", f"{origin}: [probes.icmp]"),
         host_poll_interval_s=_ms(host_state, "interval_ms", f"{origin}: [probes.host_state]")
         or 0.100,
+        host_call_timeout_s=_ms(host_state, "timeout_ms", f"{origin}: [probes.host_state]") or 20.0,
     )
+    if probes.host_call_timeout_s < 2:
+        raise ConfigError(
+            f"{origin}: [probes.host_state] timeout_ms must be at least 2000 (WinRM's "
+            "OperationTimeout is one second shorter and at least one second)"
+        )
 
     mig = document.get("migration", {})
     where = f"{origin}: [migration]"

@@ -18,18 +18,21 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from xml.etree import ElementTree
 
 from pypsrp.complex_objects import PSInvocationState
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError
 from pypsrp.powershell import PowerShell, RunspacePool
-from pypsrp.wsman import WSMan
-from requests.exceptions import RequestException, SSLError
+from pypsrp.wsman import SelectorSet, WSMan
+from requests.exceptions import ReadTimeout, RequestException, SSLError
 
+from . import scripts
 from .config import HostConfig
 
 
@@ -228,6 +231,10 @@ def _translate(host: str, exc: BaseException) -> HostError:
             "TLS failed (the certificate is not trusted or does not match the address): "
             "set cert_validation to the CA bundle that signed it, or check the address",
         )
+    if isinstance(exc, ReadTimeout):
+        return HostUnreachableError(
+            host, "no answer within the read timeout; the session is reopened on the next call"
+        )
     if isinstance(exc, RequestException):
         kind = type(exc).__name__
         return HostUnreachableError(
@@ -238,6 +245,7 @@ def _translate(host: str, exc: BaseException) -> HostError:
     return HostError(host, f"{type(exc).__name__}: {exc}")
 
 
+POWERSHELL_RESOURCE_URI = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell"
 MIGRATION_JOB_QUERY = (("Namespace", r"root\virtualization\v2"), ("ClassName", "Msvm_MigrationJob"))
 
 
@@ -302,16 +310,44 @@ def _is_vm_not_found(error: PowerShellError) -> bool:
     return _NOT_FOUND_TEXT in error.message
 
 
-class HostSession:
-    """One open RunspacePool on one host, for queries and polls."""
+SessionEvent = Callable[..., None]  # (event name, **fields): the run's recorder
 
-    def __init__(self, host: HostConfig, password: str | None, *, call_timeout_s: float = 20.0):
+
+class HostSession:
+    """One open RunspacePool on one host, for queries and polls.
+
+    A pool does not survive a failed round trip: after a read timeout pypsrp
+    0.9 keeps the connection's message-encryption state while the server
+    (on a new connection) expects a new one, so every later call fails
+    (pypsrp issue 21; the lab shows the same with NTLM: HTTP 400), and a
+    pipeline the server still runs may hold a runspace. So when a call fails
+    on the transport (read timeout, connection lost, an HTTP or WS-Man
+    error) the session drops its pool and raises; the next call opens a new
+    one (and deletes the old shell through it), and polling goes on. Each
+    call in between fails and is recorded by its caller: the gap shows as
+    failed polls. ``record`` (optional) is told ``session_broken`` and
+    ``session_reopened``.
+    """
+
+    def __init__(
+        self,
+        host: HostConfig,
+        password: str | None,
+        *,
+        call_timeout_s: float = 20.0,
+        record: SessionEvent | None = None,
+    ):
         self.host = host
         self._password = password
         self.call_timeout_s = call_timeout_s
+        self._record = record
         self._lock = threading.Lock()
         self._wsman: WSMan | None = None
         self._pool: RunspacePool | None = None
+        self._opened = False  # between open() and close()
+        self._broken_at: float | None = None  # monotonic, when the pool was dropped
+        self._stale_shells: list[str] = []  # shells of dropped pools, deleted on reopen
+        self.reopens = 0
 
     @property
     def name(self) -> str:
@@ -321,19 +357,71 @@ class HostSession:
         with self._lock:
             if self._pool is not None:
                 return
-            wsman = _wsman(self.host, self._password, self.call_timeout_s)
-            pool = RunspacePool(wsman, max_runspaces=2)
-            try:
-                pool.open()
-            except Exception as exc:
-                wsman.close()
-                raise _translate(self.name, exc) from None
-            self._wsman, self._pool = wsman, pool
+            self._connect()
+            self._opened = True
+
+    def _connect(self) -> None:
+        """A new connection and pool (lock held); HostError when the host refuses."""
+        wsman = _wsman(self.host, self._password, self.call_timeout_s)
+        pool = RunspacePool(wsman, max_runspaces=2)
+        try:
+            pool.open()
+        except Exception as exc:
+            wsman.close()
+            raise _translate(self.name, exc) from None
+        self._wsman, self._pool = wsman, pool
+
+    def _usable_pool(self) -> RunspacePool:
+        """The open pool; after a dropped one, a new one (lock held)."""
+        if self._pool is not None:
+            return self._pool
+        if not self._opened:
+            raise HostError(self.name, "session is not open")
+        self._connect()
+        self.reopens += 1
+        broken_for = None if self._broken_at is None else time.monotonic() - self._broken_at
+        self._delete_stale_shells()
+        if self._record is not None:
+            self._record(
+                "session_reopened",
+                host=self.name,
+                reopens=self.reopens,
+                broken_for_s=None if broken_for is None else round(broken_for, 3),
+            )
+        pool = self._pool
+        assert pool is not None  # set by _connect
+        return pool
+
+    def _drop_pool(self, exc: BaseException) -> None:
+        """Forget a pool that a transport failure left unusable (lock held)."""
+        pool, wsman = self._pool, self._wsman
+        self._pool = self._wsman = None
+        self._broken_at = time.monotonic()
+        shell_id = getattr(getattr(pool, "shell", None), "id", None)
+        if shell_id:
+            self._stale_shells.append(str(shell_id))
+        if wsman is not None:
+            wsman.close()  # local only: the connection's state is what broke
+        if self._record is not None:
+            self._record("session_broken", host=self.name, error=f"{type(exc).__name__}: {exc}")
+
+    def _delete_stale_shells(self) -> None:
+        """Best effort: the dropped pools' shells would otherwise stay on the
+        host until its idle timeout (2 h by default), counting against the
+        user's shell quota."""
+        assert self._wsman is not None
+        for shell_id in self._stale_shells:
+            selectors = SelectorSet()
+            selectors.add_option("ShellId", shell_id)
+            with contextlib.suppress(Exception):
+                self._wsman.delete(POWERSHELL_RESOURCE_URI, selector_set=selectors)
+        self._stale_shells.clear()
 
     def close(self) -> None:
         with self._lock:
             pool, wsman = self._pool, self._wsman
             self._pool = self._wsman = None
+            self._opened = False
         if pool is not None:
             # Closing a dead host must not mask the error that brought us here.
             with contextlib.suppress(Exception):
@@ -388,13 +476,13 @@ class HostSession:
         :class:`HostCallError`; non-terminating ones come back in
         ``CallResult.errors`` (pypsrp sets ``had_errors`` only for the former)."""
         with self._lock:
-            if self._pool is None:
-                raise HostError(self.name, "session is not open")
-            ps = PowerShell(self._pool)
+            ps = PowerShell(self._usable_pool())
             build(ps)
             try:
                 output = ps.invoke()
             except Exception as exc:
+                # The pipeline never completed: the pool's transport failed.
+                self._drop_pool(exc)
                 raise _translate(self.name, exc) from None
         errors = tuple(PowerShellError.from_record(r) for r in ps.streams.error)
         if ps.had_errors or ps.state == PSInvocationState.FAILED:
@@ -447,38 +535,127 @@ class HostSession:
     def migration_jobs(self) -> list[MigrationJob]:
         return [_job(obj) for obj in self.invoke("Get-CimInstance", MIGRATION_JOB_QUERY).output]
 
-    def win_events(
+    def migration_events(
         self, log_name: str, ids: Sequence[int], start_time: datetime
-    ) -> list[dict[str, Any]]:
-        """Get-WinEvent -FilterHashtable for ``ids`` since ``start_time``; [] if none."""
-        # pypsrp 0.9 cannot serialise a datetime inside a hashtable; Windows
-        # converts the ISO 8601 string (with its offset) to a DateTime itself.
-        filter_table = {
-            "LogName": log_name,
-            "Id": list(ids),
-            "StartTime": start_time.isoformat(),
+    ) -> list[WinEvent]:
+        """Events of ``log_name`` with an id in ``ids`` written since
+        ``start_time`` (an aware datetime), newest first, with their event data.
+
+        Through the shipped ``Get-MigrationEvents.ps1``, not ``Get-WinEvent
+        -FilterHashtable``: a list sent over remoting arrives as an ArrayList,
+        which Get-WinEvent's hashtable query builder pastes as one value and
+        then finds nothing (PowerShell's GetEventCommand.cs,
+        HandleEventIdHashValue); the script binds the ids to [int[]] and
+        builds its XPath from integers and a UTC time. No events is []."""
+        if start_time.tzinfo is None:
+            raise ValueError("start_time must carry its UTC offset")
+        result = self.invoke_script(
+            scripts.load(EVENTS_SCRIPT),
+            [
+                ("LogName", log_name),
+                ("Id", [int(i) for i in ids]),
+                ("StartTime", start_time.astimezone(UTC).isoformat()),
+            ],
+            name=EVENTS_SCRIPT,
+        )
+        if result.errors:
+            raise HostCallError(self.name, EVENTS_SCRIPT, result.errors)
+        return [WinEvent.from_output(obj) for obj in result.output]
+
+
+EVENTS_SCRIPT = "Get-MigrationEvents.ps1"
+COMPARE_SCRIPT = "Test-VMMigration.ps1"
+
+
+@dataclass(frozen=True)
+class WinEvent:
+    """One event as ``Get-MigrationEvents.ps1`` returns it.
+
+    ``event_data`` is what the event's XML carries under ``UserData`` (for
+    Hyper-V's events ``VmlEventLog/Parameter0..n``) or ``EventData/Data``, as
+    (name, value) pairs in document order: figures independent of the host's
+    display language. ``message`` is rendered in that language (or empty).
+    """
+
+    id: int
+    log_name: str | None
+    provider: str | None
+    record_id: int | None
+    time_created: str | None  # the host's clock as it sent it (ISO 8601, its offset)
+    level: int | None
+    level_name: str | None
+    machine: str | None
+    message: str | None
+    xml: str | None
+    event_data: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_output(cls, obj: Any) -> WinEvent:
+        def integer(name: str) -> int | None:
+            value = _prop(obj, name)
+            return None if value is None else int(str(value))
+
+        created = _prop(obj, "TimeCreated")
+        # As the host sent it (its offset kept); a DateTime with notes arrives
+        # as an object whose first property set is the text.
+        sets = getattr(created, "property_sets", None)
+        time_created = _text(sets[0] if sets else created)
+        xml = _text(_prop(obj, "Xml"))
+        return cls(
+            id=int(str(_prop(obj, "Id"))),
+            log_name=_text(_prop(obj, "LogName")),
+            provider=_text(_prop(obj, "ProviderName")),
+            record_id=integer("RecordId"),
+            time_created=time_created,
+            level=integer("Level"),
+            level_name=_text(_prop(obj, "LevelDisplayName")),
+            machine=_text(_prop(obj, "MachineName")),
+            message=_text(_prop(obj, "Message")),
+            xml=xml,
+            event_data=event_data(xml),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "log_name": self.log_name,
+            "provider": self.provider,
+            "record_id": self.record_id,
+            "time_created": self.time_created,
+            "level": self.level,
+            "level_name": self.level_name,
+            "machine": self.machine,
+            "message": self.message,
+            "event_data": dict(self.event_data),
+            "xml": self.xml,
         }
-        try:
-            result = self.invoke("Get-WinEvent", [("FilterHashtable", filter_table)])
-        except HostCallError as exc:
-            if any("No events were found" in e.message for e in exc.errors):
-                return []
-            raise
-        events = []
-        for obj in result.output:
-            created = _prop(obj, "TimeCreated")
-            events.append(
-                {
-                    "id": int(str(_prop(obj, "Id"))),
-                    "log_name": _text(_prop(obj, "LogName")),
-                    "provider": _text(_prop(obj, "ProviderName")),
-                    "time_created": None if created is None else str(created),
-                    "level": _text(_prop(obj, "LevelDisplayName")),
-                    "machine": _text(_prop(obj, "MachineName")),
-                    "message": _text(_prop(obj, "Message")),
-                }
+
+
+def event_data(xml: str | None) -> tuple[tuple[str, str], ...]:
+    """(name, value) pairs of an event's data: the children of the element
+    below ``UserData`` (Hyper-V: ``VmlEventLog``), else ``EventData/Data``
+    by their Name attribute; () when the XML is missing or unreadable."""
+    if not xml:
+        return ()
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return ()
+
+    def local(tag: str) -> str:
+        return tag.rsplit("}", 1)[-1]
+
+    for child in root:
+        if local(child.tag) == "UserData":
+            for block in child:
+                return tuple((local(e.tag), (e.text or "").strip()) for e in block)
+        if local(child.tag) == "EventData":
+            return tuple(
+                (e.get("Name") or f"Data{i}", (e.text or "").strip())
+                for i, e in enumerate(child)
+                if local(e.tag) == "Data"
             )
-        return events
+    return ()
 
 
 COMPATIBILITY_REPORT_TYPE = "Microsoft.HyperV.PowerShell.VMCompatibilityReport"

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
+from pypsrp.exceptions import WinRMTransportError
+from pypsrp.powershell import PowerShell, RunspacePool
 
 from migration_blackout.harness.config import HostConfig
 from migration_blackout.harness.hyperv import (
@@ -17,6 +20,8 @@ from migration_blackout.harness.hyperv import (
     HostSession,
     HostUnreachableError,
     MoveVmCall,
+    _wsman,
+    parse_host_datetime,
 )
 from migration_blackout.lab.hyperv import (
     DEFAULT_DESTINATION_HOST,
@@ -160,17 +165,20 @@ def test_move_vm_with_polls_and_events(lab: LabThread) -> None:
         assert src.get_vm(DEFAULT_VM_NAME) is None
         moved = dst.get_vm(DEFAULT_VM_NAME)
         assert moved is not None and moved.state == "Running"
-        events = dst.win_events("Microsoft-Windows-Hyper-V-VMMS-Admin", [20415, 20417], started)
-        events += src.win_events("Microsoft-Windows-Hyper-V-VMMS-Admin", [20415, 20417], started)
-        assert any(e["id"] in (20415, 20417) for e in events), events
-        assert (
-            dst.win_events(
-                "Microsoft-Windows-Hyper-V-VMMS-Admin",
-                [20415],
-                datetime.now(UTC) + timedelta(hours=1),
-            )
-            == []
-        )
+        vmms = "Microsoft-Windows-Hyper-V-VMMS-Admin"
+        events = dst.migration_events(vmms, [20415, 20417], started)
+        events += src.migration_events(vmms, [20415, 20417], started)
+        (event,) = events
+        assert event.id == 20415 and event.machine == source
+        # The figures are event data: the VM's name, its id and the blackout.
+        names = [name for name, _ in event.event_data]
+        assert names == ["Parameter0", "Parameter1", "Parameter2"]
+        vm_name, vm_id, seconds = (value for _, value in event.event_data)
+        assert vm_name == DEFAULT_VM_NAME and vm_id == moved.vm_id.upper()
+        assert 0 < float(seconds) < 5
+        assert event.time_created is not None
+        assert parse_host_datetime(event.time_created) >= started
+        assert dst.migration_events(vmms, [20415], datetime.now(UTC) + timedelta(hours=1)) == []
     source_states = [state for state, _ in seen[source]]
     assert source_states[0] == "Running"
     assert "Paused" in source_states
@@ -181,3 +189,44 @@ def test_move_vm_with_polls_and_events(lab: LabThread) -> None:
     _header, truth = read_ground_truth(lab.ground_truth_path)
     names = [e["event"] for e in truth]
     assert "pause" in names and "resume" in names
+
+
+def test_a_pool_is_unusable_after_a_read_timeout_and_the_session_reopens() -> None:
+    """pypsrp issue 21: after a read timeout, a RunspacePool on a connection
+    with WinRM message encryption fails every later call (the client keeps
+    its encryption state, the server expects a new one on the new
+    connection: HTTP 400). HostSession drops the pool and opens a new one."""
+    with LabThread(LabConfig(timing=FAST)) as lab:
+        host = endpoint(lab, DEFAULT_SOURCE_HOST, auth="ntlm")
+        password = lab.credentials.password
+        # The bare pypsrp pool, as issue 21 reports it.
+        wsman = _wsman(host, password, read_timeout_s=2)
+        pool = RunspacePool(wsman)
+        pool.open()
+        lab.set_unresponsive(DEFAULT_SOURCE_HOST, "hang")
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            PowerShell(pool).add_cmdlet("Get-Date").invoke()
+        lab.set_responsive(DEFAULT_SOURCE_HOST)
+        with pytest.raises(WinRMTransportError) as broken:
+            PowerShell(pool).add_cmdlet("Get-Date").invoke()
+        assert broken.value.code == 400
+        wsman.close()
+
+        server = lab.hosts_runtime._servers[0]
+        shells_before = set(server.shells)  # the bare pool's shell stays (nobody deletes it)
+        events: list[tuple[str, dict[str, object]]] = []
+        with HostSession(
+            host, password, call_timeout_s=2, record=lambda e, **f: events.append((e, f))
+        ) as session:
+            assert session.get_vm(DEFAULT_VM_NAME) is not None
+            lab.set_unresponsive(DEFAULT_SOURCE_HOST, "hang")
+            with pytest.raises(HostUnreachableError, match="read timeout"):
+                session.get_vm(DEFAULT_VM_NAME)
+            lab.set_responsive(DEFAULT_SOURCE_HOST)
+            assert session.get_vm(DEFAULT_VM_NAME) is not None
+            assert session.reopens == 1
+            # The dropped pool's shell was deleted through the new connection:
+            # one shell of the session's is left.
+            assert len(set(server.shells) - shells_before) == 1
+        assert [e for e, _ in events] == ["session_broken", "session_reopened"]
+        assert events[1][1]["host"] == DEFAULT_SOURCE_HOST

@@ -129,6 +129,47 @@ def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
     assert doc["hyperv"]["destination"] == "WS16TP4DM2VML1b"
 
 
+JAPANESE_HOSTS = """
+[hosts.WS16TP4DM1VML1b]
+culture = "ja-JP"
+utc_offset_minutes = 540
+
+[hosts.WS16TP4DM2VML1b]
+culture = "ja-JP"
+utc_offset_minutes = 540
+"""
+
+
+def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -> None:
+    """The write-up's hosts run Japanese Windows Server 2016: their event and
+    error messages are Japanese. The figure comes from the event's data."""
+    proc, run_dir = measure(tmp_path, "--json", lab_toml=FAST_LAB + JAPANESE_HOSTS)
+    assert proc.returncode == 0, proc.stderr
+    assert run_dir is not None
+    doc = json.loads(proc.stdout)
+    reported = doc["hyperv"]["reported"]
+    assert reported is not None and reported["event_id"] == 20415
+    assert reported["figures_from"] == "event-data"
+    assert abs(reported["blackout_s"] - doc["ground_truth"]["pause_to_resume_ms"] / 1000) <= 0.1
+    harvested = [
+        json.loads(line)
+        for line in (run_dir / "raw" / "hyperv_events.jsonl").read_text().splitlines()[1:]
+    ]
+    (event,) = [e for e in harvested if e.get("id") == 20415]
+    assert event["matches_vm"] and "blackout time" not in event["message"]
+    assert "ブラックアウト" in event["message"]
+    assert event["time_created"].endswith("+09:00")
+    # "VM not found" while the VM is elsewhere is told by its error id, not its
+    # (Japanese) text: no poll reports it as an error.
+    for host in ("WS16TP4DM1VML1b", "WS16TP4DM2VML1b"):
+        polls = [
+            json.loads(line)
+            for line in (run_dir / "raw" / f"host_{host}.jsonl").read_text().splitlines()[1:]
+        ]
+        assert any(not p["listed"] for p in polls)
+        assert all(p["outcome"] == "ok" and p["errors"] == [] for p in polls), host
+
+
 @pytest.mark.parametrize(
     ("lab_extra", "args", "exit_code", "status", "message"),
     [
@@ -238,6 +279,40 @@ def test_host_that_stops_answering(tmp_path: Path) -> None:
         for line in (run_dir / "raw" / "host_WS16TP4DM1VML1b.jsonl").read_text().splitlines()[1:]
     ]
     assert any(p["outcome"] == "error" for p in polls)
+
+
+def test_a_host_session_that_times_out_mid_run_recovers(tmp_path: Path) -> None:
+    """The destination stops answering as the VM pauses and answers again 3 s
+    later. Its polls time out (2 s), the session is reopened (pypsrp's pool is
+    unusable after a read timeout), the gap is failed polls, and the run
+    goes on to see the VM Running there."""
+    harness_config = tmp_path / "measure.toml"
+    harness_config.write_text("[probes.host_state]\ntimeout_ms = 2000\n")
+    lab = FAST_LAB + (
+        '[faults]\nunresponsive_host = "WS16TP4DM2VML1b"\nunresponsive_mode = "hang"\n'
+        'unresponsive_after = "pause"\nunresponsive_for = 3.0\n'
+    )
+    proc, run_dir = measure(tmp_path, "--config", str(harness_config), "--json", lab_toml=lab)
+    assert proc.returncode == 0, proc.stderr
+    assert run_dir is not None
+    polls = [
+        json.loads(line)
+        for line in (run_dir / "raw" / "host_WS16TP4DM2VML1b.jsonl").read_text().splitlines()[1:]
+    ]
+    outcomes = [p["outcome"] for p in polls]
+    first_failure = outcomes.index("error")
+    assert "ok" in outcomes[first_failure:], "polling never recovered"
+    assert polls[-1]["outcome"] == "ok" and polls[-1]["state"] == "Running"
+    events = [
+        json.loads(line) for line in (run_dir / "raw" / "events.jsonl").read_text().splitlines()
+    ]
+    reopened = [
+        e for e in events if e.get("event") == "session_reopened" and e["host"] == "WS16TP4DM2VML1b"
+    ]
+    assert reopened and reopened[0]["broken_for_s"] >= 1.0
+    assert any(e.get("event") == "post_condition" and e["holds"] for e in events)
+    doc = json.loads(proc.stdout)
+    assert doc["hyperv"]["polls"]["WS16TP4DM2VML1b"]["failed"] >= 1
 
 
 def test_the_password_never_leaves_the_lab(tmp_path: Path) -> None:

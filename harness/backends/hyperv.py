@@ -21,7 +21,7 @@ from migration_blackout.probes.sink import JsonlSink
 from ..clocksync import ClockOffset, sample_clock
 from ..config import RunConfig
 from ..console import console_poll_function
-from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall
+from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall, WinEvent
 from ..runfolder import RunFolder
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
@@ -31,7 +31,6 @@ HARVESTED_EVENTS = (
     ("Microsoft-Windows-Hyper-V-Worker-Admin", (22507, 22508, 22509)),
 )
 CLOCK_SAMPLES = 7
-HOST_CALL_TIMEOUT_S = 20.0
 HARVEST_MARGIN_S = 2.0
 # After Move-VM returned: how long the hosts may take to list the VM where it
 # went (the write-up saw Running on the destination as the wizard closed).
@@ -61,7 +60,10 @@ class HyperVBackend:
     async def open(self, record: Recorder) -> None:
         sessions = {
             host.name: HostSession(
-                host, self._passwords.get(host.name), call_timeout_s=HOST_CALL_TIMEOUT_S
+                host,
+                self._passwords.get(host.name),
+                call_timeout_s=self.config.probes.host_call_timeout_s,
+                record=record,
             )
             for host in self.config.hosts
         }
@@ -294,7 +296,7 @@ class HyperVBackend:
         sink = JsonlSink(
             run.raw / "hyperv_events.jsonl",
             probe="hyperv_events",
-            meta={"vm": self.config.vm, "since": since.isoformat()},
+            meta={"vm": self.config.vm, "vm_id": self.vm_id, "since": since.isoformat()},
         )
         run.register_probe("hyperv_events", "raw/hyperv_events.jsonl", format="jsonl")
         try:
@@ -304,7 +306,7 @@ class HyperVBackend:
                 for log_name, ids in HARVESTED_EVENTS:
                     try:
                         found = await asyncio.to_thread(
-                            session.win_events, log_name, ids, query_since
+                            session.migration_events, log_name, ids, query_since
                         )
                     except HostError as exc:
                         sink.write(
@@ -324,13 +326,22 @@ class HyperVBackend:
                                 "host": name,
                                 "received_mono_ns": received.mono_ns,
                                 "received_utc_ns": received.utc_ns,
-                                "matches_vm": self.config.vm.lower()
-                                in (item.get("message") or "").lower(),
-                                **item,
+                                "matches_vm": self._is_about_the_vm(item),
+                                **item.to_json(),
                             }
                         )
         finally:
             sink.close()
+
+    def _is_about_the_vm(self, event: WinEvent) -> bool:
+        """By the event data (the VM's id or name, language-independent); the
+        message only when an event carries no data."""
+        values = [value.lower() for _, value in event.event_data]
+        if values:
+            return (self.vm_id or "").lower().strip(
+                "{}"
+            ) in values or self.config.vm.lower() in values
+        return self.config.vm.lower() in (event.message or "").lower()
 
     async def close(self) -> None:
         await asyncio.gather(
