@@ -16,16 +16,19 @@ Everything here blocks: the harness calls it from worker threads
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from xml.etree import ElementTree
 
+import requests
 from pypsrp.complex_objects import PSInvocationState
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError
 from pypsrp.powershell import PowerShell, RunspacePool
@@ -33,7 +36,7 @@ from pypsrp.wsman import SelectorSet, WSMan
 from requests.exceptions import ReadTimeout, RequestException, SSLError
 
 from . import scripts
-from .config import HostConfig
+from .config import DEFAULT_PORTS, HostConfig
 
 
 class HostError(Exception):
@@ -119,6 +122,7 @@ class VmStatus:
     computer_name: str | None
     vm_id: str | None
     memory_assigned: int | None
+    version: str | None = None  # the VM's configuration version, e.g. "8.0"
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,94 @@ def parse_host_datetime(value: Any) -> datetime:
     return stamp.astimezone(UTC)
 
 
+# auth -> (module that must import, the extra that installs it).
+AUTH_EXTRAS = {
+    "kerberos": ("gssapi", "kerberos"),
+    "credssp": ("requests_credssp", "credssp"),
+}
+
+
+def missing_auth_support(auth: str) -> str | None:
+    """Why ``auth`` cannot work on this machine (an optional package is not
+    installed), as one line with the fix; None when it can."""
+    needed = AUTH_EXTRAS.get(auth)
+    if needed is None:
+        return None
+    module, extra = needed
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return (
+            f'auth = "{auth}" needs the optional {extra} support: '
+            f"pip install 'migration-blackout[{extra}]' (it provides {module})"
+        )
+    return None
+
+
+def listener_hint(host: HostConfig, timeout_s: float = 3.0) -> str | None:
+    """What answers where the harness expected the host's WinRM listener, and
+    what to change in the config: one sentence, or None when nothing more is
+    known. Asks the configured port without credentials, and the other
+    standard port when the configured one refuses."""
+    url = host.url
+    try:
+        response = requests.post(
+            url,
+            data=b"",
+            timeout=timeout_s,
+            verify=host.cert_validation if host.https else False,
+        )
+    except SSLError as exc:
+        if "WRONG_VERSION_NUMBER" in str(exc).upper().replace(" ", "_"):
+            return (
+                f'port {host.port} answers plain HTTP, not HTTPS: set transport = "http" '
+                "(Enable-PSRemoting creates an HTTP listener only)"
+            )
+        return None
+    except requests.exceptions.ConnectionError as exc:
+        refused = "refused" in str(exc).lower()
+        other = "http" if host.https else "https"
+        other_port = DEFAULT_PORTS[other]
+        if refused and other_port != host.port and _port_open(host.address, other_port, timeout_s):
+            return (
+                f"nothing listens on port {host.port}; port {other_port} ({other.upper()}) does: "
+                f'set transport = "{other}" and port = {other_port}'
+            )
+        if not refused and not host.https:
+            return (
+                f"port {host.port} does not speak plain HTTP (is it the HTTPS listener?): "
+                'set transport = "https"'
+            )
+        return None
+    except RequestException:
+        return None
+    if response.status_code == 401:
+        offered = [
+            value.split()[0].lower()
+            for value in response.headers.get("WWW-Authenticate", "").split(",")
+            if value.strip()
+        ]
+        wanted = {"basic": "basic", "credssp": "credssp"}.get(host.auth, "negotiate")
+        if (
+            offered
+            and wanted not in offered
+            and not (wanted == "negotiate" and "kerberos" in offered)
+        ):
+            return (
+                f"the {host.transport.upper()} listener on port {host.port} offers "
+                f'{", ".join(offered)}, not {host.auth}: set auth = "negotiate"'
+            )
+    return None
+
+
+def _port_open(address: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def _wsman(host: HostConfig, password: str | None, read_timeout_s: float) -> WSMan:
     encryption = "never" if host.auth == "basic" else "auto"
     if host.auth == "basic" and host.https:
@@ -264,6 +356,7 @@ def _find_vm(output: Sequence[Any], vm: str) -> VmStatus | None:
                 computer_name=_text(_prop(obj, "ComputerName")),
                 vm_id=_text(_prop(obj, "VMId")),
                 memory_assigned=None if memory is None else int(memory),
+                version=_text(_prop(obj, "Version")),
             )
     return None
 
@@ -308,6 +401,85 @@ def _is_vm_not_found(error: PowerShellError) -> bool:
     if error.fully_qualified_error_id:
         return error.error_id in VM_NOT_FOUND_ERROR_IDS
     return _NOT_FOUND_TEXT in error.message
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a Hyper-V host says about its live-migration set-up and itself
+    (Get-VMHost, Get-VMMigrationNetwork, Win32_OperatingSystem)."""
+
+    computer_name: str | None
+    fqdn: str | None
+    migration_enabled: bool | None
+    migration_auth: str | None  # "Kerberos" or "CredSSP" (incoming migrations)
+    performance_option: str | None
+    use_any_network: bool | None
+    max_migrations: int | None
+    migration_networks: tuple[str, ...]
+    os_version: str | None  # "10.0.14393"
+    os_caption: str | None
+    os_language: int | None  # Windows LCID, 1041 = Japanese
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["migration_networks"] = list(self.migration_networks)
+        return document
+
+
+@dataclass(frozen=True)
+class MigrationCheck:
+    """Compare-VM's answer on the source (``Test-VMMigration.ps1``)."""
+
+    incompatibilities: tuple[str, ...]
+    errors: tuple[PowerShellError, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "incompatibilities": list(self.incompatibilities),
+            "errors": [e.message for e in self.errors],
+            "error_ids": [e.fully_qualified_error_id for e in self.errors],
+        }
+
+
+def _flag(value: Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() == "true"
+
+
+def _host_facts(output: Sequence[Any]) -> HostFacts:
+    host = next((o for o in output if _has_type(o, "Microsoft.HyperV.PowerShell.VMHost")), None)
+    os = next((o for o in output if _has_type(o, "Win32_OperatingSystem")), None)
+    networks = tuple(
+        str(_prop(o, "Subnet"))
+        for o in output
+        if _has_type(o, "Microsoft.HyperV.PowerShell.VMMigrationNetwork")
+    )
+
+    def get(obj: Any, name: str) -> Any:
+        return None if obj is None else _prop(obj, name)
+
+    maximum = get(host, "MaximumVirtualMachineMigrations")
+    language = get(os, "OSLanguage")
+    return HostFacts(
+        computer_name=_text(get(host, "ComputerName")),
+        fqdn=_text(get(host, "FullyQualifiedDomainName")),
+        migration_enabled=_flag(get(host, "VirtualMachineMigrationEnabled")),
+        migration_auth=_text(get(host, "VirtualMachineMigrationAuthenticationType")),
+        performance_option=_text(get(host, "VirtualMachineMigrationPerformanceOption")),
+        use_any_network=_flag(get(host, "UseAnyNetworkForMigration")),
+        max_migrations=None if maximum is None else int(str(maximum)),
+        migration_networks=networks,
+        os_version=_text(get(os, "Version")),
+        os_caption=_text(get(os, "Caption")),
+        os_language=None if language is None else int(str(language)),
+    )
+
+
+def _has_type(obj: Any, name: str) -> bool:
+    return any(name in t for t in getattr(obj, "types", None) or [])
 
 
 SessionEvent = Callable[..., None]  # (event name, **fields): the run's recorder
@@ -531,6 +703,52 @@ class HostSession:
         if not result.output:
             raise HostError(self.name, "Get-Date returned nothing")
         return parse_host_datetime(result.output[0])
+
+    def host_facts(self) -> HostFacts:
+        """Get-VMHost; Get-VMMigrationNetwork; Win32_OperatingSystem, one round trip."""
+        result = self.invoke_statements(
+            [
+                ("Get-VMHost", ()),
+                ("Get-VMMigrationNetwork", ()),
+                ("Get-CimInstance", [("ClassName", "Win32_OperatingSystem")]),
+            ]
+        )
+        return _host_facts(result.output)
+
+    def supported_vm_versions(self) -> tuple[str, ...] | None:
+        """The VM configuration versions this host runs (Get-VMHostSupportedVersion),
+        or None on a host older than Windows Server 2016, which has no such
+        cmdlet (it runs version 5.0 and older)."""
+        try:
+            result = self.invoke("Get-VMHostSupportedVersion")
+        except HostCallError as exc:
+            if any(e.error_id == "CommandNotFoundException" for e in exc.errors):
+                return None
+            raise
+        return tuple(str(_prop(o, "Version")) for o in result.output)
+
+    def test_migration(
+        self,
+        vm: str,
+        destination: str,
+        *,
+        include_storage: bool = False,
+        destination_storage_path: str | None = None,
+    ) -> MigrationCheck:
+        """Compare-VM on this (the source) host: reaches ``destination`` as
+        Move-VM does (the second hop, migration enabled, versions) and moves
+        nothing. Its failures come back as errors, not exceptions."""
+        parameters: list[tuple[str, Any]] = [("VMName", vm), ("DestinationHost", destination)]
+        if include_storage:
+            parameters.append(("IncludeStorage", True))
+            if destination_storage_path:
+                parameters.append(("DestinationStoragePath", destination_storage_path))
+        result = self.invoke_script(scripts.load(COMPARE_SCRIPT), parameters, name=COMPARE_SCRIPT)
+        incompatibilities: list[str] = []
+        for obj in result.output:
+            listed = _prop(obj, "Incompatibilities") or []
+            incompatibilities += [str(i) for i in listed]
+        return MigrationCheck(tuple(incompatibilities), result.errors)
 
     def migration_jobs(self) -> list[MigrationJob]:
         return [_job(obj) for obj in self.invoke("Get-CimInstance", MIGRATION_JOB_QUERY).output]

@@ -3,9 +3,11 @@ through the unmodified pypsrp client over real HTTP."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +23,8 @@ from migration_blackout.harness.hyperv import (
     HostUnreachableError,
     MoveVmCall,
     _wsman,
+    listener_hint,
+    missing_auth_support,
     parse_host_datetime,
 )
 from migration_blackout.lab.hyperv import (
@@ -230,3 +234,42 @@ def test_a_pool_is_unusable_after_a_read_timeout_and_the_session_reopens() -> No
             assert len(set(server.shells) - shells_before) == 1
         assert [e for e, _ in events] == ["session_broken", "session_reopened"]
         assert events[1][1]["host"] == DEFAULT_SOURCE_HOST
+
+
+def test_the_listener_hint_says_what_answered_and_what_to_change() -> None:
+    with LabThread(LabConfig(timing=FAST)) as lab:
+        plain = endpoint(lab, DEFAULT_SOURCE_HOST, auth="ntlm")
+        assert listener_hint(plain) is None  # the right transport: nothing to say
+        as_https = replace(plain, https=True, cert_validation=False)
+        with pytest.raises(HostUnreachableError):
+            HostSession(as_https, lab.credentials.password, call_timeout_s=3).open()
+        assert listener_hint(as_https) == (
+            f'port {plain.port} answers plain HTTP, not HTTPS: set transport = "http" '
+            "(Enable-PSRemoting creates an HTTP listener only)"
+        )
+    with LabThread(LabConfig(timing=FAST, tls=True)) as lab:
+        tls = lab.hosts[DEFAULT_SOURCE_HOST]
+        as_http = replace(endpoint(lab, DEFAULT_SOURCE_HOST, auth="ntlm"), port=tls.port)
+        assert listener_hint(as_http) == (
+            f"port {tls.port} does not speak plain HTTP (is it the HTTPS listener?): "
+            'set transport = "https"'
+        )
+    negotiate_only = LabConfig(timing=FAST, auth_methods=frozenset({"negotiate"}))
+    with LabThread(negotiate_only) as lab:
+        basic = endpoint(lab, DEFAULT_SOURCE_HOST, auth="basic")
+        assert listener_hint(basic) == (
+            f"the HTTP listener on port {basic.port} offers negotiate, not basic: "
+            'set auth = "negotiate"'
+        )
+
+
+def test_a_missing_optional_auth_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a machine without the extra: the import fails.
+    monkeypatch.setitem(sys.modules, "requests_credssp", None)
+    assert missing_auth_support("credssp") == (
+        'auth = "credssp" needs the optional credssp support: '
+        "pip install 'migration-blackout[credssp]' (it provides requests_credssp)"
+    )
+    monkeypatch.setitem(sys.modules, "gssapi", None)
+    assert "pip install 'migration-blackout[kerberos]'" in (missing_auth_support("kerberos") or "")
+    assert missing_auth_support("negotiate") is None

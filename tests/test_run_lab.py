@@ -127,6 +127,14 @@ def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
     assert set(console["frames_by_host"]) == {"WS16TP4DM1VML1b", "WS16TP4DM2VML1b"}
     assert doc["hyperv"]["source"] == "WS16TP4DM1VML1b"
     assert doc["hyperv"]["destination"] == "WS16TP4DM2VML1b"
+    # Preflight's view of the domain set-up is kept in the manifest.
+    hyperv = manifest(run_dir)["hyperv"]
+    for name in ("WS16TP4DM1VML1b", "WS16TP4DM2VML1b"):
+        host = hyperv["hosts"][name]
+        assert host["migration_enabled"] is True and host["migration_auth"] == "Kerberos"
+        assert host["max_migrations"] == 2 and host["os_version"] == "10.0.14393"
+    assert hyperv["versions"]["vm"] == "8.0" and "8.0" in hyperv["versions"]["destination_supports"]
+    assert hyperv["compare_vm"] == {"incompatibilities": [], "errors": [], "error_ids": []}
 
 
 JAPANESE_HOSTS = """
@@ -176,10 +184,45 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         pytest.param(
             "[hosts.WS16TP4DM2VML1b]\nolder_version = true\n",
             (),
-            1,
+            3,
             "failed",
-            "protocol version 6.0 is not supported",
-            id="protocol-version",
+            "WS16TP4DM2VML1b: Microsoft Windows Server 2012 R2 Datacenter (6.3.9600) cannot run "
+            "VM configuration version 8.0 (it runs 5.0)",
+            id="older-destination",
+        ),
+        pytest.param(
+            '[hosts.WS16TP4DM2VML1b]\nmigration_auth = "credssp"\n',
+            (),
+            3,
+            "failed",
+            "WS16TP4DM1VML1b: cannot authenticate to WS16TP4DM2VML1b (0x8009030E): "
+            "WS16TP4DM2VML1b takes CredSSP for live migration",
+            id="credssp-without-credssp",
+        ),
+        pytest.param(
+            "[hosts.WS16TP4DM1VML1b]\ndelegation = false\n",
+            (),
+            3,
+            "failed",
+            "WS16TP4DM1VML1b: cannot authenticate to WS16TP4DM2VML1b (0x8009030D): in Active "
+            "Directory, on WS16TP4DM1VML1b's computer account",
+            id="kerberos-without-delegation",
+        ),
+        pytest.param(
+            "[hosts.WS16TP4DM2VML1b]\nmigration_enabled = false\n",
+            (),
+            3,
+            "failed",
+            "WS16TP4DM2VML1b: live migration is disabled: run Enable-VMMigration",
+            id="migration-disabled",
+        ),
+        pytest.param(
+            "[hosts.WS16TP4DM1VML1b]\nuse_any_network = false\n",
+            (),
+            3,
+            "failed",
+            "WS16TP4DM1VML1b: no network may carry live migrations",
+            id="no-migration-network",
         ),
         pytest.param(
             "",

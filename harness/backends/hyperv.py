@@ -8,11 +8,12 @@ the write-up's rule. Everything blocking runs in worker threads.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.host_state import HostObservation
@@ -21,7 +22,20 @@ from migration_blackout.probes.sink import JsonlSink
 from ..clocksync import ClockOffset, sample_clock
 from ..config import RunConfig
 from ..console import console_poll_function
-from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall, WinEvent
+from ..hyperv import (
+    HostAuthError,
+    HostCallError,
+    HostError,
+    HostFacts,
+    HostSession,
+    HostUnreachableError,
+    MigrationCheck,
+    MoveVmCall,
+    VmStatus,
+    WinEvent,
+    listener_hint,
+    missing_auth_support,
+)
 from ..runfolder import RunFolder
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
@@ -51,6 +65,8 @@ class HyperVBackend:
         self._started_utc: datetime | None = None  # when Move-VM was sent
         self._offsets: dict[str, int] = {}
         self.vm_id: str | None = None  # the VM's GUID, from Get-VM on its source
+        # What preflight learnt about the hosts, for the manifest's "hyperv" block.
+        self.preflight_facts: dict[str, Any] = {}
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "hosts": [h.name for h in self.config.hosts]}
@@ -58,6 +74,11 @@ class HyperVBackend:
     # -- preflight ------------------------------------------------------------
 
     async def open(self, record: Recorder) -> None:
+        for host in self.config.hosts:
+            missing = missing_auth_support(host.auth)
+            if missing is not None:
+                record("preflight", check="auth_support", host=host.name, ok=False, error=missing)
+                raise PreflightError(f"{host.name}: {missing}")
         sessions = {
             host.name: HostSession(
                 host,
@@ -71,13 +92,17 @@ class HyperVBackend:
         results = await asyncio.gather(
             *(asyncio.to_thread(s.open) for s in sessions.values()), return_exceptions=True
         )
-        for host, result in zip(sessions, results, strict=True):
+        for name, result in zip(sessions, results, strict=True):
             if isinstance(result, HostError):
-                record("preflight", check="connect", host=host, ok=False, error=str(result))
-                raise PreflightError(str(result))
+                hint = None
+                if isinstance(result, HostUnreachableError | HostAuthError):
+                    hint = await asyncio.to_thread(listener_hint, self.config.host(name))
+                message = str(result) if hint is None else f"{result}; {hint}"
+                record("preflight", check="connect", host=name, ok=False, error=message, hint=hint)
+                raise PreflightError(message)
             if isinstance(result, BaseException):
                 raise result
-            record("preflight", check="connect", host=host, ok=True)
+            record("preflight", check="connect", host=name, ok=True)
 
     async def locate(self, record: Recorder) -> tuple[str, str]:
         """Which host holds the VM (found, not assumed), and where it goes."""
@@ -131,7 +156,77 @@ class HyperVBackend:
             destination = next(n for n in names if n != source)
         if destination.lower() == source.lower():
             raise PreflightError(f"{source}: the destination is the source host; pick another host")
+        await self._check_migration_setup(source, destination, vm_status, record)
         return source, destination
+
+    # -- preflight: the domain set-up ------------------------------------------
+
+    async def _check_migration_setup(
+        self, source: str, destination: str, vm: VmStatus, record: Recorder
+    ) -> None:
+        """What live migration needs beyond reaching the hosts, each failure one
+        line naming the host and the fix (docs/real-hosts.md has the table):
+        live migration enabled and a network for it on both hosts, a
+        destination name that Kerberos and the source can use, a destination
+        that runs the VM's configuration version, and Compare-VM on the
+        source (the second hop: CredSSP or constrained delegation)."""
+        names = [source, destination]
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self.sessions[n].host_facts) for n in names),
+            return_exceptions=True,
+        )
+        facts: dict[str, HostFacts] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, HostError):
+                raise PreflightError(f"{result} (while asking for its live migration settings)")
+            if isinstance(result, BaseException):
+                raise result
+            facts[name] = result
+            record("preflight", check="vmhost", host=name, **result.to_json())
+        self.preflight_facts["hosts"] = {n: f.to_json() for n, f in facts.items()}
+        for name in names:
+            _check_live_migration(name, facts[name])
+        dest_facts = facts[destination]
+        destination_name = self.config.host(destination).migration_name
+        _check_destination_name(destination, destination_name, dest_facts)
+
+        supported = await self._call(destination, lambda s: s.supported_vm_versions())
+        record(
+            "preflight",
+            check="versions",
+            vm_version=vm.version,
+            destination=destination,
+            supported=None if supported is None else list(supported),
+            source_os=facts[source].os_version,
+            destination_os=dest_facts.os_version,
+        )
+        self.preflight_facts["versions"] = {
+            "vm": vm.version,
+            "destination_supports": None if supported is None else list(supported),
+        }
+        _check_versions(source, destination, vm, facts, supported)
+
+        migration = self.config.migration
+        check = await self._call(
+            source,
+            lambda s: s.test_migration(
+                self.config.vm,
+                destination_name,
+                include_storage=migration.include_storage,
+                destination_storage_path=migration.destination_storage_path,
+            ),
+        )
+        record(
+            "preflight", check="compare_vm", host=source, destination=destination, **check.to_json()
+        )
+        self.preflight_facts["compare_vm"] = check.to_json()
+        _check_compare_vm(source, destination, destination_name, check, dest_facts)
+
+    async def _call(self, host: str, call: Callable[[HostSession], T]) -> T:
+        try:
+            return await asyncio.to_thread(call, self.sessions[host])
+        except HostError as exc:
+            raise PreflightError(str(exc)) from None
 
     # -- clocks ---------------------------------------------------------------
 
@@ -200,7 +295,7 @@ class HyperVBackend:
             self.config.host(source),
             self._passwords.get(source),
             vm=self.config.vm,
-            destination=destination,
+            destination=self.config.host(destination).migration_name,
             include_storage=migration.include_storage,
             destination_storage_path=migration.destination_storage_path,
         )
@@ -363,3 +458,131 @@ def _state_poll(session: HostSession, vm: str, vm_id: str | None) -> Callable[[]
         )
 
     return poll
+
+
+# -- preflight checks: one line naming the host and the fix ---------------------
+
+T = TypeVar("T")
+KERBEROS = "kerberos"
+CREDSSP = "credssp"
+# HRESULTs in a failed migration's message (its text is in the host's language).
+NO_CREDENTIALS = "0x8009030e"  # SEC_E_NO_CREDENTIALS
+UNKNOWN_CREDENTIALS = "0x8009030d"  # SEC_E_UNKNOWN_CREDENTIALS
+NO_SUCH_HOST = "0x80072af9"  # WSAHOST_NOT_FOUND
+DELEGATION_FIX = (
+    "in Active Directory, on {source}'s computer account: Delegation, \"Trust this computer "
+    'for delegation to the specified services only", "Use any authentication protocol", add '
+    '"Microsoft Virtual System Migration Service"{cifs} on {destination}'
+)
+
+
+def _check_live_migration(host: str, facts: HostFacts) -> None:
+    if facts.migration_enabled is False:
+        raise PreflightError(
+            f"{host}: live migration is disabled: run Enable-VMMigration on {host} (Hyper-V "
+            "Settings > Live Migrations > Enable incoming and outgoing live migrations)"
+        )
+    if facts.use_any_network is False and not facts.migration_networks:
+        raise PreflightError(
+            f"{host}: no network may carry live migrations: add one with "
+            f"Add-VMMigrationNetwork <subnet> on {host}, or Set-VMHost "
+            "-UseAnyNetworkForMigration $true"
+        )
+
+
+def _looks_like_an_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_destination_name(destination: str, name: str, facts: HostFacts) -> None:
+    """-DestinationHost must be the destination's own name (its computer name
+    or DNS name): Kerberos finds the service by that name, an IP address has
+    no service principal."""
+    auth = (facts.migration_auth or "").lower()
+    if _looks_like_an_address(name):
+        if auth == KERBEROS:
+            raise PreflightError(
+                f"{destination}: Move-VM -DestinationHost would be the address {name}, but "
+                f"{destination} authenticates live migrations with Kerberos, which needs its "
+                f'name: set computer_name = "{facts.fqdn or facts.computer_name}" for '
+                f"{destination}"
+            )
+        return
+    known = {n.lower() for n in (facts.computer_name, facts.fqdn) if n}
+    if known and name.lower() not in known and name.split(".")[0].lower() not in known:
+        raise PreflightError(
+            f"{destination}: Move-VM -DestinationHost would be '{name}', but the host calls "
+            f"itself {' / '.join(sorted(n for n in (facts.computer_name, facts.fqdn) if n))}: "
+            f'set computer_name = "{facts.fqdn or facts.computer_name}" for {destination} '
+            "(a name the source resolves, matching its Kerberos service principal)"
+        )
+
+
+def _check_versions(
+    source: str,
+    destination: str,
+    vm: VmStatus,
+    facts: Mapping[str, HostFacts],
+    supported: tuple[str, ...] | None,
+) -> None:
+    """An older destination is caught before the move: the write-up's Windows
+    Server 2016 -> 2012 R2 migration failed with "protocol version 6.0 is not
+    supported"; a host before 2016 runs VM configuration versions up to 5.0."""
+    runs = supported if supported is not None else ("5.0",)
+    if vm.version is None or vm.version in runs:
+        return
+    dest = facts[destination]
+    os_text = f"{dest.os_caption or 'Windows'} ({dest.os_version or 'unknown version'})"
+    raise PreflightError(
+        f"{destination}: {os_text} cannot run VM configuration version {vm.version} "
+        f"(it runs {', '.join(runs)}): migrate to a host of {source}'s Windows Server "
+        f"version ({facts[source].os_version or 'unknown'}) or newer"
+    )
+
+
+def _check_compare_vm(
+    source: str, destination: str, name: str, check: MigrationCheck, dest: HostFacts
+) -> None:
+    auth = (dest.migration_auth or "").lower()
+    for error in check.errors:
+        text = error.message.lower()
+        if NO_CREDENTIALS in text:
+            if auth == CREDSSP:
+                fix = (
+                    f"{destination} takes CredSSP for live migration, and this session to "
+                    f"{source} did not delegate credentials: connect to {source} with "
+                    f'auth = "credssp" (Enable-WSManCredSSP on both ends), or switch both hosts '
+                    "to Kerberos with constrained delegation (Set-VMHost "
+                    "-VirtualMachineMigrationAuthenticationType Kerberos)"
+                )
+            else:
+                fix = DELEGATION_FIX.format(source=source, destination=destination, cifs="")
+            raise PreflightError(
+                f"{source}: cannot authenticate to {destination} (0x8009030E): {fix}"
+            )
+        if UNKNOWN_CREDENTIALS in text:
+            fix = DELEGATION_FIX.format(
+                source=source, destination=destination, cifs=' (and "cifs" to move storage)'
+            )
+            raise PreflightError(
+                f"{source}: cannot authenticate to {destination} (0x8009030D): {fix}"
+            )
+        if NO_SUCH_HOST in text:
+            raise PreflightError(
+                f"{source}: cannot resolve '{name}': set computer_name for {destination} to a "
+                f"name {source} resolves (its DNS name)"
+            )
+    if check.errors:
+        raise PreflightError(
+            f"{source}: Compare-VM -DestinationHost {name} failed: "
+            + "; ".join(e.message for e in check.errors)
+        )
+    if check.incompatibilities:
+        raise PreflightError(
+            f"{source}: the VM is not compatible with {destination}: "
+            + "; ".join(check.incompatibilities)
+        )
