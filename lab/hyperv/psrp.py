@@ -74,7 +74,9 @@ class _Writer:
         self._session.flush()
 
     def write_error(self, record: ErrorRecord) -> None:
-        self._pipeline.prepare_message(record, message_type=PSRPMessageType.ErrorRecord)
+        self._pipeline.prepare_message(
+            pstypes.for_error_stream(record), message_type=PSRPMessageType.ErrorRecord
+        )
         self._session.flush()
 
 

@@ -426,3 +426,25 @@ def operating_system(config: HostConfig, computer_name: str) -> Win32OperatingSy
         CSName=computer_name.upper(),
         PSComputerName=computer_name,
     )
+
+
+class ErrorStreamRecord(ErrorRecord):
+    """An ErrorRecord written to the error stream (a non-terminating error):
+    PowerShell serialises it with ``writeErrorStream = true`` (a real host's
+    ERROR_RECORD message, pypsrp's recorded test_psrp_stream_no_output_invocation)."""
+
+    @classmethod
+    def ToPSObjectForRemoting(cls, instance: ErrorRecord, **kwargs: Any) -> PSObject:
+        obj = ErrorRecord.ToPSObjectForRemoting(instance, **kwargs)
+        add_note_property(obj, "writeErrorStream", True)
+        return obj
+
+
+def for_error_stream(record: ErrorRecord) -> ErrorRecord:
+    """``record`` as the error stream carries it."""
+    return ErrorStreamRecord(
+        Exception=record.Exception,
+        CategoryInfo=record.CategoryInfo,
+        TargetObject=record.TargetObject,
+        FullyQualifiedErrorId=record.FullyQualifiedErrorId,
+    )
