@@ -389,17 +389,23 @@ def latest_job(jobs: Sequence[MigrationJob], vm_id: str | None) -> MigrationJob 
 
 
 # FullyQualifiedErrorIds of "no such VM": Get-VM's (InvalidParameter on
-# Windows Server 2016-2022; ObjectNotFound when asked by -Id) and the one our
-# own scripts write.
-VM_NOT_FOUND_ERROR_IDS = frozenset({"InvalidParameter", "ObjectNotFound", "VMNotFound"})
+# Windows Server 2016-2022, ObjectNotFound when asked by -Id; the command part
+# GetVM or GetVMCommand), and the one our own scripts write (VMNotFound).
+GET_VM_NOT_FOUND_IDS = frozenset({"InvalidParameter", "ObjectNotFound"})
+SCRIPT_NOT_FOUND_ID = "VMNotFound"
 _NOT_FOUND_TEXT = "unable to find a virtual machine"
 
 
 def _is_vm_not_found(error: PowerShellError) -> bool:
     """Decided on the error id, which Windows never translates; the English
     text only when a record has no id at all."""
-    if error.fully_qualified_error_id:
-        return error.error_id in VM_NOT_FOUND_ERROR_IDS
+    fq = error.fully_qualified_error_id
+    if fq:
+        command = fq.split(",", 1)[1] if "," in fq else ""
+        return error.error_id == SCRIPT_NOT_FOUND_ID or (
+            error.error_id in GET_VM_NOT_FOUND_IDS
+            and command.split(".")[-1] in ("GetVM", "GetVMCommand")
+        )
     return _NOT_FOUND_TEXT in error.message
 
 
