@@ -325,15 +325,16 @@ def test_host_that_stops_answering(tmp_path: Path) -> None:
 
 
 def test_a_host_session_that_times_out_mid_run_recovers(tmp_path: Path) -> None:
-    """The destination stops answering as the VM pauses and answers again 3 s
-    later. Its polls time out (2 s), the session is reopened (pypsrp's pool is
-    unusable after a read timeout), the gap is failed polls, and the run
-    goes on to see the VM Running there."""
+    """The destination stops answering as the VM pauses and answers again 6 s
+    later. Its calls time out (2 s read timeout; pypsrp retries a timed-out
+    Receive after a 2 s pause, which the hang outlasts too), the session is
+    reopened (pypsrp's pool is unusable after a read timeout), the gap is
+    failed polls, and the run goes on to see the VM Running there."""
     harness_config = tmp_path / "measure.toml"
     harness_config.write_text("[probes.host_state]\ntimeout_ms = 2000\n")
     lab = FAST_LAB + (
         '[faults]\nunresponsive_host = "WS16TP4DM2VML1b"\nunresponsive_mode = "hang"\n'
-        'unresponsive_after = "pause"\nunresponsive_for = 3.0\n'
+        'unresponsive_after = "pause"\nunresponsive_for = 6.0\n'
     )
     proc, run_dir = measure(tmp_path, "--config", str(harness_config), "--json", lab_toml=lab)
     assert proc.returncode == 0, proc.stderr
@@ -352,7 +353,14 @@ def test_a_host_session_that_times_out_mid_run_recovers(tmp_path: Path) -> None:
     reopened = [
         e for e in events if e.get("event") == "session_reopened" and e["host"] == "WS16TP4DM2VML1b"
     ]
-    assert reopened and reopened[0]["broken_for_s"] >= 1.0
+    # Reopened once the host answered again, within the hang's 6 s.
+    truth = [
+        json.loads(line)
+        for line in (run_dir / "raw" / "ground_truth.jsonl").read_text().splitlines()
+    ]
+    (responsive,) = [e for e in truth if e.get("event") == "host_responsive"]
+    assert reopened and reopened[0]["mono_ns"] >= responsive["mono_ns"]
+    assert 0 < reopened[0]["broken_for_s"] < 6.0
     assert any(e.get("event") == "post_condition" and e["holds"] for e in events)
     doc = json.loads(proc.stdout)
     assert doc["hyperv"]["polls"]["WS16TP4DM2VML1b"]["failed"] >= 1
@@ -392,16 +400,6 @@ def test_guest_agent_sees_the_freeze(tmp_path: Path) -> None:
     # machine (it then really runs that much later, as a vCPU would).
     allowance = SCHEDULING_ALLOWANCE_MS
     assert gap["lower_ms"] <= true_pause + allowance
-    assert gap["gap_ms"] - true_pause <= gap["interval_ms"] + gap["jitter_ms"] + allowance
-    frames = doc["guest"]["frames"]
-    assert frames["records"] >= 4
-    assert frames["missing"] == 0  # no capture during the freeze, and none lost
-    stored = sorted((run_dir / "frames").glob("seq_*.png"))
-    assert len(stored) == frames["records"]
-    # Network reconvergence darkens all of the guest's traffic: heartbeats sent
-    # after the resume and before the network came back were lost on the way
-    # (the delivery gap has holes), while frames captured then were queued by
-    # the agent and delivered once the network was back, in order, none lost.
     truth = {
         e["event"]: e
         for e in map(json.loads, (run_dir / "raw" / "ground_truth.jsonl").read_text().splitlines())
@@ -411,6 +409,25 @@ def test_guest_agent_sees_the_freeze(tmp_path: Path) -> None:
     # All traffic came back when the link filter was lit (just before echo).
     restored = truth["network_restored"]["link_before_mono_ns"]
     assert restored <= truth["network_restored"]["mono_ns"]
+    error_ms = gap["gap_ms"] - true_pause
+    if gap["lost_between"] == 0:
+        assert error_ms <= gap["interval_ms"] + gap["jitter_ms"] + allowance
+    else:
+        # The heartbeats sent between the resume and the end of reconvergence
+        # were lost (the link was dark). The estimate takes them as sent on
+        # time; a stall of the guest's sender in that window (a thawed process
+        # waiting for CPU) adds to it, and cannot exceed the window.
+        window_ms = (restored - resumed) / 1e6
+        assert -(gap["interval_ms"] + gap["jitter_ms"]) <= error_ms <= window_ms + allowance
+    frames = doc["guest"]["frames"]
+    assert frames["records"] >= 4
+    assert frames["missing"] == 0  # no capture during the freeze, and none lost
+    stored = sorted((run_dir / "frames").glob("seq_*.png"))
+    assert len(stored) == frames["records"]
+    # Network reconvergence darkens all of the guest's traffic: heartbeats sent
+    # after the resume and before the network came back were lost on the way
+    # (the delivery gap has holes), while frames captured then were queued by
+    # the agent and delivered once the network was back, in order, none lost.
     heartbeat_gap = doc["guest"]["heartbeat"]["delivery_gap"]
     assert heartbeat_gap["missing_between"] > 0
     assert heartbeat_gap["after_recv_mono_ns"] >= restored

@@ -61,8 +61,6 @@ WORKER_PROVIDER = "Microsoft-Windows-Hyper-V-Worker"
 HA_LOG = "System"
 HA_PROVIDER = "Microsoft-Windows-Hyper-V-High-Availability"
 
-STATUS_OPERATING_NORMALLY = messages.text(messages.EN_US, "status_ok")
-
 # What an older host (Windows Server 2012 R2, as the write-up's failing
 # destination) and a Windows Server 2016 host report about themselves.
 OS_2016 = ("10.0.14393", "Microsoft Windows Server 2016 Datacenter")
@@ -70,11 +68,6 @@ OS_2012R2 = ("6.3.9600", "Microsoft Windows Server 2012 R2 Datacenter")
 VM_VERSIONS_2016 = ("5.0", "6.2", "7.0", "7.1", "8.0")
 VM_VERSION = "8.0"  # the VM's configuration version (Get-VM's Version)
 MIGRATION_AUTH = ("credssp", "kerberos")  # Set-VMHost -VirtualMachineMigrationAuthenticationType
-
-
-def migrating_status(percent: int, culture: str = messages.EN_US) -> str:
-    """Get-VM Status text while a migration runs (wording not verified on a real host)."""
-    return messages.text(culture, "status_migrating", percent=percent)
 
 
 class VmState(enum.IntEnum):

@@ -272,11 +272,6 @@ def shipped_script() -> str:
     return _normalise(data.decode("utf-8-sig"))
 
 
-def is_thumbnail_script(text: str) -> bool:
-    """Whether an AddScript text is the harness's thumbnail script, unchanged."""
-    return _normalise(text) == shipped_script()
-
-
 async def _thumbnail(ctx: CmdletContext, params: dict[str, Any]) -> None:
     vm_name = _string_argument(params["VMName"])
     width = _int_argument(params, "Width", 320)
