@@ -32,7 +32,7 @@ import requests
 from pypsrp.complex_objects import PSInvocationState
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError
 from pypsrp.powershell import PowerShell, RunspacePool
-from pypsrp.wsman import SelectorSet, WSMan
+from pypsrp.wsman import NAMESPACES, SelectorSet, WSMan, WSManAction
 from requests.exceptions import ReadTimeout, RequestException, SSLError
 
 from . import scripts
@@ -289,11 +289,45 @@ def _port_open(address: str, port: int, timeout_s: float) -> bool:
         return False
 
 
-def _wsman(host: HostConfig, password: str | None, read_timeout_s: float) -> WSMan:
+class _NoRetryWSMan(WSMan):
+    """WSMan whose Receive is not retried after a read timeout.
+
+    pypsrp 0.9 retries a timed-out Receive five times, sleeping 2, 6, 14, 30
+    and 62 s in between (``reconnection_backoff * (2**attempt - 1)``): a host
+    that stops answering holds one call for over two minutes, or, if it comes
+    back within that, the call just takes longer and nothing records the
+    outage. A host call is to fail at its timeout, so here the first read
+    timeout raises, as on every other message."""
+
+    def receive(
+        self,
+        resource_uri: str,
+        resource: ElementTree.Element,
+        option_set: Any = None,
+        selector_set: Any = None,
+        timeout: int | None = None,
+    ) -> ElementTree.Element:
+        res = self.invoke(
+            WSManAction.RECEIVE,
+            resource_uri,
+            resource,
+            option_set,
+            selector_set,
+            timeout,
+            retries_on_read_timeout=0,
+        )
+        body = res.find("s:Body", namespaces=NAMESPACES)
+        assert body is not None  # a WS-Man response always has one
+        return body
+
+
+def _wsman(
+    host: HostConfig, password: str | None, read_timeout_s: float, *, retry_receive: bool = True
+) -> WSMan:
     encryption = "never" if host.auth == "basic" else "auto"
     if host.auth == "basic" and host.https:
         encryption = "never"
-    return WSMan(
+    return (WSMan if retry_receive else _NoRetryWSMan)(
         host.address,
         port=host.port,
         path=host.path,
@@ -500,7 +534,8 @@ class HostSession:
     (pypsrp issue 21; the lab shows the same with NTLM: HTTP 400), and a
     pipeline the server still runs may hold a runspace. So when a call fails
     on the transport (read timeout, connection lost, an HTTP or WS-Man
-    error) the session drops its pool and raises; the next call opens a new
+    error) the session drops its pool and raises (its connection does not
+    retry a timed-out Receive, see ``_NoRetryWSMan``); the next call opens a new
     one (and deletes the old shell through it), and polling goes on. Each
     call in between fails and is recorded by its caller: the gap shows as
     failed polls. ``record`` (optional) is told ``session_broken`` and
@@ -540,7 +575,7 @@ class HostSession:
 
     def _connect(self) -> None:
         """A new connection and pool (lock held); HostError when the host refuses."""
-        wsman = _wsman(self.host, self._password, self.call_timeout_s)
+        wsman = _wsman(self.host, self._password, self.call_timeout_s, retry_receive=False)
         pool = RunspacePool(wsman, max_runspaces=2)
         try:
             pool.open()

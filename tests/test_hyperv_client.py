@@ -236,6 +236,38 @@ def test_a_pool_is_unusable_after_a_read_timeout_and_the_session_reopens() -> No
         assert events[1][1]["host"] == DEFAULT_SOURCE_HOST
 
 
+def test_a_host_call_fails_at_its_read_timeout_even_in_receive() -> None:
+    """pypsrp retries a Receive that timed out (after 2 s, then 6, 14, ... s):
+    a host that stops answering for 3 s costs a waiting Receive 4 s and no
+    error. Host sessions' connections raise at the first read timeout
+    instead, so the outage is a failed call."""
+    outcomes: dict[bool, tuple[str, float]] = {}
+    for retry_receive in (True, False):
+        with LabThread(LabConfig(timing=FAST)) as lab:
+            host = endpoint(lab, DEFAULT_SOURCE_HOST)
+            wsman = _wsman(host, lab.credentials.password, 2, retry_receive=retry_receive)
+            pool = RunspacePool(wsman)
+            pool.open()
+            ps = PowerShell(pool)
+            ps.add_cmdlet("Move-VM").add_parameter("Name", DEFAULT_VM_NAME)
+            ps.add_parameter("DestinationHost", DEFAULT_DESTINATION_HOST)
+            ps.begin_invoke()  # Move-VM writes nothing until it ends: Receive waits
+            lab.set_unresponsive(DEFAULT_SOURCE_HOST, "hang")
+            threading.Timer(3.0, lab.set_responsive, (DEFAULT_SOURCE_HOST,)).start()
+            started = time.monotonic()
+            try:
+                ps.end_invoke()
+                outcomes[retry_receive] = ("ok", time.monotonic() - started)
+            except requests.exceptions.ReadTimeout:
+                outcomes[retry_receive] = ("read timeout", time.monotonic() - started)
+            time.sleep(1.2)  # the hang ends before the lab does
+            wsman.close()
+    outcome, took = outcomes[True]
+    assert outcome == "ok" and took >= 4.0
+    outcome, took = outcomes[False]
+    assert outcome == "read timeout" and 2.0 <= took < 3.0
+
+
 def test_the_listener_hint_says_what_answered_and_what_to_change() -> None:
     with LabThread(LabConfig(timing=FAST)) as lab:
         plain = endpoint(lab, DEFAULT_SOURCE_HOST, auth="ntlm")

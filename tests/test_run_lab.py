@@ -326,10 +326,10 @@ def test_host_that_stops_answering(tmp_path: Path) -> None:
 
 def test_a_host_session_that_times_out_mid_run_recovers(tmp_path: Path) -> None:
     """The destination stops answering as the VM pauses and answers again 6 s
-    later. Its calls time out (2 s read timeout; pypsrp retries a timed-out
-    Receive after a 2 s pause, which the hang outlasts too), the session is
-    reopened (pypsrp's pool is unusable after a read timeout), the gap is
-    failed polls, and the run goes on to see the VM Running there."""
+    later. Its calls time out (2 s read timeout, not retried even in a
+    Receive), the session is reopened (pypsrp's pool is unusable after a read
+    timeout), the gap is failed polls, and the run goes on to see the VM
+    Running there."""
     harness_config = tmp_path / "measure.toml"
     harness_config.write_text("[probes.host_state]\ntimeout_ms = 2000\n")
     lab = FAST_LAB + (
