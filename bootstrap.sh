@@ -4,7 +4,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-SYSTEM_PACKAGES="python3 python3-venv python3-dev iproute2 procps fping xvfb"
+SYSTEM_PACKAGES="python3 python3-venv python3-dev iproute2 procps fping xvfb nftables"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=""

@@ -13,9 +13,10 @@ import pytest
 
 IS_ROOT = os.geteuid() == 0
 
-# Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py);
+# Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py); the
+# user's workflow and runs of every kind, made once per session (tests/fixtures_workflow.py);
 # a small disk that fills up (tests/fixtures_disk.py).
-pytest_plugins = ["fixtures_netns", "fixtures_disk"]
+pytest_plugins = ["fixtures_netns", "fixtures_workflow", "fixtures_disk"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

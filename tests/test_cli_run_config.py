@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from migration_blackout.lab.hyperv import (
+    DEFAULT_DESTINATION_HOST,
+    DEFAULT_SOURCE_HOST,
+    LabConfig,
+    LabThread,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 
 CONFIG = """
@@ -81,8 +88,12 @@ def test_a_missing_password_names_the_variable(tmp_path: Path) -> None:
 def test_an_unreachable_host_fails_preflight_with_a_complete_run_folder(tmp_path: Path) -> None:
     proc = measure(tmp_path, env={"MB_TEST_PASSWORD": "s3cret-pw-123"})
     assert proc.returncode == 3, proc.stderr
-    assert "HOST1: cannot reach WinRM" in proc.stderr
     (run_dir,) = (tmp_path / "results").glob("*-run-*")
+    # Only the one line that says what failed (and where the run folder is).
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("measure: error: HOST1: cannot reach WinRM")
+    assert line.endswith(f"(run folder {run_dir})")
+    assert proc.stdout == ""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed"
     assert "HOST1: cannot reach WinRM" in manifest["error"]["message"]
@@ -121,8 +132,8 @@ def test_host_names_never_become_paths(tmp_path: Path) -> None:
         hosts = "".join(
             f'[[hosts]]\nname = "{name}"\naddress = "127.0.0.1"\n'
             f"port = {host['url'].rsplit(':', 1)[1].split('/')[0]}\n"
-            f'transport = "http"\nauth = "basic"\nusername = "{host["username"]}"\n'
-            'password_env = "MB_TEST_PASSWORD"\n'
+            f'transport = "http"\nauth = "negotiate"\nusername = "{host["username"]}"\n'
+            f'computer_name = "{host["name"]}"\npassword_env = "MB_TEST_PASSWORD"\n'
             for name, host in zip(names, status["hosts"], strict=True)
         )
         config = f'{hosts}\n[guest]\naddresses = ["{status["guest"]["address"]}"]\n'
@@ -137,7 +148,9 @@ def test_host_names_never_become_paths(tmp_path: Path) -> None:
         )
     finally:
         subprocess.run([*cli, "lab", "down"], capture_output=True, env=environment)
-    (run_dir,) = (tmp_path / "results").glob("*-run-*")
+    runs = list((tmp_path / "results").glob("*-run-*"))
+    assert len(runs) == 1, proc.stderr
+    (run_dir,) = runs
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] != "running", proc.stderr
     files = {manifest["probes"][f"host:{name}"]["file"] for name in names}
@@ -149,9 +162,7 @@ def test_host_names_never_become_paths(tmp_path: Path) -> None:
     assert outside == []
 
 
-@pytest.mark.parametrize(
-    "target", ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1", "not-an-address"]
-)
+@pytest.mark.parametrize("target", ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1"])
 @pytest.mark.parametrize("command", ["run", "watch"])
 def test_a_target_that_is_no_guest_is_refused_before_anything_starts(
     tmp_path: Path, command: str, target: str
@@ -223,3 +234,85 @@ def test_a_lab_config_that_cannot_work_is_refused_before_anything_starts(tmp_pat
     assert proc.returncode == 2, proc.stderr
     assert "warp_factor" in last_line(proc)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_missing_optional_auth_package_is_a_preflight_line(tmp_path: Path) -> None:
+    """auth = "credssp" without the [credssp] extra: one line, not an ImportError.
+    The package is made unimportable in the measure process itself."""
+    path = tmp_path / "measure.toml"
+    path.write_text(CONFIG.replace('auth = "ntlm"', 'auth = "credssp"', 1))
+    program = (
+        "import sys; sys.modules['requests_credssp'] = None; "
+        "from migration_blackout.harness.cli import main; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program, "run", "--config", str(path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "MB_TEST_PASSWORD": "pw"},
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("measure:")]
+    assert line.startswith(
+        'measure: error: HOST1: auth = "credssp" needs the optional credssp support: '
+        "pip install 'migration-blackout[credssp]' (it provides requests_credssp) (run folder "
+    )
+
+
+def test_the_wrong_transport_is_a_preflight_line_saying_what_answered(tmp_path: Path) -> None:
+    """A host configured for HTTPS whose port answers plain HTTP (a stock
+    host's only listener): exit 3 with the fix."""
+    with LabThread(LabConfig()) as lab:
+        port = lab.hosts[DEFAULT_SOURCE_HOST].port
+        other = lab.hosts[DEFAULT_DESTINATION_HOST].port
+        config = (
+            CONFIG.replace('port = 1\ntransport = "http"', f'port = {port}\ntransport = "https"')
+            .replace("port = 2", f"port = {other}")
+            .replace("'LAB\\measure'", f"'{lab.credentials.principal}'")
+        )
+        proc = measure(tmp_path, config=config, env={"MB_TEST_PASSWORD": lab.credentials.password})
+    assert proc.returncode == 3, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("measure:")]
+    assert line.startswith("measure: error: HOST1: TLS failed")
+    assert (
+        f'port {port} answers plain HTTP, not HTTPS: set transport = "http" '
+        "(Enable-PSRemoting creates an HTTP listener only) (run folder "
+    ) in line
+
+
+def test_the_destination_name_must_be_the_host_s_own(tmp_path: Path) -> None:
+    """Move-VM -DestinationHost gets the destination's computer_name (default:
+    its name in the config); preflight compares it with what the host calls
+    itself, and refuses an IP address when the host takes Kerberos."""
+    with LabThread(LabConfig()) as lab:
+        config = (
+            CONFIG.replace("port = 1", f"port = {lab.hosts[DEFAULT_SOURCE_HOST].port}")
+            .replace("port = 2", f"port = {lab.hosts[DEFAULT_DESTINATION_HOST].port}")
+            .replace("'LAB\\measure'", f"'{lab.credentials.principal}'")
+        )
+        env = {"MB_TEST_PASSWORD": lab.credentials.password}
+        (tmp_path / "labelled").mkdir()
+        (tmp_path / "address").mkdir()
+        labelled = measure(tmp_path / "labelled", config=config, env=env)
+        by_address = measure(
+            tmp_path / "address",
+            config=config.replace(
+                'name = "HOST2"\n', 'name = "HOST2"\ncomputer_name = "192.0.2.7"\n'
+            ),
+            env=env,
+        )
+    fqdn = f"{DEFAULT_DESTINATION_HOST}.lab.test"
+    assert labelled.returncode == 3, labelled.stderr
+    assert (
+        f"measure: error: HOST2: Move-VM -DestinationHost would be 'HOST2', but the host calls "
+        f'itself {DEFAULT_DESTINATION_HOST} / {fqdn}: set computer_name = "{fqdn}" for HOST2'
+    ) in labelled.stderr
+    assert by_address.returncode == 3, by_address.stderr
+    assert (
+        "measure: error: HOST2: Move-VM -DestinationHost would be the address 192.0.2.7, but "
+        "HOST2 authenticates live migrations with Kerberos, which needs its name"
+    ) in by_address.stderr

@@ -69,6 +69,7 @@ from ..deadlines import (
 )
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..hyperv import HostError
+from ..machine import MachineWatch
 from ..runfolder import RunFolder, RunStatus, create_run_folder, host_file_name
 
 T = TypeVar("T")
@@ -279,6 +280,7 @@ async def measure_run(
     extra_manifest: Mapping[str, Any] | None = None,
     guest_agent: GuestAgentSetup | None = None,
     interrupt: Interrupt | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run one migration with every probe; always returns a finalised run folder.
 
@@ -289,7 +291,9 @@ async def measure_run(
     ``ground_truth``: the emulated lab's ground-truth file, copied (the part
     written during this run) into ``raw/ground_truth.jsonl``. ``interrupt``:
     the caller's signal handling (default: SIGINT and SIGTERM are handled
-    here for the duration of the run).
+    here for the duration of the run). ``labels`` go to the manifest; so do
+    the measuring machine (``machine``) and what the backend tells of the
+    hosts and the VM (``hosts``, ``vm``).
     """
     loop = asyncio.get_running_loop()
     use_abandonable_threads(loop)
@@ -309,6 +313,7 @@ async def measure_run(
                 extra_manifest=extra_manifest,
                 guest_agent=guest_agent,
                 interrupt=interrupt,
+                labels=labels,
             )
     if environment is None and not config.guest_addresses:
         raise PreflightError("no guest address is configured: set [guest] addresses or --target")
@@ -323,10 +328,13 @@ async def measure_run(
             "limits": limits.to_json(),
         },
         targets=list(config.guest_addresses),
+        labels=labels,
     )
+    machine = MachineWatch()
+    run.manifest["machine"] = machine.context
     if extra_manifest:
         run.manifest.update(extra_manifest)
-        run.save()
+    run.save()
     events = JsonlSink(run.raw / "events.jsonl", probe="harness")
     run.register_probe("harness", "raw/events.jsonl", format="jsonl")
     ctx = _Context(
@@ -375,6 +383,13 @@ async def measure_run(
             backend.locate(ctx.record), limits.host_call_s, "preflight (locating the VM)"
         )
         ctx.record("preflight", check="direction", source=source, destination=destination)
+        run.manifest.update(
+            await ctx.bounded(
+                backend.describe_hosts(source, destination),
+                limits.host_call_s,
+                "preflight (describing the hosts)",
+            )
+        )
         await ctx.bounded(_check_guest_answers(ctx), limits.host_call_s, "preflight (guest ping)")
         ctx.announce(Phase.CLOCK, "aligning clocks")
         clock_sink = JsonlSink(run.raw / "clock.jsonl", probe="clock")
@@ -424,6 +439,7 @@ async def measure_run(
         status, exit_code, message = _judge(ctx, outcome)
         error = message
     status, exit_code, message, error = _check_evidence(ctx, status, exit_code, message, error)
+    run.manifest["machine"] = machine.finish()
     _finish(ctx, status, message, error, ground_truth, source, destination)
     summary, message, exit_code = await _analyse(ctx, status, message, exit_code)
     return RunResult(
@@ -512,6 +528,8 @@ def _finish(
     run.manifest["hypervisor"] = {"kind": kind, "source": source, "destination": destination}
     run.manifest[kind] = {
         **run.manifest.get(kind, {}),
+        # What preflight learnt (Hyper-V: each host's live migration set-up).
+        **getattr(backend, "preflight_facts", {}),
         "source": source,
         "destination": destination,
     }
@@ -532,7 +550,6 @@ async def _analyse(
     if ctx.interrupt.is_set() and status is not RunStatus.ABORTED:
         return None, _abort_after_the_fact(ctx, status, message), exitcodes.INTERRUPTED
     ctx.phase = Phase.ANALYSIS
-    ctx.tick("analysing")
     try:
         with _signals_raise_keyboard_interrupt():
             summary = json.loads(rebuild_derived(run.path)[0].read_text(encoding="utf-8"))
@@ -925,7 +942,12 @@ async def _harvest(ctx: _Context, clock_sink: JsonlSink | None) -> Mapping[str, 
         return after
     short = ctx.interrupt.is_set() or not ctx.migration_started
     deadline_s = limits.harvest_after_interrupt_s if short else limits.harvest_s
-    ctx.announce(Phase.HARVEST, "aligning clocks and collecting the hypervisor's figures")
+    message = "aligning clocks and collecting the hypervisor's figures"
+    if ctx.migration_started:
+        ctx.announce(Phase.HARVEST, message)
+    else:  # recorded, not shown: a failed preflight leaves just its error line
+        ctx.phase = Phase.HARVEST
+        ctx.record("phase", phase=str(Phase.HARVEST), message=message)
 
     async def clocks() -> Mapping[str, ClockOffset | None]:
         if clock_sink is None:

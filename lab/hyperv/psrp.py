@@ -40,6 +40,7 @@ from psrpcore.types import (
 )
 
 from migration_blackout.lab.hyperv import cmdlets, pstypes
+from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
 from migration_blackout.lab.hyperv.model import Lab
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ class _Writer:
         self._session.flush()
 
     def write_error(self, record: ErrorRecord) -> None:
-        self._pipeline.prepare_message(record, message_type=PSRPMessageType.ErrorRecord)
+        self._pipeline.prepare_message(
+            pstypes.for_error_stream(record), message_type=PSRPMessageType.ErrorRecord
+        )
         self._session.flush()
 
 
@@ -91,8 +94,17 @@ def _internal_error(error: BaseException) -> ErrorRecord:
 class PoolSession:
     """One WinRM shell = one PSRP runspace pool on the emulated host."""
 
-    def __init__(self, shell_id: str, *, lab: Lab, host: str, spawn: Spawn) -> None:
+    def __init__(
+        self,
+        shell_id: str,
+        *,
+        lab: Lab,
+        host: str,
+        spawn: Spawn,
+        identity: SessionIdentity = ANONYMOUS,
+    ) -> None:
         self.shell_id = shell_id
+        self.identity = identity
         self._lab = lab
         self._host = host
         self._spawn = spawn
@@ -241,7 +253,9 @@ class PoolSession:
                 run.started = True
                 pipeline.start()
                 self.flush()
-                context = cmdlets.CmdletContext(self._lab, self._host, _Writer(self, pipeline))
+                context = cmdlets.CmdletContext(
+                    self._lab, self._host, _Writer(self, pipeline), self.identity
+                )
                 try:
                     for statement in _statements(run.commands):
                         await cmdlets.run_statement(context, statement)

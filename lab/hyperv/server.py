@@ -26,12 +26,14 @@ from migration_blackout.lab.hyperv.auth import (
     parse_basic,
     parse_negotiate,
 )
+from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
 from migration_blackout.lab.hyperv.model import Lab
 from migration_blackout.lab.hyperv.psrp import PoolSession, Spawn, UnknownCommandError
 
 log = logging.getLogger(__name__)
 
 SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
+IDENTITY_KEY = web.RequestKey("identity", SessionIdentity)  # who the request is
 DEFAULT_OPERATION_TIMEOUT_S = 60.0
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
 
@@ -40,6 +42,8 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
 class _Authenticated:
     security: ConnectionSecurity | None  # set when the body is (to be) encrypted
     extra_headers: dict[str, str]
+    # Who the request is (identity.py); the shell it creates runs as this.
+    identity: SessionIdentity = ANONYMOUS
 
 
 class _NotAuthenticated(Exception):
@@ -87,6 +91,7 @@ class HostServer:
             auth = self._authenticate(request)
         except _NotAuthenticated as refused:
             return refused.response
+        request[IDENTITY_KEY] = auth.identity
         content_type = request.headers.get("Content-Type", "")
         if content_type.startswith("multipart/encrypted"):
             if auth.security is None or not auth.security.established:
@@ -144,16 +149,17 @@ class HostServer:
     def _authenticate(self, request: web.Request) -> _Authenticated:
         security = self._connections.for_transport(request.transport)
         header = request.headers.get("Authorization")
+        negotiated = SessionIdentity(user=self._credentials.principal, scheme="negotiate")
         if header is None:
             if security.established:
-                return _Authenticated(security, {})
+                return _Authenticated(security, {}, negotiated)
             raise _NotAuthenticated(self._unauthorized())
         scheme = header.split(" ", 1)[0].lower()
         if scheme == "basic" and "basic" in self._auth_methods:
             parsed = parse_basic(header)
             if parsed is None or not self._credentials.accepts(*parsed):
                 raise _NotAuthenticated(self._unauthorized())
-            return _Authenticated(None, {})
+            return _Authenticated(None, {}, SessionIdentity(user=parsed[0], scheme="basic"))
         if scheme in ("negotiate", "ntlm") and "negotiate" in self._auth_methods:
             token = parse_negotiate(header)
             if token is None:
@@ -168,7 +174,7 @@ class HostServer:
                 extra["WWW-Authenticate"] = "Negotiate " + base64.b64encode(out_token).decode()
             if not security.established:
                 raise _NotAuthenticated(web.Response(status=401, headers=extra))
-            return _Authenticated(security, extra)
+            return _Authenticated(security, extra, negotiated)
         raise _NotAuthenticated(self._unauthorized())
 
     # ---- WS-Man dispatch -----------------------------------------------------
@@ -214,7 +220,13 @@ class HostServer:
     async def _create(self, req: wsman.WSManRequest, request: web.Request) -> bytes:
         client_shell_id, creation = wsman.creation_xml(req)
         shell_id = client_shell_id or str(uuid.uuid4()).upper()
-        session = PoolSession(shell_id, lab=self.lab, host=self.host_name, spawn=self._spawn)
+        session = PoolSession(
+            shell_id,
+            lab=self.lab,
+            host=self.host_name,
+            spawn=self._spawn,
+            identity=request.get(IDENTITY_KEY, ANONYMOUS),
+        )
         session.open(creation)
         self.shells[shell_id] = session
         return wsman.create_response(
