@@ -1,13 +1,18 @@
 """HTTP authentication and WinRM message encryption for the emulated hosts.
 
 - Basic: checked on every request against the lab credentials.
-- Negotiate (NTLM): pyspnego's acceptor, one security context per TCP
-  connection (as on Windows, the client authenticates once per connection and
-  later requests carry no Authorization header). Bodies are then wrapped in
-  the ``multipart/encrypted`` envelope of [MS-WSMV] 2.2.9.1.
+- Negotiate: one security context per TCP connection (as on Windows, the
+  client authenticates once per connection and later requests carry no
+  Authorization header). Kerberos (a raw Kerberos token, or SPNEGO preferring
+  Kerberos) goes to the host's GSSAPI acceptor (:mod:`lab.hyperv.gss`, the
+  host's keytab from the lab's KDC) when the lab has one; everything else to
+  pyspnego's NTLM acceptor. Bodies are then wrapped in the
+  ``multipart/encrypted`` envelope of [MS-WSMV] 2.2.9.1.
   pyspnego's NTLM acceptor reads its user database from the file named by the
   ``NTLM_USER_FILE`` environment variable (lines ``DOMAIN:user:password``);
   :class:`NtlmUserFile` writes that file and points the variable at it.
+
+Whoever authenticated is a :class:`ClientIdentity`, which the shells keep.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import os
 import re
 import struct
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import spnego
 from spnego.exceptions import SpnegoError
+
+from migration_blackout.lab.hyperv.gss import GSSError, KerberosAcceptor, token_kind
 
 SPNEGO_ENCRYPTED = "application/HTTP-SPNEGO-session-encrypted"
 BOUNDARY = "Encrypted Boundary"
@@ -52,6 +59,34 @@ class Credentials:
         if domain is not None and domain.split(".")[0].upper() != self.domain.upper():
             return False
         return name.lower() == self.username.lower() and password == self.password
+
+
+AuthMethod = Literal["basic", "ntlm", "kerberos", "credssp"]
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """Who opened a shell, how, and what they left the host to act with.
+
+    ``delegated_password``: the password a CredSSP client delegated (the
+    only case in which a host holds the user's own credentials); never shown.
+    """
+
+    method: AuthMethod
+    user: str
+    delegated_password: str | None = field(default=None, repr=False)
+
+    @property
+    def delegated(self) -> bool:
+        return self.delegated_password is not None
+
+
+class AuthenticationRefused(Exception):
+    """The client's token was refused; ``token`` (a KRB-ERROR, if any) goes back to it."""
+
+    def __init__(self, reason: str, token: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.token = token
 
 
 class NtlmUserFile:
@@ -84,12 +119,20 @@ class NtlmUserFile:
 class ConnectionSecurity:
     """The Negotiate state of one TCP connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, kerberos: KerberosAcceptor | None = None) -> None:
         self.context: Any = None
+        self.method: AuthMethod = "ntlm"
+        self._kerberos = kerberos
 
     @property
     def established(self) -> bool:
         return self.context is not None and self.context.complete
+
+    @property
+    def identity(self) -> ClientIdentity | None:
+        if not self.established:
+            return None
+        return ClientIdentity(self.method, str(self.context.client_principal))
 
     def reset(self) -> None:
         self.context = None
@@ -97,13 +140,24 @@ class ConnectionSecurity:
     def step(self, token: bytes) -> bytes | None:
         """Feed one client token; returns the token to send back (if any).
 
-        Raises SpnegoError when the client's credentials are rejected.
+        Raises :class:`AuthenticationRefused` when the client is rejected.
         """
         if self.context is None or self.context.complete:
-            self.context = spnego.server(
-                protocol="negotiate", options=spnego.NegotiateOptions.wrapping_winrm
-            )
-        out: bytes | None = self.context.step(token)
+            if self._kerberos is not None and token_kind(token) != "other":
+                self.context, self.method = self._kerberos.new_context(), "kerberos"
+            else:
+                self.context, self.method = (
+                    spnego.server(
+                        protocol="negotiate", options=spnego.NegotiateOptions.wrapping_winrm
+                    ),
+                    "ntlm",
+                )
+        try:
+            out: bytes | None = self.context.step(token)
+        except SpnegoError as error:
+            raise AuthenticationRefused(str(error)) from None
+        except GSSError as error:
+            raise AuthenticationRefused(str(error), getattr(error, "token", None)) from None
         return out
 
     def unwrap(self, body: bytes, boundary: str) -> bytes:
@@ -147,7 +201,8 @@ class ConnectionSecurity:
 class ConnectionRegistry:
     """One :class:`ConnectionSecurity` per live transport (TCP connection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kerberos: KerberosAcceptor | None = None) -> None:
+        self._kerberos = kerberos
         self._states: weakref.WeakKeyDictionary[Any, ConnectionSecurity] = (
             weakref.WeakKeyDictionary()
         )
@@ -155,7 +210,7 @@ class ConnectionRegistry:
     def for_transport(self, transport: Any) -> ConnectionSecurity:
         state = self._states.get(transport)
         if state is None:
-            state = ConnectionSecurity()
+            state = ConnectionSecurity(self._kerberos)
             self._states[transport] = state
         return state
 
@@ -180,6 +235,8 @@ def parse_negotiate(header_value: str) -> bytes | None:
 
 __all__ = [
     "BOUNDARY",
+    "AuthenticationRefused",
+    "ClientIdentity",
     "ConnectionRegistry",
     "ConnectionSecurity",
     "Credentials",

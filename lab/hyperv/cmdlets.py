@@ -54,6 +54,8 @@ class CmdletContext:
     lab: model.Lab
     host: str
     out: PipelineWriter
+    # How this session reaches another host (Move-VM's second hop); None: always.
+    reach: model.ReachDestination | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ async def _move_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
             str(params["DestinationHost"]),
             include_storage=bool(params.get("IncludeStorage", False)),
             storage_path=None if storage_path is None else str(storage_path),
+            reach=ctx.reach,
         )
     except model.HyperVError as error:
         raise TerminatingError(hyperv_error(MOVE_VM, error)) from None

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from migration_blackout.lab.hyperv import groundtruth as gt
+from migration_blackout.lab.kerberos import KerberosSettings
 from migration_blackout.probes.clock import ClockPair, clock_pair
 
 DEFAULT_SOURCE_HOST = "WS16TP4DM1VML1b"
@@ -192,6 +193,11 @@ class HostConfig:
     older_version: bool = False
     # Every Hyper-V cmdlet on this host is refused (user not in Hyper-V Administrators).
     access_denied: bool = False
+    # Live migration authentication (Get-VMHost VirtualMachineMigrationAuthenticationType).
+    migration_auth: Literal["kerberos", "credssp"] = "kerberos"
+    # Kerberos: constrained delegation (cifs and the migration service of the
+    # other hosts, any authentication protocol) on this host's computer account.
+    delegation: bool = True
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,10 @@ class LabConfig:
     # Longest a Receive is held before the OperationTimeout fault, whatever
     # the client asked for (None: honour the client's OperationTimeout).
     receive_timeout_cap_s: float | None = None
+    # The lab's domain controller (lab.kerberos): a real KDC the hosts trust.
+    kerberos: KerberosSettings = field(default_factory=KerberosSettings)
+    # Where the KDC keeps its state (None: in the lab's temporary directory).
+    kerberos_dir: Path | None = None
 
     def __post_init__(self) -> None:
         names = [h.name.lower() for h in self.hosts]
@@ -266,6 +276,9 @@ class LabConfig:
         for fault in self.faults.unresponsive:
             if fault.host.lower() not in names:
                 raise ValueError(f"unresponsive fault names unknown host {fault.host!r}")
+        for host in self.hosts:
+            if host.migration_auth not in ("kerberos", "credssp"):
+                raise ValueError(f"{host.name}: migration_auth must be kerberos or credssp")
 
 
 # --------------------------------------------------------------------------
@@ -366,6 +379,29 @@ class InvalidStateError(HyperVError):
 
 class MigrationFailedError(HyperVError):
     """A Move-VM that failed; the VM stays (or is back) on its source."""
+
+
+def no_connection_text(destination: str, reason: str) -> str:
+    return (
+        "The Virtual Machine Management Service failed to establish a connection for a "
+        f"Virtual Machine migration with host '{destination}': {reason}"
+    )
+
+
+class SecondHopRefused(Exception):
+    """The source host could not authenticate to the destination on the
+    user's behalf. ``reason``: Windows' text; ``details``: for the ground truth."""
+
+    def __init__(self, reason: str, details: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+
+# How the source host reaches a destination for the session's user: returns
+# what to record, raises SecondHopRefused (lab.hyperv.server builds it from
+# the session's authentication and the lab's KDC).
+ReachDestination = Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
 
 
 def migration_failed_text(vm_name: str, source: str, vm_id: uuid.UUID, reason: str) -> str:
@@ -678,23 +714,30 @@ class Lab:
         *,
         include_storage: bool = False,
         storage_path: str | None = None,
+        reach: ReachDestination | None = None,
     ) -> None:
         """Live-migrate ``vm_name`` from ``host_name`` to ``destination``.
 
         Returns when Move-VM would return. Raises a :class:`HyperVError` on
         failure. Cancelled during pre-copy, the migration rolls back (VM stays
         on the source); cancelled later, it completes first and then the
-        cancellation propagates.
+        cancellation propagates. ``reach``: how the source authenticates to
+        the destination for the caller (None: it always can).
         """
         try:
             source, vm, dest = self._validate_move(host_name, vm_name, destination)
+            hop = None if reach is None else await self._reach(reach, source, vm, dest)
         except HyperVError as error:
+            refused: dict[str, Any] = {}
+            if isinstance(error.__cause__, SecondHopRefused):
+                refused["second_hop"] = error.__cause__.details
             self._record(
                 gt.MOVE_VM_FAILED,
                 vm=vm_name,
                 source_host=host_name,
                 destination_host=destination,
                 reason=error.message,
+                **refused,
             )
             raise
         plan = self._plan(vm, include_storage=include_storage)
@@ -719,6 +762,8 @@ class Lab:
             include_storage=include_storage,
             storage_path=storage_path,
             planned=dataclasses.asdict(plan),
+            # How the source authenticated to the destination for the caller.
+            **({} if hop is None else {"second_hop": hop}),
         )
         try:
             await self._precopy(job, dest, plan, details)
@@ -732,6 +777,18 @@ class Lab:
             # Past the point of no return: let the VM land, then stop.
             await switchover
             raise
+
+    async def _reach(
+        self, reach: ReachDestination, source: _Host, vm: _Vm, dest: _Host
+    ) -> dict[str, Any]:
+        try:
+            return await reach(dest.name)
+        except SecondHopRefused as refused:
+            raise MigrationFailedError(
+                migration_failed_text(
+                    vm.name, source.name, vm.vm_id, no_connection_text(dest.name, refused.reason)
+                )
+            ) from refused
 
     def _validate_move(
         self, host_name: str, vm_name: str, destination: str
@@ -760,9 +817,7 @@ class Lab:
                     vm.name,
                     source.name,
                     vm.vm_id,
-                    "The Virtual Machine Management Service failed to establish a connection for "
-                    f"a Virtual Machine migration with host '{destination}': No such host is "
-                    "known. (0x80072AF9).",
+                    no_connection_text(destination, "No such host is known. (0x80072AF9)."),
                 )
             )
         if dest is source:

@@ -40,7 +40,8 @@ from psrpcore.types import (
 )
 
 from migration_blackout.lab.hyperv import cmdlets, pstypes
-from migration_blackout.lab.hyperv.model import Lab
+from migration_blackout.lab.hyperv.auth import ClientIdentity
+from migration_blackout.lab.hyperv.model import Lab, ReachDestination
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,23 @@ def _internal_error(error: BaseException) -> ErrorRecord:
 class PoolSession:
     """One WinRM shell = one PSRP runspace pool on the emulated host."""
 
-    def __init__(self, shell_id: str, *, lab: Lab, host: str, spawn: Spawn) -> None:
+    def __init__(
+        self,
+        shell_id: str,
+        *,
+        lab: Lab,
+        host: str,
+        spawn: Spawn,
+        client: ClientIdentity | None = None,
+        reach: ReachDestination | None = None,
+    ) -> None:
         self.shell_id = shell_id
         self._lab = lab
         self._host = host
         self._spawn = spawn
+        # Who opened the shell, and how Move-VM reaches a destination for them.
+        self.client = client
+        self._reach = reach
         self.pool = ServerRunspacePool()
         self._outbox: dict[uuid.UUID | None, collections.deque[bytes]] = collections.defaultdict(
             collections.deque
@@ -241,7 +254,9 @@ class PoolSession:
                 run.started = True
                 pipeline.start()
                 self.flush()
-                context = cmdlets.CmdletContext(self._lab, self._host, _Writer(self, pipeline))
+                context = cmdlets.CmdletContext(
+                    self._lab, self._host, _Writer(self, pipeline), reach=self._reach
+                )
                 try:
                     for statement in _statements(run.commands):
                         await cmdlets.run_statement(context, statement)

@@ -25,9 +25,11 @@ from aiohttp import web
 
 from migration_blackout.lab.hyperv import groundtruth as gt
 from migration_blackout.lab.hyperv.auth import Credentials, NtlmUserFile
+from migration_blackout.lab.hyperv.gss import KerberosAcceptor, SecondHop, require_gssapi
 from migration_blackout.lab.hyperv.model import GuestControl, InMemoryGuest, Lab, LabConfig
 from migration_blackout.lab.hyperv.server import HostServer
 from migration_blackout.lab.hyperv.tls import make_self_signed
+from migration_blackout.lab.kerberos import HostAccount, LabKdc, LabRealm, ProcessKrb5Config
 
 T = TypeVar("T")
 
@@ -49,7 +51,9 @@ class LabHosts:
     """The emulated hosts of one lab run, serving in the running event loop.
 
     Attributes after entering: ``hosts`` (name -> :class:`HostEndpoint`),
-    ``credentials``, ``ground_truth_path``, ``lab`` (the model), ``guest``.
+    ``credentials``, ``ground_truth_path``, ``lab`` (the model), ``guest``,
+    ``realm`` (the lab's Kerberos realm, None when ``config.kerberos`` is off).
+    The KDC starts before the hosts and stops after them.
     """
 
     def __init__(
@@ -75,6 +79,9 @@ class LabHosts:
         self._lab: Lab | None = None
         self.ca_path: Path | None = None  # with config.tls: the certificate to trust
         self._key_path: Path | None = None
+        self.realm: LabRealm | None = None
+        self._kdc: LabKdc | None = None
+        self._krb5_config: ProcessKrb5Config | None = None
 
     @property
     def lab(self) -> Lab:
@@ -136,6 +143,27 @@ class LabHosts:
                 "timing": repr(config.timing),
             },
         )
+        if config.kerberos.enabled:
+            require_gssapi()
+            self._kdc = LabKdc(
+                config.kerberos_dir or self._workdir / "kerberos",
+                domain=config.domain,
+                username=config.username,
+                password=self.credentials.password,
+                hosts=[
+                    HostAccount(
+                        host.name,
+                        delegates_to=tuple(h.name for h in config.hosts if h is not host)
+                        if host.delegation and host.migration_auth == "kerberos"
+                        else (),
+                    )
+                    for host in config.hosts
+                ],
+                settings=config.kerberos,
+            )
+            self.realm = await asyncio.to_thread(self._kdc.start)
+            self._krb5_config = ProcessKrb5Config(self.realm.krb5_config)
+        second_hop = None if self.realm is None else SecondHop(self.realm)
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
         self._lab = Lab(
@@ -150,6 +178,10 @@ class LabHosts:
                 auth_methods=config.auth_methods,
                 spawn=self._spawn,
                 receive_timeout_cap_s=config.receive_timeout_cap_s,
+                kerberos=None
+                if self.realm is None
+                else KerberosAcceptor(self.realm.host(host.name)),
+                second_hop=second_hop,
             )
             runner = web.AppRunner(
                 server.app, access_log=None, shutdown_timeout=self._shutdown_timeout_s
@@ -199,6 +231,12 @@ class LabHosts:
         if self._ntlm_file is not None:
             self._ntlm_file.close()
             self._ntlm_file = None
+        if self._krb5_config is not None:
+            self._krb5_config.close()
+            self._krb5_config = None
+        if self._kdc is not None:
+            await asyncio.to_thread(self._kdc.stop)
+            self._kdc = None
         if self._workdir is not None and self.config.ground_truth_path is None:
             # The default ground truth lives here too; a caller who needs it
             # after the run passes ground_truth_path.
@@ -254,6 +292,10 @@ class LabThread:
     @property
     def guest(self) -> GuestControl:
         return self.hosts_runtime.guest
+
+    @property
+    def realm(self) -> LabRealm | None:
+        return self.hosts_runtime.realm
 
     def __enter__(self) -> LabThread:
         self._thread = threading.Thread(target=self._run, name="hyperv-lab", daemon=True)

@@ -1,24 +1,32 @@
 """One emulated Hyper-V host: an aiohttp app answering WinRM on ``POST /wsman``.
 
-Authentication (Basic, or Negotiate/NTLM with message encryption) happens
-first, then the WS-Man action is dispatched to the host's shells
-(:class:`~lab.hyperv.psrp.PoolSession`). A host the lab has made
-unresponsive either holds every request unanswered or closes the connection.
+Authentication (Basic, or Negotiate with message encryption: NTLM, and
+Kerberos with the host's keytab when the lab has a KDC) happens first, then
+the WS-Man action is dispatched to the host's shells
+(:class:`~lab.hyperv.psrp.PoolSession`), each of which remembers who opened it.
+A Move-VM in such a shell reaches the destination only as far as that
+identity and the lab's KDC allow (:meth:`HostServer.reach_for`). A host the
+lab has made unresponsive either holds every request unanswered or closes the
+connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from psrpcore import PSRPCoreError
 
 from migration_blackout.lab.hyperv import wsman
 from migration_blackout.lab.hyperv.auth import (
+    AuthenticationRefused,
+    ClientIdentity,
     ConnectionRegistry,
     ConnectionSecurity,
     Credentials,
@@ -26,7 +34,8 @@ from migration_blackout.lab.hyperv.auth import (
     parse_basic,
     parse_negotiate,
 )
-from migration_blackout.lab.hyperv.model import Lab
+from migration_blackout.lab.hyperv.gss import GSSError, HopRefused, KerberosAcceptor, SecondHop
+from migration_blackout.lab.hyperv.model import Lab, ReachDestination, SecondHopRefused
 from migration_blackout.lab.hyperv.psrp import PoolSession, Spawn, UnknownCommandError
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,7 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
 class _Authenticated:
     security: ConnectionSecurity | None  # set when the body is (to be) encrypted
     extra_headers: dict[str, str]
+    identity: ClientIdentity
 
 
 class _NotAuthenticated(Exception):
@@ -60,6 +70,8 @@ class HostServer:
         auth_methods: frozenset[str],
         spawn: Spawn,
         receive_timeout_cap_s: float | None,
+        kerberos: KerberosAcceptor | None = None,
+        second_hop: SecondHop | None = None,
     ) -> None:
         self.lab = lab
         self.host_name = host_name
@@ -67,7 +79,8 @@ class HostServer:
         self._auth_methods = auth_methods
         self._spawn = spawn
         self._receive_cap = receive_timeout_cap_s
-        self._connections = ConnectionRegistry()
+        self._connections = ConnectionRegistry(kerberos)
+        self._second_hop = second_hop
         self.shells: dict[str, PoolSession] = {}
         self.address = ""
         self.closing = False
@@ -96,7 +109,7 @@ class HostServer:
                 soap = auth.security.unwrap(
                     body, boundary.group(1) if boundary else "Encrypted Boundary"
                 )
-            except (ValueError, SpnegoError):
+            except (ValueError, SpnegoError, GSSError):
                 log.warning("%s: could not decrypt a request", self.host_name)
                 return web.Response(status=400)
             encrypt = auth.security
@@ -106,7 +119,7 @@ class HostServer:
         if not soap:
             # The client's empty POST that sets up the security context.
             return web.Response(status=200, headers=auth.extra_headers)
-        status, payload = await self._dispatch(soap, request)
+        status, payload = await self._dispatch(soap, request, auth.identity)
         if await self._stop_answering(request):
             return web.Response(status=503)
         headers = dict(auth.extra_headers)
@@ -145,35 +158,85 @@ class HostServer:
         security = self._connections.for_transport(request.transport)
         header = request.headers.get("Authorization")
         if header is None:
-            if security.established:
-                return _Authenticated(security, {})
+            identity = security.identity
+            if identity is not None:
+                return _Authenticated(security, {}, identity)
             raise _NotAuthenticated(self._unauthorized())
         scheme = header.split(" ", 1)[0].lower()
         if scheme == "basic" and "basic" in self._auth_methods:
             parsed = parse_basic(header)
             if parsed is None or not self._credentials.accepts(*parsed):
                 raise _NotAuthenticated(self._unauthorized())
-            return _Authenticated(None, {})
-        if scheme in ("negotiate", "ntlm") and "negotiate" in self._auth_methods:
+            return _Authenticated(None, {}, ClientIdentity("basic", parsed[0]))
+        if scheme in ("negotiate", "ntlm", "kerberos") and "negotiate" in self._auth_methods:
             token = parse_negotiate(header)
             if token is None:
                 raise _NotAuthenticated(self._unauthorized())
             try:
                 out_token = security.step(token)
-            except SpnegoError:
+            except AuthenticationRefused as refused:
                 security.reset()
-                raise _NotAuthenticated(self._unauthorized()) from None
+                log.info("%s: authentication refused: %s", self.host_name, refused)
+                response = self._unauthorized()
+                if refused.token:
+                    # The KRB-ERROR (clock skew, ...) lets the client say why.
+                    response.headers["WWW-Authenticate"] = (
+                        "Negotiate " + base64.b64encode(refused.token).decode()
+                    )
+                raise _NotAuthenticated(response) from None
             extra = {}
             if out_token:
                 extra["WWW-Authenticate"] = "Negotiate " + base64.b64encode(out_token).decode()
-            if not security.established:
+            identity = security.identity
+            if identity is None:
                 raise _NotAuthenticated(web.Response(status=401, headers=extra))
-            return _Authenticated(security, extra)
+            return _Authenticated(security, extra, identity)
         raise _NotAuthenticated(self._unauthorized())
+
+    # ---- the second hop --------------------------------------------------------
+
+    def reach_for(self, identity: ClientIdentity) -> ReachDestination | None:
+        """How this host reaches a destination for ``identity`` in Move-VM:
+        with tickets from the lab's KDC (None: the lab has no KDC)."""
+        hop = self._second_hop
+        if hop is None:
+            return None
+        source = self.host_name
+        migration_auth = self.lab.host(source).config.migration_auth
+
+        async def reach(destination: str) -> dict[str, Any]:
+            details: dict[str, Any] = {
+                "client": identity.user,
+                "client_auth": identity.method,
+                "migration_auth": migration_auth,
+            }
+            try:
+                ticket = await asyncio.to_thread(
+                    hop.obtain,
+                    source=source,
+                    destination=destination,
+                    user=identity.user,
+                    password=identity.delegated_password,
+                    migration_auth=migration_auth,
+                )
+            except HopRefused as refused:
+                raise SecondHopRefused(
+                    refused.message, {**details, "refused": refused.detail}
+                ) from None
+            return {
+                **details,
+                "ticket_client": ticket.client,
+                "service": ticket.service,
+                "how": ticket.how,
+            }
+
+        return reach
 
     # ---- WS-Man dispatch -----------------------------------------------------
 
-    async def _dispatch(self, soap: bytes, request: web.Request) -> tuple[int, bytes]:
+    async def _dispatch(
+        self, soap: bytes, request: web.Request, identity: ClientIdentity
+    ) -> tuple[int, bytes]:
         try:
             req = wsman.parse_request(soap)
         except wsman.WSManParseError as error:
@@ -182,7 +245,7 @@ class HostServer:
             )
             return 500, wsman.fault_envelope("", fault, self.host_name)
         try:
-            return 200, await self._action(req, request)
+            return 200, await self._action(req, request, identity)
         except _FaultResponse as raised:
             return 500, wsman.fault_envelope(req.message_id, raised.fault, self.host_name)
         except (wsman.WSManParseError, PSRPCoreError, ValueError) as error:
@@ -197,9 +260,12 @@ class HostServer:
             raise _FaultResponse(wsman.shell_not_found_fault(req.shell_id))
         return session
 
-    async def _action(self, req: wsman.WSManRequest, request: web.Request) -> bytes:
+    async def _action(
+        self, req: wsman.WSManRequest, request: web.Request, identity: ClientIdentity
+    ) -> bytes:
+        if req.action == wsman.ACTION_CREATE:
+            return await self._create(req, request, identity)
         handlers = {
-            wsman.ACTION_CREATE: self._create,
             wsman.ACTION_COMMAND: self._command,
             wsman.ACTION_SEND: self._send,
             wsman.ACTION_RECEIVE: self._receive,
@@ -211,10 +277,19 @@ class HostServer:
             raise _FaultResponse(wsman.action_not_supported_fault(req.action))
         return await handler(req, request)
 
-    async def _create(self, req: wsman.WSManRequest, request: web.Request) -> bytes:
+    async def _create(
+        self, req: wsman.WSManRequest, request: web.Request, identity: ClientIdentity
+    ) -> bytes:
         client_shell_id, creation = wsman.creation_xml(req)
         shell_id = client_shell_id or str(uuid.uuid4()).upper()
-        session = PoolSession(shell_id, lab=self.lab, host=self.host_name, spawn=self._spawn)
+        session = PoolSession(
+            shell_id,
+            lab=self.lab,
+            host=self.host_name,
+            spawn=self._spawn,
+            client=identity,
+            reach=self.reach_for(identity),
+        )
         session.open(creation)
         self.shells[shell_id] = session
         return wsman.create_response(
