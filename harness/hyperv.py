@@ -29,6 +29,7 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 from requests.exceptions import RequestException, SSLError
 
+from . import kerberos
 from .config import HostConfig
 
 
@@ -171,7 +172,9 @@ def _wsman(host: HostConfig, password: str | None, read_timeout_s: float) -> WSM
         path=host.path,
         ssl=host.https,
         auth=host.auth,
-        username=host.username,
+        username=kerberos.client_principal(host.username)
+        if host.auth == "kerberos"
+        else host.username,
         password=password,
         # pypsrp also takes a CA bundle path here, though it is typed bool.
         cert_validation=host.cert_validation,  # type: ignore[arg-type]
@@ -179,6 +182,7 @@ def _wsman(host: HostConfig, password: str | None, read_timeout_s: float) -> WSM
         connection_timeout=max(1, int(min(read_timeout_s, 10))),
         read_timeout=max(2, int(read_timeout_s)),
         operation_timeout=max(1, int(read_timeout_s) - 1),
+        **kerberos.wsman_options(host),
     )
 
 
@@ -202,6 +206,8 @@ def _translate(host: str, exc: BaseException) -> HostError:
         )
     if isinstance(exc, WinRMError):
         return HostError(host, f"WinRM error: {exc}")
+    if kerberos.is_kerberos_failure(exc):
+        return HostAuthError(host, kerberos.explain(None, exc))
     return HostError(host, f"{type(exc).__name__}: {exc}")
 
 

@@ -8,6 +8,7 @@ the write-up's rule. Everything blocking runs in worker threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,8 +19,9 @@ from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.host_state import HostObservation
 from migration_blackout.probes.sink import JsonlSink
 
+from .. import kerberos
 from ..clocksync import ClockOffset, sample_clock
-from ..config import RunConfig
+from ..config import HostConfig, RunConfig
 from ..console import console_poll_function
 from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall
 from ..runfolder import RunFolder
@@ -47,6 +49,8 @@ class HyperVBackend:
         self.sessions: dict[str, HostSession] = {}
         self._started_utc: datetime | None = None  # when Move-VM was sent
         self._offsets: dict[str, int] = {}
+        # KRB5_CONFIG for the run, restored by close().
+        self._environment = contextlib.ExitStack()
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "hosts": [h.name for h in self.config.hosts]}
@@ -54,6 +58,10 @@ class HyperVBackend:
     # -- preflight ------------------------------------------------------------
 
     async def open(self, record: Recorder) -> None:
+        self._environment.enter_context(kerberos.use_krb5_config(self.config.krb5_config))
+        for configured in self.config.hosts:
+            if configured.auth == "kerberos":
+                await self._kerberos_preflight(configured, record)
         sessions = {
             host.name: HostSession(
                 host, self._passwords.get(host.name), call_timeout_s=HOST_CALL_TIMEOUT_S
@@ -71,6 +79,19 @@ class HyperVBackend:
             if isinstance(result, BaseException):
                 raise result
             record("preflight", check="connect", host=host, ok=True)
+
+    async def _kerberos_preflight(self, host: HostConfig, record: Recorder) -> None:
+        """The host's ticket from the KDC before any WinRM traffic: Kerberos
+        problems get their own one-line error (recorded: who, which SPN, from
+        which credentials; never the password or the ticket)."""
+        try:
+            login = await asyncio.to_thread(
+                kerberos.preflight, host, self._passwords.get(host.name)
+            )
+        except kerberos.KerberosError as exc:
+            record("preflight", check="kerberos", host=host.name, ok=False, error=str(exc))
+            raise PreflightError(str(exc)) from None
+        record("preflight", check="kerberos", ok=True, **login.describe())
 
     async def locate(self, record: Recorder) -> tuple[str, str]:
         """Which host holds the VM (found, not assumed), and where it goes."""
@@ -297,6 +318,7 @@ class HyperVBackend:
         await asyncio.gather(
             *(asyncio.to_thread(s.close) for s in self.sessions.values()), return_exceptions=True
         )
+        self._environment.close()
 
 
 def _state_poll(session: HostSession, vm: str) -> Callable[[], HostObservation]:
