@@ -246,3 +246,34 @@ def test_gssapi_names_use_the_lab_realm(lab: LabThread) -> None:
     name = gssapi.Name(f"HTTP@{lab.realm.host(SRC).fqdn}", gssapi.NameType.hostbased_service)
     canonical = name.canonicalize(gssapi.MechType.kerberos)
     assert str(canonical) == lab.realm.host(SRC).service_principal
+
+
+@pytest.mark.parametrize("migration_auth", ["credssp", "kerberos"])
+def test_a_credssp_session_hops_with_the_delegated_password(migration_auth: str) -> None:
+    # No constrained delegation anywhere: the user's own credentials suffice.
+    hosts = (HostConfig(SRC, migration_auth=migration_auth, delegation=False), HostConfig(DST))
+    with lab_with(*hosts, auth_methods=frozenset({"basic", "negotiate", "credssp"})) as lab:
+        assert lab.realm is not None
+        endpoint = lab.hosts[SRC]
+        wsman = WSMan(
+            endpoint.address,
+            port=endpoint.port,
+            ssl=False,
+            auth="credssp",
+            username=lab.credentials.principal,
+            password=PASSWORD,
+            credssp_auth_mechanism="ntlm",
+        )
+        with wsman, RunspacePool(wsman) as pool:
+            ps = move(pool)
+            assert error_texts(ps) == []
+        truth = lab.ground_truth_path.read_text()
+        (start,) = [
+            e
+            for e in read_ground_truth(lab.ground_truth_path)[1]
+            if e["event"] == "migration_start"
+        ]
+    hop = start["second_hop"]
+    assert hop["client_auth"] == "credssp" and hop["how"] == "password"
+    assert hop["ticket_client"] == lab.realm.user_principal
+    assert PASSWORD not in truth

@@ -119,7 +119,7 @@ def measure(
     environment = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("MEASURE_PASSWORD", "MB_KERBEROS_PASSWORD", "KRB5CCNAME", "KRB5_CONFIG")
+        if k not in ("MEASURE_PASSWORD", "MB_KERBEROS_PASSWORD", "KRB5CCNAME")
     }
     proc = subprocess.run(
         [*command, "--settle", "1", "--out", str(out), *args],

@@ -1,6 +1,10 @@
 """HTTP authentication and WinRM message encryption for the emulated hosts.
 
 - Basic: checked on every request against the lab credentials.
+- CredSSP (when the lab's ``auth_methods`` include it, as ``Enable-WSManCredSSP
+  -Role Server`` does on a host): pyspnego's CredSSP acceptor (TLS, NTLM
+  inside); the client delegates the user's password, which the shell keeps
+  for Move-VM's second hop. Messages are TLS-wrapped in 16 KiB parts.
 - Negotiate: one security context per TCP connection (as on Windows, the
   client authenticates once per connection and later requests carry no
   Authorization header). Kerberos (a raw Kerberos token, or SPNEGO preferring
@@ -33,6 +37,8 @@ from spnego.exceptions import SpnegoError
 from migration_blackout.lab.hyperv.gss import GSSError, KerberosAcceptor, token_kind
 
 SPNEGO_ENCRYPTED = "application/HTTP-SPNEGO-session-encrypted"
+CREDSSP_ENCRYPTED = "application/HTTP-CredSSP-session-encrypted"
+CREDSSP_PART_BYTES = 16384  # [MS-WSMV] 2.2.9.1.1: CredSSP encrypts at most 16 KiB per part
 BOUNDARY = "Encrypted Boundary"
 _ORIGINAL_LENGTH = re.compile(rb"Length=(\d+)")
 
@@ -132,18 +138,24 @@ class ConnectionSecurity:
     def identity(self) -> ClientIdentity | None:
         if not self.established:
             return None
-        return ClientIdentity(self.method, str(self.context.client_principal))
+        user = str(self.context.client_principal)
+        if self.method != "credssp":
+            return ClientIdentity(self.method, user)
+        delegated = self.context.get_extra_info("client_credential")  # TSPasswordCreds
+        return ClientIdentity("credssp", user, delegated_password=str(delegated.password))
 
     def reset(self) -> None:
         self.context = None
 
-    def step(self, token: bytes) -> bytes | None:
-        """Feed one client token; returns the token to send back (if any).
-
-        Raises :class:`AuthenticationRefused` when the client is rejected.
+    def step(self, token: bytes, *, scheme: str = "negotiate") -> bytes | None:
+        """Feed one client token of HTTP ``scheme``; returns the token to send
+        back (if any). Raises :class:`AuthenticationRefused` when the client is
+        rejected.
         """
         if self.context is None or self.context.complete:
-            if self._kerberos is not None and token_kind(token) != "other":
+            if scheme == "credssp":
+                self.context, self.method = spnego.server(protocol="credssp"), "credssp"
+            elif self._kerberos is not None and token_kind(token) != "other":
                 self.context, self.method = self._kerberos.new_context(), "kerberos"
             else:
                 self.context, self.method = (
@@ -183,19 +195,25 @@ class ConnectionSecurity:
 
     def wrap(self, message: bytes) -> tuple[str, bytes]:
         """Encrypt a response body; returns (Content-Type, body)."""
-        header, wrapped, padding = self.context.wrap_winrm(message)
-        payload = (
-            f"--{BOUNDARY}\r\n"
-            f"\tContent-Type: {SPNEGO_ENCRYPTED}\r\n"
-            "\tOriginalContent: type=application/soap+xml;charset=UTF-8;"
-            f"Length={len(message) + padding}\r\n"
-            f"--{BOUNDARY}\r\n"
-            "\tContent-Type: application/octet-stream\r\n"
-        ).encode()
-        payload += struct.pack("<i", len(header)) + header + wrapped
+        protocol, size = SPNEGO_ENCRYPTED, max(len(message), 1)
+        if self.method == "credssp":
+            protocol, size = CREDSSP_ENCRYPTED, CREDSSP_PART_BYTES
+        payload = b""
+        for start in range(0, max(len(message), 1), size):
+            part = message[start : start + size]
+            header, wrapped, padding = self.context.wrap_winrm(part)
+            payload += (
+                f"--{BOUNDARY}\r\n"
+                f"\tContent-Type: {protocol}\r\n"
+                "\tOriginalContent: type=application/soap+xml;charset=UTF-8;"
+                f"Length={len(part) + padding}\r\n"
+                f"--{BOUNDARY}\r\n"
+                "\tContent-Type: application/octet-stream\r\n"
+            ).encode()
+            payload += struct.pack("<i", len(header)) + header + wrapped
         payload += f"--{BOUNDARY}--\r\n".encode()
-        content_type = f'multipart/encrypted;protocol="{SPNEGO_ENCRYPTED}";boundary="{BOUNDARY}"'
-        return content_type, payload
+        kind = "x-multi-encrypted" if len(message) > size else "encrypted"
+        return f'multipart/{kind};protocol="{protocol}";boundary="{BOUNDARY}"', payload
 
 
 class ConnectionRegistry:

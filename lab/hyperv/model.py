@@ -247,7 +247,8 @@ class LabConfig:
     username: str = "harness"
     # None: a random password is generated for the run.
     password: str | None = None
-    # Which HTTP auth schemes the hosts accept: "basic", "negotiate" (NTLM).
+    # Which HTTP auth schemes the hosts accept: "basic", "negotiate" (NTLM, and
+    # Kerberos with the lab's KDC), "credssp" (off by default, as on Windows).
     auth_methods: frozenset[str] = frozenset({"basic", "negotiate"})
     bind_address: str = "127.0.0.1"
     # HTTPS with a self-signed certificate made for the lab (LabHosts.ca_path).
@@ -270,7 +271,7 @@ class LabConfig:
             raise ValueError("host names must be unique")
         if self.vm.host.lower() not in names:
             raise ValueError(f"VM host {self.vm.host!r} is not one of the lab hosts")
-        unknown = set(self.auth_methods) - {"basic", "negotiate"}
+        unknown = set(self.auth_methods) - {"basic", "negotiate", "credssp"}
         if unknown:
             raise ValueError(f"unknown auth methods {sorted(unknown)}")
         for fault in self.faults.unresponsive:

@@ -101,7 +101,7 @@ class HostServer:
         except _NotAuthenticated as refused:
             return refused.response
         content_type = request.headers.get("Content-Type", "")
-        if content_type.startswith("multipart/encrypted"):
+        if content_type.startswith(("multipart/encrypted", "multipart/x-multi-encrypted")):
             if auth.security is None or not auth.security.established:
                 return self._unauthorized()
             boundary = _BOUNDARY.search(content_type)
@@ -152,6 +152,8 @@ class HostServer:
             response.headers.add("WWW-Authenticate", "Negotiate")
         if "basic" in self._auth_methods:
             response.headers.add("WWW-Authenticate", 'Basic realm="WSMAN"')
+        if "credssp" in self._auth_methods:
+            response.headers.add("WWW-Authenticate", "CredSSP")
         return response
 
     def _authenticate(self, request: web.Request) -> _Authenticated:
@@ -168,12 +170,15 @@ class HostServer:
             if parsed is None or not self._credentials.accepts(*parsed):
                 raise _NotAuthenticated(self._unauthorized())
             return _Authenticated(None, {}, ClientIdentity("basic", parsed[0]))
-        if scheme in ("negotiate", "ntlm", "kerberos") and "negotiate" in self._auth_methods:
+        negotiate = (
+            scheme in ("negotiate", "ntlm", "kerberos") and "negotiate" in self._auth_methods
+        )
+        if negotiate or (scheme == "credssp" and "credssp" in self._auth_methods):
             token = parse_negotiate(header)
             if token is None:
                 raise _NotAuthenticated(self._unauthorized())
             try:
-                out_token = security.step(token)
+                out_token = security.step(token, scheme=scheme)
             except AuthenticationRefused as refused:
                 security.reset()
                 log.info("%s: authentication refused: %s", self.host_name, refused)
@@ -186,7 +191,8 @@ class HostServer:
                 raise _NotAuthenticated(response) from None
             extra = {}
             if out_token:
-                extra["WWW-Authenticate"] = "Negotiate " + base64.b64encode(out_token).decode()
+                label = "CredSSP" if scheme == "credssp" else "Negotiate"
+                extra["WWW-Authenticate"] = f"{label} " + base64.b64encode(out_token).decode()
             identity = security.identity
             if identity is None:
                 raise _NotAuthenticated(web.Response(status=401, headers=extra))
