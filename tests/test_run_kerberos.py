@@ -280,22 +280,24 @@ def test_status_shows_the_realm_and_down_removes_the_kdc_after_a_crash(tmp_path:
     state_dir = tmp_path / "state"
     up = lab_cli(state_dir, "up")
     assert up.returncode == 0, up.stderr
-    assert "realm LAB.TEST" in up.stdout
-    status = json.loads(lab_cli(state_dir, "status", "--json").stdout)
-    realm = status["kerberos"]
-    assert realm["realm"] == "LAB.TEST" and realm["user_principal"] == "harness@LAB.TEST"
-    assert Path(realm["krb5_config"]).is_file()
-    assert str(state_dir) in realm["krb5_config"]
-    assert [h["service_principal"] for h in status["hosts"]] == [
-        "HTTP/ws16tp4dm1vml1b.lab.test@LAB.TEST",
-        "HTTP/ws16tp4dm2vml1b.lab.test@LAB.TEST",
-    ]
-    directory = Path(realm["krb5_config"]).parent
-    daemons = [int((directory / f).read_text()) for f in ("krb5kdc.pid", "slapd.pid")]
-    os.kill(status["pid"], signal.SIGKILL)  # the lab crashes; its KDC keeps running
-    wait_until(lambda: not running(status["pid"]), timeout_s=10, what="the daemon to die")
-    assert all(running(pid) for pid in daemons)
-    down = lab_cli(state_dir, "down")
+    try:
+        assert "realm LAB.TEST" in up.stdout
+        status = json.loads(lab_cli(state_dir, "status", "--json").stdout)
+        realm = status["kerberos"]
+        assert realm["realm"] == "LAB.TEST" and realm["user_principal"] == "harness@LAB.TEST"
+        assert Path(realm["krb5_config"]).is_file()
+        assert str(state_dir) in realm["krb5_config"]
+        assert [h["service_principal"] for h in status["hosts"]] == [
+            "HTTP/ws16tp4dm1vml1b.lab.test@LAB.TEST",
+            "HTTP/ws16tp4dm2vml1b.lab.test@LAB.TEST",
+        ]
+        directory = Path(realm["krb5_config"]).parent
+        daemons = [int((directory / f).read_text()) for f in ("krb5kdc.pid", "slapd.pid")]
+        os.kill(status["pid"], signal.SIGKILL)  # the lab crashes; its KDC keeps running
+        wait_until(lambda: not running(status["pid"]), timeout_s=10, what="the daemon to die")
+        assert all(running(pid) for pid in daemons)
+    finally:
+        down = lab_cli(state_dir, "down")
     assert down.returncode == 0, down.stderr
     wait_until(
         lambda: not any(running(pid) for pid in daemons),

@@ -170,6 +170,15 @@ class KerberosContext:
         return iov[1].value or b""
 
 
+def _acceptor_store(host: RealmHost) -> dict[bytes | str, bytes | str]:
+    """The host's keytab, and its replay cache beside it (MIT's default is a
+    shared file in /var/tmp that would outlive the lab)."""
+    return {
+        b"keytab": str(host.keytab).encode(),
+        b"rcache": f"file2:{host.keytab.with_suffix('.rcache2')}".encode(),
+    }
+
+
 class KerberosAcceptor:
     """A host's acceptor credential: its keytab, for its WinRM principal only."""
 
@@ -181,7 +190,7 @@ class KerberosAcceptor:
         if self._credentials is None:
             self._credentials = gssapi.Credentials(
                 gss_raw.acquire_cred_from(
-                    {b"keytab": str(self.host.keytab).encode()},
+                    _acceptor_store(self.host),
                     name=_principal(self.host.service_principal),
                     mechs=[gssapi.MechType.kerberos, gssapi.OID.from_int_seq(SPNEGO_MECH)],
                     usage="accept",
@@ -312,7 +321,7 @@ def _accept_at(target: RealmHost, service: str, credentials: gssapi.Credentials)
     acceptor = gssapi.SecurityContext(
         creds=gssapi.Credentials(
             gss_raw.acquire_cred_from(
-                {b"keytab": str(target.keytab).encode()},
+                _acceptor_store(target),
                 name=_principal(service),
                 mechs=[gssapi.MechType.kerberos],
                 usage="accept",
