@@ -192,8 +192,16 @@ def test_lab_run_over_kerberos_with_the_labs_password(tmp_path: Path) -> None:
     (start,) = [e for e in truth if e["event"] == "migration_start"]
     assert start["second_hop"]["client_auth"] == "kerberos"
     assert start["second_hop"]["how"] == "constrained-delegation"
-    summary = json.loads((run_dir / "derived" / "summary.json").read_text())
-    assert summary["blackout"] is not None
+    # Every witness as over Basic: ICMP, the host polls, Hyper-V's event, the console.
+    doc = json.loads((run_dir / "derived" / "summary.json").read_text())
+    true_pause = doc["ground_truth"]["pause_to_resume_ms"]
+    true_outage = doc["ground_truth"]["pause_to_network_restored_ms"]
+    assert doc["blackout"]["lower_ms"] <= true_outage <= doc["blackout"]["upper_ms"]
+    host = doc["hyperv"]["host_blackout"]
+    assert host["lower_ms"] <= true_pause <= host["upper_ms"]
+    assert doc["hyperv"]["reported"]["event_id"] == 20415
+    assert abs(doc["hyperv"]["reported"]["blackout_s"] - true_pause / 1000) <= 0.1
+    assert doc["console"]["blackout"] is not None
     assert_no_secret(run_dir, PASSWORD)
 
 
