@@ -226,7 +226,10 @@ def compare_blackouts(
     )
     sizes = f"{m} candidate and {n} baseline runs"
     test: MannWhitneyU | None = None
-    if m < min_runs or n < min_runs:
+    if n == 0:
+        verdict = Verdict.INSUFFICIENT_DATA
+        reason = f"no baseline: {sizes}; nothing to compare with"
+    elif m < min_runs or n < min_runs:
         verdict = Verdict.INSUFFICIENT_DATA
         reason = f"insufficient data: {sizes}; at least {min_runs} on each side are needed"
     else:

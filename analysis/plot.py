@@ -27,6 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +35,12 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MaxNLocator
-from matplotlib.transforms import blended_transform_factory
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.transforms import Bbox, blended_transform_factory
 from PIL import Image
 
 from migration_blackout.analysis.decompose import Component, Decomposition, Instant, decompose
@@ -58,6 +60,9 @@ ZOOM_PNG = "timeline-zoom.png"
 
 WIDTH_IN = 16.0
 DPI = 100
+# The lanes span LEFT..RIGHT of the figure's width; legends sit right of them.
+LEFT, RIGHT = 0.1, 0.8
+LEGEND_X = 1.06  # in axes widths: past a twin axis's tick labels
 ZOOM_S = 3.0  # the zoom shows this much on each side of the blackout windows
 THUMB_WIDTH_PX = 110
 
@@ -75,12 +80,12 @@ WINDOW_COLOURS = {
     "network_reconvergence": "#6a1b9a",
     "console_blackout": "#455a64",
 }
-WINDOW_LABELS = {
-    "hypervisor_blackout": "hypervisor\n(host polls)",
+WINDOW_LABELS = {  # one line each: five rows share the lane
+    "hypervisor_blackout": "hypervisor (host polls)",
     "guest_execution_gap": "guest freeze",
-    "network_outage": "network\n(ICMP)",
+    "network_outage": "network (ICMP)",
     "network_reconvergence": "reconvergence",
-    "console_blackout": "console\n(thumbnail)",
+    "console_blackout": "console (thumbnail)",
 }
 LOST_MARKERS = {  # outcome: (marker, colour, y in axes fraction)
     "timeout": ("x", "#d32f2f", 0.92),
@@ -168,6 +173,75 @@ def _centres(view: _View) -> FloatArray:
     return (edges[:-1] + edges[1:]) / 2
 
 
+# -- labels that never collide -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Label:
+    """Text for ``ax`` at data point (``x``, ``y``), tried at each ``candidates`` offset
+    (dx, dy in points, horizontal and vertical alignment) until one fits."""
+
+    ax: Axes
+    x: float
+    y: float
+    text: str
+    candidates: tuple[tuple[float, float, str, str], ...]
+    fontsize: float
+    colour: str = "black"
+
+
+# Beside a point, then above and below it, then further out; right-aligned when the
+# left-aligned text would run off the lane.
+_EVENT_OFFSETS = tuple(
+    (dx, dy, ha, "baseline")
+    for dy in (5.0, -10.0, 14.0, -19.0)
+    for dx, ha in ((3.0, "left"), (-3.0, "right"))
+)
+
+
+class _LabelPlacer:
+    """Places labels so that no two overlap and none leaves its lane (measured with the
+    renderer, after the axes' limits are final); a label that fits nowhere is not drawn
+    and is returned, for the caption."""
+
+    def __init__(self, figure: Figure) -> None:
+        self.renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+        self.taken: list[Bbox] = []
+
+    def place(self, label: _Label) -> bool:
+        lane = label.ax.get_window_extent(self.renderer)
+        for dx, dy, ha, va in label.candidates:
+            artist = label.ax.annotate(
+                label.text,
+                (label.x, label.y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=label.fontsize,
+                color=label.colour,
+                annotation_clip=False,
+            )
+            box = artist.get_window_extent(self.renderer)
+            inside = (
+                box.x0 >= lane.x0 and box.x1 <= lane.x1 and box.y0 >= lane.y0 and box.y1 <= lane.y1
+            )
+            if inside and not any(box.overlaps(other) for other in self.taken):
+                self.taken.append(box)
+                return True
+            artist.remove()
+        return False
+
+    def place_all(self, labels: Sequence[Sequence[_Label]]) -> list[str]:
+        """Place each label (its alternatives in order of preference), left to right;
+        return the texts that found no room."""
+        unplaced = []
+        for alternatives in sorted(labels, key=lambda item: item[0].x):
+            if not any(self.place(label) for label in alternatives):
+                unplaced.append(alternatives[0].text)
+        return unplaced
+
+
 # -- lanes -------------------------------------------------------------------
 
 
@@ -185,22 +259,19 @@ def _shade(ax: Axes, view: _View, component: Component | None, colour: str) -> N
 
 def _window_bar(
     ax: Axes, view: _View, y: float, start: Instant, end: Instant, colour: str, text: str
-) -> None:
+) -> list[_Label]:
     x0, x1 = view.visible(start.earliest, end.latest)
     ax.barh(y, x1 - x0, left=x0, height=0.6, color=colour, alpha=0.3, lw=0)
     inner = (start.hi_mono_ns, end.lo_mono_ns)
     if inner[0] is not None and inner[1] is not None and inner[0] < inner[1]:
         i0, i1 = view.visible(inner[0], inner[1], 2.0)
         ax.barh(y, i1 - i0, left=i0, height=0.6, color=colour, alpha=0.85, lw=0)
-    ax.annotate(
-        text,
-        (x1, y),
-        xytext=(4, 0),
-        textcoords="offset points",
-        va="center",
-        fontsize=8,
-        clip_on=True,
-    )
+    # After the bar; before it when the lane ends there; on it as a last resort.
+    return [
+        _Label(ax, x1, y, text, ((4.0, 0.0, "left", "center"),), 8),
+        _Label(ax, x0, y, text, ((-4.0, 0.0, "right", "center"),), 8),
+        _Label(ax, (x0 + x1) / 2, y, text, ((0.0, 0.0, "center", "center"),), 8),
+    ]
 
 
 def _bounds_text(component: Component) -> str:
@@ -209,7 +280,8 @@ def _bounds_text(component: Component) -> str:
     return f"{lower} - {upper} ms"
 
 
-def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> None:
+def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> list[list[_Label]]:
+    """The window bars; returns each bar's label with its fallback positions."""
     rows = [
         c
         for c in (
@@ -222,10 +294,15 @@ def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> None:
         if c is not None and c.start is not None and c.end is not None
     ]
     labels = []
+    texts: list[list[_Label]] = []
     for y, component in enumerate(reversed(rows)):
         assert component.start is not None and component.end is not None
         colour = WINDOW_COLOURS.get(component.name, "#555555")
-        _window_bar(ax, view, y, component.start, component.end, colour, _bounds_text(component))
+        texts.append(
+            _window_bar(
+                ax, view, y, component.start, component.end, colour, _bounds_text(component)
+            )
+        )
         labels.append(WINDOW_LABELS.get(component.name, component.name))
     reported = decomposition.reported_blackout
     if reported is not None and reported.logged is not None:
@@ -234,14 +311,15 @@ def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> None:
         x = view.xs(logged.t_mono_ns)
         err = logged.latest - logged.t_mono_ns
         ax.errorbar(x, y, xerr=err / NS_PER_S, fmt="D", color="#37474f", ms=5, capsize=3)
-        ax.annotate(
+        text = (
             f"{reported.event_id} logged: blackout {reported.value_s:g} s "
-            f"({reported.lower_ms:.0f} - {reported.upper_ms:.0f} ms)",
-            (x, y),
-            xytext=(6, 0),
-            textcoords="offset points",
-            va="center",
-            fontsize=8,
+            f"({reported.lower_ms:.0f} - {reported.upper_ms:.0f} ms)"
+        )
+        texts.append(
+            [
+                _Label(ax, x + err / NS_PER_S, y, text, ((6.0, 0.0, "left", "center"),), 8),
+                _Label(ax, x - err / NS_PER_S, y, text, ((-6.0, 0.0, "right", "center"),), 8),
+            ]
         )
         labels.append(f"Hyper-V {reported.event_id}")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -249,6 +327,21 @@ def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> None:
     if not labels:
         ax.text(0.5, 0.5, "no blackout seen", transform=ax.transAxes, ha="center", va="center")
         ax.set_yticks([])
+    return texts
+
+
+def _legend(ax: Axes, handles: Sequence[Any]) -> None:
+    """The lane's legend beside it, right of the plot (and of a twin axis's ticks), so it
+    covers no data."""
+    if handles:
+        ax.legend(
+            handles=list(handles),
+            loc="upper left",
+            bbox_to_anchor=(LEGEND_X, 1.0),
+            borderaxespad=0.0,
+            fontsize=7,
+            frameon=False,
+        )
 
 
 def _state_runs(times: IntArray, states: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -288,7 +381,7 @@ def _draw_host(ax: Axes, view: _View, polls: pd.DataFrame, host: str, role: str 
     ax.set_yticks([0, 50, 100])
     ax.set_ylabel(f"{host}\n{role or 'host'}, %", fontsize=7)
     if handles:
-        ax.legend(handles=handles, loc="upper left", fontsize=7, ncols=len(handles), frameon=True)
+        _legend(ax, handles)
 
 
 def _line(
@@ -378,9 +471,20 @@ def _draw_icmp(ax: Axes, view: _View, icmp: pd.DataFrame, target: str) -> None:
         handles.append(Line2D([], [], color=colour, marker=marker, ls="none", label=label))
     finite = rtt[reply & np.isfinite(rtt)]
     if len(finite) and float(finite.min()) > 0 and float(finite.max()) > 10 * float(finite.min()):
-        ax.set_yscale("log")  # spikes of 100x the usual RTT stay readable
+        # Spikes of 100x the usual RTT stay readable.
+        _plain_log_axis(ax, float(finite.min()), float(finite.max()))
     ax.set_ylabel(f"ICMP {target}\nRTT ms", fontsize=8)
-    ax.legend(handles=handles, loc="lower left", fontsize=7, ncols=len(handles), frameon=True)
+    _legend(ax, handles)
+
+
+def _plain_log_axis(ax: Axes, low: float, high: float) -> None:
+    """A log y axis labelled 0.5, 1, 2, 5, 10 (1, 10, 100 over more than two decades, so
+    that the labels of a short lane do not run into each other), not 10^x."""
+    ax.set_yscale("log")
+    decades = np.log10(high / low) if low > 0 and high > low else 1.0
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _steps(records: pd.DataFrame, column: str) -> tuple[IntArray, FloatArray]:
@@ -433,7 +537,7 @@ def _draw_console(ax: Axes, view: _View, console: pd.DataFrame, hosts: Sequence[
     ax.set_ylim(0, 1)
     ax.set_yticks([0.15, 0.5], ["host", "screen"], fontsize=7)
     ax.set_ylabel("console\nview", fontsize=8)
-    ax.legend(handles=handles, loc="upper left", fontsize=7, ncols=len(handles), frameon=True)
+    _legend(ax, handles)
 
 
 def _draw_heartbeat(ax: Axes, view: _View, heartbeats: pd.DataFrame) -> None:
@@ -441,9 +545,13 @@ def _draw_heartbeat(ax: Axes, view: _View, heartbeats: pd.DataFrame) -> None:
     _, arrival_step = _steps(heartbeats, "recv_mono_ns")
     _series_max(ax, view, t, arrival_step, colour="#90a4ae", label="arrival step")
     _series_max(ax, view, t, guest_step, colour="#2e7d32", label="step on the guest's clock")
-    ax.set_yscale("log")
+    steps = np.concatenate([guest_step, arrival_step])
+    steps = steps[np.isfinite(steps) & (steps > 0)]
+    _plain_log_axis(
+        ax, float(steps.min()) if len(steps) else 1.0, float(steps.max()) if len(steps) else 10.0
+    )
     ax.set_ylabel("heartbeat\nstep ms", fontsize=8)
-    ax.legend(loc="upper left", fontsize=7, ncols=2)
+    _legend(ax, ax.get_legend_handles_labels()[0])
 
 
 def _series_max(
@@ -581,13 +689,16 @@ def _event_marks(events: pd.DataFrame) -> list[tuple[int, str, int, int, int]]:
     return marks
 
 
-def _draw_events(figure: Figure, ax: Axes, view: _View, events: pd.DataFrame) -> None:
+def _draw_events(figure: Figure, ax: Axes, view: _View, events: pd.DataFrame) -> list[_Label]:
+    """Markers per row (Hyper-V events with their clock uncertainty, the harness, the lab's
+    truth); returns their labels, events at one pixel sharing one."""
     mine = events[events["lane"] == EVENTS_LANE]
     mine = mine[(mine["t_mono_ns"] >= view.x0_ns) & (mine["t_mono_ns"] <= view.x1_ns)]
-    rows = {"Hyper-V events": 2, "harness": 1, "lab truth": 0}
+    rows = {"hypervisor events": 2, "harness": 1, "lab truth": 0}
     styles = {2: ("D", "#37474f", 4), 1: ("|", "#00838f", 9), 0: ("*", "#6d4c41", 7)}
     px_per_s = _px_per_s(figure, ax, view)
     marks = _event_marks(mine)
+    labels: list[_Label] = []
     for row in rows.values():
         in_row = sorted((m for m in marks if m[0] == row), key=lambda m: m[2])
         if not in_row:
@@ -611,25 +722,22 @@ def _draw_events(figure: Figure, ax: Axes, view: _View, events: pd.DataFrame) ->
             )
         else:
             ax.plot(x, np.full(len(x), row), marker, color=colour, ms=size, ls="none")
-        # Events closer than a label's width share one label.
+        # Events within a few pixels of each other share one label.
         clusters: list[tuple[float, list[str]]] = []
         for xi, mark in zip(x, in_row, strict=True):
-            if clusters and (xi - clusters[-1][0]) * px_per_s < 70:
+            if clusters and (xi - clusters[-1][0]) * px_per_s < 4:
                 if mark[1] not in clusters[-1][1]:
                     clusters[-1][1].append(mark[1])
             else:
                 clusters.append((float(xi), [mark[1]]))
-        for i, (xi, names) in enumerate(clusters):
-            ax.annotate(
-                " ".join(names),
-                (xi, row),
-                xytext=(3, 6 if i % 2 == 0 else -11),
-                textcoords="offset points",
-                fontsize=6.5,
-                clip_on=True,
-            )
+        # In the row's colour: a label placed between two rows still says whose it is.
+        labels += [
+            _Label(ax, xi, row, " ".join(names), _EVENT_OFFSETS, 6.5, colour)
+            for xi, names in clusters
+        ]
     ax.set_yticks(list(rows.values()), list(rows), fontsize=8)
     ax.set_ylim(-0.8, 2.8)
+    return labels
 
 
 # -- figures -----------------------------------------------------------------
@@ -640,13 +748,13 @@ def _mark_points(
 ) -> str:
     """Vertical lines at the observed points A-H; returns the caption for the others.
 
-    Points closer than a letter's width share one label ("A B"), as in an hour's view.
+    Points whose letters would touch share one label ("A B"), as in an hour's view.
     """
     top = axes[0]
     blended = blended_transform_factory(top.transData, top.transAxes)
     px_per_s = _px_per_s(figure, top, view)
     missing: dict[str, list[str]] = {}
-    labels: list[tuple[float, list[str]]] = []
+    groups: list[tuple[list[float], list[str]]] = []
     for point in decomposition.points:
         if point.at is None:
             missing.setdefault(f"{point.status}: {point.note}", []).append(point.letter)
@@ -656,13 +764,27 @@ def _mark_points(
             ax.axvline(x, color="#424242", lw=0.7, ls=":", zorder=1)
         lo, hi = point.at.earliest, point.at.latest
         top.plot([view.xs(lo), view.xs(hi)], [1.02, 1.02], color="#424242", lw=2, transform=blended)
-        if labels and (x - labels[-1][0]) * px_per_s < 16:
-            labels[-1][1].append(point.letter)
-        else:
-            labels.append((x, [point.letter]))
-    for x, letters in labels:
+        groups.append(([x], [point.letter]))
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    font = FontProperties(size=9, weight="bold")
+
+    def span_px(group: tuple[list[float], list[str]]) -> tuple[float, float]:
+        width = renderer.get_text_width_height_descent(" ".join(group[1]), font, ismath=False)[0]
+        centre = (group[0][0] + group[0][-1]) / 2 * px_per_s
+        return centre - width / 2 - 2, centre + width / 2 + 2
+
+    merged = True
+    while merged:  # merge neighbours whose letters would touch, until none do
+        merged = False
+        for i in range(len(groups) - 1):
+            if span_px(groups[i])[1] > span_px(groups[i + 1])[0]:
+                first, second = groups[i], groups[i + 1]
+                groups[i : i + 2] = [(first[0] + second[0], first[1] + second[1])]
+                merged = True
+                break
+    for xs, letters in groups:
         top.text(
-            x,
+            (xs[0] + xs[-1]) / 2,
             1.04,
             " ".join(letters),
             transform=blended,
@@ -693,7 +815,7 @@ def _lanes(timeline: Timeline) -> list[tuple[str, str, float]]:
     if len(timeline.frames):
         lanes.append(("frames", "", 1.6))
     if (timeline.events["lane"] == EVENTS_LANE).any():
-        lanes.append(("events", "", 1.3))
+        lanes.append(("events", "", 2.0))
     return lanes
 
 
@@ -707,8 +829,8 @@ def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title
         len(lanes),
         1,
         height_ratios=heights,
-        left=0.1,
-        right=0.93,
+        left=LEFT,
+        right=RIGHT,
         top=1 - 1.0 / height_in,
         bottom=0.75 / height_in,
     )
@@ -718,9 +840,10 @@ def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title
     roles = {timeline.source_host: "source", timeline.destination_host: "destination"}
     decomp = decomposition
     guest_or_host = decomp.guest_execution_gap or decomp.hypervisor_blackout
+    labels: list[Sequence[_Label]] = []
     for ax, (kind, name, _h) in zip(axes, lanes, strict=True):
         if kind == "windows":
-            _draw_windows(ax, view, decomp)
+            labels += _draw_windows(ax, view, decomp)
         elif kind == "host":
             _shade(ax, view, decomp.hypervisor_blackout, WINDOW_COLOURS["hypervisor_blackout"])
             _draw_host(ax, view, timeline.polls, name, roles.get(name))
@@ -740,7 +863,7 @@ def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title
             _shade(ax, view, guest_or_host, WINDOW_COLOURS["guest_execution_gap"])
         elif kind == "events":
             _shade(ax, view, decomp.hypervisor_blackout, WINDOW_COLOURS["hypervisor_blackout"])
-            _draw_events(figure, ax, view, timeline.events)
+            labels += [[label] for label in _draw_events(figure, ax, view, timeline.events)]
         ax.grid(axis="x", color="#e0e0e0", lw=0.5)
         ax.tick_params(axis="y", labelsize=7)
     for ax in axes[:-1]:
@@ -752,6 +875,8 @@ def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title
             _draw_frames(figure, ax, view, timeline.frames, timeline.run.path)
     axes[-1].set_xlabel(f"seconds from {view.origin_label}", fontsize=9)
     missing = _mark_points(figure, axes, view, decomp)
+    # Labels last too: they are measured in pixels, so that none overlaps another.
+    unplaced = _LabelPlacer(figure).place_all(labels)
 
     origin_utc = timeline.clock.utc_ns(view.origin_ns)
     top = axes[0].secondary_xaxis("top")
@@ -761,11 +886,13 @@ def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title
     )
     top.xaxis.set_major_locator(MaxNLocator(7))
     top.tick_params(labelsize=7, pad=18)
-    figure.text(0.1, 1 - 0.12 / height_in, title, fontsize=11, va="top")
+    figure.text(LEFT, 1 - 0.12 / height_in, title, fontsize=11, va="top")
     caption = "top axis: UTC (harness clock)"
     if missing:
         caption += "; not on the timeline: " + missing
-    figure.text(0.1, 0.08 / height_in, caption, fontsize=7, va="bottom")
+    if unplaced:
+        caption += "; labels without room here: " + ", ".join(unplaced)
+    figure.text(LEFT, 0.08 / height_in, caption, fontsize=7, va="bottom", wrap=True)
     return figure
 
 
@@ -786,7 +913,7 @@ def _blackout_span(decomposition: Decomposition) -> tuple[int, int] | None:
 
 
 def _bins_for(width_in: float) -> int:
-    return max(100, int(width_in * DPI * (0.93 - 0.1)))
+    return max(100, int(width_in * DPI * (RIGHT - LEFT)))
 
 
 def timeline_figures(
@@ -817,7 +944,13 @@ def timeline_figures(
         else (span[0], "the start of the blackout windows")
     )
     zoom = _View(span[0] - reach, span[1] + reach, origin, bins, label)
-    return whole, _figure(timeline, decomposition, zoom, f"{title}: +/- {zoom_s:g} s")
+    window = (
+        f"zoom: {zoom_s:g} s before the first blackout window to {zoom_s:g} s after the last, "
+        f"{_utc_label(timeline.clock.utc_ns(zoom.x0_ns), 23)} - "
+        f"{_utc_label(timeline.clock.utc_ns(zoom.x1_ns), 23)} UTC "
+        f"({(zoom.x1_ns - zoom.x0_ns) / NS_PER_S:.1f} s)"
+    )
+    return whole, _figure(timeline, decomposition, zoom, f"{title}\n{window}")
 
 
 def plot_timeline(

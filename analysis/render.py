@@ -12,7 +12,7 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
     """Columns padded to their widest cell; ``align`` has "l" or "r" per column."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
 
@@ -90,7 +90,7 @@ def format_summary_table(summary: Mapping[str, Any], *, max_outages_per_target: 
         lines.append("ICMP (intervals in ms)")
         headers = ["target", "sent", "replies", "timeouts", "unreachable", "errors"]
         headers += ["unresolved", "dup", "late", "requested", "median", "jitter p99", "rate"]
-        lines.extend(_table(headers, rows, align="l" + "r" * 12))
+        lines.extend(text_table(headers, rows, align="l" + "r" * 12))
 
         outage_rows = []
         left_out: list[str] = []
@@ -128,7 +128,7 @@ def format_summary_table(summary: Mapping[str, Any], *, max_outages_per_target: 
             lines.append("Outages (ms)")
             headers = ["", "target", "start (UTC)", "lost", "timeouts", "unreachable", "errors"]
             headers += ["lower", "upper", "estimate", ""]
-            lines.extend(_table(headers, outage_rows, align="lll" + "r" * 7 + "l"))
+            lines.extend(text_table(headers, outage_rows, align="lll" + "r" * 7 + "l"))
             lines.extend(left_out)
         else:
             lines.append("no outages")
@@ -232,7 +232,7 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = ["", "Downtime by witness (ms)"]
-    lines.extend(_table(["witness", "lower", "upper", "source"], rows, align="lrrl"))
+    lines.extend(text_table(["witness", "lower", "upper", "source"], rows, align="lrrl"))
     truth = summary.get("ground_truth")
     if truth:
         lines.append(

@@ -21,11 +21,22 @@ blackout in the regression test (statistics show it as "open").
 enter statistics and checks. Runs that ``failed``, were ``aborted`` or were
 left ``running`` are listed with a note; their threshold checks are skipped.
 A completed run without ICMP records measured nothing: its checks are errors.
+A watch that an older version recorded as ``aborted`` because it was ended
+by a signal (its documented end) is read as ``completed``.
+
+**Groups.** Statistics and the regression test are per group: the migration
+direction, and with ``group_by`` the values of those labels (``measure run
+--label key=value``), e.g. ``"A -> B [vm_memory=4G]"``.
+
+**Which folders.** ``find_run_folders`` turns what a user types (run folders,
+session folders, parent folders of runs, globs, files listing any of these)
+into run folders.
 """
 
 from __future__ import annotations
 
 import base64
+import glob
 import io
 import json
 import math
@@ -34,7 +45,7 @@ import re
 import string
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from html import escape
@@ -54,6 +65,7 @@ from migration_blackout.analysis.compare import (
     format_p,
     format_pct,
 )
+from migration_blackout.analysis.render import text_table
 from migration_blackout.analysis.runfolder import (
     RunFolder,
     RunFormatError,
@@ -72,6 +84,9 @@ INCLUDED_STATUS = "completed"
 JUNIT_PACKAGE = "migration-blackout"
 # Above this many runs the Markdown per-run table folds into <details>.
 MARKDOWN_FOLD_RUNS = 20
+# CPU steal during a run (the measuring machine's hypervisor ran something else)
+# from which the report mentions it.
+STEAL_NOTE_PCT = 2.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +196,18 @@ class ReportedRun:
     warnings: tuple[str, ...]
     summary_note: str | None
     hypervisor_says: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # What the run was measured with, flattened for comparison ("kernel": "6.1.0").
+    context: Mapping[str, str] = field(default_factory=dict)
+    cpu_steal_pct: float | None = None
+    ended_by: str | None = None
+    # The statistics group: the direction, and the grouping labels' values.
+    group: str = ""
+
+    @property
+    def in_group(self) -> str:
+        """The statistics group (the direction when the report groups by no label)."""
+        return self.group or self.direction
 
     @property
     def excluded_because(self) -> str | None:
@@ -211,8 +238,10 @@ class FigureStats:
 
 @dataclass(frozen=True)
 class DirectionStats:
-    """The blackouts of the included runs of one migration direction.
+    """The blackouts of the included runs of one group.
 
+    ``direction`` names the group: the migration direction, followed by the
+    values of the labels the report groups by (``"A -> B [vm_memory=4G]"``).
     ``open_upper`` counts the runs whose blackout has no upper bound (they
     are in ``upper`` as inf).
     """
@@ -248,6 +277,7 @@ class Check:
     subject: str
     outcome: CheckOutcome
     message: str
+    skip_reason: str | None = None  # for a skipped check, why in a few words
 
 
 @dataclass(frozen=True)
@@ -262,6 +292,7 @@ class Report:
     notes: tuple[str, ...]
     generated_by: str
     generated_utc: str
+    group_by: tuple[str, ...] = ()
 
     @property
     def failed_checks(self) -> tuple[Check, ...]:
@@ -394,6 +425,69 @@ def blackout_from_summary(summary: Mapping[str, Any], where: str) -> BlackoutFig
     )
 
 
+def run_labels(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The run's labels (``measure run/watch --label key=value``); {} when it has none."""
+    labels = manifest.get("labels")
+    if not isinstance(labels, Mapping):
+        return {}
+    return {str(key): str(value) for key, value in labels.items()}
+
+
+def run_context(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, str]:
+    """What the run was measured with, as text, for telling runs apart: the measuring
+    machine (kernel, clocksource, clock synchronised), the probe interval, the
+    hypervisor, the hosts' OS builds and the VM's memory, where recorded."""
+    context: dict[str, str] = {}
+    machine = manifest.get("machine")
+    if isinstance(machine, Mapping):
+        for key, name in (("kernel", "kernel"), ("clocksource", "clocksource")):
+            if isinstance(machine.get(key), str):
+                context[name] = machine[key]
+        synchronised = machine.get("clock_synchronised")
+        if isinstance(synchronised, bool):
+            context["clock synchronised"] = "yes" if synchronised else "no"
+    icmp = summary.get("icmp")
+    if isinstance(icmp, Mapping):
+        intervals = {
+            f"{stats['interval_ms']['requested']:g}"
+            for stats in icmp.values()
+            if isinstance(stats, Mapping)
+            and isinstance(stats.get("interval_ms"), Mapping)
+            and _is_number(stats["interval_ms"].get("requested"))
+        }
+        if intervals:
+            context["probe interval ms"] = ", ".join(sorted(intervals))
+    hypervisor = manifest.get("hypervisor")
+    if isinstance(hypervisor, Mapping) and isinstance(hypervisor.get("kind"), str):
+        context["hypervisor"] = hypervisor["kind"]
+    hosts = manifest.get("hosts")
+    if isinstance(hosts, Mapping):
+        builds = [
+            f"{name}: {about['os_version']}"
+            for name, about in sorted(hosts.items())
+            if isinstance(about, Mapping) and isinstance(about.get("os_version"), str)
+        ]
+        if builds:
+            context["host OS"] = "; ".join(builds)
+    vm = manifest.get("vm")
+    if isinstance(vm, Mapping) and _is_number(vm.get("memory_bytes")):
+        context["VM memory"] = f"{vm['memory_bytes'] / 2**20:g} MiB"
+    return context
+
+
+def _cpu_steal_pct(manifest: Mapping[str, Any]) -> float | None:
+    machine = manifest.get("machine")
+    steal = machine.get("cpu_steal") if isinstance(machine, Mapping) else None
+    if isinstance(steal, Mapping) and _is_number(steal.get("pct")):
+        return float(steal["pct"])
+    return None
+
+
+def _ended_by(manifest: Mapping[str, Any]) -> str | None:
+    ended_by = manifest.get("ended_by")
+    return ended_by if isinstance(ended_by, str) else None
+
+
 def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
     """Read one run folder for the report; writes ``derived/summary.json`` if it is missing.
 
@@ -411,16 +505,28 @@ def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
         raise RunFormatError(f"cannot read {path / 'manifest.json'}: {exc}") from None
     summary, note = _summary_of(run)
     manifest = run.manifest
+    document = manifest.document
     error = manifest.error
-    host = manifest.document.get("harness_host")
+    status, ended_by = manifest.status, _ended_by(document)
+    if (
+        document.get("run_kind") == "watch"
+        and status == "aborted"
+        and error is not None
+        and error.type == "interrupted"
+    ):
+        # Before watch recorded a signal as its normal end, it wrote "aborted".
+        status, error = "completed", None
+        ended_by = "signal (recorded as aborted by an older version)"
+    host = document.get("harness_host")
     hostname = host.get("hostname") if isinstance(host, Mapping) else None
     warnings = summary.get("warnings")
+    direction = run_direction(document)
     return ReportedRun(
         path=path,
         run_id=manifest.run_id,
-        status=manifest.status,
+        status=status,
         error=None if error is None else f"{error.type}: {error.message}",
-        direction=run_direction(manifest.document),
+        direction=direction,
         started_utc=manifest.started_utc,
         ended_utc=manifest.ended_utc,
         hostname=hostname if isinstance(hostname, str) else None,
@@ -428,7 +534,118 @@ def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
         warnings=tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
         summary_note=note,
         hypervisor_says=hypervisor_figure(summary),
+        labels=run_labels(document),
+        context=run_context(document, summary),
+        cpu_steal_pct=_cpu_steal_pct(document),
+        ended_by=ended_by,
+        group=direction,
     )
+
+
+def run_group(run: ReportedRun, group_by: Sequence[str]) -> str:
+    """The run's statistics group: its direction, then ``[key=value, ...]`` of ``group_by``
+    (``key=-`` for a run without that label)."""
+    if not group_by:
+        return run.direction
+    values = ", ".join(f"{key}={run.labels.get(key, '-')}" for key in group_by)
+    return f"{run.direction} [{values}]"
+
+
+# --- which folders -----------------------------------------------------------------------
+
+_GLOB_MAGIC = re.compile(r"[*?[]")
+RUN_MANIFEST = "manifest.json"
+SESSION_FILE = "session.json"
+
+
+def is_run_folder(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / RUN_MANIFEST).is_file()
+
+
+def _runs_below(folder: Path) -> list[Path]:
+    """Run folders inside ``folder`` (sessions and parents of runs, at any depth), by path."""
+    found: list[Path] = []
+    for parent, subfolders, files in os.walk(folder):
+        if RUN_MANIFEST in files and Path(parent) != folder:
+            found.append(Path(parent))
+            subfolders.clear()  # a run folder holds no runs
+            continue
+        subfolders[:] = [d for d in subfolders if d not in ("raw", "derived")]
+    return sorted(found)
+
+
+def _list_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFormatError(
+            f"{path} is a file, not a run folder; read as a list of run folders it failed: {exc}"
+        ) from None
+    entries = []
+    for line in text.splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            entries.append(entry if Path(entry).is_absolute() else str(path.parent / entry))
+    if not entries:
+        raise RunFormatError(f"{path} lists no run folder (one path or glob per line)")
+    return entries
+
+
+def find_run_folders(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The run folders that ``paths`` name, in order, each once.
+
+    Each path may be a run folder (it holds ``manifest.json``); a session
+    folder (``measure run --repeat``) or any folder holding run folders, at
+    any depth (every run inside, sorted by path: run ids sort by start time);
+    a glob, for a shell that did not expand it (``'results/*'``); or a text
+    file listing any of these, one per line (``#`` starts a comment; relative
+    paths are relative to the file's folder). Raises ``RunFormatError`` for
+    a path that does not exist, a glob that matches nothing and a folder
+    without runs.
+    """
+    found: dict[Path, None] = {}
+    seen_lists: set[Path] = set()
+
+    def visit(given: str, depth: int) -> None:
+        path = Path(given)
+        if not path.exists() and _GLOB_MAGIC.search(given):
+            matches = sorted(glob.glob(given))
+            if not matches:
+                raise RunFormatError(f"{given}: no file or folder matches this pattern")
+            for match in matches:
+                visit(match, depth)
+            return
+        if not path.exists():
+            raise RunFormatError(f"{given} does not exist")
+        if path.is_file():
+            if path.name in (RUN_MANIFEST, SESSION_FILE):
+                visit(str(path.parent), depth)
+                return
+            resolved = path.resolve()
+            if resolved in seen_lists or depth > 8:
+                raise RunFormatError(f"{given}: a list of run folders that lists itself")
+            seen_lists.add(resolved)
+            for entry in _list_file(path):
+                visit(entry, depth + 1)
+            return
+        if is_run_folder(path):
+            found.setdefault(path, None)
+            return
+        runs = _runs_below(path)
+        if not runs:
+            raise RunFormatError(
+                f"{given} is not a run folder (it has no manifest.json) and holds none"
+            )
+        for run in runs:
+            found.setdefault(run, None)
+
+    for given in paths:
+        visit(os.fspath(given), 0)
+    # The same folder named two ways (a glob and its session) counts once.
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 # --- statistics and checks ---------------------------------------------------------------
@@ -460,19 +677,20 @@ def figure_stats(values: Sequence[float]) -> FigureStats:
 
 
 def _directions_in_order(*groups: Sequence[ReportedRun]) -> list[str]:
+    """The runs' statistics groups (``ReportedRun.group``) in order of first appearance."""
     seen: dict[str, None] = {}
     for group in groups:
         for run in group:
-            seen.setdefault(run.direction)
+            seen.setdefault(run.in_group)
     return list(seen)
 
 
 def _included_blackouts(runs: Sequence[ReportedRun], direction: str) -> list[ReportedRun]:
-    return [r for r in runs if r.included and r.direction == direction]
+    return [r for r in runs if r.included and r.in_group == direction]
 
 
 def direction_stats(runs: Sequence[ReportedRun]) -> tuple[DirectionStats, ...]:
-    """Per direction (in order of first appearance), the included runs' blackout figures."""
+    """Per group (in order of first appearance), the included runs' blackout figures."""
     out = []
     for direction in _directions_in_order(runs):
         chosen = _included_blackouts(runs, direction)
@@ -560,7 +778,9 @@ def _check_timeouts(run: ReportedRun, blackout: BlackoutFigures, limit: int) -> 
 def _check_run(run: ReportedRun, name: str, limit: float) -> Check:
     if run.status != INCLUDED_STATUS:
         message = f"not checked: the run's {run.excluded_because}; it is left out of the statistics"
-        return Check(name, run.run_id, CheckOutcome.SKIPPED, message)
+        return Check(
+            name, run.run_id, CheckOutcome.SKIPPED, message, skip_reason=f"run {run.status}"
+        )
     if run.blackout is None:
         message = f"the run completed without ICMP records: nothing was measured to check {name}"
         return Check(name, run.run_id, CheckOutcome.ERROR, message)
@@ -582,6 +802,14 @@ def run_checks(runs: Sequence[ReportedRun], thresholds: Thresholds) -> list[Chec
     return [_check_run(run, name, limit) for run in runs for name, limit in limits]
 
 
+def _regression_skip_reason(result: RegressionVerdict) -> str | None:
+    if result.verdict is not Verdict.INSUFFICIENT_DATA:
+        return None
+    if result.n_baseline == 0:
+        return "no baseline"
+    return "insufficient data"
+
+
 def regression_checks(regressions: Sequence[DirectionRegression]) -> list[Check]:
     outcomes = {
         Verdict.PASS: CheckOutcome.PASSED,
@@ -589,7 +817,13 @@ def regression_checks(regressions: Sequence[DirectionRegression]) -> list[Check]
         Verdict.INSUFFICIENT_DATA: CheckOutcome.SKIPPED,
     }
     return [
-        Check("regression", r.direction, outcomes[r.result.verdict], r.result.reason)
+        Check(
+            "regression",
+            r.direction,
+            outcomes[r.result.verdict],
+            r.result.reason,
+            skip_reason=_regression_skip_reason(r.result),
+        )
         for r in regressions
     ]
 
@@ -618,24 +852,60 @@ def _check_distinct(
             seen[resolved] = role
 
 
+def _context_notes(runs: Sequence[ReportedRun], baseline: Sequence[ReportedRun]) -> list[str]:
+    """What differed between the runs and the baseline, or among the runs: the measuring
+    machine, the probe interval, the hosts, the VM; and CPU steal worth knowing about."""
+    notes = []
+    included = [r for r in runs if r.included]
+    reference = [r for r in baseline if r.included]
+    keys = dict.fromkeys(k for r in (*included, *reference) for k in r.context)
+    for key in keys:
+        # A run that did not record a key (an older run, an import) differs in nothing.
+        mine = sorted({r.context[key] for r in included if key in r.context})
+        theirs = sorted({r.context[key] for r in reference if key in r.context})
+        if mine and theirs and mine != theirs:
+            notes.append(
+                f"the runs and the baseline differ in {key}: {', '.join(mine)} (runs) vs "
+                f"{', '.join(theirs)} (baseline)"
+            )
+        elif len(mine) > 1:
+            notes.append(f"the runs differ among themselves in {key}: {', '.join(mine)}")
+    for role, group in (("run", included), ("baseline run", reference)):
+        for run in group:
+            if run.cpu_steal_pct is not None and run.cpu_steal_pct >= STEAL_NOTE_PCT:
+                notes.append(
+                    f"{role} {run.run_id}: {run.cpu_steal_pct:.1f} % CPU steal during the run "
+                    "(the measuring machine waited for its hypervisor)"
+                )
+    return notes
+
+
 def build_report(
     run_dirs: Sequence[str | os.PathLike[str]],
     *,
     baseline_dirs: Sequence[str | os.PathLike[str]] = (),
     thresholds: Thresholds | None = None,
+    group_by: Sequence[str] = (),
     now: datetime | None = None,
 ) -> Report:
     """Read the run folders and evaluate the checks.
 
-    Raises ``RunFormatError`` (bad input) when no run folder is given, a
-    folder is given twice, or a folder or its summary cannot be read.
+    ``run_dirs`` and ``baseline_dirs`` are anything ``find_run_folders`` takes
+    (run folders, sessions, parents of runs, globs, list files). Statistics
+    and the regression test are per direction and, with ``group_by``, per value
+    of those labels. Raises ``RunFormatError`` (bad input) when no run folder
+    is given, a folder is on both sides, or a folder or its summary cannot be
+    read.
     """
     thresholds = thresholds or Thresholds()
     if not run_dirs:
         raise RunFormatError("no run folder given")
-    _check_distinct(run_dirs, baseline_dirs)
-    runs = tuple(read_run(d) for d in run_dirs)
-    baseline = tuple(read_run(d) for d in baseline_dirs)
+    run_paths = find_run_folders(run_dirs)
+    baseline_paths = find_run_folders(baseline_dirs)
+    _check_distinct(run_paths, baseline_paths)
+    group_by = tuple(group_by)
+    runs = tuple(_grouped(read_run(d), group_by) for d in run_paths)
+    baseline = tuple(_grouped(read_run(d), group_by) for d in baseline_paths)
 
     notes: list[str] = []
     for role, group in (("run", runs), ("baseline run", baseline)):
@@ -659,6 +929,10 @@ def build_report(
         if run.summary_note:
             rebuilt.setdefault(run.summary_note, []).append(run.run_id)
     notes.extend(f"{note}: {_id_list(ids)}" for note, ids in rebuilt.items())
+    notes.extend(_context_notes(runs, baseline))
+    for key in group_by:
+        if not any(key in r.labels for r in (*runs, *baseline)):
+            notes.append(f"no run has the label {key!r} that the report groups by")
 
     regressions: list[DirectionRegression] = []
     if baseline:
@@ -675,7 +949,7 @@ def build_report(
         for direction in _directions_in_order(baseline):
             if direction not in candidate_directions:
                 notes.append(
-                    f"the baseline has runs in direction {direction}, which no run has; "
+                    f"the baseline has runs in {direction}, which no run has; "
                     "they were not compared"
                 )
 
@@ -690,7 +964,12 @@ def build_report(
         notes=tuple(notes),
         generated_by=f"migration-blackout {package_version()}",
         generated_utc=(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        group_by=group_by,
     )
+
+
+def _grouped(run: ReportedRun, group_by: Sequence[str]) -> ReportedRun:
+    return replace(run, group=run_group(run, group_by))
 
 
 # --- plots -------------------------------------------------------------------------------
@@ -726,7 +1005,7 @@ def plot_run_blackouts(report: Report) -> Figure:
     entries = [(r, True) for r in report.baseline_runs if r.included]
     entries += [(r, False) for r in report.runs if r.included]
     count = len(entries)
-    figure = Figure(figsize=(min(16.0, max(6.5, 2.0 + 0.3 * count)), 4.8), layout="constrained")
+    figure = Figure(figsize=(min(16.0, max(8.0, 2.0 + 0.3 * count)), 5.2), layout="constrained")
     axes = figure.add_subplot()
     axes.set_title("Blackout per run: bar = estimate, whisker = lower .. upper bound")
     axes.set_ylabel("blackout (ms)")
@@ -747,7 +1026,7 @@ def plot_run_blackouts(report: Report) -> Figure:
         heights.append(height)
         below.append(height - blackout.lower_ms)
         above.append(top - height)
-        colours.append(colour[run.direction])
+        colours.append(colour[run.in_group])
         alphas.append(_BASELINE_ALPHA if is_baseline else 1.0)
         if blackout.upper_ms is None:
             open_x.append(x)
@@ -796,75 +1075,91 @@ def plot_run_blackouts(report: Report) -> Figure:
         )
     axes.set_xlim(-0.6, count - 0.4)
     axes.set_ylim(bottom=0)
-    axes.legend(handles=handles, fontsize=8, loc="lower right")
+    # Below the plot, never over a bar.
+    figure.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=2, frameon=False)
     return figure
 
 
-def plot_direction_distributions(report: Report) -> Figure | None:
-    """Per direction, box and points of the upper bounds: baseline beside the runs.
+# Below this many values a box (quartiles) says less than the points themselves.
+MIN_VALUES_FOR_BOX = 5
 
-    None when there is nothing to compare: no baseline and no direction with
-    two or more included runs. Blackouts without an upper bound are not drawn
-    (they are counted in the tick label).
+
+def plot_direction_distributions(report: Report) -> Figure | None:
+    """Per direction (group), the upper bounds of the runs, the baseline's just above.
+
+    One row per set that has runs in that direction, labelled on the left (host
+    names stay whole and level however many runs there are); a set without runs
+    there gets no row. Every run is a point; a box (quartiles) is drawn from
+    ``MIN_VALUES_FOR_BOX`` values on, a median tick below that. Blackouts
+    without an upper bound are not drawn (the row label counts them). None when
+    there is nothing to compare: no baseline and no direction with two or more
+    included runs.
     """
     directions = _directions_in_order(report.runs, report.baseline_runs)
-    groups: list[tuple[str, str, list[float], int]] = []  # (direction, role, values, open)
+    rows: list[tuple[str, str, list[float], int]] = []  # (direction, role, values, open)
     for direction in directions:
         for role, runs in (("baseline", report.baseline_runs), ("runs", report.runs)):
-            if role == "baseline" and not report.baseline_runs:
-                continue
             upper = [
                 r.blackout.conservative_ms
                 for r in _included_blackouts(runs, direction)
                 if r.blackout
             ]
+            if not upper:
+                continue  # no empty slot for a set without runs in this direction
             finite = [v for v in upper if math.isfinite(v)]
-            groups.append((direction, role, finite, len(upper) - len(finite)))
-    if not report.baseline_runs and not any(len(g[2]) + g[3] >= 2 for g in groups):
+            rows.append((direction, role, finite, len(upper) - len(finite)))
+    if not report.baseline_runs and not any(len(r[2]) + r[3] >= 2 for r in rows):
         return None
-    figure = Figure(
-        figsize=(min(16.0, max(6.5, 2.0 + 1.2 * len(groups))), 4.8), layout="constrained"
-    )
+    figure = Figure(figsize=(10.0, 1.2 + 0.55 * max(2, len(rows))), layout="constrained")
     axes = figure.add_subplot()
-    axes.set_title("Blackout upper bound per direction (box: quartiles; points: runs)")
-    axes.set_ylabel("blackout upper bound (ms)")
+    axes.set_title(
+        f"Blackout upper bound per {_group_title(report)}\n(points: runs; box: quartiles, "
+        f"from {MIN_VALUES_FOR_BOX} runs; else a tick at the median)",
+        fontsize=9,
+    )
+    axes.set_xlabel("blackout upper bound (ms)")
     colour = _colour_of(report)
     jitter = np.random.default_rng(0)  # fixed: the same report draws the same picture
     labels = []
-    for x, (direction, role, values, open_count) in enumerate(groups):
+    for y, (direction, role, values, open_count) in enumerate(rows):
         alpha = _BASELINE_ALPHA if role == "baseline" else 1.0
-        if values:
+        if len(values) >= MIN_VALUES_FOR_BOX:
             box = axes.boxplot(
                 [values],
-                positions=[x],
+                positions=[y],
                 widths=0.55,
                 showfliers=False,
                 manage_ticks=False,
                 patch_artist=True,
+                orientation="horizontal",
                 medianprops={"color": "black"},
             )
             for patch in box["boxes"]:
                 patch.set_facecolor(colour[direction])
                 patch.set_alpha(0.35 * alpha)
+        elif values:
+            axes.plot([float(np.median(values))] * 2, [y - 0.3, y + 0.3], color="black", lw=1.5)
+        if values:
             axes.scatter(
-                x + jitter.uniform(-0.15, 0.15, len(values)),
                 values,
-                s=14,
+                y + jitter.uniform(-0.15, 0.15, len(values)),
+                s=16,
                 color=colour[direction],
                 alpha=alpha,
                 zorder=3,
             )
-        label = f"{direction}\n{role} (n={len(values) + open_count})"
+        label = f"{direction}\n{role}, n={len(values) + open_count}"
         if open_count:
-            label += f"\n{open_count} open, not drawn"
+            label += f" ({open_count} open, not drawn)"
         labels.append(label)
-    axes.set_xticks(range(len(groups)), labels, fontsize=8)
+    axes.set_yticks(range(len(rows)), labels, fontsize=8)
+    axes.set_ylim(len(rows) - 0.5, -0.5)  # the first direction at the top
     limit = report.thresholds.max_blackout_ms
     if limit is not None:
-        axes.axhline(
+        axes.axvline(
             limit, color=_OPEN_COLOUR, linestyle="--", linewidth=1, label=f"max {_limit(limit)} ms"
         )
-        axes.legend(fontsize=8)
+        figure.legend(fontsize=8, loc="outside lower center", frameon=False)
     return figure
 
 
@@ -919,20 +1214,36 @@ class _Image:
 _Block = _Heading | _Paragraph | _Table | _Bullets | _Details | _Image
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _verdict_line(report: Report) -> tuple[str, str]:
-    counts = {outcome: 0 for outcome in CheckOutcome}
-    for check in report.checks:
-        counts[check.outcome] += 1
-    skipped = f", {counts[CheckOutcome.SKIPPED]} skipped" if counts[CheckOutcome.SKIPPED] else ""
+    """("PASS" or "FAIL", the sentence after it), e.g. "4 checks passed; 2 skipped: no
+    baseline" or "1 of 6 checks failed (max_blackout_ms); 5 passed"."""
     if not report.checks:
         return "PASS", "nothing to check: no threshold was set and no baseline given"
-    if report.passed:
-        return (
-            "PASS",
-            f"{counts[CheckOutcome.PASSED]} of {len(report.checks)} checks passed{skipped}",
-        )
-    failed = counts[CheckOutcome.FAILED] + counts[CheckOutcome.ERROR]
-    return "FAIL", f"{failed} of {len(report.checks)} checks failed{skipped}"
+    failed = report.failed_checks
+    passed = [c for c in report.checks if c.outcome is CheckOutcome.PASSED]
+    skipped: dict[str, int] = {}
+    for check in report.checks:
+        if check.outcome is CheckOutcome.SKIPPED:
+            reason = check.skip_reason or "not applicable"
+            skipped[reason] = skipped.get(reason, 0) + 1
+    parts: list[str] = []
+
+    def add(count: int, what: str) -> None:
+        # The first part names the checks ("2 checks skipped"), the others need not.
+        parts.append(f"{count} {what}" if parts else f"{_plural(count, 'check')} {what}")
+
+    if failed:
+        names = ", ".join(dict.fromkeys(c.name for c in failed))
+        parts.append(f"{len(failed)} of {_plural(len(report.checks), 'check')} failed ({names})")
+    if passed:
+        add(len(passed), "passed")
+    for reason, count in skipped.items():
+        add(count, f"skipped: {reason}")
+    return ("FAIL" if failed else "PASS"), "; ".join(parts)
 
 
 def _run_counts(runs: Sequence[ReportedRun]) -> str:
@@ -994,7 +1305,7 @@ def _checks_by_run(report: Report) -> dict[str, list[Check]]:
 
 
 def _run_rows(
-    runs: Sequence[ReportedRun], checks: Mapping[str, list[Check]]
+    runs: Sequence[ReportedRun], checks: Mapping[str, list[Check]], *, with_labels: bool = False
 ) -> list[tuple[str, ...]]:
     rows = []
     for run in runs:
@@ -1023,10 +1334,27 @@ def _run_rows(
                 f"{blackout.timeouts} / {blackout.timeouts_outside}",
                 f"{blackout.unreachable} / {blackout.unreachable_outside}",
             )
+        labels = (_labels_text(run.labels),) if with_labels else ()
         rows.append(
-            (run.run_id, status, run.direction, *figures, run.hypervisor_says or "-", verdict)
+            (
+                run.run_id,
+                status,
+                run.direction,
+                *labels,
+                *figures,
+                run.hypervisor_says or "-",
+                verdict,
+            )
         )
     return rows
+
+
+def _labels_text(labels: Mapping[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in labels.items()) or "-"
+
+
+def _has_labels(report: Report) -> bool:
+    return any(r.labels for r in (*report.runs, *report.baseline_runs))
 
 
 _RUN_HEADERS = (
@@ -1053,9 +1381,9 @@ def _stats_blocks(report: Report) -> list[_Block]:
         if stats.direction in baseline_of:
             rows += _stats_rows("baseline", [baseline_of.pop(stats.direction)])
     rows += _stats_rows("baseline", list(baseline_of.values()))
-    headers = ("direction", "set", "runs", "figure", "median ms", "p95 ms", "max ms")
+    headers = (_group_title(report), "set", "runs", "figure", "median ms", "p95 ms", "max ms")
     return [
-        _Heading(3, "Blackout per direction"),
+        _Heading(3, "Blackout per " + _group_title(report)),
         _Paragraph(_FIGURE_NOTE),
         _Table(headers, tuple(rows), frozenset({2, 4, 5, 6})),
     ]
@@ -1077,7 +1405,7 @@ def _regression_blocks(report: Report) -> list[_Block]:
             )
         )
     headers = (
-        *("direction", "verdict", "runs / baseline", "median upper ms: runs / baseline"),
+        *(_group_title(report), "verdict", "runs / baseline", "median upper ms: runs / baseline"),
         *("change", "U", "one-sided p"),
     )
     explanation = (
@@ -1120,10 +1448,17 @@ def _plot_blocks(report: Report) -> list[_Block]:
 def _run_blocks(report: Report) -> list[_Block]:
     blocks: list[_Block] = []
     checks = _checks_by_run(report)
+    with_labels = _has_labels(report)
+    headers: tuple[str, ...] = _RUN_HEADERS
+    numeric = _RUN_NUMERIC
+    if with_labels:
+        headers = (*_RUN_HEADERS[:3], "labels", *_RUN_HEADERS[3:])
+        numeric = frozenset(i + 1 for i in _RUN_NUMERIC)
     for title, runs in (("Runs", report.runs), ("Baseline runs", report.baseline_runs)):
         if not runs:
             continue
-        table = _Table(_RUN_HEADERS, tuple(_run_rows(runs, checks)), _RUN_NUMERIC)
+        rows = _run_rows(runs, checks, with_labels=with_labels)
+        table = _Table(headers, tuple(rows), numeric)
         blocks.append(_Heading(3, title))
         blocks.append(
             _Details(f"{len(runs)} runs", (table,)) if len(runs) > MARKDOWN_FOLD_RUNS else table
@@ -1290,6 +1625,227 @@ def format_verdict(report: Report) -> str:
         f"  {c.outcome.value} {c.name} [{c.subject}]: {c.message}" for c in report.failed_checks
     ]
     return "\n".join(lines) + "\n"
+
+
+def _group_title(report: Report) -> str:
+    return "direction" + (f" [{', '.join(report.group_by)}]" if report.group_by else "")
+
+
+def format_report_table(report: Report) -> str:
+    """The comparison as plain text for a terminal or a CI log (like pyperf's
+    ``compare_to``): per group the runs' blackout upper bounds beside the
+    baseline's with the change and the verdict; then every run, the runs left
+    out and why, the notes, and the verdict as the last line."""
+    regression_of = {r.direction: r.result for r in report.regressions}
+    baseline_of = {s.direction: s for s in report.baseline_directions}
+    with_baseline = bool(report.baseline_runs)
+    headers = [_group_title(report), "runs", "median", "p95", "max"]
+    if with_baseline:
+        headers += ["baseline runs", "baseline median", "change", "p", "verdict"]
+    rows = []
+    for stats in report.directions:
+        row = [
+            stats.direction,
+            str(stats.upper.n),
+            format_ms(stats.upper.median_ms),
+            format_ms(stats.upper.p95_ms),
+            format_ms(stats.upper.max_ms),
+        ]
+        if with_baseline:
+            reference = baseline_of.get(stats.direction)
+            result = regression_of.get(stats.direction)
+            test = None if result is None else result.test
+            row += [
+                "0" if reference is None else str(reference.upper.n),
+                "-" if reference is None else format_ms(reference.upper.median_ms),
+                "-" if result is None else format_pct(result.median_increase_pct),
+                "-" if test is None else format_p(test.p_value),
+                "-"
+                if result is None
+                else (_regression_skip_reason(result) or result.verdict.value),
+            ]
+        rows.append(row)
+    lines = [
+        "Blackout upper bound per " + _group_title(report) + " (ms: the guest was silent at "
+        "most this long; thresholds and the regression test use it)"
+    ]
+    lines += text_table(headers, rows, align="l" + "r" * (len(headers) - 2) + "l")
+
+    checks = _checks_by_run(report)
+    with_labels = _has_labels(report)
+    for title, runs in (("Runs", report.runs), ("Baseline runs", report.baseline_runs)):
+        if not runs:
+            continue
+        run_rows = []
+        for run in runs:
+            blackout = run.blackout if run.included else None
+            failed = [
+                c.name
+                for c in checks.get(run.run_id, [])
+                if c.outcome in (CheckOutcome.FAILED, CheckOutcome.ERROR)
+            ]
+            run_rows.append(
+                [
+                    run.run_id,
+                    run.status if run.included else f"{run.status}, left out",
+                    run.direction,
+                    *([_labels_text(run.labels)] if with_labels else []),
+                    "-" if blackout is None else format_ms(blackout.lower_ms),
+                    "-" if blackout is None else format_ms(blackout.estimate_ms),
+                    "-" if blackout is None else format_ms(blackout.conservative_ms),
+                    "-" if blackout is None else str(blackout.timeouts),
+                    run.hypervisor_says or "-",
+                    ("FAIL: " + ", ".join(failed)) if failed else "",
+                ]
+            )
+        run_headers = ["run", "status", "direction", *(["labels"] if with_labels else [])]
+        run_headers += ["lower", "estimate", "upper", "timeouts", "hypervisor says", ""]
+        align = "lll" + ("l" if with_labels else "") + "rrrrll"
+        lines += ["", f"{title} (ms)", *text_table(run_headers, run_rows, align=align)]
+        left_out = [r for r in runs if not r.included]
+        lines += [f"  left out: {r.run_id}: {r.excluded_because}" for r in left_out]
+    reasons = [f"  {r.direction}: {r.result.reason}" for r in report.regressions]
+    if reasons:
+        lines += ["", "Regression against the baseline", *reasons]
+    notes = [n for n in report.notes if "left out of the statistics" not in n]
+    if notes:
+        lines += ["", "Notes", *(f"  {note}" for note in notes)]
+    if report.failed_checks:
+        lines += ["", "Failed checks"]
+        lines += [
+            f"  {c.outcome.value} {c.name} [{c.subject}]: {c.message}" for c in report.failed_checks
+        ]
+    lead, verdict = _verdict_line(report)
+    lines += ["", f"{lead}: {verdict}"]
+    return "\n".join(lines) + "\n"
+
+
+# Version history of the report document (``measure report --json``):
+#   1 (0.1.0): first version.
+REPORT_SCHEMA_VERSION = 1
+
+
+def _ms_or_none(value: float | None) -> float | None:
+    """A figure for JSON: rounded to the microsecond; None for none or open (inf)."""
+    return None if value is None or math.isinf(value) else round(value, 3)
+
+
+def direction_stats_json(stats: DirectionStats) -> dict[str, Any]:
+    """One group's statistics as JSON (``session.json`` and ``measure report --json``);
+    an open figure (a blackout without an upper bound) is null, counted in ``open_upper``."""
+
+    def figure(f: FigureStats) -> dict[str, Any]:
+        return {
+            "n": f.n,
+            "median_ms": _ms_or_none(f.median_ms),
+            "p95_ms": _ms_or_none(f.p95_ms),
+            "max_ms": _ms_or_none(f.max_ms),
+        }
+
+    return {
+        "direction": stats.direction,
+        "runs": list(stats.run_ids),
+        "lower": figure(stats.lower),
+        "estimate": figure(stats.estimate),
+        "upper": figure(stats.upper),
+        "open_upper": stats.open_upper,
+    }
+
+
+def _run_json(run: ReportedRun) -> dict[str, Any]:
+    blackout = run.blackout
+    return {
+        "run_id": run.run_id,
+        "path": str(run.path),
+        "status": run.status,
+        "included": run.included,
+        "excluded_because": run.excluded_because,
+        "ended_by": run.ended_by,
+        "direction": run.direction,
+        "group": run.in_group,
+        "labels": dict(run.labels),
+        "started_utc": run.started_utc,
+        "ended_utc": run.ended_utc,
+        "blackout": None
+        if blackout is None
+        else {
+            "source": blackout.source,
+            "lower_ms": _ms_or_none(blackout.lower_ms),
+            "estimate_ms": _ms_or_none(blackout.estimate_ms),
+            "upper_ms": _ms_or_none(blackout.upper_ms),
+            "lost": blackout.lost,
+            "timeouts": blackout.timeouts,
+            "unreachable": blackout.unreachable,
+            "open_start": blackout.open_start,
+            "open_end": blackout.open_end,
+        },
+        "hypervisor_says": run.hypervisor_says,
+        "context": dict(run.context),
+        "cpu_steal_pct": run.cpu_steal_pct,
+    }
+
+
+def report_document(report: Report) -> dict[str, Any]:
+    """The report as one JSON document (``measure report --json``; docs/reports.md)."""
+    lead, verdict = _verdict_line(report)
+    regression_of = {r.direction: r.result for r in report.regressions}
+    baseline_of = {s.direction: s for s in report.baseline_directions}
+    groups = []
+    for stats in report.directions:
+        result = regression_of.get(stats.direction)
+        reference = baseline_of.get(stats.direction)
+        groups.append(
+            {
+                "group": stats.direction,
+                "runs": direction_stats_json(stats),
+                "baseline": None if reference is None else direction_stats_json(reference),
+                "regression": None
+                if result is None
+                else {
+                    "verdict": result.verdict.value,
+                    "median_increase_pct": None
+                    if result.median_increase_pct is None or math.isinf(result.median_increase_pct)
+                    else round(result.median_increase_pct, 3),
+                    "u": None if result.test is None else result.test.u,
+                    "p_value": None if result.test is None else result.test.p_value,
+                    "method": None if result.test is None else result.test.method,
+                    "reason": result.reason,
+                },
+            }
+        )
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "report",
+        "generated_by": report.generated_by,
+        "generated_utc": report.generated_utc,
+        "passed": report.passed,
+        "verdict": f"{lead}: {verdict}",
+        "thresholds": {
+            "max_blackout_ms": report.thresholds.max_blackout_ms,
+            "max_timeouts": report.thresholds.max_timeouts,
+            "max_regression_pct": report.thresholds.regression_pct,
+        },
+        "group_by": list(report.group_by),
+        "groups": groups,
+        "baseline_only_groups": [
+            direction_stats_json(s)
+            for s in report.baseline_directions
+            if s.direction not in {d.direction for d in report.directions}
+        ],
+        "runs": [_run_json(r) for r in report.runs],
+        "baseline_runs": [_run_json(r) for r in report.baseline_runs],
+        "checks": [
+            {
+                "name": c.name,
+                "subject": c.subject,
+                "outcome": c.outcome.value,
+                "message": c.message,
+                "skip_reason": c.skip_reason,
+            }
+            for c in report.checks
+        ],
+        "notes": list(report.notes),
+    }
 
 
 # --- JUnit XML ---------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,18 +22,63 @@ def _fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
     sys.exit(code)
 
 
+def _resolve(value: str) -> str:
+    """An address as given, or the first address a host name resolves to."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(value, None, type=socket.SOCK_RAW)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise click.BadParameter(
+            f"{value!r} is not an IPv4 or IPv6 address, and as a host name it does not "
+            f"resolve ({exc})"
+        ) from None
+    address = str(found[0][4][0])
+    if "%" in address:
+        raise click.BadParameter(f"{value!r} resolves to a scoped address {address}")
+    return address
+
+
 def _parse_targets(
-    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+    ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> list[str]:
+    """Addresses; a host name is resolved once, here, and kept in ``ctx.meta`` for the run
+    folder (``target_names``)."""
     targets = []
+    names: dict[str, str] = {}
     for value in values:
-        try:
-            targets.append(str(ipaddress.ip_address(value)))
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not an IPv4 or IPv6 address") from None
+        address = _resolve(value)
+        if address != value:
+            names[address] = value
+        targets.append(address)
     if len(set(targets)) != len(targets):
-        raise click.BadParameter("the same address is given twice")
+        raise click.BadParameter(f"the same address is given twice ({', '.join(targets)})")
+    ctx.meta["target_names"] = names
     return targets
+
+
+_LABEL_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _parse_labels(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not _LABEL_KEY.fullmatch(key):
+            raise click.BadParameter(
+                f"{value!r}: expected key=value, the key of letters, digits, _ . -"
+            )
+        if key in labels:
+            raise click.BadParameter(f"the label {key!r} is given twice")
+        labels[key] = text
+    return labels
+
+
+LABEL_HELP = "A label key=value kept in the manifest; report and notebooks group by it. Repeat."
 
 
 def _parse_interval(
@@ -60,9 +107,24 @@ class _Terminal:
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.last_line = ""
+        self.prefix = ""  # "run 2/3 " in a session
+        self.new_run()
+
+    def new_run(self, number: int | None = None, total: int | None = None) -> None:
+        """Start over for the next run of a session: a header, and progress from 0 s."""
+        self.close()
         self.last_printed = -1e9
         self.last_phase: str | None = None
         self.last_message: str | None = None
+        if number is not None:
+            self.prefix = f"run {number}/{total} "
+            click.echo(f"== run {number}/{total} ==", err=True)
+
+    def discard(self) -> None:
+        """Remove a transient line (a preflight in progress) from the terminal."""
+        if self.tty and self.last_line:
+            click.echo("\r\x1b[2K", err=True, nl=False)
+            self.last_line = ""
 
     def line(self, text: str, elapsed_s: float, *, force: bool = False) -> None:
         if self.tty:
@@ -93,16 +155,22 @@ class _Terminal:
 
     def run_progress(self, progress: Any) -> None:
         phase = str(progress.phase)
+        stamp = f"{self.prefix}[{progress.elapsed_s:6.1f} s] {phase}"
+        if phase == "preflight":
+            # Transient, on a terminal only: a failed preflight leaves just its error line.
+            if self.tty:
+                self.line(stamp + (f": {progress.message}" if progress.message else ""), 0.0)
+            return
         if phase != self.last_phase or (progress.message and progress.message != self.last_message):
             self.close()
             self.last_phase = phase
             self.last_message = progress.message
-            text = f"[{progress.elapsed_s:6.1f} s] {phase}"
+            text = stamp
             if progress.message:
                 text += f": {progress.message}"
             click.echo(text, err=True)
             return
-        parts = [f"[{progress.elapsed_s:6.1f} s] {phase}"]
+        parts = [stamp]
         if progress.percent is not None:
             parts.append(f"{progress.percent:3d}%")
         if progress.states:
@@ -112,13 +180,14 @@ class _Terminal:
         self.line("  ".join(parts), progress.elapsed_s)
 
 
-def _print_summary(summary: dict[str, Any] | None, as_json: bool) -> None:
+def _print_summary(summary: dict[str, Any] | None, as_json: bool, run_dir: Path) -> None:
+    """The summary as a table, or with --json as its document plus ``run_dir``."""
     from migration_blackout.analysis.render import format_summary_table
 
     if summary is None:
         return
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2))
     else:
         click.echo(format_summary_table(summary))
 
@@ -130,6 +199,9 @@ class _MeasureGroup(click.Group):
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # the group's help, as click prints it (exit 2)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             path = exc.ctx.command_path if exc.ctx is not None else "measure"
             path = "measure" + path[path.find(" ") :] if " " in path else "measure"
@@ -147,6 +219,79 @@ class _MeasureGroup(click.Group):
         return result
 
 
+class _SectionedCommand(click.Command):
+    """A command whose --help lists its options under headings (``sections``: heading,
+    option names); options in no section go under "Other options"."""
+
+    sections: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {
+            param.name: record
+            for param in self.get_params(ctx)
+            if (record := param.get_help_record(ctx)) is not None
+        }
+        for heading, names in (*self.sections, ("Other options", tuple(records))):
+            # (click's help option comes last and lands here, named by click.)
+            rows = [records.pop(name) for name in names if name in records]
+            if rows:
+                with formatter.section(heading):
+                    formatter.write_dl(rows)
+
+
+class _RunCommand(_SectionedCommand):
+    sections = (
+        ("Target: the VM and where it goes", ("vm", "source", "destination", "targets")),
+        ("Hosts and configuration", ("config_path", "hypervisor", "lab", "lab_config", "seed")),
+        (
+            "Probes",
+            (
+                *("interval_ms", "poll_ms", "guest_agent"),
+                *("agent_listen", "agent_wait", "agent_interval"),
+            ),
+        ),
+        (
+            "Migration",
+            ("include_storage", "destination_storage_path", "timeout_s", "settle_s"),
+        ),
+        (
+            "QEMU",
+            ("downtime_limit_ms", "max_bandwidth_mib_s", "auto_converge", "verify_memory"),
+        ),
+        ("Session: several migrations", ("repeat", "ping_pong")),
+        ("Output", ("out", "labels", "as_json")),
+    )
+
+
+class _ReportCommand(click.Command):
+    """``--baseline`` takes every path after it up to the next option (or ``--``), so an
+    unquoted glob the shell expanded (``--baseline runs/*``) stays on the baseline side."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _spread_option(args, "--baseline"))
+
+
+def _spread_option(args: list[str], option: str) -> list[str]:
+    """``option A B C`` -> ``option A option B option C``, up to the next option or ``--``."""
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        index += 1
+        if token == "--":
+            out += [token, *args[index:]]
+            break
+        if token != option:
+            out.append(token)
+            continue
+        values = []
+        while index < len(args) and not args[index].startswith("-"):
+            values.append(args[index])
+            index += 1
+        out += [item for value in values for item in (option, value)] if values else [token]
+    return out
+
+
 @click.group(
     cls=_MeasureGroup,
     epilog=exitcodes.EPILOG,
@@ -160,7 +305,7 @@ def main() -> None:
 # -- measure run -------------------------------------------------------------
 
 
-@main.command(epilog=exitcodes.EPILOG)
+@main.command(cls=_RunCommand, epilog=exitcodes.RUN_EPILOG)
 @click.option("--vm", default=None, help="VM to migrate [default: from the config, HVSW10Home].")
 @click.option(
     "--config",
@@ -300,7 +445,13 @@ def main() -> None:
     show_default=True,
     help="Seconds between the lab agent's screen captures.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary document as JSON.")
+@click.option("--label", "labels", multiple=True, callback=_parse_labels, help=LABEL_HELP)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary document as JSON, with run_dir (a session: session.json).",
+)
 def run(
     vm: str | None,
     config_path: Path | None,
@@ -329,6 +480,7 @@ def run(
     repeat: int,
     ping_pong: bool,
     out: Path,
+    labels: dict[str, str],
     as_json: bool,
 ) -> None:
     """Live-migrate the VM with Move-VM on its source host and measure the blackout.
@@ -350,6 +502,8 @@ def run(
     )
     from .guestagent import GuestAgentSetup, address_towards
 
+    if ping_pong and repeat == 1:
+        raise click.UsageError("--ping-pong needs --repeat N (N >= 2 migrations)")
     try:
         config = load_config(config_path)
         config = apply_overrides(
@@ -376,14 +530,24 @@ def run(
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
     listen = None if agent_listen is None else _parse_listen(agent_listen)
     terminal = _Terminal()
-    kwargs: dict[str, Any] = {"out": out, "command": sys.argv, "progress": terminal.run_progress}
+    kwargs: dict[str, Any] = {
+        "out": out,
+        "command": sys.argv,
+        "progress": terminal.run_progress,
+        "labels": labels,
+    }
 
     def execute(**arguments: Any) -> Any:
         if repeat == 1:
             return run_command.run(**arguments)
         from .commands import session as session_command
 
-        return session_command.run(repeat=repeat, ping_pong=ping_pong, **arguments)
+        shortfall = session_command.ping_pong_shortfall(repeat) if ping_pong else None
+        if shortfall:
+            click.echo(f"measure: warning: {shortfall}", err=True)
+        return session_command.run(
+            repeat=repeat, ping_pong=ping_pong, on_run_start=terminal.new_run, **arguments
+        )
 
     try:
         if config.hypervisor == "qemu":
@@ -441,16 +605,22 @@ def run(
         terminal.close()
         _fail(str(exc))
     except run_command.PreflightError as exc:
-        terminal.close()
+        terminal.discard()
         _fail(str(exc), exitcodes.PREFLIGHT)
     except PermissionError as exc:
         terminal.close()
         _fail(str(exc))
+    if result.exit_code == exitcodes.PREFLIGHT and repeat == 1:
+        terminal.discard()  # only the one line saying what failed
+        _fail(
+            f"{result.message or 'preflight failed'} (run folder {result.run_dir})",
+            exitcodes.PREFLIGHT,
+        )
     terminal.close()
     if repeat > 1:
         _print_session(result, as_json)
         sys.exit(result.exit_code)
-    _print_summary(result.summary, as_json)
+    _print_summary(result.summary, as_json, result.run_dir)
     if result.message:
         click.echo(f"measure: {result.status}: {result.message}", err=True)
     click.echo(f"run folder: {result.run_dir}", err=True)
@@ -459,7 +629,16 @@ def run(
 
 def _print_session(result: Any, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(result.document, indent=2))
+        folders = {r.run_dir.name: str(r.run_dir) for r in result.runs}
+        document = {
+            **result.document,
+            "session_dir": str(result.session_dir),
+            "runs": [
+                {**entry, "run_dir": folders.get(entry.get("run_id", ""))}
+                for entry in result.document["runs"]
+            ],
+        }
+        click.echo(json.dumps(document, indent=2))
         click.echo(f"session folder: {result.session_dir}", err=True)
         return
     click.echo(f"session {result.document['session_id']}  {result.document['status']}")
@@ -502,14 +681,14 @@ def _print_session(result: Any, as_json: bool) -> None:
 # -- measure watch -----------------------------------------------------------
 
 
-@main.command(epilog=exitcodes.EPILOG)
+@main.command(epilog=exitcodes.WATCH_EPILOG)
 @click.option(
     "--target",
     "targets",
     multiple=True,
     required=True,
     callback=_parse_targets,
-    help="Guest address to ping (IPv4 or IPv6); repeat for several targets.",
+    help="Guest address (IPv4 or IPv6) or host name to ping; repeat for several targets.",
 )
 @click.option(
     "--interval-ms",
@@ -557,8 +736,13 @@ def _print_session(result: Any, as_json: bool) -> None:
     show_default=True,
     help="Seconds to wait for the agent's first frame and heartbeat.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary document as JSON.")
+@click.option("--label", "labels", multiple=True, callback=_parse_labels, help=LABEL_HELP)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary document as JSON, with run_dir."
+)
+@click.pass_context
 def watch(
+    ctx: click.Context,
     targets: list[str],
     interval_ms: float,
     timeout_ms: float | None,
@@ -567,9 +751,14 @@ def watch(
     agent_listen: str,
     agent_wait: float,
     out: Path,
+    labels: dict[str, str],
     as_json: bool,
 ) -> None:
-    """Ping the guest while you migrate it by hand, then analyse the blackout."""
+    """Ping the guest while you migrate it by hand, then analyse the blackout.
+
+    The watch ends after --duration seconds or when you press Ctrl-C (or send
+    SIGTERM): either way the run is complete and counts in reports.
+    """
     from migration_blackout.probes.icmp import IcmpPermissionError
 
     from .commands import watch as watch_command
@@ -604,6 +793,8 @@ def watch(
             out=out,
             command=sys.argv,
             progress=terminal.watch_progress,
+            labels=labels,
+            extra_config={"target_names": ctx.meta.get("target_names") or {}},
         )
     except (OutputFolderError, IcmpPermissionError) as exc:
         terminal.close()
@@ -615,7 +806,7 @@ def watch(
         terminal.close()
         _fail(str(exc))
     terminal.close()
-    _print_summary(result.summary, as_json)
+    _print_summary(result.summary, as_json, result.run_dir)
     click.echo(f"run folder: {result.run_dir}", err=True)
     if result.status is RunStatus.ABORTED:
         sys.exit(exitcodes.INTERRUPTED)
@@ -624,35 +815,71 @@ def watch(
 # -- measure analyze ----------------------------------------------------------
 
 
-@main.command(epilog=exitcodes.EPILOG)
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print derived/summary.json instead of a table."
+@main.command(epilog=exitcodes.ANALYZE_EPILOG)
+@click.argument(
+    "paths", metavar="PATH...", nargs=-1, required=True, type=click.Path(path_type=Path)
 )
-def analyze(run_dir: Path, as_json: bool) -> None:
-    """(Re)build RUN_DIR/derived/ from RUN_DIR/raw/ and show the summary."""
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary document (derived/summary.json, with run_dir) instead of a "
+    "table; a JSON list of them unless PATH is one run folder.",
+)
+def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
+    """(Re)build derived/ from raw/ in each run folder and show the summaries.
+
+    PATH is a run folder, a session folder (measure run --repeat), a folder
+    holding run folders, a glob ('results/*') or a text file listing any of
+    these, one per line.
+    """
+    from migration_blackout.analysis.report import is_run_folder
     from migration_blackout.analysis.runfolder import RunFormatError
 
     from .commands import analyze as analyze_command
 
     try:
-        summary = analyze_command.run(run_dir=run_dir)
+        analysed = analyze_command.run_many(paths=list(paths))
     except RunFormatError as exc:
         _fail(str(exc))
-    _print_summary(summary, as_json)
+    good = [a for a in analysed if a.summary is not None]
+    if as_json:
+        documents = [{**a.summary, "run_dir": str(a.run_dir)} for a in good if a.summary]
+        one = len(paths) == 1 and is_run_folder(paths[0])
+        if documents:
+            click.echo(json.dumps(documents[0] if one else documents, indent=2))
+    else:
+        for index, entry in enumerate(good):
+            if index:
+                click.echo("")
+            _print_summary(entry.summary, False, entry.run_dir)
+    failed = [a for a in analysed if a.error is not None]
+    for entry in failed:
+        click.echo(f"measure: error: {entry.error}", err=True)
+    if failed:
+        sys.exit(exitcodes.USAGE)
 
 
 # -- measure report -------------------------------------------------------------
 
 
-@main.command(epilog=exitcodes.EPILOG)
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@main.command(cls=_ReportCommand, epilog=exitcodes.REPORT_EPILOG)
+@click.argument("run_dirs", metavar="PATH...", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--baseline",
     "baseline_dirs",
     multiple=True,
+    metavar="PATH...",
     type=click.Path(path_type=Path),
-    help="A baseline run folder; repeat for each.",
+    help="The baseline: every path after it up to the next option (or --), each a run "
+    "folder, session, parent folder, glob or list file.",
+)
+@click.option(
+    "--group-by",
+    "group_by",
+    multiple=True,
+    metavar="LABEL",
+    help="Also group (and compare) runs by this label's values; repeat for several.",
 )
 @click.option(
     "--html",
@@ -668,6 +895,12 @@ def analyze(run_dir: Path, as_json: bool) -> None:
     "--junit",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write JUnit XML here, one test case per threshold.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as a JSON document instead of the table.",
 )
 @click.option(
     "--config",
@@ -697,17 +930,27 @@ def analyze(run_dir: Path, as_json: bool) -> None:
 def report(
     run_dirs: tuple[Path, ...],
     baseline_dirs: tuple[Path, ...],
+    group_by: tuple[str, ...],
     html: Path | None,
     markdown: Path | None,
     junit: Path | None,
+    as_json: bool,
     config_path: Path | None,
     max_blackout_ms: float | None,
     max_timeouts: int | None,
     max_regression_pct: float | None,
 ) -> None:
-    """Report on RUN_DIR... (HTML, Markdown, JUnit) and judge them against
-    thresholds and a baseline. Exit 0 pass, 1 threshold exceeded or
-    regression, 2 bad input."""
+    """Compare runs (against a baseline) and judge them against thresholds.
+
+    Prints the comparison table (--json: the same as a document) and writes
+    the HTML, Markdown and JUnit outputs asked for. PATH is a run folder, a
+    session folder (measure run --repeat), a folder holding run folders, a
+    glob ('results/*') or a text file listing any of these, one per line:
+
+    \b
+      measure report results/nightly-*/ --baseline results/release-1.2/
+      measure report --baseline base/* -- new/*
+    """
     from migration_blackout.analysis.report import Thresholds
 
     from .commands import report as report_command
@@ -729,6 +972,11 @@ def report(
         )
     except ValueError as exc:
         _fail(str(exc))
+    if not run_dirs:
+        raise click.UsageError(
+            "no run folder given: put the runs before --baseline, or end the baseline "
+            "with -- (measure report --baseline BASE... -- RUN...)"
+        )
     to_stdout = markdown is not None and str(markdown) == "-"
     result = report_command.run(
         run_dirs=list(run_dirs),
@@ -737,13 +985,18 @@ def report(
         markdown=None if to_stdout else markdown,
         junit=junit,
         thresholds=thresholds,
+        group_by=group_by,
     )
     if result.error:
         _fail(result.error, result.exit_code)
     if to_stdout:
         click.echo(result.markdown, nl=False)
+    elif as_json:
+        click.echo(result.document, nl=False)
     else:
         click.echo(result.text, nl=False)
+    for path in result.written:
+        click.echo(f"wrote {path}", err=True)
     sys.exit(result.exit_code)
 
 
@@ -755,7 +1008,7 @@ def import_() -> None:
     """Turn logs of other tools into run folders that `measure analyze` reads."""
 
 
-@import_.command("ping-log")
+@import_.command("ping-log", epilog=exitcodes.IMPORT_EPILOG)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "--format",
@@ -790,7 +1043,9 @@ def import_() -> None:
     default=None,
     help="The ping interval (ping -i, fping -p) when the log does not show it.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary document as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary document as JSON, with run_dir."
+)
 def import_ping_log(
     file: Path,
     fmt: str,
@@ -821,8 +1076,31 @@ def import_ping_log(
         )
     except (ImportFormatError, OutputFolderError) as exc:
         _fail(str(exc))
-    _print_summary(analyze_command.run(run_dir=run_dir), as_json)
+    _print_summary(analyze_command.run(run_dir=run_dir), as_json, run_dir)
     click.echo(f"run folder: {run_dir}", err=True)
+
+
+# -- measure quickstart ----------------------------------------------------------
+
+
+@main.command(epilog=exitcodes.QUICKSTART_EPILOG)
+@click.argument(
+    "directory", default=".", type=click.Path(file_okay=False, path_type=Path), required=False
+)
+def quickstart(directory: Path) -> None:
+    """Write the commented example configuration (measure.example.toml) and the two
+    notebooks (notebooks/) into DIRECTORY [default: here]; files already there are kept.
+
+    For an installed package, where there is no checkout to copy them from.
+    """
+    from .commands import quickstart as quickstart_command
+
+    try:
+        files = quickstart_command.run(directory=directory)
+    except OSError as exc:
+        _fail(f"cannot write into {directory}: {exc.strerror or exc}")
+    for entry in files:
+        click.echo(f"{'wrote' if entry.written else 'kept '} {entry.path}")
 
 
 # -- measure lab ---------------------------------------------------------------
@@ -834,7 +1112,7 @@ def lab() -> None:
     network namespace (needs root)."""
 
 
-@lab.command("up")
+@lab.command("up", epilog=exitcodes.LAB_EPILOG)
 @click.option(
     "--config",
     "config_path",
@@ -888,7 +1166,7 @@ def _echo_realm(public: dict[str, Any]) -> None:
         )
 
 
-@lab.command("status")
+@lab.command("status", epilog=exitcodes.LAB_EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable, with credentials.")
 @click.option(
     "--hypervisor", type=click.Choice(["hyperv", "qemu"]), default="hyperv", show_default=True
@@ -918,7 +1196,7 @@ def lab_status(as_json: bool, hypervisor: str) -> None:
     click.echo(f"ground truth: {status['ground_truth']}")
 
 
-@lab.command("down")
+@lab.command("down", epilog=exitcodes.LAB_EPILOG)
 @click.option(
     "--hypervisor",
     type=click.Choice(["hyperv", "qemu"]),
@@ -937,4 +1215,4 @@ def lab_down(hypervisor: str | None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    main(prog_name="measure")

@@ -125,8 +125,12 @@ def create_run_folder(
     command: Sequence[str],
     config: Mapping[str, Any],
     targets: Sequence[str],
+    labels: Mapping[str, str] | None = None,
 ) -> RunFolder:
-    """Create ``parent/<run-id>/`` with ``raw/`` and a ``running`` manifest."""
+    """Create ``parent/<run-id>/`` with ``raw/`` and a ``running`` manifest.
+
+    ``labels``: the user's ``key=value`` labels (``--label``), kept as given.
+    """
     parent = Path(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +157,7 @@ def create_run_folder(
         "command": list(command),
         "config": redact(dict(config)),
         "targets": list(targets),
+        "labels": dict(labels or {}),
         "started_utc": utc_iso(start.utc_ns),
         "ended_utc": None,
         "status": str(RunStatus.RUNNING),

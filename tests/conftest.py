@@ -34,8 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
-# Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py).
-pytest_plugins = ["fixtures_netns"]
+# Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py); the
+# user's workflow and runs of every kind, made once per session (tests/fixtures_workflow.py).
+pytest_plugins = ["fixtures_netns", "fixtures_workflow"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

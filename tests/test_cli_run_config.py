@@ -79,8 +79,12 @@ def test_a_missing_password_names_the_variable(tmp_path: Path) -> None:
 def test_an_unreachable_host_fails_preflight_with_a_complete_run_folder(tmp_path: Path) -> None:
     proc = measure(tmp_path, env={"MB_TEST_PASSWORD": "s3cret-pw-123"})
     assert proc.returncode == 3, proc.stderr
-    assert "HOST1: cannot reach WinRM" in proc.stderr
     (run_dir,) = (tmp_path / "results").glob("*-run-*")
+    # Only the one line that says what failed (and where the run folder is).
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("measure: error: HOST1: cannot reach WinRM")
+    assert line.endswith(f"(run folder {run_dir})")
+    assert proc.stdout == ""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed"
     assert "HOST1: cannot reach WinRM" in manifest["error"]["message"]

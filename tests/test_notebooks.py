@@ -1,24 +1,33 @@
-"""The notebooks run, top to bottom, against the sample run folders kept in the repository.
+"""The notebooks run, top to bottom, against the sample run folders kept in the repository
+and against freshly made runs of every kind.
 
-Each is executed with nbclient in a fresh ``python3`` kernel; jupyter_client
-starts a kernel spec whose command is ``python`` with this interpreter
-(``sys.executable``), so the kernel is the venv's. A cell that raises fails
-the test. The committed notebooks carry no outputs.
+Each is executed with nbclient in a fresh ``python3`` kernel
+(tests/notebook_runner.py); a cell that raises fails the test. The committed
+notebooks carry no outputs. The runs: the frozen samples (copied: reading a
+run may write its derived summary), the workflow's Hyper-V lab session and
+watch (tests/test_workflow.py), and one run each of the emulated lab with the
+in-guest agent, the QEMU lab and an imported ping log (tests/fixtures_workflow.py).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from fixtures_workflow import OtherRuns, Workflow
 from jupyter_client.manager import KernelManager
-from nbclient import NotebookClient
+from notebook_runner import execute, outputs
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 RUNS = REPO / "tests" / "data" / "runs"
+TIMELINE, COMPARE = (
+    REPO / "notebooks" / "01-timeline.ipynb",
+    REPO / "notebooks" / "02-compare-runs.ipynb",
+)
 
 
 def _frozen_files() -> dict[Path, float]:
@@ -43,38 +52,73 @@ def test_the_committed_notebook_has_no_outputs(path: Path) -> None:
             assert cell.outputs == [] and cell.execution_count is None, path.name
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_the_notebook_runs_against_the_sample_runs(
-    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MB_OUT", str(tmp_path / "out"))
-    for name in ("MB_RUN", "MB_RUNS", "MB_BASELINE"):
+def test_no_notebook_needs_a_checkout(path: Path) -> None:
+    """Installed from a wheel there is no repository: nothing may look for one."""
+    source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+    for needs_a_checkout in ("pyproject.toml", "tests/data", "repo_root"):
+        assert needs_a_checkout not in source
+
+
+def _run(
+    notebook: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, **variables: str
+) -> nbformat.NotebookNode:
+    for name in ("MB_RUN", "MB_RUNS", "MB_BASELINE", "MB_GROUP_BY", "MB_OUT"):
         monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    done = execute(notebook, workdir)
+    assert outputs(done, "error") == []
+    assert outputs(done, "image/png"), "the notebook shows no plot"
+    return done
+
+
+@pytest.mark.slow
+def test_both_notebooks_on_copies_of_the_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = _frozen_files()
-    notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        notebook,
-        kernel_name="python3",
-        timeout=300,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    client.execute()  # raises CellExecutionError when a cell raises
-    errors = [
-        output
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-        if output.output_type == "error"
-    ]
-    assert errors == []
-    images = [
-        output
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-        if "image/png" in output.get("data", {})
-    ]
-    assert images, "the notebook shows no plot"
-    # The samples in tests/data/runs are frozen: running a notebook writes nothing there.
+    samples = tmp_path / "results"
+    shutil.copytree(RUNS, samples, ignore=shutil.ignore_patterns("derived"))
+    # MB_RUN a folder of runs: the timeline notebook takes the newest one.
+    _run(TIMELINE, tmp_path, monkeypatch, MB_RUN=str(samples / "lab-v1-sample"))
+    # No MB_RUNS: every run under results/ here.
+    done = _run(COMPARE, tmp_path, monkeypatch)
+    text = "".join(o.get("text", "") for o in outputs(done, "stream"))
+    assert "2 runs, 0 baseline runs" in text
+    # The samples in tests/data/runs are frozen: nothing was written there.
     assert _frozen_files() == before
+
+
+KINDS = ["lab_with_agent", "qemu", "imported"]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_timeline_notebook_on_a_fresh_run_of_each_kind(
+    other_runs: OtherRuns, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = getattr(other_runs, kind)
+    done = _run(TIMELINE, tmp_path, monkeypatch, MB_RUN=str(run_dir), MB_OUT=str(tmp_path))
+    assert len(outputs(done, "image/png")) == 2  # every kind has a blackout to zoom on
+    text = "".join(o.get("text", "") for o in outputs(done, "stream"))
+    assert str(run_dir) in text
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_the_comparison_notebook_on_runs_of_every_kind(
+    workflow: Workflow, other_runs: OtherRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = [workflow.watch, workflow.session, *(getattr(other_runs, k) for k in KINDS)]
+    done = _run(
+        COMPARE,
+        tmp_path,
+        monkeypatch,
+        MB_RUNS=":".join(map(str, every)),
+        MB_BASELINE=str(workflow.baseline_session),
+        MB_GROUP_BY="build",
+    )
+    text = "".join(o.get("text", "") for o in outputs(done, "stream"))
+    assert "7 runs, 3 baseline runs" in text

@@ -3,27 +3,14 @@ and its exit code passed through (0 pass, 1 threshold or regression, 2 bad input
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from click.testing import CliRunner
+from report_runs import write_run
 
 from migration_blackout.harness.cli import main
 
 DATA = Path(__file__).parent / "data"
-
-
-def _load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("make_report_runs", DATA / "make_report_runs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-write_run: Callable[..., Path] = _load_generator().write_run
 
 
 def _runs(parent: Path, prefix: str, blackouts_ms: list[float]) -> list[str]:

@@ -85,7 +85,14 @@ def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert run_dir is not None
     doc = json.loads(proc.stdout)
+    assert doc["run_dir"] == str(run_dir)
     assert manifest(run_dir)["status"] == "completed"
+    # What the hosts and the VM were (Win32_OperatingSystem, Get-VM MemoryAssigned)
+    # and the measuring machine, for comparing runs.
+    context = manifest(run_dir)
+    assert {h["os_version"] for h in context["hosts"].values()} == {"10.0.10586"}
+    assert context["vm"]["memory_bytes"] == 64 * 2**20
+    assert context["machine"]["cpu_steal"]["pct"] >= 0
     raw = {p.name for p in (run_dir / "raw").iterdir()}
     assert {
         "icmp.csv",
@@ -297,8 +304,18 @@ def test_repeat_ping_pong_makes_a_session(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (session_dir,) = out.glob("*-session-*")
     session = json.loads((session_dir / "session.json").read_text())
-    assert session == json.loads(proc.stdout)
+    printed = json.loads(proc.stdout)
+    # --json prints session.json with the session's and every run's folder added.
+    assert printed["session_dir"] == str(session_dir)
+    assert [r.pop("run_dir") for r in printed["runs"]] == [
+        str(session_dir / r["run_id"]) for r in session["runs"]
+    ]
+    assert {k: v for k, v in printed.items() if k != "session_dir"} == session
     assert session["status"] == "completed"
+    # A header per run, and the warning before the first: 2 runs give 1 per direction.
+    assert "--repeat 2 --ping-pong gives 1 run(s) one way and 1 the other" in proc.stderr
+    assert "== run 1/2 ==" in proc.stderr and "== run 2/2 ==" in proc.stderr
+    assert any(line.startswith("run 2/2 [") for line in proc.stderr.splitlines())
     first, second = session["runs"]
     assert (first["source"], first["destination"]) == ("WS16TP4DM1VML1b", "WS16TP4DM2VML1b")
     assert (second["source"], second["destination"]) == ("WS16TP4DM2VML1b", "WS16TP4DM1VML1b")

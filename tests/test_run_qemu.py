@@ -79,6 +79,11 @@ def test_ping_pong_with_memory_check(lab_dir: Path, tmp_path: Path) -> None:
     for entry in session["runs"]:
         directions.add((entry["source"], entry["destination"]))
         run_dir = session_dir / entry["run_id"]
+        assert entry["run_dir"] == str(run_dir)
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        # Each QEMU's version and the guest's memory, from QMP.
+        assert all(side["qemu_version"] for side in manifest["hosts"].values())
+        assert manifest["vm"]["memory_bytes"] == 256 * 2**20
         summary = json.loads((run_dir / "derived" / "summary.json").read_text())
         qemu = summary["qemu"]
         assert qemu["outcome"] == "completed"

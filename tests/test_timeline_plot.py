@@ -5,6 +5,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+from label_boxes import readability_problems
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox
 from PIL import Image
 from test_timeline_runs import Scenario, write_run
@@ -97,3 +101,50 @@ def test_an_icmp_only_run_plots_its_lanes(tmp_path: Path) -> None:
     whole, _zoom = timeline_figures(timeline, decompose(timeline))
     labels = [ax.get_ylabel() for ax in whole.axes]
     assert labels[1:] == ["ICMP 10.0.0.2\nRTT ms", "ICMP 10.0.0.3\nRTT ms"]
+
+
+def test_the_readability_check_catches_overlaps_and_covered_data() -> None:
+    """The check below fails on what it is meant to catch."""
+    figure = Figure(figsize=(4, 3))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [0, 1], label="data")
+    ax.annotate("move_vm_return settling", (0.5, 0.5))
+    ax.annotate("network_restored", (0.55, 0.5))
+    ax.annotate("runs off the right edge of the figure", (0.9, 0.2))
+    ax.legend(loc="center")
+    problems = readability_problems(figure)
+    assert any("overlaps text 'network_restored'" in p for p in problems), problems
+    assert any("runs off the figure" in p for p in problems), problems
+    assert any("a legend covers the data area" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        Scenario(),
+        Scenario(guest="both", console=True),
+        Scenario(unreachable_ms=(4400.0, 4800.0), guest="heartbeats"),
+    ],
+    ids=["hosts-icmp", "guest-and-console", "unreachable"],
+)
+def test_labels_never_collide_run_off_or_cover_data(tmp_path: Path, scenario: Scenario) -> None:
+    write_run(tmp_path / "run", scenario)
+    timeline = build_timeline(tmp_path / "run")
+    for figure in timeline_figures(timeline, decompose(timeline)):
+        assert figure is not None
+        assert readability_problems(figure) == []
+
+
+def test_the_lab_sample_reads_without_collisions() -> None:
+    timeline = build_timeline(DATA / "lab-v1-sample")
+    whole, zoom = timeline_figures(timeline, decompose(timeline))
+    assert zoom is not None
+    for figure in (whole, zoom):
+        assert readability_problems(figure) == []
+    # The zoom says which window it shows, and shows that window.
+    title = zoom.texts[0].get_text()
+    assert "zoom: 3 s before the first blackout window to 3 s after the last" in title
+    shown = zoom.axes[0].get_xlim()
+    seconds = float(title.rsplit("(", 1)[1].split(" s)")[0])
+    assert abs((shown[1] - shown[0]) - seconds) < 0.05

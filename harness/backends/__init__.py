@@ -61,6 +61,12 @@ class HypervisorBackend(Protocol):
     async def locate(self, record: Recorder) -> tuple[str, str]:
         """(source, destination): where the VM runs now (found, not assumed)."""
 
+    async def describe_hosts(self, source: str, destination: str) -> dict[str, Any]:
+        """For the manifest, after ``locate``: ``{"hosts": {side: {...}}, "vm": {...}}``,
+        what each side runs (its OS build, its hypervisor's version) and the VM's
+        memory, where the backend can tell; what it cannot tell is null or an
+        ``error`` text. Never fails the run."""
+
     async def align_clocks(
         self, phase: str, sink: JsonlSink, record: Recorder, *, tolerate_failures: bool
     ) -> dict[str, ClockOffset | None]:

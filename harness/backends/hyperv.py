@@ -23,7 +23,15 @@ from .. import kerberos
 from ..clocksync import ClockOffset, sample_clock
 from ..config import HostConfig, RunConfig
 from ..console import console_poll_function
-from ..hyperv import HostCallError, HostError, HostSession, MoveVmCall
+from ..hyperv import (
+    HostCallError,
+    HostError,
+    HostSession,
+    MoveVmCall,
+    VmStatus,
+    _prop,
+    _text,
+)
 from ..runfolder import RunFolder
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
@@ -34,6 +42,8 @@ HARVESTED_EVENTS = (
 )
 CLOCK_SAMPLES = 7
 HOST_CALL_TIMEOUT_S = 20.0
+# The host's Windows build (learn.microsoft.com: Win32_OperatingSystem class).
+OPERATING_SYSTEM_QUERY = (("ClassName", "Win32_OperatingSystem"),)
 HARVEST_MARGIN_S = 2.0
 
 
@@ -49,6 +59,7 @@ class HyperVBackend:
         self.sessions: dict[str, HostSession] = {}
         self._started_utc: datetime | None = None  # when Move-VM was sent
         self._offsets: dict[str, int] = {}
+        self._located: VmStatus | None = None  # Get-VM on the source, in preflight
         # KRB5_CONFIG for the run, restored by close().
         self._environment = contextlib.ExitStack()
 
@@ -136,6 +147,7 @@ class HyperVBackend:
         else:
             source = holders[0][0]
         vm_status = dict(holders)[source]
+        self._located = vm_status
         if vm_status.state != "Running":
             raise PreflightError(f"{source}: VM {vm!r} is {vm_status.state}, not Running")
         if config.destination is not None:
@@ -145,6 +157,36 @@ class HyperVBackend:
         if destination.lower() == source.lower():
             raise PreflightError(f"{source}: the destination is the source host; pick another host")
         return source, destination
+
+    async def describe_hosts(self, source: str, destination: str) -> dict[str, Any]:
+        """Each host's Windows build (Win32_OperatingSystem Caption, Version,
+        BuildNumber) and the VM's memory (Get-VM MemoryAssigned in preflight)."""
+        names = list(self.sessions)
+        found = await asyncio.gather(*(asyncio.to_thread(self._os_of, n) for n in names))
+        vm = self._located
+        return {
+            "hosts": dict(zip(names, found, strict=True)),
+            "vm": {
+                "name": self.config.vm,
+                "memory_bytes": None if vm is None else vm.memory_assigned,
+                "memory_source": "Get-VM MemoryAssigned",
+            },
+        }
+
+    def _os_of(self, host: str) -> dict[str, Any]:
+        try:
+            result = self.sessions[host].invoke("Get-CimInstance", OPERATING_SYSTEM_QUERY)
+        except HostError as exc:
+            return {"error": str(exc)}
+        if result.errors or not result.output:
+            why = result.errors[0].message if result.errors else "no answer"
+            return {"error": f"Win32_OperatingSystem: {why}"}
+        answer = result.output[0]
+        return {
+            "os_caption": _text(_prop(answer, "Caption")),
+            "os_version": _text(_prop(answer, "Version")),
+            "os_build": _text(_prop(answer, "BuildNumber")),
+        }
 
     # -- clocks ---------------------------------------------------------------
 

@@ -130,6 +130,29 @@ class QemuBackend:
             raise PreflightError(f"{destination}: no incoming_uri is configured")
         return running[0], destination
 
+    async def describe_hosts(self, source: str, destination: str) -> dict[str, Any]:
+        """Each QEMU's version (QMP query-version) and the guest's memory
+        (query-memory-size-summary base-memory on the source)."""
+        hosts: dict[str, Any] = {}
+        for name, client in self.clients.items():
+            try:
+                version = (await client.execute("query-version", timeout_s=5))["qemu"]
+                hosts[name] = {
+                    "qemu_version": f"{version['major']}.{version['minor']}.{version['micro']}"
+                }
+            except (QmpError, OSError, KeyError, TypeError) as exc:
+                hosts[name] = {"error": f"query-version: {exc}"}
+        try:
+            memory = (await self.clients[source].execute("query-memory-size-summary", timeout_s=5))[
+                "base-memory"
+            ]
+        except (QmpError, OSError, KeyError, TypeError):
+            memory = None
+        return {
+            "hosts": hosts,
+            "vm": {"memory_bytes": memory, "memory_source": "QMP query-memory-size-summary"},
+        }
+
     async def align_clocks(
         self, phase: str, sink: JsonlSink, record: Recorder, *, tolerate_failures: bool
     ) -> dict[str, ClockOffset | None]:

@@ -1,6 +1,7 @@
 """``measure report``: one report over many run folders, optionally against a baseline.
 
-Reads each run folder (building a missing ``derived/summary.json``), checks the
+Finds the run folders (run folders, sessions, parents of runs, globs, list
+files), reads each (building a missing ``derived/summary.json``), checks the
 thresholds and, with a baseline, the regression verdict, and writes the
 requested outputs. Returns the exit code instead of exiting: 0 every check
 passed (or nothing to check), 1 a threshold was exceeded or a regression found,
@@ -10,6 +11,7 @@ written); nothing is written on bad input.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,11 @@ from migration_blackout.analysis.report import (
     Report,
     Thresholds,
     build_report,
-    format_verdict,
+    format_report_table,
     render_html,
     render_junit,
     render_markdown,
+    report_document,
 )
 from migration_blackout.analysis.runfolder import RunFormatError
 
@@ -32,9 +35,10 @@ from .. import exitcodes
 class ReportResult:
     """What ``run`` did.
 
-    ``text``: plain-text lines for the terminal (the verdict and each failed
-    check, or the error). ``markdown``: the Markdown report (also when it was
-    not written to a file), None on bad input. ``written``: the files written.
+    ``text``: the comparison table for the terminal, ending with the verdict
+    (or the error). ``markdown``: the Markdown report (also when it was not
+    written to a file), None on bad input. ``document``: the report as JSON
+    text (``--json``), None on bad input. ``written``: the files written.
     ``error``: the bad-input message when ``exit_code`` is 2.
     """
 
@@ -44,6 +48,7 @@ class ReportResult:
     markdown: str | None
     written: tuple[Path, ...]
     error: str | None = None
+    document: str | None = None
 
 
 def _bad_input(message: str) -> ReportResult:
@@ -65,10 +70,17 @@ def run(
     markdown: Path | None = None,
     junit: Path | None = None,
     thresholds: Thresholds | None = None,
+    group_by: Sequence[str] = (),
 ) -> ReportResult:
-    """Report on ``run_dirs`` (against ``baseline_dirs``) and write the outputs asked for."""
+    """Report on ``run_dirs`` (against ``baseline_dirs``) and write the outputs asked for.
+
+    Both take what ``analysis.report.find_run_folders`` takes; ``group_by``
+    names labels whose values split the statistics beside the direction.
+    """
     try:
-        report = build_report(run_dirs, baseline_dirs=baseline_dirs, thresholds=thresholds)
+        report = build_report(
+            run_dirs, baseline_dirs=baseline_dirs, thresholds=thresholds, group_by=group_by
+        )
     except RunFormatError as exc:
         return _bad_input(str(exc))
 
@@ -94,7 +106,8 @@ def run(
     return ReportResult(
         exit_code=exitcodes.OK if report.passed else exitcodes.MIGRATION_FAILED,
         report=report,
-        text=format_verdict(report),
+        text=format_report_table(report),
         markdown=markdown_text,
         written=tuple(written),
+        document=json.dumps(report_document(report), indent=2) + "\n",
     )

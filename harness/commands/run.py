@@ -53,6 +53,7 @@ from ..config import RunConfig
 from ..console import DEFAULT_HEIGHT, DEFAULT_WIDTH
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..hyperv import HostError
+from ..machine import MachineWatch
 from ..runfolder import RunFolder, RunStatus, create_run_folder
 
 PROBES_READY_DEADLINE_S = 15.0
@@ -171,6 +172,7 @@ async def measure_run(
     ground_truth: Path | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
     guest_agent: GuestAgentSetup | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run one migration with every probe; always returns a finalised run folder.
 
@@ -178,7 +180,9 @@ async def measure_run(
     ``config.hosts`` and ``passwords``, which map host names to passwords and
     are never written anywhere). ``ground_truth``: the emulated lab's
     ground-truth file, copied (the part written during this run) into
-    ``raw/ground_truth.jsonl``.
+    ``raw/ground_truth.jsonl``. ``labels`` go to the manifest; so do the
+    measuring machine (``machine``) and what the backend tells of the hosts
+    and the VM (``hosts``, ``vm``).
     """
     if backend is None and backend_factory is not None:
         backend = await backend_factory()
@@ -192,10 +196,13 @@ async def measure_run(
         command=command,
         config={**config.describe(), "hypervisor": backend.describe()},
         targets=list(config.guest_addresses),
+        labels=labels,
     )
+    machine = MachineWatch()
+    run.manifest["machine"] = machine.context
     if extra_manifest:
         run.manifest.update(extra_manifest)
-        run.save()
+    run.save()
     events = JsonlSink(run.raw / "events.jsonl", probe="harness")
     run.register_probe("harness", "raw/events.jsonl", format="jsonl")
     ctx = _Context(
@@ -221,6 +228,7 @@ async def measure_run(
         await backend.open(ctx.record)
         source, destination = await backend.locate(ctx.record)
         ctx.record("preflight", check="direction", source=source, destination=destination)
+        run.manifest.update(await backend.describe_hosts(source, destination))
         await _check_guest_answers(ctx)
         ctx.announce(Phase.CLOCK, "aligning clocks")
         clock_sink = JsonlSink(run.raw / "clock.jsonl", probe="clock")
@@ -280,6 +288,7 @@ async def measure_run(
             "source": source,
             "destination": destination,
         }
+        run.manifest["machine"] = machine.finish()
         run.finalize(status, error)
     summary = None
     try:

@@ -7,6 +7,10 @@ and upper bound). With ``--ping-pong`` every run after the first goes back
 the way the previous one came (the write-up migrated both ways); without it
 each run finds the VM's host again, which alternates too unless ``--source``
 pins the direction. The session stops early on Ctrl-C or a failed preflight.
+
+The regression test of ``measure report`` needs at least ``MIN_RUNS`` runs
+per direction on each side; ``ping_pong_shortfall`` says, before the first
+migration, when a session will give fewer.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.report import direction_stats, read_run
+from migration_blackout.analysis.compare import MIN_RUNS
+from migration_blackout.analysis.report import (
+    direction_stats,
+    direction_stats_json,
+    read_run,
+)
 from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .. import exitcodes
@@ -46,26 +55,18 @@ def _write(path: Path, document: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _stats_json(stats: Any) -> dict[str, Any]:
-    def ms(value: float | None) -> float | None:
-        return None if value is None or value == float("inf") else round(value, 3)
-
-    def figure(f: Any) -> dict[str, Any]:
-        return {
-            "n": f.n,
-            "median_ms": ms(f.median_ms),
-            "p95_ms": ms(f.p95_ms),
-            "max_ms": ms(f.max_ms),
-        }
-
-    return {
-        "direction": stats.direction,
-        "runs": list(stats.run_ids),
-        "lower": figure(stats.lower),
-        "estimate": figure(stats.estimate),
-        "upper": figure(stats.upper),
-        "open_upper": stats.open_upper,
-    }
+def ping_pong_shortfall(repeat: int) -> str | None:
+    """A warning when ``--repeat repeat --ping-pong`` gives a direction fewer runs than
+    the regression test needs (``MIN_RUNS`` per direction and side); else None."""
+    fewest = repeat // 2
+    if fewest >= MIN_RUNS:
+        return None
+    needed = 2 * MIN_RUNS
+    return (
+        f"--repeat {repeat} --ping-pong gives {repeat - fewest} run(s) one way and {fewest} "
+        f"the other; `measure report` needs at least {MIN_RUNS} runs per direction (on each "
+        f"side of a comparison) to test for a regression: use --repeat {needed} or more"
+    )
 
 
 def _session_exit_code(results: list[RunResult], preflight_failed: bool) -> int:
@@ -86,9 +87,16 @@ async def measure_session(
     ping_pong: bool,
     out: Path,
     command: list[str],
+    on_run_start: Callable[[int, int], None] | None = None,
+    labels: Mapping[str, str] | None = None,
     **run_kwargs: Any,
 ) -> SessionResult:
-    """Run ``repeat`` migrations; every run folder is complete whatever happens."""
+    """Run ``repeat`` migrations; every run folder is complete whatever happens.
+
+    ``on_run_start(number, repeat)`` is called before each migration (number
+    from 1), for a "run 2/3" header. ``labels`` go to every run's manifest
+    and to ``session.json``.
+    """
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
     start = clock_pair()
@@ -105,6 +113,7 @@ async def measure_session(
         "command": command,
         "repeat": repeat,
         "ping_pong": ping_pong,
+        "labels": dict(labels or {}),
         "started_utc": utc_iso(start.utc_ns),
         "ended_utc": None,
         "status": "running",
@@ -118,9 +127,15 @@ async def measure_session(
     run_config = config
     try:
         for index in range(repeat):
+            if on_run_start is not None:
+                on_run_start(index + 1, repeat)
             try:
                 result = await measure_run(
-                    config=run_config, out=session_dir, command=command, **run_kwargs
+                    config=run_config,
+                    out=session_dir,
+                    command=command,
+                    labels=labels,
+                    **run_kwargs,
                 )
             except PreflightError as exc:
                 document["runs"].append({"index": index, "preflight_error": str(exc)})
@@ -147,7 +162,7 @@ async def measure_session(
                 )
     finally:
         runs = [read_run(r.run_dir) for r in results if (r.run_dir / "manifest.json").exists()]
-        document["directions"] = [_stats_json(s) for s in direction_stats(runs)]
+        document["directions"] = [direction_stats_json(s) for s in direction_stats(runs)]
         document["ended_utc"] = utc_iso(clock_pair().utc_ns)
         exit_code = _session_exit_code(results, preflight_failed)
         document["status"] = (

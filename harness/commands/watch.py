@@ -2,9 +2,12 @@
 
 This is the write-up's own procedure, automated: ICMP probes against the
 guest, every attempt recorded, until a duration passes or the user presses
-Ctrl-C; then the run folder is analysed. The run folder is complete and
-finalised in every case (``completed``, ``aborted`` on Ctrl-C, ``failed`` on
-an error).
+Ctrl-C; then the run folder is analysed. Both are a watch's normal end: the
+run is ``completed`` and its manifest says how it ended (``ended_by``:
+``duration``, ``SIGINT``, ``SIGTERM``). ``aborted`` is left for a watch
+stopped before it measured anything (a signal while waiting for the guest
+agent), ``failed`` for an error. The run folder is complete and finalised in
+every case.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.icmp import IcmpProbe, IcmpTargetStats
 
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
+from ..machine import MachineWatch
 from ..runfolder import RunStatus, create_run_folder
 
 # How long the probe may take to open its sockets and send its first probe.
@@ -60,34 +64,42 @@ async def watch_async(
     guest_agent: GuestAgentSetup | None = None,
     announce: Callable[[str], None] | None = None,
     extra_config: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> WatchResult:
     """Probe ``targets`` every ``interval_s`` until ``duration_s`` or SIGINT/SIGTERM.
 
     With ``guest_agent`` the in-guest agent's receiver runs too, and the
     duration starts once its first frame and heartbeat arrived; ``announce``
-    gets the command to start the agent. Returns after the run folder is
-    finalised and analysed.
+    gets the command to start the agent. ``labels`` go to the manifest.
+    Returns after the run folder is finalised and analysed.
     """
     config: dict[str, Any] = {
         "icmp": {"interval_s": interval_s, "timeout_s": timeout_s, "privileged": privileged},
         "duration_s": duration_s,
         **(extra_config or {}),
     }
-    run = create_run_folder(out, kind=kind, command=command, config=config, targets=targets)
+    run = create_run_folder(
+        out, kind=kind, command=command, config=config, targets=targets, labels=labels
+    )
+    machine = MachineWatch()
+    run.manifest["machine"] = machine.context
+    run.save()
     status = RunStatus.FAILED
     error: BaseException | None = None
     stop = asyncio.Event()
-    interrupted = asyncio.Event()
+    measuring = asyncio.Event()  # set once the probes (and the agent) are ready
+    ended_by: list[str] = []  # the signal's name, when a signal ended the watch
     loop = asyncio.get_running_loop()
 
-    def on_signal() -> None:
-        interrupted.set()
+    def on_signal(sig: signal.Signals) -> None:
+        if not ended_by:
+            ended_by.append(sig.name)
         stop.set()
 
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
     try:
         probe = IcmpProbe.create(
@@ -114,21 +126,31 @@ async def watch_async(
                 tasks.create_task(probe.run(stop))
                 if agent is not None:
                     tasks.create_task(agent.receiver.run(stop))
-                tasks.create_task(_supervise(probe, stop, duration_s, progress, agent))
+                tasks.create_task(_supervise(probe, stop, duration_s, progress, agent, measuring))
         finally:
             probe.sink.close()
-        status = RunStatus.ABORTED if interrupted.is_set() else RunStatus.COMPLETED
+        # Ctrl-C (or SIGTERM) is how a watch without --duration ends: a normal end
+        # once it measured; before that (waiting for the agent), nothing was measured.
+        status = RunStatus.COMPLETED if measuring.is_set() else RunStatus.ABORTED
+        if not ended_by:
+            ended_by.append("duration")
     except BaseException as exc:
         error = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
         cancelled = isinstance(error, KeyboardInterrupt | asyncio.CancelledError)
         status = RunStatus.ABORTED if cancelled else RunStatus.FAILED
+        ended_by[:] = ["SIGINT" if isinstance(error, KeyboardInterrupt) else "error"]
         raise error from None
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        run.manifest["ended_by"] = ended_by[0] if ended_by else "error"
+        run.manifest["machine"] = machine.finish()
         run.finalize(status, error if status is RunStatus.FAILED else None)
         if status is RunStatus.ABORTED and error is None:
-            run.manifest["error"] = {"type": "interrupted", "message": "stopped by a signal"}
+            run.manifest["error"] = {
+                "type": "interrupted",
+                "message": f"stopped by {ended_by[0]} before the probes were measuring",
+            }
             run.save()
     summary_path = rebuild_derived(run.path)[0]
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -141,6 +163,7 @@ async def _supervise(
     duration_s: float | None,
     progress: Callable[[WatchProgress], None] | None,
     agent: GuestAgentSession | None,
+    measuring: asyncio.Event,
 ) -> None:
     """Wait for readiness (and the guest agent), report progress, end the watch."""
     try:
@@ -153,6 +176,7 @@ async def _supervise(
             ) from None
         if agent is not None:
             await agent.start_and_wait()
+        measuring.set()
         start = clock_pair().mono_ns
         deadline = None if duration_s is None else start + int(duration_s * 1e9)
         while not stop.is_set():

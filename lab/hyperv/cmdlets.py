@@ -33,6 +33,10 @@ PARAMETER_BINDING_EXCEPTION = [
 ]
 CIM_EXCEPTION = ["Microsoft.Management.Infrastructure.CimException", "System.SystemException"]
 VIRTUALIZATION_NAMESPACE = "root/virtualization/v2"
+# What Win32_OperatingSystem says on the emulated hosts: the write-up's hosts ran
+# Windows Server 2016 Technical Preview 4 (build 10586).
+LAB_OS_CAPTION = "Microsoft Windows Server 2016 Technical Preview 4 Datacenter (emulated)"
+LAB_OS_VERSION = "10.0.10586"
 
 
 class TerminatingError(Exception):
@@ -421,6 +425,9 @@ async def _get_ciminstance(ctx: CmdletContext, params: dict[str, Any]) -> None:
         ctx.out.write_error(
             _cim_error("Invalid namespace ", "0x8004100e", ErrorCategory.ObjectNotFound, namespace)
         )
+        return
+    if ns == "root/cimv2" and class_name.lower() == "win32_operatingsystem":
+        ctx.out.write_output(pstypes.operating_system(LAB_OS_CAPTION, LAB_OS_VERSION, ctx.host))
         return
     if ns != VIRTUALIZATION_NAMESPACE or class_name.lower() != "msvm_migrationjob":
         if class_name.lower().startswith(("msvm_", "cim_", "win32_")):

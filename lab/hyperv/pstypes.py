@@ -176,6 +176,44 @@ class MsvmMigrationJob(PSObject):
     pass
 
 
+_OPERATING_SYSTEM_CLASSES = [
+    "root/cimv2/Win32_OperatingSystem",
+    "ROOT/cimv2/CIM_OperatingSystem",
+    "ROOT/cimv2/CIM_LogicalElement",
+    "ROOT/cimv2/CIM_ManagedSystemElement",
+    "Win32_OperatingSystem",
+    "CIM_OperatingSystem",
+    "CIM_LogicalElement",
+    "CIM_ManagedSystemElement",
+]
+
+
+@PSType(
+    [f"{CIM_PREFIX}#{c}" for c in _OPERATING_SYSTEM_CLASSES] + [CIM_PREFIX],
+    adapted_properties=[
+        PSNoteProperty("Caption", ps_type=PSString),
+        PSNoteProperty("Version", ps_type=PSString),
+        PSNoteProperty("BuildNumber", ps_type=PSString),
+        PSNoteProperty("CSName", ps_type=PSString),
+        PSNoteProperty("PSComputerName", ps_type=PSString),
+    ],
+    rehydrate=False,
+)
+class Win32OperatingSystem(PSObject):
+    """The few properties of Win32_OperatingSystem the harness reads (learn.microsoft.com:
+    Win32_OperatingSystem class; all strings)."""
+
+
+def operating_system(caption: str, version: str, computer_name: str) -> Win32OperatingSystem:
+    return Win32OperatingSystem(
+        Caption=caption,
+        Version=version,
+        BuildNumber=version.rsplit(".", 1)[-1],
+        CSName=computer_name.upper(),
+        PSComputerName=computer_name,
+    )
+
+
 def host_datetime(ns: int, *, utc_offset: dt.timedelta = dt.timedelta(0)) -> PSDateTime:
     """A .NET DateTime for a host-clock instant (ns since the epoch)."""
     seconds, rest = divmod(ns, 1_000_000_000)

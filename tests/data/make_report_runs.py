@@ -67,6 +67,7 @@ def write_run(
     source: str | None = "HV-A",
     destination: str | None = "HV-B",
     start_offset_s: float = 0.0,
+    labels: dict[str, str] | None = None,
 ) -> Path:
     """Write ``run_dir`` (manifest.json and raw/icmp.csv) and return it.
 
@@ -75,6 +76,7 @@ def write_run(
     in the run, apart from the blackout. ``source``/``destination`` go to the
     manifest's ``hyperv`` object; both None leaves it out. ``start_offset_s``
     shifts the run's clocks (runs in a set start at different times).
+    ``labels`` go to the manifest (``measure run --label``).
     """
     interval = round(interval_ms * MS)
     mono0 = MONO0 + round(start_offset_s * 1e9)
@@ -129,6 +131,8 @@ def write_run(
     }
     if source is not None or destination is not None:
         manifest["hyperv"] = {"source": source, "destination": destination}
+    if labels is not None:
+        manifest["labels"] = labels
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return run_dir
 
