@@ -207,7 +207,9 @@ def test_lab_run_over_kerberos_with_the_labs_password(tmp_path: Path) -> None:
 
 def preflight_error(proc: subprocess.CompletedProcess[str], run_dir: Path | None) -> str:
     assert proc.returncode == 3, proc.stderr
-    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("measure: failed:")]
+    # One line, naming the host and the fix (and where the run folder is).
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("measure: error: ") and line.endswith(f"(run folder {run_dir})")
     assert run_dir is not None
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"]["message"] in line
@@ -218,7 +220,7 @@ def test_no_ticket(lab: LabState, tmp_path: Path) -> None:
     line = preflight_error(
         *measure(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
     )
-    assert line.startswith(f"measure: failed: {SRC}: no Kerberos ticket")
+    assert line.startswith(f"measure: error: {SRC}: no Kerberos ticket")
     assert "run `kinit harness@LAB.TEST` first, or set MB_KERBEROS_PASSWORD" in line
 
 
@@ -230,8 +232,8 @@ def test_an_expired_ticket(lab: LabState, tmp_path: Path) -> None:
         *measure(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
     )
     assert re.match(
-        rf"measure: failed: {SRC}: the Kerberos ticket of harness@LAB.TEST in FILE:\S+ "
-        r"expired at \S+Z: run `kinit harness@LAB.TEST` again$",
+        rf"measure: error: {SRC}: the Kerberos ticket of harness@LAB.TEST in FILE:\S+ "
+        r"expired at \S+Z: run `kinit harness@LAB.TEST` again \(run folder ",
         line,
     ), line
 
@@ -243,7 +245,7 @@ def test_a_host_reached_by_ip_address(lab: LabState, tmp_path: Path) -> None:
     )
     line = preflight_error(proc, run_dir)
     assert line.startswith(
-        f"measure: failed: {SRC}: the KDC knows no service principal HTTP/127.0.0.1"
+        f"measure: error: {SRC}: the KDC knows no service principal HTTP/127.0.0.1"
     )
     assert "reached by IP address" in line and "service_principal" in line
 
@@ -266,7 +268,7 @@ def test_no_kdc_reachable(lab: LabState, tmp_path: Path) -> None:
         env={"MB_KERBEROS_PASSWORD": PASSWORD, "KRB5CCNAME": f"FILE:{tmp_path / 'ccache'}"},
     )
     line = preflight_error(proc, run_dir)
-    assert line.startswith(f"measure: failed: {SRC}: cannot reach a KDC")
+    assert line.startswith(f"measure: error: {SRC}: cannot reach a KDC")
     assert str(unreachable) in line and "port 88" in line
     assert_no_secret(run_dir, PASSWORD)
 
@@ -278,7 +280,7 @@ def test_clock_skew_beyond_the_domains_limit(tmp_path: Path) -> None:
         *measure(tmp_path, "--lab", "--lab-config", str(lab_toml), "--auth", "kerberos")
     )
     assert re.match(
-        rf"measure: failed: {SRC}: the KDC's clock is \+(89\d|90\d) s from this machine's, "
+        rf"measure: error: {SRC}: the KDC's clock is \+(89\d|90\d) s from this machine's, "
         r"beyond the 300 s the domain allows: synchronise",
         line,
     ), line
