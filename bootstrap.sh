@@ -4,7 +4,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-SYSTEM_PACKAGES="python3 python3-venv python3-dev iproute2 procps fping xvfb"
+SYSTEM_PACKAGES="python3 python3-venv python3-dev iproute2 procps fping xvfb nftables"
 # The lab's domain controller (an MIT KDC on an OpenLDAP database, lab/kerberos.py),
 # kinit/klist, and what the kerberos extra (python-gssapi, krb5) builds against.
 SYSTEM_PACKAGES="$SYSTEM_PACKAGES krb5-kdc krb5-admin-server krb5-kdc-ldap krb5-user slapd ldap-utils"

@@ -17,6 +17,12 @@ for each stream:
   shorter than 2 I). It needs the guest's monotonic clock to run while the
   guest is frozen (true for SIGSTOP; a paused VM's clock may stop, and then
   only the delivery gap and the wall-clock jump show the pause).
+  Records lost between a and b (n sequence numbers missing: sent while the
+  network was dark, so the guest ran then) took their slots of the step: the
+  gap is ``G - n I`` and the bounds widen to ``G - (n+1)(I + jitter) <= F <=
+  G - (n-1)(I - jitter)`` (the first send after a freeze falls anywhere
+  between two slots). A step across lost records alone (an outage, no
+  freeze) is about one interval, not an execution gap.
 * **wall-clock jump** across that gap: guest UTC delta minus guest monotonic
   delta; a guest whose clock is corrected after resume shows it here.
 * **delivery gap**: the longest step between consecutive arrivals on the
@@ -85,7 +91,7 @@ class ExecutionGap:
     agent_id: str
     before_seq: int
     after_seq: int
-    gap_ms: float
+    gap_ms: float  # the step less the slots of the records lost in it
     interval_ms: float
     jitter_ms: float
     lower_ms: float
@@ -95,6 +101,8 @@ class ExecutionGap:
     before_guest_utc_ns: int
     after_guest_utc_ns: int
     wall_clock_jump_ms: float  # guest UTC delta minus guest monotonic delta across the gap
+    step_ms: float = 0.0  # the guest-monotonic step between the two records
+    lost_between: int = 0  # records the guest sent between the two that never arrived
 
 
 @dataclass(frozen=True)
@@ -252,9 +260,16 @@ def _jitter_ns(steps_ns: Int64Array, interval_ns: float) -> float:
     return float(np.percentile(np.clip(normal - interval_ns, 0.0, None), 99))
 
 
-def _bounds_ms(gap_ns: int, interval_ns: float, jitter_ns: float) -> tuple[float, float]:
-    lower = max(0.0, gap_ns - interval_ns - jitter_ns) / _NS_PER_MS
-    return lower, gap_ns / _NS_PER_MS
+def _bounds_ms(
+    gap_ns: int, interval_ns: float, jitter_ns: float, lost: int = 0
+) -> tuple[float, float]:
+    """Bounds of the time frozen in a step of ``gap_ns`` across ``lost`` lost records."""
+    if lost == 0:
+        lower = max(0.0, gap_ns - interval_ns - jitter_ns)
+        return lower / _NS_PER_MS, gap_ns / _NS_PER_MS
+    lower = max(0.0, gap_ns - (lost + 1) * (interval_ns + jitter_ns))
+    upper = max(lower, gap_ns - (lost - 1) * max(0.0, interval_ns - jitter_ns))
+    return lower / _NS_PER_MS, upper / _NS_PER_MS
 
 
 def _in_send_order(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -264,27 +279,41 @@ def _in_send_order(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return ordered, len(records) - len(unique)
 
 
-def _execution_steps(ordered: pd.DataFrame) -> tuple[Int64Array, Int64Array]:
-    """Positions ``i`` (pairs i, i+1 of one agent) and their guest-monotonic steps."""
+def _execution_steps(ordered: pd.DataFrame) -> tuple[Int64Array, Int64Array, Int64Array]:
+    """Positions ``i`` (pairs i, i+1 of one agent), their guest-monotonic steps,
+    and how many records were lost between them (sequence numbers missing)."""
     agent = ordered["agent_id"].to_numpy()
     mono = ordered["guest_mono_ns"].to_numpy(np.int64)
+    seq = ordered["seq"].to_numpy(np.int64)
     same_agent = agent[1:] == agent[:-1]
     positions = np.flatnonzero(same_agent).astype(np.int64)
-    return positions, mono[positions + 1] - mono[positions]
+    lost = np.clip(seq[positions + 1] - seq[positions] - 1, 0, None)
+    return positions, mono[positions + 1] - mono[positions], lost
+
+
+def _frozen_steps(steps_ns: Int64Array, lost: Int64Array, interval_ns: float) -> Int64Array:
+    """Each step less the slots of the records lost in it: what a freeze can explain."""
+    return (steps_ns - lost * interval_ns).astype(np.int64)
 
 
 def _execution_gap(
-    source: str, ordered: pd.DataFrame, at: int, step_ns: int, interval_ns: float, jitter_ns: float
+    source: str,
+    ordered: pd.DataFrame,
+    at: int,
+    step_ns: int,
+    interval_ns: float,
+    jitter_ns: float,
+    lost: int = 0,
 ) -> ExecutionGap:
     before, after = ordered.iloc[at], ordered.iloc[at + 1]
-    lower, upper = _bounds_ms(step_ns, interval_ns, jitter_ns)
+    lower, upper = _bounds_ms(step_ns, interval_ns, jitter_ns, lost)
     utc_step = int(after["guest_utc_ns"]) - int(before["guest_utc_ns"])
     return ExecutionGap(
         source=source,
         agent_id=str(before["agent_id"]),
         before_seq=int(before["seq"]),
         after_seq=int(after["seq"]),
-        gap_ms=step_ns / _NS_PER_MS,
+        gap_ms=(step_ns - lost * interval_ns) / _NS_PER_MS,
         interval_ms=interval_ns / _NS_PER_MS,
         jitter_ms=jitter_ns / _NS_PER_MS,
         lower_ms=lower,
@@ -294,6 +323,8 @@ def _execution_gap(
         before_guest_utc_ns=int(before["guest_utc_ns"]),
         after_guest_utc_ns=int(after["guest_utc_ns"]),
         wall_clock_jump_ms=(utc_step - step_ns) / _NS_PER_MS,
+        step_ms=step_ns / _NS_PER_MS,
+        lost_between=lost,
     )
 
 
@@ -306,15 +337,23 @@ def execution_gaps(
     ``load_heartbeats`` / ``load_frames``.
     """
     ordered, _ = _in_send_order(records)
-    positions, steps = _execution_steps(ordered)
+    positions, steps, lost = _execution_steps(ordered)
     interval_ns = _nominal_interval_ns(ordered, steps)
     if interval_ns is None:
         return []
     jitter_ns = _jitter_ns(steps, interval_ns)
     threshold_ns = 3 * interval_ns if min_gap_ms is None else min_gap_ms * _NS_PER_MS
-    chosen = np.flatnonzero(steps > threshold_ns)
+    chosen = np.flatnonzero(_frozen_steps(steps, lost, interval_ns) > threshold_ns)
     gaps = [
-        _execution_gap(source, ordered, int(positions[i]), int(steps[i]), interval_ns, jitter_ns)
+        _execution_gap(
+            source,
+            ordered,
+            int(positions[i]),
+            int(steps[i]),
+            interval_ns,
+            jitter_ns,
+            int(lost[i]),
+        )
         for i in chosen
     ]
     return sorted(gaps, key=lambda gap: gap.before_guest_mono_ns)
@@ -323,7 +362,7 @@ def execution_gaps(
 def analyse_stream(records: pd.DataFrame, *, source: str) -> StreamAnalysis:
     """Counts and largest gaps of one stream (``source``: ``guest_heartbeat``, ``guest_frames``)."""
     ordered, duplicates = _in_send_order(records)
-    positions, steps = _execution_steps(ordered)
+    positions, steps, lost = _execution_steps(ordered)
     interval_ns = _nominal_interval_ns(ordered, steps)
 
     per_agent = ordered.groupby("agent_id", sort=False)["seq"].agg(["min", "max", "count"])
@@ -333,9 +372,15 @@ def analyse_stream(records: pd.DataFrame, *, source: str) -> StreamAnalysis:
     clock_step = None
     if len(steps) and interval_ns is not None:
         jitter_ns = _jitter_ns(steps, interval_ns)
-        at = int(np.argmax(steps))
+        at = int(np.argmax(_frozen_steps(steps, lost, interval_ns)))
         execution_gap = _execution_gap(
-            source, ordered, int(positions[at]), int(steps[at]), interval_ns, jitter_ns
+            source,
+            ordered,
+            int(positions[at]),
+            int(steps[at]),
+            interval_ns,
+            jitter_ns,
+            int(lost[at]),
         )
         utc = ordered["guest_utc_ns"].to_numpy(np.int64)
         clock_steps = (utc[positions + 1] - utc[positions]) - steps
@@ -441,6 +486,8 @@ def _execution_gap_json(gap: ExecutionGap | None) -> dict[str, Any] | None:
         "before_guest_mono_ns": gap.before_guest_mono_ns,
         "after_guest_mono_ns": gap.after_guest_mono_ns,
         "wall_clock_jump_ms": _ms(gap.wall_clock_jump_ms),
+        "step_ms": _ms(gap.step_ms),
+        "lost_between": gap.lost_between,
     }
 
 
@@ -541,7 +588,7 @@ def contact_sheet(
     run_path = Path(run_dir)
     frames = load_frames(run_path)
     ordered, _ = _in_send_order(frames)
-    positions, steps = _execution_steps(ordered)
+    positions, steps, _lost = _execution_steps(ordered)
     if not len(steps):
         raise ValueError(f"{run_path / FRAMES_FILE} has fewer than two frames of one agent")
     gap_at = int(positions[int(np.argmax(steps))])

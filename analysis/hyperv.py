@@ -30,8 +30,11 @@ import pandas as pd
 
 from migration_blackout.analysis.runfolder import RunFolder, RunFormatError, check_schema_version
 
-# Hyper-V's migration events and the figures their messages carry.
+# Hyper-V's migration events: 20415 (20417 over the critical level) carries
+# the VM's name, its id and the blackout in seconds as event data
+# Parameter0..2; the English message is a fallback for older run folders.
 BLACKOUT_EVENT_IDS = (20415, 20417)
+BLACKOUT_DATA_POSITION = 2
 _SECONDS = r"([0-9]+(?:[.,][0-9]+)?) seconds"
 _BLACKOUT_RE = re.compile(rf"blackout time of {_SECONDS}|blackout (?:took )?{_SECONDS}", re.I)
 _BROWNOUT_RE = re.compile(rf"brownout[^0-9]*{_SECONDS}", re.I)
@@ -166,39 +169,80 @@ def _seconds(pattern: re.Pattern[str], message: str) -> float | None:
     return float(value.replace(",", "."))
 
 
+def _number(text: str | None) -> float | None:
+    """A figure from event data: "1.4", or "1,4" where the host's locale says so."""
+    if text is None:
+        return None
+    try:
+        return float(str(text).strip().replace(",", "."))
+    except ValueError:
+        return None
+
+
+def _data(event: Mapping[str, Any], position: int) -> str | None:
+    """The event data value at ``position`` (document order), or None."""
+    data = event.get("event_data") or {}
+    values = list(data.values()) if isinstance(data, Mapping) else []
+    return None if position >= len(values) else str(values[position])
+
+
+def _about_the_vm(event: Mapping[str, Any], vm: str) -> bool:
+    if "matches_vm" in event and event.get("event_data"):
+        return bool(event["matches_vm"])
+    return vm.lower() in (event.get("message") or "").lower()
+
+
+def _blackout_s(event: Mapping[str, Any]) -> tuple[float | None, str]:
+    """20415/20417's blackout: event data Parameter2 (independent of the
+    host's language), else the English message (older run folders)."""
+    figure = _number(_data(event, BLACKOUT_DATA_POSITION))
+    if figure is not None:
+        return figure, "event-data"
+    return _seconds(_BLACKOUT_RE, event.get("message") or ""), "message"
+
+
 def reported_blackout(events: list[dict[str, Any]], vm: str) -> dict[str, Any] | None:
     """Hyper-V's own blackout figure (event 20415, or 20417 when over the critical
-    level), with the brownout and dirty pages from the Worker-Admin events."""
-    mine = [e for e in events if vm.lower() in (e.get("message") or "").lower()]
+    level), with the brownout and dirty pages from the Worker-Admin events.
+
+    Figures come from the events' data (UserData/VmlEventLog Parameter0..n:
+    the same on an English and a Japanese host); the English message is read
+    only for an event without data (run folders harvested before the data
+    was kept)."""
+    mine = [e for e in events if _about_the_vm(e, vm)]
     # The latest one: the harvest asks for this migration's events only, but an
     # older run folder may hold an earlier migration's event as well.
-    blackout = next(
-        (
-            e
-            for e in sorted(mine, key=lambda e: str(e.get("time_created")), reverse=True)
-            if e.get("id") in BLACKOUT_EVENT_IDS
-            and _seconds(_BLACKOUT_RE, e.get("message") or "") is not None
-        ),
-        None,
-    )
+    blackout = None
+    for event in sorted(mine, key=lambda e: str(e.get("time_created")), reverse=True):
+        if event.get("id") in BLACKOUT_EVENT_IDS and _blackout_s(event)[0] is not None:
+            blackout = event
+            break
     if blackout is None:
         return None
+    seconds, figures_from = _blackout_s(blackout)
     document: dict[str, Any] = {
-        "blackout_s": _seconds(_BLACKOUT_RE, blackout["message"]),
+        "blackout_s": seconds,
         "event_id": blackout["id"],
         "critical": blackout["id"] == 20417,
         "host": blackout.get("host"),
         "time_created": blackout.get("time_created"),
         "resolution_s": 0.1,
         "source": f"hyperv-event:{blackout['id']}",
+        "figures_from": figures_from,
     }
     for event in mine:
         message = event.get("message") or ""
         if event.get("id") == 22508 and "brownout_s" not in document:
-            document["brownout_s"] = _seconds(_BROWNOUT_RE, message)
+            brownout = _number(_data(event, 2))
+            document["brownout_s"] = (
+                brownout if brownout is not None else _seconds(_BROWNOUT_RE, message)
+            )
         if event.get("id") == 22509 and "dirty_pages" not in document:
-            match = _DIRTY_RE.search(message)
-            document["dirty_pages"] = None if match is None else int(match.group(1))
+            pages = _number(_data(event, 3))
+            if pages is None:
+                match = _DIRTY_RE.search(message)
+                pages = None if match is None else float(match.group(1))
+            document["dirty_pages"] = None if pages is None else int(pages)
     return document
 
 

@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 AUTH_METHODS = ("kerberos", "negotiate", "ntlm", "credssp", "basic")
+# What a stock domain host accepts: Enable-PSRemoting creates an HTTP listener
+# on 5985 only (HTTPS on 5986 needs a certificate an administrator binds) and
+# enables Kerberos and Negotiate; over HTTP the messages are encrypted by the
+# Negotiate context (NTLM, or Kerberos where a ticket is at hand).
+DEFAULT_TRANSPORT = "http"
+DEFAULT_AUTH = "negotiate"
+DEFAULT_PORTS = {"http": 5985, "https": 5986}
 DEFAULT_PASSWORD_ENV = "MEASURE_PASSWORD"
 DEFAULT_CONFIG_NAME = "measure.toml"
 
@@ -28,13 +35,22 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class HostConfig:
-    """One Hyper-V host reached over WinRM (PowerShell remoting)."""
+    """One Hyper-V host reached over WinRM (PowerShell remoting).
+
+    ``address`` is where the harness reaches the host's WinRM listener (a
+    name or an IP address). ``computer_name`` is the name the *other* host
+    uses for it: it becomes ``Move-VM -DestinationHost`` when this host is
+    the destination, so it must be a name the source resolves and that
+    matches this host's Kerberos service principal (``Microsoft Virtual System
+    Migration Service/<name>``: the computer name or its DNS name, never an IP
+    address with Kerberos). Default: ``name``.
+    """
 
     name: str
     address: str
     port: int
-    https: bool = True
-    auth: str = "negotiate"
+    https: bool = False
+    auth: str = DEFAULT_AUTH
     username: str | None = None
     password_env: str = DEFAULT_PASSWORD_ENV
     cert_validation: bool | str = True
@@ -42,11 +58,21 @@ class HostConfig:
     # Kerberos: the host's WinRM SPN when it is not HTTP/<address> (the host
     # reached through another name or an address); None: HTTP/<address>.
     service_principal: str | None = None
+    computer_name: str | None = None
 
     @property
     def url(self) -> str:
         scheme = "https" if self.https else "http"
         return f"{scheme}://{self.address}:{self.port}/{self.path}"
+
+    @property
+    def transport(self) -> str:
+        return "https" if self.https else "http"
+
+    @property
+    def migration_name(self) -> str:
+        """What Move-VM -DestinationHost gets for this host."""
+        return self.computer_name or self.name
 
     def describe(self) -> dict[str, Any]:
         """For the manifest: everything but secrets (there are none here)."""
@@ -58,6 +84,7 @@ class HostConfig:
             "cert_validation": self.cert_validation,
             "password_env": self.password_env,
             "service_principal": self.service_principal,
+            "computer_name": self.migration_name,
         }
 
 
@@ -66,6 +93,10 @@ class ProbeConfig:
     icmp_interval_s: float = 0.010
     icmp_timeout_s: float | None = None
     host_poll_interval_s: float = 0.100
+    # A host call (poll, Get-Date, harvest) with no answer after this long has
+    # failed; the session is then reopened (pypsrp's pool is unusable after a
+    # read timeout).
+    host_call_timeout_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -211,17 +242,23 @@ def _parse_host(
         "cert_validation",
         "path",
         "service_principal",
+        "computer_name",
     }
     _reject_unknown(table, allowed, where)
     for required in ("name", "address"):
         if required not in table:
             raise ConfigError(f"{where}: {required} is required")
-    transport = table.get("transport", "https")
-    if transport not in ("https", "http"):
+    transport = table.get("transport", DEFAULT_TRANSPORT)
+    if transport not in DEFAULT_PORTS:
         raise ConfigError(f"{where}: transport must be https or http, not {transport!r}")
     https = transport == "https"
-    auth = _auth(table.get("auth", default_auth or "negotiate"), where)
-    port = table.get("port", 5986 if https else 5985)
+    auth = _auth(table.get("auth", default_auth or DEFAULT_AUTH), where)
+    if auth == "basic" and not https:
+        raise ConfigError(
+            f'{where}: auth = "basic" over HTTP would send the password unencrypted (and a '
+            'stock host refuses it): use auth = "negotiate", or transport = "https"'
+        )
+    port = table.get("port", DEFAULT_PORTS[transport])
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ConfigError(f"{where}: port must be 1-65535, not {port!r}")
     cert = table.get("cert_validation", True)
@@ -240,7 +277,17 @@ def _parse_host(
         service_principal=None
         if "service_principal" not in table
         else _service_principal(table["service_principal"], where),
+        computer_name=_optional_str(table, "computer_name", where),
     )
+
+
+def _optional_str(table: Mapping[str, Any], key: str, where: str) -> str | None:
+    if key not in table:
+        return None
+    value = _expect(table, key, str, where)
+    if not value.strip():
+        raise ConfigError(f"{where}: {key} must not be empty")
+    return str(value).strip()
 
 
 def _ms(table: Mapping[str, Any], key: str, where: str) -> float | None:
@@ -302,13 +349,19 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     icmp = probes_doc.get("icmp", {})
     _reject_unknown(icmp, {"interval_ms", "timeout_ms"}, f"{origin}: [probes.icmp]")
     host_state = probes_doc.get("host_state", {})
-    _reject_unknown(host_state, {"interval_ms"}, f"{origin}: [probes.host_state]")
+    _reject_unknown(host_state, {"interval_ms", "timeout_ms"}, f"{origin}: [probes.host_state]")
     probes = ProbeConfig(
         icmp_interval_s=_ms(icmp, "interval_ms", f"{origin}: [probes.icmp]") or 0.010,
         icmp_timeout_s=_ms(icmp, "timeout_ms", f"{origin}: [probes.icmp]"),
         host_poll_interval_s=_ms(host_state, "interval_ms", f"{origin}: [probes.host_state]")
         or 0.100,
+        host_call_timeout_s=_ms(host_state, "timeout_ms", f"{origin}: [probes.host_state]") or 20.0,
     )
+    if probes.host_call_timeout_s < 2:
+        raise ConfigError(
+            f"{origin}: [probes.host_state] timeout_ms must be at least 2000 (WinRM's "
+            "OperationTimeout is one second shorter and at least one second)"
+        )
 
     mig = document.get("migration", {})
     where = f"{origin}: [migration]"

@@ -16,8 +16,6 @@ Everything here blocks (pypsrp 0.9); the probe calls it from a worker thread.
 
 from __future__ import annotations
 
-import functools
-import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +23,7 @@ from typing import Any
 
 from migration_blackout.probes.console_view import ConsoleFrame
 
+from . import scripts
 from .hyperv import HostError, HostSession, _is_vm_not_found, _prop, parse_host_datetime
 
 SCRIPT_RESOURCE = "scripts/Get-VMThumbnail.ps1"
@@ -34,13 +33,9 @@ DEFAULT_WIDTH = 160
 DEFAULT_HEIGHT = 120
 
 
-@functools.cache
 def thumbnail_script() -> str:
     """The text of ``Get-VMThumbnail.ps1`` as shipped."""
-    data = pkgutil.get_data("migration_blackout.harness", SCRIPT_RESOURCE)
-    if data is None:
-        raise FileNotFoundError(f"harness/{SCRIPT_RESOURCE} is not installed")
-    return data.decode("utf-8-sig")
+    return scripts.load(SCRIPT_NAME)
 
 
 @dataclass(frozen=True)

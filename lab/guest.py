@@ -8,13 +8,20 @@
   every process running inside the guest's network namespace (whoever started
   it: the lab, or the harness starting the in-guest agent) is stopped with
   SIGSTOP, so an in-guest agent sees a true execution gap; only the
-  injector, the lab's own hand inside the namespace, keeps running;
-* ``thaw``: those processes continue (SIGCONT); the network stays dark;
-* ``network_restored``: echo requests are answered again.
+  injector, the lab's own hand inside the namespace, keeps running; then the
+  guest's link filter (nftables ingress and egress drop on its veth) darkens
+  all its traffic, inbound and outbound;
+* ``thaw``: those processes continue (SIGCONT); the network stays dark: what
+  the guest sends in the network-reconvergence window is dropped silently,
+  as on a real network that has not yet learnt where the VM went;
+* ``network_restored``: the link filter passes traffic again, then echo
+  requests are answered again.
 
 Each returns the moment it took effect: for the network edges the midpoint of
-the clock readings around the sysctl write inside the namespace, for the
-process edges the midpoint around the signals.
+the clock readings around the sysctl write inside the namespace (the echo
+edge, to microseconds; the link filter's own edges, a few ms wide, go to the
+injector's truth file as ``link`` records), for the process edges the
+midpoint around the signals.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pathlib import Path
 
 from migration_blackout.probes.clock import ClockPair, clock_pair
 
-from .injector import BlackoutInjector, WriteStamp
+from .injector import LINK_DIRECTIONS, BlackoutInjector, LinkStamp, WriteStamp
 from .netns import GuestNamespace
 
 LAB_PREFIX = "mbl-"
@@ -79,6 +86,7 @@ class NetnsGuest:
     def create(self) -> NetnsGuest:
         self.namespace.create()
         try:
+            self.namespace.create_link_filter()
             self._injector = self.namespace.start_injector(truth_path=self._truth_path)
         except BaseException:
             self.namespace.destroy()
@@ -98,6 +106,15 @@ class NetnsGuest:
 
     def __exit__(self, *exc_info: object) -> None:
         self.destroy()
+
+    @property
+    def last_link(self) -> LinkStamp | None:
+        """The latest change of the guest's link filter (both clocks around it)."""
+        return None if self._injector is None else self._injector.last_link
+
+    def link_edge(self) -> tuple[int, int] | None:
+        link = self.last_link
+        return None if link is None else (link.before_mono_ns, link.after_mono_ns)
 
     def guest_pids(self) -> list[int]:
         """Every process in the guest's network namespace but the injector."""
@@ -134,7 +151,7 @@ class NetnsGuest:
             self._stopped = self.guest_pids()
             self.frozen = True
             pids = list(self._stopped)
-        stamp = await asyncio.to_thread(lambda: injector.dark(stop_pids=pids))
+        stamp = await asyncio.to_thread(lambda: injector.dark(stop_pids=pids, link=LINK_DIRECTIONS))
         return _pair(stamp)
 
     async def thaw(self) -> ClockPair:
@@ -142,4 +159,4 @@ class NetnsGuest:
 
     async def network_restored(self) -> ClockPair:
         injector = self._require_injector()
-        return _pair(await asyncio.to_thread(injector.light))
+        return _pair(await asyncio.to_thread(lambda: injector.light(link=LINK_DIRECTIONS)))

@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,14 @@ ECHO_IGNORE_PATHS = {
     4: "/proc/sys/net/ipv4/icmp_echo_ignore_all",
     6: "/proc/sys/net/ipv6/icmp/echo_ignore_all",
 }
+
+# The guest's link filter (``GuestNamespace.create_link_filter``): an nftables
+# ``netdev`` table on the guest's side of the veth with one chain per
+# direction, each empty (everything passes) or holding one ``drop`` rule.
+# Ingress and egress hooks drop silently, as a dead network path does: the
+# guest's sends succeed and go nowhere, its TCP connects time out.
+LINK_TABLE = "mb_guest"
+LINK_DIRECTIONS = ("inbound", "outbound")  # to the guest (ingress), from it (egress)
 
 # Below this much remaining time the helper spins instead of sleeping: a
 # SCHED_FIFO thread wakes from clock_nanosleep within ~50 us, a normal one
@@ -87,6 +96,41 @@ class WriteStamp:
     def width_ns(self) -> int:
         """How long the write took: the uncertainty of ``mono_ns``."""
         return self.after_mono_ns - self.before_mono_ns
+
+
+@dataclass(frozen=True)
+class LinkStamp:
+    """Clocks read around one change of the guest's link filter (one nftables
+    transaction, a few ms: a coarser edge than a sysctl write).
+
+    ``state`` is ``dark`` (the directions drop everything) or ``light``
+    (they pass everything); ``directions`` is a subset of
+    :data:`LINK_DIRECTIONS`. Nanoseconds, clocks as in :class:`WriteStamp`.
+    """
+
+    state: str
+    directions: tuple[str, ...]
+    before_mono_ns: int
+    after_mono_ns: int
+    before_utc_ns: int
+    after_utc_ns: int
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> LinkStamp:
+        return cls(**{**record, "directions": tuple(record["directions"])})
+
+
+def link_filter_ruleset(device: str) -> str:
+    """The nftables table of the guest's link filter on ``device``: both
+    directions pass until the injector darkens them."""
+    return (
+        f"table netdev {LINK_TABLE} {{\n"
+        f'  chain inbound {{ type filter hook ingress device "{device}" priority 0; '
+        "policy accept; }\n"
+        f'  chain outbound {{ type filter hook egress device "{device}" priority 0; '
+        "policy accept; }\n"
+        "}\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -156,6 +200,7 @@ class _Helper:
         self.sched_fifo = _try_sched_fifo()
         self.spin_ns = _SPIN_NS_FIFO if self.sched_fifo else _SPIN_NS_NORMAL
         self._fds = [os.open(ECHO_IGNORE_PATHS[f], os.O_WRONLY) for f in self.families]
+        self._nft = shutil.which("nft") or "/usr/sbin/nft"
         self.write(b"0")
 
     def write(self, value: bytes) -> WriteStamp:
@@ -170,6 +215,29 @@ class _Helper:
         return WriteStamp(
             "dark" if value == b"1" else "light", before_mono, after_mono, before_utc, after_utc
         )
+
+    def link(self, state: str, directions: Sequence[str]) -> LinkStamp:
+        """Darken or light ``directions`` of the link filter in one nftables
+        transaction (flush, then drop when darkening: idempotent)."""
+        unknown = set(directions) - set(LINK_DIRECTIONS)
+        if unknown or state not in ("dark", "light") or not directions:
+            raise ValueError(f"link {state} {list(directions)}: unknown state or direction")
+        lines = []
+        for direction in directions:
+            lines.append(f"flush chain netdev {LINK_TABLE} {direction}")
+            if state == "dark":
+                lines.append(f"add rule netdev {LINK_TABLE} {direction} drop")
+        before_mono, before_utc = time.monotonic_ns(), time.time_ns()
+        proc = subprocess.run(
+            [self._nft, "-f", "-"],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+        )
+        after_utc, after_mono = time.time_ns(), time.monotonic_ns()
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft failed: {proc.stderr.strip()}")
+        return LinkStamp(state, tuple(directions), before_mono, after_mono, before_utc, after_utc)
 
     def sleep_until(self, deadline_mono_ns: int) -> None:
         while True:
@@ -198,6 +266,7 @@ class _Helper:
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         op = request.get("op")
+        link = tuple(request.get("link", ()))
         if op == "dark":
             stamp = self.write(b"1")
             # Stopping the guest's processes right after its network, from
@@ -209,14 +278,25 @@ class _Helper:
                     stopped += 1
                 except ProcessLookupError:
                     pass
+            stopped_by = time.monotonic_ns()
+            # The link filter last: ICMP echo (the sysctl) and the guest's
+            # processes are already dark; it adds whatever the kernel would
+            # still answer or forward (TCP handshakes, other ICMP).
+            link_stamp = None if not link else asdict(self.link("dark", link))
             return {
                 "ok": True,
                 "stamp": asdict(stamp),
                 "stopped": stopped,
-                "stopped_by_mono_ns": time.monotonic_ns(),
+                "stopped_by_mono_ns": stopped_by,
+                "link": link_stamp,
             }
         if op == "light":
-            return {"ok": True, "stamp": asdict(self.write(b"0"))}
+            # The link filter first, so that the ICMP echo edge stays the
+            # precise sysctl write.
+            link_stamp = None if not link else asdict(self.link("light", link))
+            return {"ok": True, "stamp": asdict(self.write(b"0")), "link": link_stamp}
+        if op == "link":
+            return {"ok": True, "link": asdict(self.link(str(request.get("state")), link))}
         if op == "blackout":
             return {"ok": True, "blackouts": [asdict(self.blackout(float(request["duration_s"])))]}
         if op == "schedule":
@@ -365,6 +445,7 @@ class BlackoutInjector:
         self.families = tuple(families)
         self._lock = threading.Lock()
         self._truth: Any = None
+        self.last_link: LinkStamp | None = None  # the latest change of the link filter
         argv = [
             "ip",
             "netns",
@@ -444,19 +525,39 @@ class BlackoutInjector:
 
     # -- commands -----------------------------------------------------------
 
-    def dark(self, *, stop_pids: Sequence[int] = ()) -> WriteStamp:
+    def dark(self, *, stop_pids: Sequence[int] = (), link: Sequence[str] = ()) -> WriteStamp:
         """Make the guest ignore echo requests from now on; then, from inside the
-        helper, SIGSTOP ``stop_pids`` (the guest's processes) at once."""
-        response = self._request({"op": "dark", "stop_pids": [int(p) for p in stop_pids]}, 5.0)
+        helper, SIGSTOP ``stop_pids`` (the guest's processes) at once, then darken
+        the ``link`` directions of its link filter (all its traffic)."""
+        response = self._request(
+            {"op": "dark", "stop_pids": [int(p) for p in stop_pids], "link": list(link)}, 5.0
+        )
         stamp = WriteStamp(**response["stamp"])
+        self._record("write", asdict(stamp))
+        self._record_link(response.get("link"))
+        return stamp
+
+    def light(self, *, link: Sequence[str] = ()) -> WriteStamp:
+        """Light the ``link`` directions of the link filter, then make the guest
+        answer echo requests again (the returned stamp: the echo edge)."""
+        response = self._request({"op": "light", "link": list(link)}, 5.0)
+        stamp = WriteStamp(**response["stamp"])
+        self._record_link(response.get("link"))
         self._record("write", asdict(stamp))
         return stamp
 
-    def light(self) -> WriteStamp:
-        """Make the guest answer echo requests again."""
-        stamp = WriteStamp(**self._request({"op": "light"}, 5.0)["stamp"])
-        self._record("write", asdict(stamp))
+    def link(self, state: str, directions: Sequence[str] = LINK_DIRECTIONS) -> LinkStamp:
+        """Darken (``state="dark"``) or light ``directions`` of the guest's link
+        filter alone, leaving echo and the guest's processes as they are."""
+        response = self._request({"op": "link", "state": state, "link": list(directions)}, 5.0)
+        stamp = LinkStamp.from_json(response["link"])
+        self._record_link(asdict(stamp))
         return stamp
+
+    def _record_link(self, record: Mapping[str, Any] | None) -> None:
+        if record is not None:
+            self.last_link = LinkStamp.from_json(record)
+            self._record("link", record)
 
     def blackout(self, duration_s: float) -> InjectedBlackout:
         """Go dark now for ``duration_s`` seconds (timed inside the namespace); blocks."""

@@ -36,6 +36,10 @@ class LabConfigError(Exception):
     pass
 
 
+# [hosts.<name>] keys: every field of the lab's HostConfig but its name.
+HOST_KEYS = {f.name for f in fields(HostConfig)} - {"name"}
+
+
 def _span(value: Any, where: str) -> Span:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return Span(float(value))
@@ -120,19 +124,13 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
         for host in config.hosts:
             table = hosts_doc.get(host.name, {})
             where = f"{origin}: [hosts.{host.name}]"
-            _check_keys(
-                table,
-                {
-                    "clock_offset_s",
-                    "utc_offset_minutes",
-                    "older_version",
-                    "access_denied",
-                    "migration_auth",
-                    "delegation",
-                },
-                where,
-            )
-            hosts.append(HostConfig(name=host.name, **table))
+            _check_keys(table, HOST_KEYS, where)
+            settings = dict(table)
+            if "migration_networks" in settings:
+                settings["migration_networks"] = tuple(
+                    str(n) for n in settings["migration_networks"]
+                )
+            hosts.append(HostConfig(name=host.name, **settings))
 
         kerberos = document.get("kerberos", {})
         _check_keys(
@@ -152,9 +150,11 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
             {
                 "fail_midway_at_percent",
                 "vm_missing",
+                "vm_off_after_landing",
                 "unresponsive_host",
                 "unresponsive_mode",
                 "unresponsive_after",
+                "unresponsive_for",
             },
             f"{origin}: [faults]",
         )
@@ -165,12 +165,16 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
                     host=str(faults["unresponsive_host"]),
                     mode=faults.get("unresponsive_mode", "hang"),
                     after_event=faults.get("unresponsive_after"),
+                    duration_s=None
+                    if "unresponsive_for" not in faults
+                    else float(faults["unresponsive_for"]),
                 ),
             )
         fault_config = FaultConfig(
             fail_midway_at_percent=faults.get("fail_midway_at_percent"),
             vm_missing=bool(faults.get("vm_missing", False)),
             unresponsive=unresponsive,
+            vm_off_after_landing=bool(faults.get("vm_off_after_landing", False)),
         )
         return replace(
             config,

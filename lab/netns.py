@@ -53,7 +53,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from migration_blackout.lab.injector import BlackoutInjector
+from migration_blackout.lab.injector import BlackoutInjector, link_filter_ruleset
 
 DEFAULT_PREFIX = "mbo-"
 IFNAMSIZ = 16  # including the terminating NUL: names of at most 15 characters
@@ -463,6 +463,24 @@ class GuestNamespace:
     def unreachable_address6(self) -> str | None:
         """As ``unreachable_address()`` for IPv6 (ICMPv6 type 1 code 0 from ``guest_address6``)."""
         return f"2001:2:0:{0x100 | self._x():x}::1" if self.ipv6 else None
+
+    def create_link_filter(self) -> None:
+        """Install the guest's link filter (``lab.injector.LINK_TABLE``): an
+        nftables ``netdev`` table on the guest's veth whose ``inbound``
+        (ingress) and ``outbound`` (egress) chains an injector darkens and
+        lights. Loopback inside the guest is untouched. Needs ``nft``."""
+        proc = subprocess.run(
+            self.exec_argv("nft", "-f", "-"),
+            input=link_filter_ruleset(self.guest_if),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise NetnsError(
+                f"installing the link filter in {self.name} failed (is nftables installed?): "
+                f"{proc.stderr.strip()}"
+            )
 
     def start_injector(
         self, *, truth_path: Path | None = None, families: Sequence[int] = (4,)

@@ -9,6 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from migration_blackout.lab.hyperv import (
+    DEFAULT_DESTINATION_HOST,
+    DEFAULT_SOURCE_HOST,
+    LabConfig,
+    LabThread,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 
 CONFIG = """
@@ -101,3 +108,85 @@ def test_a_password_in_the_config_file_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "passwords do not belong in the config file" in last_line(proc)
+
+
+def test_a_missing_optional_auth_package_is_a_preflight_line(tmp_path: Path) -> None:
+    """auth = "credssp" without the [credssp] extra: one line, not an ImportError.
+    The package is made unimportable in the measure process itself."""
+    path = tmp_path / "measure.toml"
+    path.write_text(CONFIG.replace('auth = "ntlm"', 'auth = "credssp"', 1))
+    program = (
+        "import sys; sys.modules['requests_credssp'] = None; "
+        "from migration_blackout.harness.cli import main; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program, "run", "--config", str(path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "MB_TEST_PASSWORD": "pw"},
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("measure:")]
+    assert line.startswith(
+        'measure: error: HOST1: auth = "credssp" needs the optional credssp support: '
+        "pip install 'migration-blackout[credssp]' (it provides requests_credssp) (run folder "
+    )
+
+
+def test_the_wrong_transport_is_a_preflight_line_saying_what_answered(tmp_path: Path) -> None:
+    """A host configured for HTTPS whose port answers plain HTTP (a stock
+    host's only listener): exit 3 with the fix."""
+    with LabThread(LabConfig()) as lab:
+        port = lab.hosts[DEFAULT_SOURCE_HOST].port
+        other = lab.hosts[DEFAULT_DESTINATION_HOST].port
+        config = (
+            CONFIG.replace('port = 1\ntransport = "http"', f'port = {port}\ntransport = "https"')
+            .replace("port = 2", f"port = {other}")
+            .replace("'LAB\\measure'", f"'{lab.credentials.principal}'")
+        )
+        proc = measure(tmp_path, config=config, env={"MB_TEST_PASSWORD": lab.credentials.password})
+    assert proc.returncode == 3, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("measure:")]
+    assert line.startswith("measure: error: HOST1: TLS failed")
+    assert (
+        f'port {port} answers plain HTTP, not HTTPS: set transport = "http" '
+        "(Enable-PSRemoting creates an HTTP listener only) (run folder "
+    ) in line
+
+
+def test_the_destination_name_must_be_the_host_s_own(tmp_path: Path) -> None:
+    """Move-VM -DestinationHost gets the destination's computer_name (default:
+    its name in the config); preflight compares it with what the host calls
+    itself, and refuses an IP address when the host takes Kerberos."""
+    with LabThread(LabConfig()) as lab:
+        config = (
+            CONFIG.replace("port = 1", f"port = {lab.hosts[DEFAULT_SOURCE_HOST].port}")
+            .replace("port = 2", f"port = {lab.hosts[DEFAULT_DESTINATION_HOST].port}")
+            .replace("'LAB\\measure'", f"'{lab.credentials.principal}'")
+        )
+        env = {"MB_TEST_PASSWORD": lab.credentials.password}
+        (tmp_path / "labelled").mkdir()
+        (tmp_path / "address").mkdir()
+        labelled = measure(tmp_path / "labelled", config=config, env=env)
+        by_address = measure(
+            tmp_path / "address",
+            config=config.replace(
+                'name = "HOST2"\n', 'name = "HOST2"\ncomputer_name = "192.0.2.7"\n'
+            ),
+            env=env,
+        )
+    fqdn = f"{DEFAULT_DESTINATION_HOST}.lab.test"
+    assert labelled.returncode == 3, labelled.stderr
+    assert (
+        f"measure: error: HOST2: Move-VM -DestinationHost would be 'HOST2', but the host calls "
+        f'itself {DEFAULT_DESTINATION_HOST} / {fqdn}: set computer_name = "{fqdn}" for HOST2'
+    ) in labelled.stderr
+    assert by_address.returncode == 3, by_address.stderr
+    assert (
+        "measure: error: HOST2: Move-VM -DestinationHost would be the address 192.0.2.7, but "
+        "HOST2 authenticates live migrations with Kerberos, which needs its name"
+    ) in by_address.stderr

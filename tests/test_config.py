@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_example_config_parses() -> None:
     config = load_config(REPO / "measure.example.toml")
     assert [h.name for h in config.hosts] == ["WS16TP4DM1VML1b", "WS16TP4DM2VML1b"]
-    assert config.hosts[0].url == "https://ws16tp4dm1vml1b.lab.example:5986/wsman"
-    assert config.hosts[0].cert_validation is True
+    assert config.hosts[0].url == "http://ws16tp4dm1vml1b.lab.example:5985/wsman"
+    assert config.hosts[0].auth == "negotiate"
+    assert config.hosts[0].migration_name == "WS16TP4DM1VML1b"
     assert config.guest_addresses == ("192.0.2.10",)
     assert config.probes.icmp_interval_s == pytest.approx(0.010)
     assert config.probes.host_poll_interval_s == pytest.approx(0.100)
@@ -48,6 +49,9 @@ def test_no_file_means_defaults_and_the_lab(
         ({"hosts": [{"name": "a", "address": "h", "port": 70000}]}, "port must be 1-65535"),
         ({"hosts": [{"name": "a", "address": "h", "transport": "ftp"}]}, "transport must be"),
         ({"hosts": [{"address": "h"}]}, "name is required"),
+        ({"hosts": [{"name": "a", "address": "h", "auth": "basic"}]}, "unencrypted"),
+        ({"hosts": [{"name": "a", "address": "h", "computer_name": " "}]}, "must not be empty"),
+        ({"probes": {"host_state": {"timeout_ms": 500}}}, "at least 2000"),
         ({"hosts": [{"name": "a", "address": "h"}, {"name": "A", "address": "g"}]}, "share a name"),
         ({"guest": {"addresses": ["not-an-ip"]}}, "is not an IP address"),
         ({"probes": {"icmp": {"interval_ms": -1}}}, "must be positive"),
@@ -114,3 +118,22 @@ def test_the_keyring_is_asked_when_installed(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setitem(sys.modules, "keyring", types.SimpleNamespace(get_password=broken))
     assert password_from_keyring(host) is None
+
+
+def test_a_host_s_defaults_are_what_a_stock_host_accepts() -> None:
+    """Enable-PSRemoting: HTTP on 5985, Kerberos and Negotiate (encrypted)."""
+    config = parse_config({"hosts": [{"name": "HV1", "address": "hv1.example"}]})
+    (host,) = config.hosts
+    assert (host.https, host.port, host.auth) == (False, 5985, "negotiate")
+    assert host.url == "http://hv1.example:5985/wsman"
+    assert host.migration_name == "HV1"
+    https = parse_config(
+        {"hosts": [{"name": "HV1", "address": "hv1", "transport": "https", "auth": "basic"}]}
+    )
+    assert https.hosts[0].port == 5986
+    named = parse_config(
+        {"hosts": [{"name": "HV1", "address": "192.0.2.5", "computer_name": "hv1.ad.example"}]}
+    )
+    assert named.hosts[0].migration_name == "hv1.ad.example"
+    assert named.hosts[0].describe()["computer_name"] == "hv1.ad.example"
+    assert config.probes.host_call_timeout_s == 20.0

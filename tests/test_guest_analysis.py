@@ -97,10 +97,29 @@ def test_a_network_outage_shows_as_a_delivery_gap_with_lost_heartbeats(tmp_path:
     assert delivery.missing_between == 120
     assert delivery.lower_ms <= 1200 <= delivery.upper_ms + 0.3
     assert delivery.before_recv_utc_ns == delivery.before_recv_mono_ns + 10**18
-    # The guest kept running: its own stamps have no gap beyond the interval.
+    # The guest kept running: the step across the lost ones is their slots, not
+    # a freeze, and its own stamps have no gap beyond the interval.
     assert stream.execution_gap is not None
-    assert stream.execution_gap.gap_ms == pytest.approx(1210, abs=0.3)  # across the lost ones
-    assert execution_gaps(load_heartbeats(tmp_path), source=HEARTBEAT_SOURCE, min_gap_ms=2000) == []
+    assert stream.execution_gap.gap_ms < 11
+    assert execution_gaps(load_heartbeats(tmp_path), source=HEARTBEAT_SOURCE) == []
+
+
+def test_a_freeze_followed_by_a_dark_network_keeps_sound_bounds(tmp_path: Path) -> None:
+    # The lab's (and a real network's) reconvergence: frozen 700 ms after
+    # heartbeat 300, then the first 45 heartbeats after the resume are lost.
+    rows = heartbeat_rows(1000, freeze_after=300, freeze_ms=700, lost=range(301, 346))
+    write_heartbeats(tmp_path, rows)
+    stream = analyse_stream(load_heartbeats(tmp_path), source=HEARTBEAT_SOURCE)
+    gap = stream.execution_gap
+    assert gap is not None
+    assert (gap.before_seq, gap.after_seq, gap.lost_between) == (300, 346, 45)
+    assert gap.step_ms == pytest.approx(700 + 46 * 10, abs=0.3)
+    assert gap.lower_ms <= 700 <= gap.upper_ms
+    assert gap.gap_ms == pytest.approx(710, abs=0.3)
+    # Two intervals plus twice the jitter of every lost slot: far tighter than the step.
+    assert gap.upper_ms - gap.lower_ms <= 2 * 10 + 2 * 45 * gap.jitter_ms + 1e-6
+    (listed,) = execution_gaps(load_heartbeats(tmp_path), source=HEARTBEAT_SOURCE)
+    assert listed == gap
 
 
 def test_a_wall_clock_corrected_after_resume_shows_as_a_jump(tmp_path: Path) -> None:

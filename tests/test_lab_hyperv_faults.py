@@ -33,6 +33,7 @@ from migration_blackout.lab.hyperv import (
     read_ground_truth,
 )
 from migration_blackout.lab.hyperv import groundtruth as gt
+from migration_blackout.lab.hyperv.model import MigrationFailedError
 
 MOVE_FAILED_ID = "OperationFailed,Microsoft.HyperV.PowerShell.Commands.MoveVM"
 
@@ -57,9 +58,10 @@ def test_vm_name_is_passed_literally_never_as_script() -> None:
         assert error_ids(ps) == ["InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM"]
         assert ps.streams.error[0].target_object == hostile
 
-        # Move-VM looks the name up exactly; its not-found error terminates.
+        # Move-VM looks the name up exactly; its not-found error is a record
+        # in the error stream, the pipeline completes (had_errors stays False).
         move = run(src, "Move-VM", "x'; Remove-VM *", DestinationHost=DST)
-        assert move.had_errors
+        assert not move.had_errors and move.state == PSInvocationState.COMPLETED
         assert error_texts(move) == [
             'Hyper-V was unable to find a virtual machine with name "x\'; Remove-VM *".'
         ]
@@ -119,7 +121,7 @@ def test_destination_of_an_older_version_refuses_the_protocol() -> None:
             IncludeStorage=True,
             DestinationStoragePath="C:\\Temp",
         )
-        assert move.had_errors
+        assert not move.had_errors and move.state == PSInvocationState.COMPLETED
         (text,) = error_texts(move)
         assert text.startswith(_source_prefix())
         assert text.endswith(
@@ -137,7 +139,7 @@ def test_destination_of_an_older_version_refuses_the_protocol() -> None:
 def test_move_started_on_a_host_without_the_vm_cannot_connect() -> None:
     with LabThread(fast_config()) as lab, open_pool(lab, DST) as dst:
         move = run(dst, "Move-VM", VM, DestinationHost=SRC)
-        assert move.had_errors
+        assert not move.had_errors
         (text,) = error_texts(move)
         assert text.startswith(_source_prefix(DST))
         assert text.endswith(f"Could not establish a connection with host '{SRC}'.")
@@ -157,7 +159,7 @@ def test_missing_vm_fault() -> None:
             f'Hyper-V was unable to find a virtual machine with name "{VM}".'
         ]
         move = run(src, "Move-VM", VM, DestinationHost=DST)
-        assert move.had_errors
+        assert not move.had_errors
         assert error_ids(move) == ["InvalidParameter,Microsoft.HyperV.PowerShell.Commands.MoveVM"]
 
 
@@ -173,7 +175,7 @@ def test_access_denied_terminates() -> None:
         assert error_texts(get) == [expected]
         assert error_ids(get) == ["AccessDenied,Microsoft.HyperV.PowerShell.Commands.GetVM"]
         move = run(src, "Move-VM", VM, DestinationHost=DST)
-        assert move.had_errors and error_texts(move) == [expected]
+        assert not move.had_errors and error_texts(move) == [expected]
         cim = run(
             src, "Get-CimInstance", Namespace=VIRTUALIZATION_NS, ClassName="Msvm_MigrationJob"
         )
@@ -188,7 +190,7 @@ def test_failure_midway_rolls_back_to_the_source() -> None:
     config = fast_config(faults=FaultConfig(fail_midway_at_percent=40))
     with LabThread(config) as lab, open_pool(lab, SRC) as src, open_pool(lab, DST) as dst:
         move = run(src, "Move-VM", VM, DestinationHost=DST)
-        assert move.had_errors
+        assert not move.had_errors and move.state == PSInvocationState.COMPLETED
         (text,) = error_texts(move)
         assert text.startswith(_source_prefix())
         assert "(0x80072746)" in text
@@ -284,3 +286,67 @@ def test_source_goes_dark_mid_migration_while_the_vm_still_lands() -> None:
         src.close()
         names = _ground_truth_names(lab)
         assert names.index(gt.HOST_UNRESPONSIVE) == names.index(gt.PAUSE) + 1
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "delegated", "code"),
+    [
+        pytest.param({}, {"migration_auth": "credssp"}, False, "0x8009030E", id="credssp-no-creds"),
+        pytest.param({}, {"migration_auth": "credssp"}, True, None, id="credssp-delegated"),
+        pytest.param({"delegation": False}, {}, False, "0x8009030D", id="kerberos-no-delegation"),
+        pytest.param({"delegation": False}, {}, True, "0x8009030D", id="kerberos-creds-no-help"),
+        pytest.param({}, {}, False, None, id="kerberos-delegation"),
+        pytest.param({}, {"migration_enabled": False}, True, "not configured", id="disabled"),
+    ],
+)
+def test_the_second_hop_is_decided_as_windows_does(
+    source: dict, destination: dict, delegated: bool, code: str | None
+) -> None:
+    """lab.toml per host and one fact about the session (did it delegate
+    credentials) decide whether a remote Move-VM / Compare-VM reaches the
+    destination (docs/lab.md, "The second hop")."""
+    config = fast_config(hosts=(HostConfig(SRC, **source), HostConfig(DST, **destination)))
+    with LabThread(config) as lab:
+
+        def compare() -> list[str]:
+            return lab.lab.compare_vm(SRC, VM, DST, delegated_credentials=delegated)
+
+        if code is None:
+            assert lab.call(compare) == []
+        else:
+            with pytest.raises(MigrationFailedError) as failed:
+                lab.call(compare)
+            assert code in failed.value.message
+
+
+def test_a_remote_move_without_a_second_hop_fails_and_the_vm_stays() -> None:
+    config = fast_config(hosts=(HostConfig(SRC), HostConfig(DST, migration_auth="credssp")))
+    with LabThread(config) as lab, open_pool(lab, SRC) as src, open_pool(lab, DST) as dst:
+        # A Basic session never delegates credentials.
+        compare = run(src, "Compare-VM", VM, DestinationHost=DST)
+        assert compare.output == [] and not compare.had_errors
+        assert error_ids(compare) == [
+            "OperationFailed,Microsoft.HyperV.PowerShell.Commands.CompareVM"
+        ]
+        move = run(src, "Move-VM", VM, DestinationHost=DST)
+        assert not move.had_errors and move.state == PSInvocationState.COMPLETED
+        (text,) = error_texts(move)
+        assert text.startswith(_source_prefix())
+        assert "No credentials are available in the security package (0x8009030E)" in text
+        assert (vm_state(src), vm_state(dst)) == ("Running", None)
+        assert gt.PAUSE not in _ground_truth_names(lab)
+
+
+def test_a_japanese_host_speaks_japanese_but_keeps_ids_and_enum_names() -> None:
+    config = fast_config(hosts=(HostConfig(SRC, culture="ja-JP"), HostConfig(DST)))
+    with LabThread(config) as lab, open_pool(lab, SRC) as src:
+        missing = run(src, "Get-VM", Name="nothere")
+        assert error_texts(missing) == [
+            'Hyper-V は、名前が "nothere" の仮想マシンを見つけることができませんでした。'
+        ]
+        assert error_ids(missing) == ["InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM"]
+        (vm,) = run(src, "Get-VM", Name=VM).output
+        assert vm.adapted_properties["State"] == "Running"
+        assert vm.adapted_properties["Status"] == "正常稼働中"
+        (host,) = run(src, "Get-VMHost").output
+        assert host.adapted_properties["VirtualMachineMigrationAuthenticationType"] == "Kerberos"

@@ -317,22 +317,18 @@ def test_status_shows_the_realm_and_down_removes_the_kdc_after_a_crash(tmp_path:
     assert not directory.exists()
 
 
-def test_without_delegation_move_vm_cannot_reach_the_destination(tmp_path: Path) -> None:
+def test_without_delegation_preflight_cannot_reach_the_destination(tmp_path: Path) -> None:
+    # The lab's KDC refuses S4U2Proxy (no krbAllowedToDelegateTo on either host), so
+    # the preflight's Compare-VM on the source fails as Windows does; nothing moves.
     lab_toml = tmp_path / "lab.toml"
     no_delegation = "".join(
         f"\n[hosts.{name}]\ndelegation = false\n" for name in (SRC, "WS16TP4DM2VML1b")
     )
     lab_toml.write_text(FAST_LAB + no_delegation)
     proc, run_dir = measure(tmp_path, "--lab", "--lab-config", str(lab_toml), "--auth", "kerberos")
-    assert proc.returncode == 1, proc.stderr
+    line = preflight_error(proc, run_dir)
+    assert line.startswith(f"measure: error: {SRC}: cannot authenticate to WS16TP4DM2VML1b")
+    assert "Use any authentication protocol" in line
     assert run_dir is not None
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert (
-        "No credentials are available in the security package (0x8009030E)"
-        in (manifest["error"]["message"])
-    )
     _, truth = read_ground_truth(run_dir / "raw" / "ground_truth.jsonl")
-    (failed,) = [e for e in truth if e["event"] == "move_vm_failed"]
-    assert failed["second_hop"]["client_auth"] == "kerberos"
-    assert "KDC" in failed["second_hop"]["refused"]  # the KDC refused S4U2Proxy
     assert not [e for e in truth if e["event"] in ("migration_start", "pause")]

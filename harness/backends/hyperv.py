@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.host_state import HostObservation
@@ -24,13 +25,18 @@ from ..clocksync import ClockOffset, sample_clock
 from ..config import HostConfig, RunConfig
 from ..console import console_poll_function
 from ..hyperv import (
+    HostAuthError,
     HostCallError,
     HostError,
+    HostFacts,
     HostSession,
+    HostUnreachableError,
+    MigrationCheck,
     MoveVmCall,
     VmStatus,
-    _prop,
-    _text,
+    WinEvent,
+    listener_hint,
+    missing_auth_support,
 )
 from ..runfolder import RunFolder
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
@@ -41,10 +47,11 @@ HARVESTED_EVENTS = (
     ("Microsoft-Windows-Hyper-V-Worker-Admin", (22507, 22508, 22509)),
 )
 CLOCK_SAMPLES = 7
-HOST_CALL_TIMEOUT_S = 20.0
-# The host's Windows build (learn.microsoft.com: Win32_OperatingSystem class).
-OPERATING_SYSTEM_QUERY = (("ClassName", "Win32_OperatingSystem"),)
 HARVEST_MARGIN_S = 2.0
+# After Move-VM returned: how long the hosts may take to list the VM where it
+# went (the write-up saw Running on the destination as the wizard closed).
+POST_CONDITION_DEADLINE_S = 10.0
+POST_CONDITION_RETRY_S = 0.2
 
 
 class HyperVBackend:
@@ -62,6 +69,9 @@ class HyperVBackend:
         self._located: VmStatus | None = None  # Get-VM on the source, in preflight
         # KRB5_CONFIG for the run, restored by close().
         self._environment = contextlib.ExitStack()
+        self.vm_id: str | None = None  # the VM's GUID, from Get-VM on its source
+        # What preflight learnt about the hosts, for the manifest's "hyperv" block.
+        self.preflight_facts: dict[str, Any] = {}
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "hosts": [h.name for h in self.config.hosts]}
@@ -69,13 +79,21 @@ class HyperVBackend:
     # -- preflight ------------------------------------------------------------
 
     async def open(self, record: Recorder) -> None:
+        for host in self.config.hosts:
+            missing = missing_auth_support(host.auth)
+            if missing is not None:
+                record("preflight", check="auth_support", host=host.name, ok=False, error=missing)
+                raise PreflightError(f"{host.name}: {missing}")
         self._environment.enter_context(kerberos.use_krb5_config(self.config.krb5_config))
         for configured in self.config.hosts:
             if configured.auth == "kerberos":
                 await self._kerberos_preflight(configured, record)
         sessions = {
             host.name: HostSession(
-                host, self._passwords.get(host.name), call_timeout_s=HOST_CALL_TIMEOUT_S
+                host,
+                self._passwords.get(host.name),
+                call_timeout_s=self.config.probes.host_call_timeout_s,
+                record=record,
             )
             for host in self.config.hosts
         }
@@ -83,13 +101,17 @@ class HyperVBackend:
         results = await asyncio.gather(
             *(asyncio.to_thread(s.open) for s in sessions.values()), return_exceptions=True
         )
-        for host, result in zip(sessions, results, strict=True):
+        for name, result in zip(sessions, results, strict=True):
             if isinstance(result, HostError):
-                record("preflight", check="connect", host=host, ok=False, error=str(result))
-                raise PreflightError(str(result))
+                hint = None
+                if isinstance(result, HostUnreachableError | HostAuthError):
+                    hint = await asyncio.to_thread(listener_hint, self.config.host(name))
+                message = str(result) if hint is None else f"{result}; {hint}"
+                record("preflight", check="connect", host=name, ok=False, error=message, hint=hint)
+                raise PreflightError(message)
             if isinstance(result, BaseException):
                 raise result
-            record("preflight", check="connect", host=host, ok=True)
+            record("preflight", check="connect", host=name, ok=True)
 
     async def _kerberos_preflight(self, host: HostConfig, record: Recorder) -> None:
         """The host's ticket from the KDC before any WinRM traffic: Kerberos
@@ -148,6 +170,7 @@ class HyperVBackend:
             source = holders[0][0]
         vm_status = dict(holders)[source]
         self._located = vm_status
+        self.vm_id = vm_status.vm_id
         if vm_status.state != "Running":
             raise PreflightError(f"{source}: VM {vm!r} is {vm_status.state}, not Running")
         if config.destination is not None:
@@ -156,16 +179,23 @@ class HyperVBackend:
             destination = next(n for n in names if n != source)
         if destination.lower() == source.lower():
             raise PreflightError(f"{source}: the destination is the source host; pick another host")
+        await self._check_migration_setup(source, destination, vm_status, record)
         return source, destination
 
     async def describe_hosts(self, source: str, destination: str) -> dict[str, Any]:
-        """Each host's Windows build (Win32_OperatingSystem Caption, Version,
-        BuildNumber) and the VM's memory (Get-VM MemoryAssigned in preflight)."""
-        names = list(self.sessions)
-        found = await asyncio.gather(*(asyncio.to_thread(self._os_of, n) for n in names))
+        """Each host's Windows build (Win32_OperatingSystem, asked in preflight)
+        and the VM's memory (Get-VM MemoryAssigned in preflight)."""
+        hosts = self.preflight_facts.get("hosts", {})
         vm = self._located
         return {
-            "hosts": dict(zip(names, found, strict=True)),
+            "hosts": {
+                name: {
+                    "os_caption": facts.get("os_caption"),
+                    "os_version": facts.get("os_version"),
+                    "os_build": (facts.get("os_version") or "").rsplit(".", 1)[-1] or None,
+                }
+                for name, facts in hosts.items()
+            },
             "vm": {
                 "name": self.config.vm,
                 "memory_bytes": None if vm is None else vm.memory_assigned,
@@ -173,20 +203,74 @@ class HyperVBackend:
             },
         }
 
-    def _os_of(self, host: str) -> dict[str, Any]:
-        try:
-            result = self.sessions[host].invoke("Get-CimInstance", OPERATING_SYSTEM_QUERY)
-        except HostError as exc:
-            return {"error": str(exc)}
-        if result.errors or not result.output:
-            why = result.errors[0].message if result.errors else "no answer"
-            return {"error": f"Win32_OperatingSystem: {why}"}
-        answer = result.output[0]
-        return {
-            "os_caption": _text(_prop(answer, "Caption")),
-            "os_version": _text(_prop(answer, "Version")),
-            "os_build": _text(_prop(answer, "BuildNumber")),
+    # -- preflight: the domain set-up ------------------------------------------
+
+    async def _check_migration_setup(
+        self, source: str, destination: str, vm: VmStatus, record: Recorder
+    ) -> None:
+        """What live migration needs beyond reaching the hosts, each failure one
+        line naming the host and the fix (docs/real-hosts.md has the table):
+        live migration enabled and a network for it on both hosts, a
+        destination name that Kerberos and the source can use, a destination
+        that runs the VM's configuration version, and Compare-VM on the
+        source (the second hop: CredSSP or constrained delegation)."""
+        names = [source, destination]
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self.sessions[n].host_facts) for n in names),
+            return_exceptions=True,
+        )
+        facts: dict[str, HostFacts] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, HostError):
+                raise PreflightError(f"{result} (while asking for its live migration settings)")
+            if isinstance(result, BaseException):
+                raise result
+            facts[name] = result
+            record("preflight", check="vmhost", host=name, **result.to_json())
+        self.preflight_facts["hosts"] = {n: f.to_json() for n, f in facts.items()}
+        for name in names:
+            _check_live_migration(name, facts[name])
+        dest_facts = facts[destination]
+        destination_name = self.config.host(destination).migration_name
+        _check_destination_name(destination, destination_name, dest_facts)
+
+        supported = await self._call(destination, lambda s: s.supported_vm_versions())
+        record(
+            "preflight",
+            check="versions",
+            vm_version=vm.version,
+            destination=destination,
+            supported=None if supported is None else list(supported),
+            source_os=facts[source].os_version,
+            destination_os=dest_facts.os_version,
+        )
+        self.preflight_facts["versions"] = {
+            "vm": vm.version,
+            "destination_supports": None if supported is None else list(supported),
         }
+        _check_versions(source, destination, vm, facts, supported)
+
+        migration = self.config.migration
+        check = await self._call(
+            source,
+            lambda s: s.test_migration(
+                self.config.vm,
+                destination_name,
+                include_storage=migration.include_storage,
+                destination_storage_path=migration.destination_storage_path,
+            ),
+        )
+        record(
+            "preflight", check="compare_vm", host=source, destination=destination, **check.to_json()
+        )
+        self.preflight_facts["compare_vm"] = check.to_json()
+        _check_compare_vm(source, destination, destination_name, check, dest_facts)
+
+    async def _call(self, host: str, call: Callable[[HostSession], T]) -> T:
+        try:
+            return await asyncio.to_thread(call, self.sessions[host])
+        except HostError as exc:
+            raise PreflightError(str(exc)) from None
 
     # -- clocks ---------------------------------------------------------------
 
@@ -227,7 +311,9 @@ class HyperVBackend:
             return "source" if name == source else "destination" if name == destination else None
 
         return [
-            PolledSide(name=name, role=role(name), poll=_state_poll(session, self.config.vm))
+            PolledSide(
+                name=name, role=role(name), poll=_state_poll(session, self.config.vm, self.vm_id)
+            )
             for name, session in self.sessions.items()
         ]
 
@@ -253,7 +339,7 @@ class HyperVBackend:
             self.config.host(source),
             self._passwords.get(source),
             vm=self.config.vm,
-            destination=destination,
+            destination=self.config.host(destination).migration_name,
             include_storage=migration.include_storage,
             destination_storage_path=migration.destination_storage_path,
         )
@@ -290,9 +376,13 @@ class HyperVBackend:
                         host=source,
                         error=exc.reason,
                         errors=[e.message for e in exc.errors],
+                        error_ids=[e.fully_qualified_error_id for e in exc.errors],
                     )
                     return MigrationOutcome("failed", str(exc))
                 record("move_vm_return", host=source)
+                failure = self._check_where_the_vm_is(source, destination, record)
+                if failure is not None:
+                    return MigrationOutcome("failed", failure)
                 return MigrationOutcome("returned")
             except HostError as exc:
                 record("move_vm_error", host=source, error=str(exc))
@@ -307,6 +397,33 @@ class HyperVBackend:
                 await asyncio.wait([call_task], timeout=0.25)
         return call_task.result()
 
+    def _check_where_the_vm_is(self, source: str, destination: str, record: Recorder) -> str | None:
+        """The post-condition of a Move-VM that returned without an error: the VM
+        is listed Running on the destination and not on the source. None when
+        it holds (within POST_CONDITION_DEADLINE_S), else what was seen."""
+        vm = self.config.vm
+        deadline = time.monotonic() + POST_CONDITION_DEADLINE_S
+        while True:
+            seen: dict[str, str] = {}
+            for name in (source, destination):
+                try:
+                    status = self.sessions[name].get_vm(vm)
+                except HostError as exc:
+                    seen[name] = f"unknown ({exc.reason})"
+                else:
+                    seen[name] = "not listed" if status is None else status.state
+            holds = seen[destination] == "Running" and seen[source] == "not listed"
+            if holds or time.monotonic() > deadline:
+                record("post_condition", vm=vm, holds=holds, seen=seen)
+                if holds:
+                    return None
+                return (
+                    f"{source}: Move-VM returned without an error, but VM {vm!r} is "
+                    f"{seen[destination]} on {destination} (expected Running) and "
+                    f"{seen[source]} on {source} (expected not listed)"
+                )
+            time.sleep(POST_CONDITION_RETRY_S)  # the hosts' lists are polled, not pushed
+
     # -- afterwards -----------------------------------------------------------
 
     async def harvest(self, run: RunFolder, record: Recorder) -> None:
@@ -318,7 +435,7 @@ class HyperVBackend:
         sink = JsonlSink(
             run.raw / "hyperv_events.jsonl",
             probe="hyperv_events",
-            meta={"vm": self.config.vm, "since": since.isoformat()},
+            meta={"vm": self.config.vm, "vm_id": self.vm_id, "since": since.isoformat()},
         )
         run.register_probe("hyperv_events", "raw/hyperv_events.jsonl", format="jsonl")
         try:
@@ -328,7 +445,7 @@ class HyperVBackend:
                 for log_name, ids in HARVESTED_EVENTS:
                     try:
                         found = await asyncio.to_thread(
-                            session.win_events, log_name, ids, query_since
+                            session.migration_events, log_name, ids, query_since
                         )
                     except HostError as exc:
                         sink.write(
@@ -348,13 +465,22 @@ class HyperVBackend:
                                 "host": name,
                                 "received_mono_ns": received.mono_ns,
                                 "received_utc_ns": received.utc_ns,
-                                "matches_vm": self.config.vm.lower()
-                                in (item.get("message") or "").lower(),
-                                **item,
+                                "matches_vm": self._is_about_the_vm(item),
+                                **item.to_json(),
                             }
                         )
         finally:
             sink.close()
+
+    def _is_about_the_vm(self, event: WinEvent) -> bool:
+        """By the event data (the VM's id or name, language-independent); the
+        message only when an event carries no data."""
+        values = [value.lower() for _, value in event.event_data]
+        if values:
+            return (self.vm_id or "").lower().strip(
+                "{}"
+            ) in values or self.config.vm.lower() in values
+        return self.config.vm.lower() in (event.message or "").lower()
 
     async def close(self) -> None:
         await asyncio.gather(
@@ -363,9 +489,9 @@ class HyperVBackend:
         self._environment.close()
 
 
-def _state_poll(session: HostSession, vm: str) -> Callable[[], HostObservation]:
+def _state_poll(session: HostSession, vm: str, vm_id: str | None) -> Callable[[], HostObservation]:
     def poll() -> HostObservation:
-        result = session.poll_vm(vm)
+        result = session.poll_vm(vm, vm_id)
         return HostObservation(
             listed=result.vm is not None,
             state=None if result.vm is None else result.vm.state,
@@ -377,3 +503,131 @@ def _state_poll(session: HostSession, vm: str) -> Callable[[], HostObservation]:
         )
 
     return poll
+
+
+# -- preflight checks: one line naming the host and the fix ---------------------
+
+T = TypeVar("T")
+KERBEROS = "kerberos"
+CREDSSP = "credssp"
+# HRESULTs in a failed migration's message (its text is in the host's language).
+NO_CREDENTIALS = "0x8009030e"  # SEC_E_NO_CREDENTIALS
+UNKNOWN_CREDENTIALS = "0x8009030d"  # SEC_E_UNKNOWN_CREDENTIALS
+NO_SUCH_HOST = "0x80072af9"  # WSAHOST_NOT_FOUND
+DELEGATION_FIX = (
+    "in Active Directory, on {source}'s computer account: Delegation, \"Trust this computer "
+    'for delegation to the specified services only", "Use any authentication protocol", add '
+    '"Microsoft Virtual System Migration Service"{cifs} on {destination}'
+)
+
+
+def _check_live_migration(host: str, facts: HostFacts) -> None:
+    if facts.migration_enabled is False:
+        raise PreflightError(
+            f"{host}: live migration is disabled: run Enable-VMMigration on {host} (Hyper-V "
+            "Settings > Live Migrations > Enable incoming and outgoing live migrations)"
+        )
+    if facts.use_any_network is False and not facts.migration_networks:
+        raise PreflightError(
+            f"{host}: no network may carry live migrations: add one with "
+            f"Add-VMMigrationNetwork <subnet> on {host}, or Set-VMHost "
+            "-UseAnyNetworkForMigration $true"
+        )
+
+
+def _looks_like_an_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_destination_name(destination: str, name: str, facts: HostFacts) -> None:
+    """-DestinationHost must be the destination's own name (its computer name
+    or DNS name): Kerberos finds the service by that name, an IP address has
+    no service principal."""
+    auth = (facts.migration_auth or "").lower()
+    if _looks_like_an_address(name):
+        if auth == KERBEROS:
+            raise PreflightError(
+                f"{destination}: Move-VM -DestinationHost would be the address {name}, but "
+                f"{destination} authenticates live migrations with Kerberos, which needs its "
+                f'name: set computer_name = "{facts.fqdn or facts.computer_name}" for '
+                f"{destination}"
+            )
+        return
+    known = {n.lower() for n in (facts.computer_name, facts.fqdn) if n}
+    if known and name.lower() not in known and name.split(".")[0].lower() not in known:
+        raise PreflightError(
+            f"{destination}: Move-VM -DestinationHost would be '{name}', but the host calls "
+            f"itself {' / '.join(sorted(n for n in (facts.computer_name, facts.fqdn) if n))}: "
+            f'set computer_name = "{facts.fqdn or facts.computer_name}" for {destination} '
+            "(a name the source resolves, matching its Kerberos service principal)"
+        )
+
+
+def _check_versions(
+    source: str,
+    destination: str,
+    vm: VmStatus,
+    facts: Mapping[str, HostFacts],
+    supported: tuple[str, ...] | None,
+) -> None:
+    """An older destination is caught before the move: the write-up's Windows
+    Server 2016 -> 2012 R2 migration failed with "protocol version 6.0 is not
+    supported"; a host before 2016 runs VM configuration versions up to 5.0."""
+    runs = supported if supported is not None else ("5.0",)
+    if vm.version is None or vm.version in runs:
+        return
+    dest = facts[destination]
+    os_text = f"{dest.os_caption or 'Windows'} ({dest.os_version or 'unknown version'})"
+    raise PreflightError(
+        f"{destination}: {os_text} cannot run VM configuration version {vm.version} "
+        f"(it runs {', '.join(runs)}): migrate to a host of {source}'s Windows Server "
+        f"version ({facts[source].os_version or 'unknown'}) or newer"
+    )
+
+
+def _check_compare_vm(
+    source: str, destination: str, name: str, check: MigrationCheck, dest: HostFacts
+) -> None:
+    auth = (dest.migration_auth or "").lower()
+    for error in check.errors:
+        text = error.message.lower()
+        if NO_CREDENTIALS in text:
+            if auth == CREDSSP:
+                fix = (
+                    f"{destination} takes CredSSP for live migration, and this session to "
+                    f"{source} did not delegate credentials: connect to {source} with "
+                    f'auth = "credssp" (Enable-WSManCredSSP on both ends), or switch both hosts '
+                    "to Kerberos with constrained delegation (Set-VMHost "
+                    "-VirtualMachineMigrationAuthenticationType Kerberos)"
+                )
+            else:
+                fix = DELEGATION_FIX.format(source=source, destination=destination, cifs="")
+            raise PreflightError(
+                f"{source}: cannot authenticate to {destination} (0x8009030E): {fix}"
+            )
+        if UNKNOWN_CREDENTIALS in text:
+            fix = DELEGATION_FIX.format(
+                source=source, destination=destination, cifs=' (and "cifs" to move storage)'
+            )
+            raise PreflightError(
+                f"{source}: cannot authenticate to {destination} (0x8009030D): {fix}"
+            )
+        if NO_SUCH_HOST in text:
+            raise PreflightError(
+                f"{source}: cannot resolve '{name}': set computer_name for {destination} to a "
+                f"name {source} resolves (its DNS name)"
+            )
+    if check.errors:
+        raise PreflightError(
+            f"{source}: Compare-VM -DestinationHost {name} failed: "
+            + "; ".join(e.message for e in check.errors)
+        )
+    if check.incompatibilities:
+        raise PreflightError(
+            f"{source}: the VM is not compatible with {destination}: "
+            + "; ".join(check.incompatibilities)
+        )

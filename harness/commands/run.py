@@ -285,6 +285,8 @@ async def measure_run(
         }
         run.manifest[backend.kind] = {
             **run.manifest.get(backend.kind, {}),
+            # What preflight learnt (Hyper-V: each host's live migration set-up).
+            **getattr(backend, "preflight_facts", {}),
             "source": source,
             "destination": destination,
         }

@@ -16,7 +16,8 @@
   ``NTLM_USER_FILE`` environment variable (lines ``DOMAIN:user:password``);
   :class:`NtlmUserFile` writes that file and points the variable at it.
 
-Whoever authenticated is a :class:`ClientIdentity`, which the shells keep.
+Whoever authenticated is a :class:`~lab.hyperv.identity.SessionIdentity`,
+which the shells keep.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import re
 import struct
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ import spnego
 from spnego.exceptions import SpnegoError
 
 from migration_blackout.lab.hyperv.gss import GSSError, KerberosAcceptor, token_kind
+from migration_blackout.lab.hyperv.identity import SessionIdentity
 
 SPNEGO_ENCRYPTED = "application/HTTP-SPNEGO-session-encrypted"
 CREDSSP_ENCRYPTED = "application/HTTP-CredSSP-session-encrypted"
@@ -67,24 +69,7 @@ class Credentials:
         return name.lower() == self.username.lower() and password == self.password
 
 
-AuthMethod = Literal["basic", "ntlm", "kerberos", "credssp"]
-
-
-@dataclass(frozen=True)
-class ClientIdentity:
-    """Who opened a shell, how, and what they left the host to act with.
-
-    ``delegated_password``: the password a CredSSP client delegated (the
-    only case in which a host holds the user's own credentials); never shown.
-    """
-
-    method: AuthMethod
-    user: str
-    delegated_password: str | None = field(default=None, repr=False)
-
-    @property
-    def delegated(self) -> bool:
-        return self.delegated_password is not None
+AuthMethod = Literal["ntlm", "kerberos", "credssp"]
 
 
 class AuthenticationRefused(Exception):
@@ -135,14 +120,19 @@ class ConnectionSecurity:
         return self.context is not None and self.context.complete
 
     @property
-    def identity(self) -> ClientIdentity | None:
+    def identity(self) -> SessionIdentity | None:
         if not self.established:
             return None
         user = str(self.context.client_principal)
         if self.method != "credssp":
-            return ClientIdentity(self.method, user)
+            return SessionIdentity(user=user, scheme=self.method)
         delegated = self.context.get_extra_info("client_credential")  # TSPasswordCreds
-        return ClientIdentity("credssp", user, delegated_password=str(delegated.password))
+        return SessionIdentity(
+            user=user,
+            scheme="credssp",
+            delegated_credentials=True,
+            delegated_password=str(delegated.password),
+        )
 
     def reset(self) -> None:
         self.context = None
@@ -254,7 +244,6 @@ def parse_negotiate(header_value: str) -> bytes | None:
 __all__ = [
     "BOUNDARY",
     "AuthenticationRefused",
-    "ClientIdentity",
     "ConnectionRegistry",
     "ConnectionSecurity",
     "Credentials",

@@ -24,6 +24,7 @@ from psrpcore import Command
 from psrpcore.types import ErrorCategory, ErrorRecord, PSObject
 
 from migration_blackout.lab.hyperv import model, pstypes
+from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
 
 HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
 PARAMETER_BINDING_EXCEPTION = [
@@ -33,10 +34,6 @@ PARAMETER_BINDING_EXCEPTION = [
 ]
 CIM_EXCEPTION = ["Microsoft.Management.Infrastructure.CimException", "System.SystemException"]
 VIRTUALIZATION_NAMESPACE = "root/virtualization/v2"
-# What Win32_OperatingSystem says on the emulated hosts: the write-up's hosts ran
-# Windows Server 2016 Technical Preview 4 (build 10586).
-LAB_OS_CAPTION = "Microsoft Windows Server 2016 Technical Preview 4 Datacenter (emulated)"
-LAB_OS_VERSION = "10.0.10586"
 
 
 class TerminatingError(Exception):
@@ -58,7 +55,10 @@ class CmdletContext:
     lab: model.Lab
     host: str
     out: PipelineWriter
-    # How this session reaches another host (Move-VM's second hop); None: always.
+    # Who runs the pipeline (the WinRM shell's authenticated session).
+    identity: SessionIdentity = ANONYMOUS
+    # How this session reaches another host (the second hop of Move-VM and
+    # Compare-VM) with the lab's KDC; None: the lab has none (lab.toml decides).
     reach: model.ReachDestination | None = None
 
 
@@ -219,7 +219,9 @@ async def _get_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
         ctx.out.write_output(pstypes.virtual_machine(vm))
     for name in missing:
         # Non-terminating, as on Windows: one missing name does not stop the others.
-        ctx.out.write_error(hyperv_error(GET_VM, model.VmNotFoundError(name)))
+        ctx.out.write_error(
+            hyperv_error(GET_VM, model.VmNotFoundError(name, ctx.lab.culture(ctx.host)))
+        )
 
 
 async def _move_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
@@ -231,10 +233,62 @@ async def _move_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
             str(params["DestinationHost"]),
             include_storage=bool(params.get("IncludeStorage", False)),
             storage_path=None if storage_path is None else str(storage_path),
+            delegated_credentials=ctx.identity.delegated_credentials,
             reach=ctx.reach,
         )
     except model.HyperVError as error:
-        raise TerminatingError(hyperv_error(MOVE_VM, error)) from None
+        # Non-terminating, as Hyper-V's cmdlets report a failed operation: the
+        # pipeline completes, and a client that checks only for a failed
+        # pipeline (pypsrp's had_errors) sees success.
+        ctx.out.write_error(hyperv_error(MOVE_VM, error))
+
+
+def _hyperv_host(ctx: CmdletContext, cmdlet: Cmdlet) -> model.HostConfig:
+    """The host's settings, or the cmdlet's terminating access-denied error."""
+    try:
+        ctx.lab.check_access(ctx.host)
+    except model.AccessDeniedError as error:
+        raise TerminatingError(hyperv_error(cmdlet, error)) from None
+    return ctx.lab.host(ctx.host).config
+
+
+async def _get_vmhost(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    config = _hyperv_host(ctx, GET_VMHOST)
+    ctx.out.write_output(pstypes.vm_host(config, fqdn=ctx.lab.fqdn(ctx.host)))
+
+
+async def _get_vmmigrationnetwork(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    config = _hyperv_host(ctx, GET_VMMIGRATIONNETWORK)
+    for priority, subnet in enumerate(config.migration_networks):
+        ctx.out.write_output(pstypes.migration_network(subnet, priority, ctx.host))
+
+
+async def _get_vmhostsupportedversion(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    config = _hyperv_host(ctx, GET_VMHOSTSUPPORTEDVERSION)
+    for version in config.supported_vm_versions:
+        ctx.out.write_output(
+            pstypes.supported_version(
+                version, is_default=version == config.supported_vm_versions[-1]
+            )
+        )
+
+
+async def _compare_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
+    try:
+        incompatibilities = await ctx.lab.compare_vm(
+            ctx.host,
+            str(params["Name"]),
+            str(params["DestinationHost"]),
+            delegated_credentials=ctx.identity.delegated_credentials,
+            reach=ctx.reach,
+        )
+    except model.HyperVError as error:
+        # As Move-VM: a record in the error stream, the pipeline completes.
+        ctx.out.write_error(hyperv_error(COMPARE_VM, error))
+        return
+    ctx.out.write_output(
+        pstypes.compatibility_report(str(params["DestinationHost"]), incompatibilities)
+    )
 
 
 async def _get_date(ctx: CmdletContext, params: dict[str, Any]) -> None:
@@ -250,8 +304,9 @@ def _normalise_log(name: str) -> str:
     return name.replace("/", "-").lower()
 
 
-def _parse_time(value: Any, host_offset: dt.timedelta) -> dt.datetime:
-    """A FilterHashtable time: a DateTime, or a string PowerShell would cast to one."""
+def parse_datetime(value: Any, host_offset: dt.timedelta, *, activity: str) -> dt.datetime:
+    """A DateTime argument: a DateTime, or a string PowerShell would cast to one
+    (an ISO 8601 text with or without offset; without: the host's local time)."""
     if isinstance(value, dt.datetime):
         stamp = value
     else:
@@ -269,7 +324,7 @@ def _parse_time(value: Any, host_offset: dt.timedelta) -> dt.datetime:
                     ],
                     fully_qualified_error_id="InvalidCastParseTargetInvocation",
                     category=ErrorCategory.InvalidArgument,
-                    activity=GET_WINEVENT.name,
+                    activity=activity,
                     reason="PSInvalidCastException",
                     target_object=str(value),
                 )
@@ -291,78 +346,162 @@ def _no_events_error() -> ErrorRecord:
     )
 
 
+def _no_log_error(log: str) -> ErrorRecord:
+    return pstypes.error_record(
+        f'There is not an event log on the localhost computer that matches "{log}".',
+        exception_types=[],
+        fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingLogsFound"),
+        category=ErrorCategory.ObjectNotFound,
+        activity=GET_WINEVENT.name,
+        reason="Exception",
+        target_object=log,
+    )
+
+
+KNOWN_LOGS = frozenset(
+    _normalise_log(name)
+    for name in (model.VMMS_LOG, model.WORKER_LOG, model.HA_LOG, "Application", "Security")
+)
+
+EventPredicate = Callable[[model.HostEvent], bool]
+
+
+def query_events(
+    ctx: CmdletContext, log_names: list[str], predicate: EventPredicate
+) -> tuple[list[model.HostEvent], list[ErrorRecord]]:
+    """The host's events in ``log_names`` that ``predicate`` selects, newest
+    first, and the non-terminating errors Get-WinEvent writes on the way
+    (no such log, no events)."""
+    errors = [_no_log_error(log) for log in log_names if _normalise_log(log) not in KNOWN_LOGS]
+    wanted = {_normalise_log(n) for n in log_names} & KNOWN_LOGS
+    if not wanted:
+        return [], errors
+    events = [
+        e
+        for e in ctx.lab.events_on(ctx.host)
+        if _normalise_log(e.log_name) in wanted and predicate(e)
+    ]
+    events.sort(key=lambda e: (e.time_created_ns, e.record_id), reverse=True)
+    if not events:
+        errors.append(_no_events_error())
+    return events, errors
+
+
 async def _get_winevent(ctx: CmdletContext, params: dict[str, Any]) -> None:
-    events = ctx.lab.events_on(ctx.host)
     offset = ctx.lab.host_utc_offset(ctx.host)
-    known_logs = {
-        _normalise_log(name)
-        for name in (model.VMMS_LOG, model.WORKER_LOG, model.HA_LOG, "Application", "Security")
-    }
     filters = params.get("FilterHashtable")
     log_names = [str(n) for n in _as_list(params.get("LogName"))]
-    for log in log_names:
-        if _normalise_log(log) not in known_logs:
-            ctx.out.write_error(
-                pstypes.error_record(
-                    f'There is not an event log on the localhost computer that matches "{log}".',
-                    exception_types=[],
-                    fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingLogsFound"),
-                    category=ErrorCategory.ObjectNotFound,
-                    activity=GET_WINEVENT.name,
-                    reason="Exception",
-                    target_object=log,
-                )
-            )
-    if log_names:
-        wanted = {_normalise_log(n) for n in log_names}
-        events = [e for e in events if _normalise_log(e.log_name) in wanted]
-        if not any(_normalise_log(n) in known_logs for n in log_names):
-            return
-    for table in _as_list(filters):
-        events = _apply_filter(table, events, offset)
-    events.sort(key=lambda e: (e.time_created_ns, e.record_id), reverse=True)
+    xpath = params.get("FilterXPath")
+    if filters is not None and (log_names or xpath is not None):
+        raise _binding_error(
+            GET_WINEVENT,
+            "Parameter set cannot be resolved using the specified named parameters.",
+            "AmbiguousParameterSet",
+        )
+    if filters is not None:
+        tables = _as_list(filters)
+        log_names = []
+        for table in tables:
+            log_names += _hashtable_logs(table)
+        if not log_names:
+            # ProviderName alone: the logs its providers write to.
+            log_names = sorted(KNOWN_LOGS)
+        predicates = [_hashtable_predicate(t, offset) for t in tables]
+        predicate: EventPredicate = lambda event: any(p(event) for p in predicates)  # noqa: E731
+    else:
+        try:
+            predicate = eventlog_xpath("*" if xpath is None else str(xpath))
+        except ValueError:
+            # Invalid query: EventLogReader throws, Get-WinEvent fails.
+            from migration_blackout.lab.hyperv import eventlog
+
+            raise TerminatingError(eventlog.invalid_query(GET_WINEVENT.name)) from None
+    events, errors = query_events(ctx, log_names, predicate)
+    for record in errors:
+        ctx.out.write_error(record)
     if params.get("Oldest"):
         events.reverse()
     max_events = params.get("MaxEvents")
     if max_events is not None:
         events = events[: int(max_events)]
-    if not events:
-        ctx.out.write_error(_no_events_error())
-        return
     for event in events:
-        ctx.out.write_output(pstypes.event_log_record(event, utc_offset=offset))
+        ctx.out.write_output(
+            pstypes.event_log_record(
+                event,
+                utc_offset=offset,
+                level_display_name=ctx.lab.text(ctx.host, f"level_{int(event.level)}"),
+            )
+        )
 
 
-def _apply_filter(
-    table: Any, events: list[model.HostEvent], offset: dt.timedelta
-) -> list[model.HostEvent]:
+def eventlog_xpath(xpath: str) -> EventPredicate:
+    # Imported here: the eventlog module builds on this one.
+    from migration_blackout.lab.hyperv import eventlog
+
+    return eventlog.compile_xpath(xpath)
+
+
+def _as_remote_value(value: Any) -> Any:
+    """A hashtable value as Get-WinEvent sees it when it came over the wire: a
+    list arrives as an ArrayList, which is not an ``Array``, so the query
+    builder pastes its ToString(), the items joined by spaces (PowerShell's
+    GetEventCommand.cs, HandleEventIdHashValue and friends)."""
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return value
+
+
+def _hashtable_logs(table: Any) -> list[str]:
     if not isinstance(table, Mapping):
         raise _binding_error(
             GET_WINEVENT,
             "Cannot bind parameter 'FilterHashtable'. The value is not a hashtable.",
             "CannotConvertArgumentNoMessage",
         )
-    selected = list(events)
     for raw_key, value in table.items():
+        if str(raw_key).lower() == "logname":
+            return [str(_as_remote_value(value))]
+    return []
+
+
+def _event_field(field: Callable[[model.HostEvent], Any], op: str, wanted: Any) -> EventPredicate:
+    def test(event: model.HostEvent) -> bool:
+        actual = field(event)
+        if op == ">=":
+            return bool(actual >= wanted)
+        if op == "<=":
+            return bool(actual <= wanted)
+        return bool(actual == wanted)
+
+    return test
+
+
+def _hashtable_predicate(table: Any, offset: dt.timedelta) -> EventPredicate:
+    """One hashtable's selection, as the XPath Get-WinEvent builds from it."""
+    tests: list[EventPredicate] = []
+    for raw_key, raw_value in table.items():
         key = str(raw_key).lower()
+        value = _as_remote_value(raw_value)
         if key == "logname":
-            logs = {_normalise_log(str(v)) for v in _as_list(value)}
-            selected = [e for e in selected if _normalise_log(e.log_name) in logs]
-        elif key == "providername":
-            providers = {str(v).lower() for v in _as_list(value)}
-            selected = [e for e in selected if e.provider_name.lower() in providers]
-        elif key == "id":
-            ids = {int(v) for v in _as_list(value)}
-            selected = [e for e in selected if e.event_id in ids]
-        elif key == "level":
-            levels = {int(v) for v in _as_list(value)}
-            selected = [e for e in selected if int(e.level) in levels]
+            continue
+        if key == "providername":
+            tests.append(_event_field(lambda e: e.provider_name.lower(), "=", str(value).lower()))
+        elif key in ("id", "level"):
+            text = str(value).strip()
+            if not text.isdigit():
+                # "(System/EventID=20415 20417)": a query that matches nothing
+                # (the hashtable query tolerates query errors).
+                tests.append(lambda event: False)
+                continue
+            field: Callable[[model.HostEvent], Any] = (
+                (lambda e: e.event_id) if key == "id" else (lambda e: int(e.level))
+            )
+            tests.append(_event_field(field, "=", int(text)))
         elif key in ("starttime", "endtime"):
-            bound_ns = int(_parse_time(value, offset).timestamp() * 1e9)
-            if key == "starttime":
-                selected = [e for e in selected if e.time_created_ns >= bound_ns]
-            else:
-                selected = [e for e in selected if e.time_created_ns <= bound_ns]
+            bound = parse_datetime(value, offset, activity=GET_WINEVENT.name)
+            bound_ns = int(bound.timestamp() * 1e9)
+            op = ">=" if key == "starttime" else "<="
+            tests.append(_event_field(lambda e: e.time_created_ns, op, bound_ns))
         else:
             raise TerminatingError(
                 pstypes.error_record(
@@ -376,7 +515,7 @@ def _apply_filter(
                     target_object=str(raw_key),
                 )
             )
-    return selected
+    return lambda event: all(t(event) for t in tests)
 
 
 # ---- Get-CimInstance ----------------------------------------------------------
@@ -427,7 +566,8 @@ async def _get_ciminstance(ctx: CmdletContext, params: dict[str, Any]) -> None:
         )
         return
     if ns == "root/cimv2" and class_name.lower() == "win32_operatingsystem":
-        ctx.out.write_output(pstypes.operating_system(LAB_OS_CAPTION, LAB_OS_VERSION, ctx.host))
+        config = ctx.lab.host(ctx.host).config
+        ctx.out.write_output(pstypes.operating_system(config, ctx.host))
         return
     if ns != VIRTUALIZATION_NAMESPACE or class_name.lower() != "msvm_migrationjob":
         if class_name.lower().startswith(("msvm_", "cim_", "win32_")):
@@ -497,6 +637,7 @@ GET_WINEVENT = Cmdlet(
     (
         Parameter("FilterHashtable", position=0),
         Parameter("LogName"),
+        Parameter("FilterXPath"),
         Parameter("MaxEvents"),
         Parameter("Oldest", switch=True),
         Parameter("ComputerName"),
@@ -515,9 +656,54 @@ GET_CIMINSTANCE = Cmdlet(
     _get_ciminstance,
 )
 
+GET_VMHOST = Cmdlet(
+    "Get-VMHost",
+    "Microsoft.HyperV.PowerShell.Commands.GetVMHost",
+    (Parameter("ComputerName", position=0),),
+    _get_vmhost,
+)
+GET_VMMIGRATIONNETWORK = Cmdlet(
+    "Get-VMMigrationNetwork",
+    "Microsoft.HyperV.PowerShell.Commands.GetVMMigrationNetwork",
+    (Parameter("Subnet", position=0), Parameter("Priority"), Parameter("ComputerName")),
+    _get_vmmigrationnetwork,
+)
+GET_VMHOSTSUPPORTEDVERSION = Cmdlet(
+    "Get-VMHostSupportedVersion",
+    "Microsoft.HyperV.PowerShell.Commands.GetVMHostSupportedVersion",
+    (Parameter("Default", switch=True), Parameter("ComputerName")),
+    _get_vmhostsupportedversion,
+)
+COMPARE_VM = Cmdlet(
+    "Compare-VM",
+    "Microsoft.HyperV.PowerShell.Commands.CompareVM",
+    (
+        Parameter("Name", position=0, mandatory=True, aliases=("VMName",)),
+        Parameter("DestinationHost", position=1, mandatory=True),
+        Parameter("IncludeStorage", switch=True),
+        Parameter("DestinationStoragePath"),
+        Parameter("ComputerName"),
+    ),
+    _compare_vm,
+)
+
 CMDLETS: dict[str, Cmdlet] = {
-    c.name.lower(): c for c in (GET_VM, MOVE_VM, GET_DATE, GET_WINEVENT, GET_CIMINSTANCE)
+    c.name.lower(): c
+    for c in (
+        GET_VM,
+        MOVE_VM,
+        GET_DATE,
+        GET_WINEVENT,
+        GET_CIMINSTANCE,
+        GET_VMHOST,
+        GET_VMMIGRATIONNETWORK,
+        GET_VMHOSTSUPPORTEDVERSION,
+        COMPARE_VM,
+    )
 }
+# Cmdlets a host of an older Hyper-V generation does not have
+# (Get-VMHostSupportedVersion came with Windows Server 2016).
+NEWER_CMDLETS = frozenset({GET_VMHOSTSUPPORTEDVERSION.name.lower()})
 
 
 def command_not_found(name: str) -> ErrorRecord:
@@ -557,18 +743,25 @@ async def run_statement(ctx: CmdletContext, commands: list[Command]) -> None:
     """Run one statement (commands piped together); the lab runs one command per statement."""
     first = commands[0]
     if first.is_script:
-        # Imported here: the thumbnail module builds on this one.
-        from migration_blackout.lab.hyperv import thumbnail
+        # Imported here: the scripts build on this module.
+        from migration_blackout.lab.hyperv import scripts
 
-        if thumbnail.is_thumbnail_script(first.command_text):
-            await thumbnail.run_script(ctx, commands)
-            return
-        raise TerminatingError(scripts_not_supported())
+        runner = scripts.find(first.command_text)
+        if runner is None:
+            raise TerminatingError(scripts_not_supported())
+        await runner(ctx, commands)
+        return
     # Module-qualified names (Hyper-V\Get-VM) resolve to the cmdlet.
     name = first.command_text.rsplit("\\", 1)[-1]
     cmdlet = CMDLETS.get(name.lower())
-    if cmdlet is None:
+    older = ctx.lab.host(ctx.host).config.older_version
+    if cmdlet is None or (older and name.lower() in NEWER_CMDLETS):
         raise TerminatingError(command_not_found(first.command_text))
+    await cmdlet.handler(ctx, bind_parameters(cmdlet, one_command(commands, cmdlet.name)))
+
+
+def one_command(commands: list[Command], activity: str) -> Command:
+    """A statement's only command: piping on the host is not emulated."""
     if len(commands) > 1:
         raise TerminatingError(
             pstypes.error_record(
@@ -577,9 +770,31 @@ async def run_statement(ctx: CmdletContext, commands: list[Command]) -> None:
                 exception_types=["System.NotImplementedException", "System.SystemException"],
                 fully_qualified_error_id="PipelinesNotEmulated",
                 category=ErrorCategory.NotImplemented,
-                activity=cmdlet.name,
+                activity=activity,
                 reason="NotImplementedException",
             )
         )
-    params = bind_parameters(cmdlet, first)
-    await cmdlet.handler(ctx, params)
+    return commands[0]
+
+
+def transformation_error(
+    cmdlet: Cmdlet, parameter: str, value: Any, target_type: str, detail: str = ""
+) -> TerminatingError:
+    """PowerShell's "Cannot process argument transformation" binding error."""
+    return TerminatingError(
+        pstypes.error_record(
+            f"Cannot process argument transformation on parameter '{parameter}'. Cannot convert "
+            f'value "{value}" to type "{target_type}".{detail}',
+            exception_types=[
+                "System.Management.Automation.ParameterBindingArgumentTransformationException",
+                "System.Management.Automation.ParameterBindingException",
+                "System.Management.Automation.RuntimeException",
+                "System.SystemException",
+            ],
+            fully_qualified_error_id=cmdlet.error_id("ParameterArgumentTransformationError"),
+            category=ErrorCategory.InvalidData,
+            activity=cmdlet.name,
+            reason="ParameterBindingArgumentTransformationException",
+            target_object=str(value),
+        )
+    )

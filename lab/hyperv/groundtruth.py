@@ -38,7 +38,10 @@ NETWORK_RESTORED = "network_restored"
 # Failure paths.
 ROLLBACK = "rollback"
 MOVE_VM_FAILED = "move_vm_failed"
+# The VM stopped on the destination just as the migration completed (fault).
+VM_TURNED_OFF = "vm_turned_off"
 HOST_UNRESPONSIVE = "host_unresponsive"
+HOST_RESPONSIVE = "host_responsive"
 
 
 class GroundTruthLog:

@@ -203,21 +203,23 @@ class KerberosAcceptor:
 # The second hop
 
 
-MigrationAuth = Literal["kerberos", "credssp"]
-# What Windows reports when the source host has no credentials for the hop.
-NO_CREDENTIALS = "No credentials are available in the security package (0x8009030E)."
-UNKNOWN_CREDENTIALS = "The credentials supplied to the package were not recognized (0x8009030D)."
+# Windows' failure for each kind of hop, as keys of lab.hyperv.messages (the
+# same texts as the lab's rule without a KDC, Lab.second_hop_failure): CredSSP
+# without delegated credentials 0x8009030E, Kerberos refused 0x8009030D.
+NO_CREDENTIALS = "no_credentials"
+UNKNOWN_CREDENTIALS = "unknown_credentials"
 
 
 class HopRefused(Exception):
     """The source host could not authenticate to the destination for the user.
 
-    ``message`` is Windows' text; ``detail`` what the KDC or the destination said.
+    ``message_key``: Windows' failure (lab.hyperv.messages); ``detail``: what
+    the KDC or the destination said.
     """
 
-    def __init__(self, message: str, detail: str) -> None:
-        super().__init__(f"{message} [{detail}]")
-        self.message = message
+    def __init__(self, message_key: str, detail: str) -> None:
+        super().__init__(f"{message_key}: {detail}")
+        self.message_key = message_key
         self.detail = detail
 
 
@@ -253,13 +255,15 @@ class SecondHop:
         destination: str,
         user: str,
         password: str | None,
-        migration_auth: MigrationAuth,
+        migration_auth: str,
     ) -> HopTicket:
         """Blocking (it talks to the KDC). Raises :class:`HopRefused`."""
         source_host = self.realm.host(source)
         target = self.realm.find_host(destination)
         if target is None:
-            raise HopRefused(NO_CREDENTIALS, f"{destination} has no account in {self.realm.realm}")
+            raise HopRefused(
+                UNKNOWN_CREDENTIALS, f"{destination} has no account in {self.realm.realm}"
+            )
         service = target.principal(MIGRATION_SERVICE)
         principal = self.user_principal(user)
         try:
@@ -275,7 +279,7 @@ class SecondHop:
                 how: Literal["password", "constrained-delegation"] = "password"
             elif migration_auth == "credssp":
                 raise HopRefused(
-                    UNKNOWN_CREDENTIALS,
+                    NO_CREDENTIALS,
                     "CredSSP migration needs the user's credentials on the source host; "
                     "this session did not delegate them",
                 )
@@ -285,7 +289,7 @@ class SecondHop:
             client = _accept_at(target, service, credentials)
         except GSSError as error:
             raise HopRefused(
-                UNKNOWN_CREDENTIALS if migration_auth == "credssp" else NO_CREDENTIALS,
+                NO_CREDENTIALS if migration_auth == "credssp" else UNKNOWN_CREDENTIALS,
                 _gss_detail(error),
             ) from None
         return HopTicket(client=client, service=service, how=how)

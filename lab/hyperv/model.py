@@ -39,12 +39,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from migration_blackout.lab.hyperv import groundtruth as gt
+from migration_blackout.lab.hyperv import messages
 from migration_blackout.lab.kerberos import KerberosSettings
 from migration_blackout.probes.clock import ClockPair, clock_pair
 
 DEFAULT_SOURCE_HOST = "WS16TP4DM1VML1b"
 DEFAULT_DESTINATION_HOST = "WS16TP4DM2VML1b"
 DEFAULT_VM_NAME = "HVSW10Home"
+# The lab's DNS domain: a host's FQDN is <name>.lab.test (a reserved TLD).
+DNS_DOMAIN = "lab.test"
 
 GIB = 1024**3
 MIB = 1024**2
@@ -59,12 +62,13 @@ WORKER_PROVIDER = "Microsoft-Windows-Hyper-V-Worker"
 HA_LOG = "System"
 HA_PROVIDER = "Microsoft-Windows-Hyper-V-High-Availability"
 
-STATUS_OPERATING_NORMALLY = "Operating normally"
-
-
-def migrating_status(percent: int) -> str:
-    """Get-VM Status text while a migration runs (wording not verified on a real host)."""
-    return f"Migrating ({percent}% complete)"
+# What an older host (Windows Server 2012 R2, as the write-up's failing
+# destination) and a Windows Server 2016 host report about themselves.
+OS_2016 = ("10.0.14393", "Microsoft Windows Server 2016 Datacenter")
+OS_2012R2 = ("6.3.9600", "Microsoft Windows Server 2012 R2 Datacenter")
+VM_VERSIONS_2016 = ("5.0", "6.2", "7.0", "7.1", "8.0")
+VM_VERSION = "8.0"  # the VM's configuration version (Get-VM's Version)
+MIGRATION_AUTH = ("credssp", "kerberos")  # Set-VMHost -VirtualMachineMigrationAuthenticationType
 
 
 class VmState(enum.IntEnum):
@@ -189,15 +193,45 @@ class HostConfig:
     # The host's time zone, as its DateTime values show it (+540 for Japan).
     utc_offset_minutes: int = 0
     # An older Hyper-V generation (e.g. 2012 R2): migrations *to* it fail with
-    # the protocol-version error.
+    # the protocol-version error; it reports OS 6.3.9600 and knows no
+    # Get-VMHostSupportedVersion (VM configuration versions up to 5.0).
     older_version: bool = False
     # Every Hyper-V cmdlet on this host is refused (user not in Hyper-V Administrators).
     access_denied: bool = False
-    # Live migration authentication (Get-VMHost VirtualMachineMigrationAuthenticationType).
-    migration_auth: Literal["kerberos", "credssp"] = "kerberos"
-    # Kerberos: constrained delegation (cifs and the migration service of the
-    # other hosts, any authentication protocol) on this host's computer account.
+    # The host's display language: event, error and status texts (messages.py).
+    culture: str = messages.EN_US
+    # Get-VMHost VirtualMachineMigrationEnabled (Enable-VMMigration).
+    migration_enabled: bool = True
+    # Get-VMHost VirtualMachineMigrationAuthenticationType: how this host
+    # authenticates *incoming* live migrations, "credssp" or "kerberos".
+    migration_auth: str = "kerberos"
+    # This host's computer account is trusted for constrained delegation ("use
+    # any authentication protocol") to the other host's Microsoft Virtual
+    # System Migration Service and cifs: its Kerberos second hop works from a
+    # remote session.
     delegation: bool = True
+    # Get-VMHost MaximumVirtualMachineMigrations, UseAnyNetworkForMigration;
+    # Get-VMMigrationNetwork subnets.
+    max_migrations: int = 2
+    use_any_network: bool = True
+    migration_networks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        messages.check_culture(self.culture)
+        if self.migration_auth not in MIGRATION_AUTH:
+            raise ValueError(
+                f"{self.name}: migration_auth must be credssp or kerberos, "
+                f"not {self.migration_auth!r}"
+            )
+
+    @property
+    def os(self) -> tuple[str, str]:
+        """(Win32_OperatingSystem.Version, Caption)."""
+        return OS_2012R2 if self.older_version else OS_2016
+
+    @property
+    def supported_vm_versions(self) -> tuple[str, ...]:
+        return ("5.0",) if self.older_version else VM_VERSIONS_2016
 
 
 @dataclass(frozen=True)
@@ -221,6 +255,8 @@ class UnresponsiveFault:
     host: str
     mode: Literal["hang", "close"] = "hang"
     after_event: str | None = None
+    # The host answers again after this many seconds (None: never).
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +266,9 @@ class FaultConfig:
     # The VM exists on no host.
     vm_missing: bool = False
     unresponsive: tuple[UnresponsiveFault, ...] = ()
+    # The VM lands on the destination and is turned off there just before
+    # Move-VM returns (without an error): only a post-condition catches it.
+    vm_off_after_landing: bool = False
 
 
 def default_hosts() -> tuple[HostConfig, ...]:
@@ -277,9 +316,6 @@ class LabConfig:
         for fault in self.faults.unresponsive:
             if fault.host.lower() not in names:
                 raise ValueError(f"unresponsive fault names unknown host {fault.host!r}")
-        for host in self.hosts:
-            if host.migration_auth not in ("kerberos", "credssp"):
-                raise ValueError(f"{host.name}: migration_auth must be kerberos or credssp")
 
 
 # --------------------------------------------------------------------------
@@ -308,7 +344,12 @@ class GuestControl(Protocol):
     ``freeze``: the guest stops executing and answering (blackout starts).
     ``thaw``: the guest runs again, on the destination (blackout ends); its
     network may still be unreachable. ``network_restored``: the network path
-    to the guest works again. Each returns the moment it took effect.
+    to the guest works again. Each returns the moment it took effect (for the
+    network: when ICMP echo stopped or started being answered).
+    ``link_edge()``: where the guest's other traffic is darkened separately
+    (the netns guest's link filter), the monotonic clock before and after the
+    latest change of it, else None; recorded in the ground truth beside the
+    echo edge.
     """
 
     async def freeze(self) -> ClockPair: ...
@@ -316,6 +357,8 @@ class GuestControl(Protocol):
     async def thaw(self) -> ClockPair: ...
 
     async def network_restored(self) -> ClockPair: ...
+
+    def link_edge(self) -> tuple[int, int] | None: ...
 
 
 class InMemoryGuest:
@@ -339,6 +382,9 @@ class InMemoryGuest:
         self.network_up = True
         return self._note("network_restored")
 
+    def link_edge(self) -> tuple[int, int] | None:
+        return None
+
     def _note(self, what: str) -> ClockPair:
         stamp = clock_pair()
         self.calls.append((what, stamp))
@@ -357,58 +403,53 @@ class HyperVError(Exception):
 
 
 class VmNotFoundError(HyperVError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f'Hyper-V was unable to find a virtual machine with name "{name}".')
+    def __init__(self, name: str, culture: str = messages.EN_US) -> None:
+        super().__init__(messages.text(culture, "vm_not_found", name=name))
         self.name = name
 
 
 class AccessDeniedError(HyperVError):
-    def __init__(self, host: str) -> None:
-        super().__init__(
-            "You do not have the required permission to complete this task. Contact the "
-            f"administrator of the authorization policy for the computer '{host}'."
-        )
+    def __init__(self, host: str, culture: str = messages.EN_US) -> None:
+        super().__init__(messages.text(culture, "access_denied", host=host))
         self.host = host
 
 
 class InvalidStateError(HyperVError):
-    def __init__(self) -> None:
-        super().__init__(
-            "The operation cannot be performed while the virtual machine is in its current state."
-        )
+    def __init__(self, culture: str = messages.EN_US) -> None:
+        super().__init__(messages.text(culture, "invalid_state"))
 
 
 class MigrationFailedError(HyperVError):
     """A Move-VM that failed; the VM stays (or is back) on its source."""
 
 
-def no_connection_text(destination: str, reason: str) -> str:
-    return (
-        "The Virtual Machine Management Service failed to establish a connection for a "
-        f"Virtual Machine migration with host '{destination}': {reason}"
-    )
-
-
 class SecondHopRefused(Exception):
-    """The source host could not authenticate to the destination on the
-    user's behalf. ``reason``: Windows' text; ``details``: for the ground truth."""
+    """The source host could not authenticate to the destination on the user's
+    behalf. ``message_key``: which of Windows' failures (messages.py);
+    ``details``: what the KDC or the destination said, for the ground truth."""
 
-    def __init__(self, reason: str, details: dict[str, Any]) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, message_key: str, details: dict[str, Any]) -> None:
+        super().__init__(message_key)
+        self.message_key = message_key
         self.details = details
 
 
-# How the source host reaches a destination for the session's user: returns
-# what to record, raises SecondHopRefused (lab.hyperv.server builds it from
-# the session's authentication and the lab's KDC).
+# How the source host reaches a destination for the session's user, with the
+# lab's KDC: returns what to record, raises SecondHopRefused
+# (HostServer.reach_for builds it from the session's authentication).
 ReachDestination = Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
 
 
-def migration_failed_text(vm_name: str, source: str, vm_id: uuid.UUID, reason: str) -> str:
-    return (
-        f"Virtual machine migration operation for '{vm_name}' failed at migration source "
-        f"'{source}'. (Virtual machine ID {str(vm_id).upper()})\n{reason}"
+def migration_failed_text(
+    vm_name: str, source: str, vm_id: uuid.UUID, reason: str, culture: str = messages.EN_US
+) -> str:
+    return messages.text(
+        culture,
+        "migration_failed",
+        vm=vm_name,
+        source=source,
+        vm_id=str(vm_id).upper(),
+        reason=reason,
     )
 
 
@@ -465,7 +506,8 @@ class _Vm:
     host: str | None
     booted_mono_ns: int
     state: VmState = VmState.Running
-    status: str = STATUS_OPERATING_NORMALLY
+    # Get-VM's Status: None "Operating normally", else "Migrating (n% complete)".
+    migrating_percent: int | None = None
     migrating: bool = False
 
 
@@ -590,13 +632,25 @@ class Lab:
         when = stamp if stamp is not None else self._clock.now()
         return when.utc_ns + int(self.host(host_name).config.clock_offset_s * 1e9)
 
+    def fqdn(self, host_name: str) -> str:
+        """The host's DNS name in the lab's domain (Get-VMHost FullyQualifiedDomainName)."""
+        return f"{self.host(host_name).name}.{DNS_DOMAIN}"
+
     def host_utc_offset(self, host_name: str) -> datetime.timedelta:
         return datetime.timedelta(minutes=self.host(host_name).config.utc_offset_minutes)
+
+    def culture(self, host_name: str) -> str:
+        """The host's display language (messages.py)."""
+        return self.host(host_name).config.culture
+
+    def text(self, host_name: str, key: str, **values: Any) -> str:
+        """``messages.text`` in the host's language."""
+        return messages.text(self.culture(host_name), key, **values)
 
     def check_access(self, host_name: str) -> None:
         host = self.host(host_name)
         if host.config.access_denied:
-            raise AccessDeniedError(host.name)
+            raise AccessDeniedError(host.name, host.config.culture)
 
     # ---- responsiveness ----------------------------------------------------
 
@@ -624,7 +678,16 @@ class Lab:
         host = self.host(fault.host)
         host.unresponsive_mode = fault.mode
         host.responsive.clear()
-        self._gt.record(gt.HOST_UNRESPONSIVE, host=host.name, mode=fault.mode)
+        self._gt.record(
+            gt.HOST_UNRESPONSIVE, host=host.name, mode=fault.mode, duration_s=fault.duration_s
+        )
+        if fault.duration_s is not None:
+            self._spawn(self._recover(host.name, fault.duration_s))
+
+    async def _recover(self, host_name: str, delay_s: float) -> None:
+        await self._clock.sleep(delay_s)
+        self.set_responsive(host_name)
+        self._gt.record(gt.HOST_RESPONSIVE, host=host_name)
 
     def _record(self, event: str, stamp: ClockPair | None = None, **details: Any) -> ClockPair:
         when = self._gt.record(event, stamp, **details)
@@ -647,7 +710,9 @@ class Lab:
                 name=vm.name,
                 vm_id=vm.vm_id,
                 state=vm.state,
-                status=vm.status,
+                status=self.text(host.name, "status_ok")
+                if vm.migrating_percent is None
+                else self.text(host.name, "status_migrating", percent=vm.migrating_percent),
                 computer_name=host.name,
                 uptime_s=max(0.0, (now.mono_ns - vm.booted_mono_ns) / 1e9),
                 memory_assigned=vm.memory_bytes,
@@ -716,31 +781,33 @@ class Lab:
         include_storage: bool = False,
         storage_path: str | None = None,
         reach: ReachDestination | None = None,
+        delegated_credentials: bool = False,
     ) -> None:
         """Live-migrate ``vm_name`` from ``host_name`` to ``destination``.
 
         Returns when Move-VM would return. Raises a :class:`HyperVError` on
         failure. Cancelled during pre-copy, the migration rolls back (VM stays
         on the source); cancelled later, it completes first and then the
-        cancellation propagates. ``reach``: how the source authenticates to
-        the destination for the caller (None: it always can).
+        cancellation propagates. ``delegated_credentials``: the remote session
+        that runs Move-VM delegated the user's credentials (CredSSP); ``reach``:
+        how the source authenticates to the destination for that session with
+        the lab's KDC (None: the lab has none; :meth:`second_hop_failure` then
+        decides from lab.toml alone).
         """
         try:
             source, vm, dest = self._validate_move(host_name, vm_name, destination)
-            hop = None if reach is None else await self._reach(reach, source, vm, dest)
         except HyperVError as error:
-            refused: dict[str, Any] = {}
-            if isinstance(error.__cause__, SecondHopRefused):
-                refused["second_hop"] = error.__cause__.details
             self._record(
                 gt.MOVE_VM_FAILED,
                 vm=vm_name,
                 source_host=host_name,
                 destination_host=destination,
                 reason=error.message,
-                **refused,
             )
             raise
+        hop_failure, hop = await self.second_hop(
+            source, dest, delegated_credentials=delegated_credentials, reach=reach
+        )
         plan = self._plan(vm, include_storage=include_storage)
         vm.migrating = True
         now = self._clock.now()
@@ -754,7 +821,7 @@ class Lab:
             precopy_s=plan.precopy_s,
         )
         self._jobs.append(job)
-        vm.status = migrating_status(0)
+        vm.migrating_percent = 0
         details = {"vm": vm.name, "source_host": source.name, "destination_host": dest.name}
         self._record(
             gt.MIGRATION_START,
@@ -763,13 +830,16 @@ class Lab:
             include_storage=include_storage,
             storage_path=storage_path,
             planned=dataclasses.asdict(plan),
-            # How the source authenticated to the destination for the caller.
+            # How the source authenticated to the destination for the caller
+            # (with the lab's KDC: the tickets, or what the KDC refused).
             **({} if hop is None else {"second_hop": hop}),
         )
         try:
-            await self._precopy(job, dest, plan, details)
+            await self._precopy(
+                job, dest, plan, details, hop_failure, include_storage=include_storage
+            )
         except asyncio.CancelledError:
-            self._roll_back(job, JobState.Terminated, "The operation was cancelled.", details)
+            self._roll_back(job, JobState.Terminated, self.text(source.name, "cancelled"), details)
             raise
         switchover = self._spawn(self._switchover(job, dest, plan, details))
         try:
@@ -779,58 +849,121 @@ class Lab:
             await switchover
             raise
 
-    async def _reach(
-        self, reach: ReachDestination, source: _Host, vm: _Vm, dest: _Host
-    ) -> dict[str, Any]:
-        try:
-            return await reach(dest.name)
-        except SecondHopRefused as refused:
-            raise MigrationFailedError(
-                migration_failed_text(
-                    vm.name, source.name, vm.vm_id, no_connection_text(dest.name, refused.reason)
-                )
-            ) from refused
-
     def _validate_move(
         self, host_name: str, vm_name: str, destination: str
     ) -> tuple[_Host, _Vm, _Host]:
         self.check_access(host_name)
         source = self.host(host_name)
+        culture = source.config.culture
         vm = self._vm
         if vm is None or vm.name.lower() != vm_name.lower() or vm.host is None:
-            raise VmNotFoundError(vm_name)
+            raise VmNotFoundError(vm_name, culture)
+
+        def failed(key: str, host: str) -> MigrationFailedError:
+            reason = messages.text(culture, key, host=host)
+            return MigrationFailedError(
+                migration_failed_text(vm.name, source.name, vm.vm_id, reason, culture)
+            )
+
         if vm.host != source.name:
             # Started on a host that is not the VM's source (seen in the write-up).
-            raise MigrationFailedError(
-                migration_failed_text(
-                    vm.name,
-                    source.name,
-                    vm.vm_id,
-                    f"Could not establish a connection with host '{destination}'.",
-                )
-            )
+            raise failed("not_the_source", destination)
         if vm.migrating or vm.state != VmState.Running:
-            raise InvalidStateError()
+            raise InvalidStateError(culture)
         dest = self.find_host(destination)
         if dest is None:
-            raise MigrationFailedError(
-                migration_failed_text(
-                    vm.name,
-                    source.name,
-                    vm.vm_id,
-                    no_connection_text(destination, "No such host is known. (0x80072AF9)."),
-                )
-            )
+            raise failed("no_such_host", destination)
         if dest is source:
-            raise MigrationFailedError(
-                migration_failed_text(
-                    vm.name,
-                    source.name,
-                    vm.vm_id,
-                    f"The virtual machine is already on host '{dest.name}'.",
-                )
-            )
+            raise failed("already_there", dest.name)
         return source, vm, dest
+
+    def second_hop_failure(
+        self, source: _Host, dest: _Host, *, delegated_credentials: bool
+    ) -> str | None:
+        """Why the source cannot open a migration connection to ``dest`` from a
+        remote session, in the source's language; None when it can.
+
+        As Windows decides it (docs/lab.md, "The second hop"): migration must
+        be enabled on both hosts; the destination's
+        VirtualMachineMigrationAuthenticationType says how it authenticates
+        incoming migrations. CredSSP needs the user's own credentials on the
+        source, which a remote session has only when it delegated them
+        (0x8009030E otherwise). Kerberos needs the source's computer account
+        to be trusted for constrained delegation to the destination's
+        services, and then works whatever the client authenticated with
+        (0x8009030D otherwise).
+        """
+        culture = source.config.culture
+        disabled = self._migration_disabled(source, dest)
+        if disabled is not None:
+            return disabled
+        if dest.config.migration_auth == "credssp" and not delegated_credentials:
+            return messages.text(culture, "no_credentials", host=dest.name)
+        if dest.config.migration_auth == "kerberos" and not source.config.delegation:
+            return messages.text(culture, "unknown_credentials", host=dest.name)
+        return None
+
+    def _migration_disabled(self, source: _Host, dest: _Host) -> str | None:
+        for host in (source, dest):
+            if not host.config.migration_enabled:
+                return messages.text(source.config.culture, "migration_disabled", host=host.name)
+        return None
+
+    async def second_hop(
+        self,
+        source: _Host,
+        dest: _Host,
+        *,
+        delegated_credentials: bool,
+        reach: ReachDestination | None,
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """(why the source cannot reach ``dest`` for this session, None when it
+        can; what the lab's KDC said, None without one).
+
+        With the lab's KDC (``reach``) real tickets decide: the source gets one
+        for the destination's migration service on the user's behalf, or the
+        KDC refuses (lab.hyperv.gss). Without it, :meth:`second_hop_failure`
+        decides from lab.toml.
+        """
+        if reach is None:
+            failure = self.second_hop_failure(
+                source, dest, delegated_credentials=delegated_credentials
+            )
+            return failure, None
+        disabled = self._migration_disabled(source, dest)
+        if disabled is not None:
+            return disabled, None
+        try:
+            return None, await reach(dest.name)
+        except SecondHopRefused as refused:
+            text = messages.text(source.config.culture, refused.message_key, host=dest.name)
+            return text, refused.details
+
+    async def compare_vm(
+        self,
+        host_name: str,
+        vm_name: str,
+        destination: str,
+        *,
+        delegated_credentials: bool = False,
+        reach: ReachDestination | None = None,
+    ) -> list[str]:
+        """Compare-VM -Name ``vm_name`` -DestinationHost ``destination`` on
+        ``host_name``: the incompatibilities (empty: none). Reaches the
+        destination as Move-VM does, so a missing second hop, migration
+        disabled or an older destination raise the same errors; nothing moves."""
+        source, vm, dest = self._validate_move(host_name, vm_name, destination)
+        culture = source.config.culture
+        hop, _ = await self.second_hop(
+            source, dest, delegated_credentials=delegated_credentials, reach=reach
+        )
+        if hop is None and dest.config.older_version:
+            hop = messages.text(culture, "protocol_version", host=dest.name)
+        if hop is not None:
+            raise MigrationFailedError(
+                migration_failed_text(vm.name, source.name, vm.vm_id, hop, culture)
+            )
+        return []
 
     def _plan(self, vm: _Vm, *, include_storage: bool) -> _MigrationPlan:
         timing = self.config.timing
@@ -851,18 +984,30 @@ class Lab:
         )
 
     async def _precopy(
-        self, job: _Job, dest: _Host, plan: _MigrationPlan, details: dict[str, Any]
+        self,
+        job: _Job,
+        dest: _Host,
+        plan: _MigrationPlan,
+        details: dict[str, Any],
+        hop: str | None,
+        *,
+        include_storage: bool,
     ) -> None:
         vm = job.vm
-        if dest.config.older_version:
-            await self._clock.sleep(plan.negotiation_s)
-            reason = (
-                "The Virtual Machine Management Service failed to establish a connection for a "
-                f"Virtual Machine migration with host '{dest.name}': The connection could not be "
-                "established because protocol version 6.0 is not supported."
-            )
+        source = self.host(job.source)
+        culture = source.config.culture
+
+        def fail(reason: str) -> MigrationFailedError:
             self._roll_back(job, JobState.Exception, reason, details)
-            raise MigrationFailedError(migration_failed_text(vm.name, job.source, vm.vm_id, reason))
+            return MigrationFailedError(
+                migration_failed_text(vm.name, job.source, vm.vm_id, reason, culture)
+            )
+
+        # Connecting to the destination: authentication (``hop``: why the
+        # second hop fails, see second_hop), then the protocol.
+        if hop is not None or dest.config.older_version:
+            await self._clock.sleep(plan.negotiation_s)
+            raise fail(hop or messages.text(culture, "protocol_version", host=dest.name))
 
         fail_at = self.config.faults.fail_midway_at_percent
         precopy_end = plan.precopy_s
@@ -875,14 +1020,9 @@ class Lab:
             wait = min(step_s, precopy_end - elapsed)
             await self._clock.sleep(wait)
             elapsed = (self._clock.now().mono_ns - job.started_mono_ns) / 1e9
-            vm.status = migrating_status(job.percent(self._clock.now().mono_ns))
+            vm.migrating_percent = job.percent(self._clock.now().mono_ns)
         if fail_at is not None:
-            reason = (
-                "Failed to send data for a Virtual Machine migration: An existing connection was "
-                "forcibly closed by the remote host. (0x80072746)."
-            )
-            self._roll_back(job, JobState.Exception, reason, details)
-            raise MigrationFailedError(migration_failed_text(vm.name, job.source, vm.vm_id, reason))
+            raise fail(messages.text(culture, "connection_lost"))
         job.fixed_percent = 80
 
     def _roll_back(self, job: _Job, state: JobState, reason: str, details: dict[str, Any]) -> None:
@@ -893,17 +1033,18 @@ class Lab:
         job.finished_mono_ns = now.mono_ns
         job.error_description = reason
         vm.migrating = False
-        vm.status = STATUS_OPERATING_NORMALLY
+        vm.migrating_percent = None
         self._record(gt.ROLLBACK, now, **details, job_state=int(state), reason=reason)
         if state == JobState.Exception:
+            culture = self.culture(job.source)
+            detail = migration_failed_text(vm.name, job.source, vm.vm_id, reason, culture)
             self._write_event(
                 job.source,
                 HA_LOG,
                 HA_PROVIDER,
                 21502,
                 EventLevel.Error,
-                f"Live migration of 'Virtual Machine {vm.name}' failed.\n"
-                + migration_failed_text(vm.name, job.source, vm.vm_id, reason),
+                messages.text(culture, "event_21502", vm=vm.name, detail=detail),
                 (vm.name, str(vm.vm_id).upper(), reason),
             )
         self._record(gt.MOVE_VM_FAILED, **details, reason=reason)
@@ -914,10 +1055,10 @@ class Lab:
         vm = job.vm
         source = self.host(job.source)
         vm.state = VmState.Paused
-        vm.status = migrating_status(80)
+        vm.migrating_percent = 80
         self.console.pause(host=source.name)
         frozen = await self._guest.freeze()
-        self._record(gt.PAUSE, frozen, **details, percent=80)
+        self._record(gt.PAUSE, frozen, **details, **self._link_fields(), percent=80)
 
         await self._clock.sleep(plan.paused_listed_s)
         vm.host = None
@@ -927,7 +1068,7 @@ class Lab:
         await self._clock.sleep(plan.unlisted_s)
         vm.host = dest.name
         vm.state = VmState.Running
-        vm.status = STATUS_OPERATING_NORMALLY
+        vm.migrating_percent = None
         self._record(gt.LISTED_ON_DESTINATION, **details, percent=95)
         thawed = await self._guest.thaw()
         blackout_s = (thawed.mono_ns - frozen.mono_ns) / 1e9
@@ -937,6 +1078,9 @@ class Lab:
         self._write_migration_events(job, source, dest, plan, blackout_s)
 
         await self._clock.sleep(plan.completion_s)
+        if self.config.faults.vm_off_after_landing:
+            vm.state = VmState.Off
+            self._record(gt.VM_TURNED_OFF, **details, host=dest.name)
         now = self._clock.now()
         job.fixed_percent = 100
         job.state = JobState.Completed
@@ -947,11 +1091,24 @@ class Lab:
     async def _restore_network(self, delay_s: float, details: dict[str, Any]) -> None:
         await self._clock.sleep(delay_s)
         restored = await self._guest.network_restored()
-        self._record(gt.NETWORK_RESTORED, restored, **details)
+        self._record(gt.NETWORK_RESTORED, restored, **details, **self._link_fields())
+
+    def _link_fields(self) -> dict[str, int]:
+        """The link filter's edge beside the echo edge (the netns guest): all of
+        the guest's traffic went dark / came back between these two stamps."""
+        edge = self._guest.link_edge()
+        if edge is None:
+            return {}
+        return {"link_before_mono_ns": edge[0], "link_after_mono_ns": edge[1]}
 
     def _write_migration_events(
         self, job: _Job, source: _Host, dest: _Host, plan: _MigrationPlan, blackout_s: float
     ) -> None:
+        """Hyper-V's own account of the migration, on the source, in its language.
+
+        The event data (what ``ToXml()`` shows under UserData/VmlEventLog) is
+        ``properties`` in order: 20415/20417 carry the VM's name, its id and
+        the blackout in seconds as Parameter0..2 (as real hosts' events do)."""
         vm = job.vm
         vm_id = str(vm.vm_id).upper()
         timing = self.config.timing
@@ -959,63 +1116,46 @@ class Lab:
         brownout_text = f"{plan.precopy_s:.1f}"
         dirty_pages = int(timing.dirty_rate_bytes_per_s * blackout_s / PAGE_BYTES)
         memory_pages = int(vm.memory_bytes / PAGE_BYTES) + dirty_pages
-        self._write_event(
-            source.name,
-            WORKER_LOG,
-            WORKER_PROVIDER,
-            22508,
-            EventLevel.Information,
-            f"'{vm.name}' live migration brownout (memory transfer) took {brownout_text} seconds. "
-            f"(Virtual machine ID {vm_id})",
-            (vm.name, vm_id, brownout_text),
-        )
-        self._write_event(
-            source.name,
+        values = {
+            "vm": vm.name,
+            "vm_id": vm_id,
+            "seconds": blackout_text,
+            "brownout": brownout_text,
+        }
+
+        def write(
+            log: str,
+            provider: str,
+            event_id: int,
+            level: EventLevel,
+            data: tuple[Any, ...],
+            **more: Any,
+        ) -> None:
+            message = self.text(source.name, f"event_{event_id}", **values, **more)
+            self._write_event(source.name, log, provider, event_id, level, message, data)
+
+        info = EventLevel.Information
+        write(WORKER_LOG, WORKER_PROVIDER, 22508, info, (vm.name, vm_id, brownout_text))
+        write(
             WORKER_LOG,
             WORKER_PROVIDER,
             22509,
-            EventLevel.Information,
-            f"'{vm.name}' live migration blackout took {blackout_text} seconds; "
-            f"{dirty_pages} dirty pages were transferred during the blackout. "
-            f"(Virtual machine ID {vm_id})",
+            info,
             (vm.name, vm_id, blackout_text, dirty_pages),
+            pages=dirty_pages,
         )
-        self._write_event(
-            source.name,
+        write(
             WORKER_LOG,
             WORKER_PROVIDER,
             22507,
-            EventLevel.Information,
-            f"'{vm.name}' live migration summary: brownout {brownout_text} seconds, blackout "
-            f"{blackout_text} seconds, {memory_pages} memory pages transferred. "
-            f"(Virtual machine ID {vm_id})",
+            info,
             (vm.name, vm_id, brownout_text, blackout_text, memory_pages),
+            pages=memory_pages,
         )
-        if blackout_s > timing.critical_blackout_s:
-            event_id, level, long_text = 20417, EventLevel.Warning, "an unexpectedly long "
-        else:
-            event_id, level, long_text = 20415, EventLevel.Information, "a "
-        self._write_event(
-            source.name,
-            VMMS_LOG,
-            VMMS_PROVIDER,
-            event_id,
-            level,
-            "The Virtual Machine Management service successfully completed the live migration "
-            f"of virtual machine '{vm.name}' with {long_text}blackout time of {blackout_text} "
-            f"seconds. (Virtual machine ID {vm_id})",
-            (vm.name, vm_id, blackout_text),
-        )
-        self._write_event(
-            source.name,
-            VMMS_LOG,
-            VMMS_PROVIDER,
-            20418,
-            EventLevel.Information,
-            f"Virtual machine migration operation for '{vm.name}' succeeded at migration source "
-            f"'{source.name}'. (Virtual machine ID {vm_id})",
-            (vm.name, vm_id, source.name, dest.name),
-        )
+        critical = blackout_s > timing.critical_blackout_s
+        event_id, level = (20417, EventLevel.Warning) if critical else (20415, info)
+        write(VMMS_LOG, VMMS_PROVIDER, event_id, level, (vm.name, vm_id, blackout_text))
+        write(VMMS_LOG, VMMS_PROVIDER, 20418, info, (vm.name, vm_id, source.name, dest.name))
 
     def _write_event(
         self,

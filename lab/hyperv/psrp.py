@@ -40,7 +40,7 @@ from psrpcore.types import (
 )
 
 from migration_blackout.lab.hyperv import cmdlets, pstypes
-from migration_blackout.lab.hyperv.auth import ClientIdentity
+from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
 from migration_blackout.lab.hyperv.model import Lab, ReachDestination
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,9 @@ class _Writer:
         self._session.flush()
 
     def write_error(self, record: ErrorRecord) -> None:
-        self._pipeline.prepare_message(record, message_type=PSRPMessageType.ErrorRecord)
+        self._pipeline.prepare_message(
+            pstypes.for_error_stream(record), message_type=PSRPMessageType.ErrorRecord
+        )
         self._session.flush()
 
 
@@ -99,15 +101,15 @@ class PoolSession:
         lab: Lab,
         host: str,
         spawn: Spawn,
-        client: ClientIdentity | None = None,
+        identity: SessionIdentity = ANONYMOUS,
         reach: ReachDestination | None = None,
     ) -> None:
         self.shell_id = shell_id
+        self.identity = identity
         self._lab = lab
         self._host = host
         self._spawn = spawn
-        # Who opened the shell, and how Move-VM reaches a destination for them.
-        self.client = client
+        # How Move-VM and Compare-VM reach a destination for this identity.
         self._reach = reach
         self.pool = ServerRunspacePool()
         self._outbox: dict[uuid.UUID | None, collections.deque[bytes]] = collections.defaultdict(
@@ -255,7 +257,11 @@ class PoolSession:
                 pipeline.start()
                 self.flush()
                 context = cmdlets.CmdletContext(
-                    self._lab, self._host, _Writer(self, pipeline), reach=self._reach
+                    self._lab,
+                    self._host,
+                    _Writer(self, pipeline),
+                    self.identity,
+                    reach=self._reach,
                 )
                 try:
                     for statement in _statements(run.commands):

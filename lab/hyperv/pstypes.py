@@ -3,6 +3,18 @@
 ``rehydrate=False`` everywhere: these classes describe what the server sends;
 a psrpcore client in the same process must not turn incoming objects back
 into them.
+
+Serialisation depth: PowerShell remoting writes an output object with depth
+1 (PowerShell's serialization.cs, ``WriteOneObject``: "If depth is zero,
+complex type should be serialized as string"; containers are written but
+their items get depth zero). So a property that holds anything but a
+primitive known type (string, numbers, DateTime, TimeSpan, Guid, Version,
+byte[] ...) arrives as its ToString(): an enum as its name (a real host's
+ServiceController.Status arrives as ``<S N="Status">Running</S>``, pypsrp's
+recorded test_psrp_multiple_commands), an EventLogRecord's Properties as a
+list of the text ``System.Diagnostics.Eventing.Reader.EventProperty``, a
+compatibility report's VM as ``Microsoft.HyperV.PowerShell.VirtualMachine``.
+The types below are declared that way.
 """
 
 from __future__ import annotations
@@ -16,9 +28,9 @@ from psrpcore.types import (
     ErrorCategoryInfo,
     ErrorRecord,
     NETException,
+    PSBool,
     PSDateTime,
     PSDuration,
-    PSEnumBase,
     PSGuid,
     PSInt,
     PSInt64,
@@ -27,51 +39,22 @@ from psrpcore.types import (
     PSObject,
     PSString,
     PSType,
+    PSUInt,
     PSUInt16,
+    PSVersion,
     add_note_property,
 )
 
-from migration_blackout.lab.hyperv.model import EventLevel, HostEvent, JobView, VmState, VmView
+from migration_blackout.lab.hyperv.model import (
+    VM_VERSION,
+    EventLevel,
+    HostConfig,
+    HostEvent,
+    JobView,
+    VmView,
+)
 
 CIM_PREFIX = "Microsoft.Management.Infrastructure.CimInstance"
-
-
-@PSType(["Microsoft.HyperV.PowerShell.VMState"], rehydrate=False)
-class PSVMState(PSEnumBase):
-    Other = VmState.Other.value
-    Running = VmState.Running.value
-    Off = VmState.Off.value
-    Stopping = VmState.Stopping.value
-    Saved = VmState.Saved.value
-    Paused = VmState.Paused.value
-    Starting = VmState.Starting.value
-    Reset = VmState.Reset.value
-    Saving = VmState.Saving.value
-    Pausing = VmState.Pausing.value
-    Resuming = VmState.Resuming.value
-    FastSaved = VmState.FastSaved.value
-    FastSaving = VmState.FastSaving.value
-    ForceShutdown = VmState.ForceShutdown.value
-    ForceReboot = VmState.ForceReboot.value
-    RunningCritical = VmState.RunningCritical.value
-    OffCritical = VmState.OffCritical.value
-    StoppingCritical = VmState.StoppingCritical.value
-    SavedCritical = VmState.SavedCritical.value
-    PausedCritical = VmState.PausedCritical.value
-    StartingCritical = VmState.StartingCritical.value
-    ResetCritical = VmState.ResetCritical.value
-    SavingCritical = VmState.SavingCritical.value
-    PausingCritical = VmState.PausingCritical.value
-    ResumingCritical = VmState.ResumingCritical.value
-    FastSavedCritical = VmState.FastSavedCritical.value
-    FastSavingCritical = VmState.FastSavingCritical.value
-
-
-@PSType(["Microsoft.PowerShell.Commands.DisplayHintType"], rehydrate=False)
-class DisplayHintType(PSEnumBase):
-    Date = 0
-    Time = 1
-    DateTime = 2
 
 
 @PSType(
@@ -85,7 +68,8 @@ class DisplayHintType(PSEnumBase):
         PSNoteProperty("VMName", ps_type=PSString),
         PSNoteProperty("Id", ps_type=PSGuid),
         PSNoteProperty("VMId", ps_type=PSGuid),
-        PSNoteProperty("State", ps_type=PSVMState),
+        # VMState is an enum: at depth 0 its name, as a string.
+        PSNoteProperty("State", ps_type=PSString),
         PSNoteProperty("Status", ps_type=PSString),
         PSNoteProperty("ComputerName", ps_type=PSString),
         PSNoteProperty("Uptime", ps_type=PSDuration),
@@ -100,13 +84,7 @@ class VirtualMachine(PSObject):
     pass
 
 
-@PSType(
-    ["System.Diagnostics.Eventing.Reader.EventProperty"],
-    adapted_properties=[PSNoteProperty("Value")],
-    rehydrate=False,
-)
-class EventProperty(PSObject):
-    pass
+EVENT_PROPERTY_TYPE = "System.Diagnostics.Eventing.Reader.EventProperty"
 
 
 @PSType(
@@ -188,32 +166,6 @@ _OPERATING_SYSTEM_CLASSES = [
 ]
 
 
-@PSType(
-    [f"{CIM_PREFIX}#{c}" for c in _OPERATING_SYSTEM_CLASSES] + [CIM_PREFIX],
-    adapted_properties=[
-        PSNoteProperty("Caption", ps_type=PSString),
-        PSNoteProperty("Version", ps_type=PSString),
-        PSNoteProperty("BuildNumber", ps_type=PSString),
-        PSNoteProperty("CSName", ps_type=PSString),
-        PSNoteProperty("PSComputerName", ps_type=PSString),
-    ],
-    rehydrate=False,
-)
-class Win32OperatingSystem(PSObject):
-    """The few properties of Win32_OperatingSystem the harness reads (learn.microsoft.com:
-    Win32_OperatingSystem class; all strings)."""
-
-
-def operating_system(caption: str, version: str, computer_name: str) -> Win32OperatingSystem:
-    return Win32OperatingSystem(
-        Caption=caption,
-        Version=version,
-        BuildNumber=version.rsplit(".", 1)[-1],
-        CSName=computer_name.upper(),
-        PSComputerName=computer_name,
-    )
-
-
 def host_datetime(ns: int, *, utc_offset: dt.timedelta = dt.timedelta(0)) -> PSDateTime:
     """A .NET DateTime for a host-clock instant (ns since the epoch)."""
     seconds, rest = divmod(ns, 1_000_000_000)
@@ -223,9 +175,10 @@ def host_datetime(ns: int, *, utc_offset: dt.timedelta = dt.timedelta(0)) -> PSD
 
 
 def get_date_output(ns: int, *, utc_offset: dt.timedelta = dt.timedelta(0)) -> PSDateTime:
-    """What Get-Date writes: a DateTime with the DisplayHint note property."""
+    """What Get-Date writes: a DateTime with the DisplayHint note property
+    (an enum, so at depth 0 its name)."""
     value = host_datetime(ns, utc_offset=utc_offset)
-    add_note_property(value, "DisplayHint", DisplayHintType.DateTime)
+    add_note_property(value, "DisplayHint", "DateTime")
     return value
 
 
@@ -236,21 +189,26 @@ def virtual_machine(vm: VmView) -> VirtualMachine:
         VMName=vm.name,
         Id=vm_id,
         VMId=vm_id,
-        State=PSVMState(int(vm.state)),
+        State=vm.state.name,
         Status=vm.status,
         ComputerName=vm.computer_name,
         Uptime=PSDuration(seconds=vm.uptime_s),
         MemoryAssigned=PSInt64(vm.memory_assigned),
         Generation=PSInt(2),
-        Version="8.0",
+        Version=VM_VERSION,
         IsClustered=False,
     )
 
 
 def event_log_record(
-    event: HostEvent, *, utc_offset: dt.timedelta = dt.timedelta(0)
+    event: HostEvent,
+    *,
+    utc_offset: dt.timedelta = dt.timedelta(0),
+    level_display_name: str | None = None,
 ) -> EventLogRecord:
-    properties = PSList([EventProperty(Value=value) for value in event.properties])
+    """An EventLogRecord as it arrives: its Properties (EventProperty objects,
+    below the serialisation depth) as their type name, one per property."""
+    properties = PSList([EVENT_PROPERTY_TYPE for _ in event.properties])
     return EventLogRecord(
         Id=PSInt(event.event_id),
         Version=0,
@@ -260,7 +218,7 @@ def event_log_record(
         LogName=event.log_name,
         MachineName=event.machine_name,
         TimeCreated=host_datetime(event.time_created_ns, utc_offset=utc_offset),
-        LevelDisplayName=EventLevel(event.level).name,
+        LevelDisplayName=level_display_name or EventLevel(event.level).name,
         Properties=properties,
         Message=event.message,
     )
@@ -273,7 +231,9 @@ def migration_job(
         InstanceID=job.instance_id,
         Caption="Virtual Machine Migration",
         Description="Migrating a virtual machine",
-        ElementName=job.vm_name,
+        # A display name, not the VM's: a client must match jobs by
+        # VirtualSystemName (the VM's GUID). Real wording not verified.
+        ElementName="Virtual Machine Migration",
         Name="Virtual Machine Migration",
         JobState=PSUInt16(int(job.job_state)),
         PercentComplete=PSUInt16(job.percent_complete),
@@ -327,3 +287,173 @@ def error_record(
 
 def guid(value: uuid.UUID) -> PSGuid:
     return PSGuid(value)
+
+
+# ---- host, versions, compatibility ----------------------------------------------
+
+
+@PSType(
+    ["Microsoft.HyperV.PowerShell.VMHost", "Microsoft.HyperV.PowerShell.VirtualizationObject"],
+    adapted_properties=[
+        PSNoteProperty("Name", ps_type=PSString),
+        PSNoteProperty("ComputerName", ps_type=PSString),
+        PSNoteProperty("FullyQualifiedDomainName", ps_type=PSString),
+        PSNoteProperty("VirtualMachineMigrationEnabled", ps_type=PSBool),
+        # MigrationAuthenticationType and VMMigrationPerformance are enums: names.
+        PSNoteProperty("VirtualMachineMigrationAuthenticationType", ps_type=PSString),
+        PSNoteProperty("VirtualMachineMigrationPerformanceOption", ps_type=PSString),
+        PSNoteProperty("UseAnyNetworkForMigration", ps_type=PSBool),
+        PSNoteProperty("MaximumVirtualMachineMigrations", ps_type=PSUInt),
+        PSNoteProperty("MaximumStorageMigrations", ps_type=PSUInt),
+        PSNoteProperty("VirtualMachinePath", ps_type=PSString),
+        PSNoteProperty("VirtualHardDiskPath", ps_type=PSString),
+    ],
+    rehydrate=False,
+)
+class VMHost(PSObject):
+    pass
+
+
+@PSType(
+    ["Microsoft.HyperV.PowerShell.VMMigrationNetwork"],
+    adapted_properties=[
+        PSNoteProperty("Subnet", ps_type=PSString),
+        PSNoteProperty("Priority", ps_type=PSUInt),
+        PSNoteProperty("ComputerName", ps_type=PSString),
+    ],
+    rehydrate=False,
+)
+class VMMigrationNetwork(PSObject):
+    pass
+
+
+@PSType(
+    ["Microsoft.HyperV.PowerShell.VMHostSupportedVersion"],
+    adapted_properties=[
+        PSNoteProperty("Name", ps_type=PSString),
+        PSNoteProperty("Version", ps_type=PSVersion),
+        PSNoteProperty("IsDefault", ps_type=PSBool),
+    ],
+    rehydrate=False,
+)
+class VMHostSupportedVersion(PSObject):
+    pass
+
+
+@PSType(
+    ["Microsoft.HyperV.PowerShell.VMCompatibilityReport"],
+    adapted_properties=[
+        # Below the serialisation depth: the VM and each error as a type name.
+        PSNoteProperty("VM", ps_type=PSString),
+        PSNoteProperty("OperationType", ps_type=PSString),
+        PSNoteProperty("Destination", ps_type=PSString),
+        PSNoteProperty("Path", ps_type=PSString),
+        PSNoteProperty("SnapshotPath", ps_type=PSString),
+        PSNoteProperty("VhdDestinationPath", ps_type=PSString),
+        PSNoteProperty("VhdSourcePath", ps_type=PSString),
+        PSNoteProperty("Incompatibilities", ps_type=PSList),
+    ],
+    rehydrate=False,
+)
+class VMCompatibilityReport(PSObject):
+    pass
+
+
+@PSType(
+    [f"{CIM_PREFIX}#{c}" for c in _OPERATING_SYSTEM_CLASSES] + [CIM_PREFIX],
+    adapted_properties=[
+        PSNoteProperty("Caption", ps_type=PSString),
+        PSNoteProperty("Version", ps_type=PSString),
+        PSNoteProperty("BuildNumber", ps_type=PSString),
+        PSNoteProperty("OSLanguage", ps_type=PSUInt),
+        PSNoteProperty("MUILanguages", ps_type=PSList),
+        PSNoteProperty("CSName", ps_type=PSString),
+        PSNoteProperty("PSComputerName", ps_type=PSString),
+    ],
+    rehydrate=False,
+)
+class Win32OperatingSystem(PSObject):
+    pass
+
+
+MIGRATION_AUTH_NAMES = {"credssp": "CredSSP", "kerberos": "Kerberos"}
+# Windows language ids (LCID) of the lab's cultures.
+OS_LANGUAGES = {"en-US": 1033, "ja-JP": 1041}
+
+
+def vm_host(config: HostConfig, *, fqdn: str) -> VMHost:
+    return VMHost(
+        Name=config.name,
+        ComputerName=config.name,
+        FullyQualifiedDomainName=fqdn,
+        VirtualMachineMigrationEnabled=config.migration_enabled,
+        VirtualMachineMigrationAuthenticationType=MIGRATION_AUTH_NAMES[config.migration_auth],
+        VirtualMachineMigrationPerformanceOption="Compression",
+        UseAnyNetworkForMigration=config.use_any_network,
+        MaximumVirtualMachineMigrations=PSUInt(config.max_migrations),
+        MaximumStorageMigrations=PSUInt(2),
+        VirtualMachinePath="C:\\ProgramData\\Microsoft\\Windows\\Hyper-V",
+        VirtualHardDiskPath="C:\\Users\\Public\\Documents\\Hyper-V\\Virtual Hard Disks",
+    )
+
+
+def migration_network(subnet: str, priority: int, computer_name: str) -> VMMigrationNetwork:
+    return VMMigrationNetwork(Subnet=subnet, Priority=PSUInt(priority), ComputerName=computer_name)
+
+
+def supported_version(version: str, *, is_default: bool) -> VMHostSupportedVersion:
+    return VMHostSupportedVersion(
+        Name=f"Microsoft Windows Server 2016 ({version})",
+        Version=PSVersion(version),
+        IsDefault=is_default,
+    )
+
+
+def compatibility_report(destination: str, incompatibilities: list[str]) -> VMCompatibilityReport:
+    return VMCompatibilityReport(
+        VM="Microsoft.HyperV.PowerShell.VirtualMachine",
+        OperationType="MoveVirtualMachine",
+        Destination=destination,
+        Path="",
+        SnapshotPath="",
+        VhdDestinationPath=None,
+        VhdSourcePath=None,
+        Incompatibilities=PSList(
+            ["Microsoft.HyperV.PowerShell.VMCompatibilityError" for _ in incompatibilities]
+        ),
+    )
+
+
+def operating_system(config: HostConfig, computer_name: str) -> Win32OperatingSystem:
+    version, caption = config.os
+    return Win32OperatingSystem(
+        Caption=caption,
+        Version=version,
+        BuildNumber=version.rsplit(".", 1)[-1],
+        OSLanguage=PSUInt(OS_LANGUAGES[config.culture]),
+        MUILanguages=PSList([config.culture.lower()]),
+        CSName=computer_name.upper(),
+        PSComputerName=computer_name,
+    )
+
+
+class ErrorStreamRecord(ErrorRecord):
+    """An ErrorRecord written to the error stream (a non-terminating error):
+    PowerShell serialises it with ``writeErrorStream = true`` (a real host's
+    ERROR_RECORD message, pypsrp's recorded test_psrp_stream_no_output_invocation)."""
+
+    @classmethod
+    def ToPSObjectForRemoting(cls, instance: ErrorRecord, **kwargs: Any) -> PSObject:
+        obj = ErrorRecord.ToPSObjectForRemoting(instance, **kwargs)
+        add_note_property(obj, "writeErrorStream", True)
+        return obj
+
+
+def for_error_stream(record: ErrorRecord) -> ErrorRecord:
+    """``record`` as the error stream carries it."""
+    return ErrorStreamRecord(
+        Exception=record.Exception,
+        CategoryInfo=record.CategoryInfo,
+        TargetObject=record.TargetObject,
+        FullyQualifiedErrorId=record.FullyQualifiedErrorId,
+    )

@@ -9,6 +9,7 @@ as pypsrp 0.9 (tests call pypsrp from their own thread).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import shutil
 import ssl
@@ -129,15 +130,7 @@ class LabHosts:
             gt_path,
             lab_description={
                 "seed": config.seed,
-                "hosts": [
-                    {
-                        "name": h.name,
-                        "clock_offset_s": h.clock_offset_s,
-                        "older_version": h.older_version,
-                        "access_denied": h.access_denied,
-                    }
-                    for h in config.hosts
-                ],
+                "hosts": [dataclasses.asdict(h) for h in config.hosts],
                 "vm": {"name": config.vm.name, "host": config.vm.host},
                 "faults": repr(config.faults),
                 "timing": repr(config.timing),

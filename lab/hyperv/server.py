@@ -26,7 +26,6 @@ from psrpcore import PSRPCoreError
 from migration_blackout.lab.hyperv import wsman
 from migration_blackout.lab.hyperv.auth import (
     AuthenticationRefused,
-    ClientIdentity,
     ConnectionRegistry,
     ConnectionSecurity,
     Credentials,
@@ -35,12 +34,14 @@ from migration_blackout.lab.hyperv.auth import (
     parse_negotiate,
 )
 from migration_blackout.lab.hyperv.gss import GSSError, HopRefused, KerberosAcceptor, SecondHop
+from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
 from migration_blackout.lab.hyperv.model import Lab, ReachDestination, SecondHopRefused
 from migration_blackout.lab.hyperv.psrp import PoolSession, Spawn, UnknownCommandError
 
 log = logging.getLogger(__name__)
 
 SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
+IDENTITY_KEY = web.RequestKey("identity", SessionIdentity)  # who the request is
 DEFAULT_OPERATION_TIMEOUT_S = 60.0
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
 
@@ -49,7 +50,8 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
 class _Authenticated:
     security: ConnectionSecurity | None  # set when the body is (to be) encrypted
     extra_headers: dict[str, str]
-    identity: ClientIdentity
+    # Who the request is (identity.py); the shell it creates runs as this.
+    identity: SessionIdentity
 
 
 class _NotAuthenticated(Exception):
@@ -100,6 +102,7 @@ class HostServer:
             auth = self._authenticate(request)
         except _NotAuthenticated as refused:
             return refused.response
+        request[IDENTITY_KEY] = auth.identity
         content_type = request.headers.get("Content-Type", "")
         if content_type.startswith(("multipart/encrypted", "multipart/x-multi-encrypted")):
             if auth.security is None or not auth.security.established:
@@ -119,7 +122,7 @@ class HostServer:
         if not soap:
             # The client's empty POST that sets up the security context.
             return web.Response(status=200, headers=auth.extra_headers)
-        status, payload = await self._dispatch(soap, request, auth.identity)
+        status, payload = await self._dispatch(soap, request)
         if await self._stop_answering(request):
             return web.Response(status=503)
         headers = dict(auth.extra_headers)
@@ -169,7 +172,7 @@ class HostServer:
             parsed = parse_basic(header)
             if parsed is None or not self._credentials.accepts(*parsed):
                 raise _NotAuthenticated(self._unauthorized())
-            return _Authenticated(None, {}, ClientIdentity("basic", parsed[0]))
+            return _Authenticated(None, {}, SessionIdentity(user=parsed[0], scheme="basic"))
         negotiate = (
             scheme in ("negotiate", "ntlm", "kerberos") and "negotiate" in self._auth_methods
         )
@@ -201,19 +204,20 @@ class HostServer:
 
     # ---- the second hop --------------------------------------------------------
 
-    def reach_for(self, identity: ClientIdentity) -> ReachDestination | None:
-        """How this host reaches a destination for ``identity`` in Move-VM:
-        with tickets from the lab's KDC (None: the lab has no KDC)."""
+    def reach_for(self, identity: SessionIdentity) -> ReachDestination | None:
+        """How this host reaches a destination for ``identity`` in Move-VM and
+        Compare-VM: with tickets from the lab's KDC (None: the lab has no KDC).
+        The destination's migration authentication says which kind."""
         hop = self._second_hop
         if hop is None:
             return None
         source = self.host_name
-        migration_auth = self.lab.host(source).config.migration_auth
 
         async def reach(destination: str) -> dict[str, Any]:
+            migration_auth = self.lab.host(destination).config.migration_auth
             details: dict[str, Any] = {
                 "client": identity.user,
-                "client_auth": identity.method,
+                "client_auth": identity.scheme,
                 "migration_auth": migration_auth,
             }
             try:
@@ -227,7 +231,7 @@ class HostServer:
                 )
             except HopRefused as refused:
                 raise SecondHopRefused(
-                    refused.message, {**details, "refused": refused.detail}
+                    refused.message_key, {**details, "refused": refused.detail}
                 ) from None
             return {
                 **details,
@@ -240,9 +244,7 @@ class HostServer:
 
     # ---- WS-Man dispatch -----------------------------------------------------
 
-    async def _dispatch(
-        self, soap: bytes, request: web.Request, identity: ClientIdentity
-    ) -> tuple[int, bytes]:
+    async def _dispatch(self, soap: bytes, request: web.Request) -> tuple[int, bytes]:
         try:
             req = wsman.parse_request(soap)
         except wsman.WSManParseError as error:
@@ -251,7 +253,7 @@ class HostServer:
             )
             return 500, wsman.fault_envelope("", fault, self.host_name)
         try:
-            return 200, await self._action(req, request, identity)
+            return 200, await self._action(req, request)
         except _FaultResponse as raised:
             return 500, wsman.fault_envelope(req.message_id, raised.fault, self.host_name)
         except (wsman.WSManParseError, PSRPCoreError, ValueError) as error:
@@ -266,12 +268,9 @@ class HostServer:
             raise _FaultResponse(wsman.shell_not_found_fault(req.shell_id))
         return session
 
-    async def _action(
-        self, req: wsman.WSManRequest, request: web.Request, identity: ClientIdentity
-    ) -> bytes:
-        if req.action == wsman.ACTION_CREATE:
-            return await self._create(req, request, identity)
+    async def _action(self, req: wsman.WSManRequest, request: web.Request) -> bytes:
         handlers = {
+            wsman.ACTION_CREATE: self._create,
             wsman.ACTION_COMMAND: self._command,
             wsman.ACTION_SEND: self._send,
             wsman.ACTION_RECEIVE: self._receive,
@@ -283,9 +282,8 @@ class HostServer:
             raise _FaultResponse(wsman.action_not_supported_fault(req.action))
         return await handler(req, request)
 
-    async def _create(
-        self, req: wsman.WSManRequest, request: web.Request, identity: ClientIdentity
-    ) -> bytes:
+    async def _create(self, req: wsman.WSManRequest, request: web.Request) -> bytes:
+        identity = request.get(IDENTITY_KEY, ANONYMOUS)
         client_shell_id, creation = wsman.creation_xml(req)
         shell_id = client_shell_id or str(uuid.uuid4()).upper()
         session = PoolSession(
@@ -293,7 +291,7 @@ class HostServer:
             lab=self.lab,
             host=self.host_name,
             spawn=self._spawn,
-            client=identity,
+            identity=identity,
             reach=self.reach_for(identity),
         )
         session.open(creation)

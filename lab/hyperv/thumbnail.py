@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from psrpcore import Command
 from psrpcore.types import ErrorCategory, ErrorRecord, PSByteArray, PSCustomObject, PSInt
 
 from migration_blackout.lab.hyperv import cmdlets, model, pstypes
@@ -273,11 +272,6 @@ def shipped_script() -> str:
     return _normalise(data.decode("utf-8-sig"))
 
 
-def is_thumbnail_script(text: str) -> bool:
-    """Whether an AddScript text is the harness's thumbnail script, unchanged."""
-    return _normalise(text) == shipped_script()
-
-
 async def _thumbnail(ctx: CmdletContext, params: dict[str, Any]) -> None:
     vm_name = _string_argument(params["VMName"])
     width = _int_argument(params, "Width", 320)
@@ -376,25 +370,12 @@ def _int_argument(params: dict[str, Any], name: str, default: int) -> int:
     try:
         number = int(str(value).strip()) if not isinstance(value, int) else int(value)
     except ValueError:
-        raise TerminatingError(
-            pstypes.error_record(
-                f"Cannot process argument transformation on parameter '{name}'. Cannot convert "
-                f'value "{value}" to type "System.Int32". Error: "Input string was not in a '
-                'correct format."',
-                exception_types=[
-                    "System.Management.Automation.ParameterBindingArgumentTransformationException",
-                    "System.Management.Automation.ParameterBindingException",
-                    "System.Management.Automation.RuntimeException",
-                    "System.SystemException",
-                ],
-                fully_qualified_error_id=THUMBNAIL_SCRIPT.error_id(
-                    "ParameterArgumentTransformationError"
-                ),
-                category=ErrorCategory.InvalidData,
-                activity=SCRIPT_NAME,
-                reason="ParameterBindingArgumentTransformationException",
-                target_object=str(value),
-            )
+        raise cmdlets.transformation_error(
+            THUMBNAIL_SCRIPT,
+            name,
+            value,
+            "System.Int32",
+            ' Error: "Input string was not in a correct format."',
         ) from None
     if number < MIN_PIXELS:
         raise _validation_error(
@@ -441,21 +422,3 @@ def _cim_access_denied() -> ErrorRecord:
         reason="CimException",
         target_object=cmdlets.VIRTUALIZATION_NAMESPACE,
     )
-
-
-async def run_script(ctx: CmdletContext, commands: list[Command]) -> None:
-    """Answer one statement whose first command is the thumbnail script."""
-    if len(commands) > 1:
-        raise TerminatingError(
-            pstypes.error_record(
-                "The emulated Hyper-V host runs one command per statement; pipe the output on "
-                "the client instead.",
-                exception_types=["System.NotImplementedException", "System.SystemException"],
-                fully_qualified_error_id="PipelinesNotEmulated",
-                category=ErrorCategory.NotImplemented,
-                activity=SCRIPT_NAME,
-                reason="NotImplementedException",
-            )
-        )
-    params = cmdlets.bind_parameters(THUMBNAIL_SCRIPT, commands[0])
-    await THUMBNAIL_SCRIPT.handler(ctx, params)
