@@ -126,7 +126,7 @@ def require_extra(host: str) -> None:
         import krb5  # noqa: F401
     except ImportError:
         raise KerberosError(
-            host, f"auth = kerberos needs the kerberos extra: {EXTRA_HINT}"
+            host, f'auth = "kerberos" needs the optional kerberos support: {EXTRA_HINT}'
         ) from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import secrets
 import shutil
 import ssl
@@ -327,15 +328,19 @@ class LabThread:
             self._ready.set()
             await self._stop.wait()
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the lab's loop thread and return its result."""
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the lab's loop thread and return its result
+        (awaited, when ``fn`` is a coroutine function such as ``Lab.compare_vm``)."""
         if self._loop is None:
             raise RuntimeError("the lab is not running")
 
-        async def invoke() -> T:
-            return fn(*args)
+        async def invoke() -> Any:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
 
-        future: Future[T] = asyncio.run_coroutine_threadsafe(invoke(), self._loop)
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(invoke(), self._loop)
         return future.result(timeout=10)
 
     @property
