@@ -25,7 +25,7 @@ from test_lab_hyperv_support import DST, SRC, VM, error_texts, fast_config, run,
 
 from migration_blackout.lab.hyperv import HostConfig, LabThread, read_ground_truth
 from migration_blackout.lab.hyperv.gss import (
-    UNKNOWN_CREDENTIALS,
+    NO_CREDENTIALS,
     HopRefused,
     SecondHop,
     token_kind,
@@ -170,7 +170,7 @@ def refused_move(lab: LabThread, auth: str) -> dict[str, Any]:
 def test_without_delegation_the_kdc_refuses_the_hop(auth: str) -> None:
     with lab_with(HostConfig(SRC, delegation=False), HostConfig(DST)) as lab:
         refused = refused_move(lab, auth)
-    assert "(0x8009030D)" in refused["text"]  # the lab's text for a Kerberos destination
+    assert "(0x8009030E)" in refused["text"]  # Windows' code for a Kerberos destination too
     assert refused["client_auth"] == ("ntlm" if auth == "ntlm" else "kerberos")
     # What the KDC answered to S4U2Proxy, not a flag: no delegation is configured.
     assert "KDC" in refused["refused"]
@@ -181,7 +181,7 @@ def test_delegation_for_kerberos_only_is_not_enough_over_winrm() -> None:
     # only" leaves the S4U2Self ticket non-forwardable, and S4U2Proxy fails.
     with lab_with(kerberos=KerberosSettings(protocol_transition=False)) as lab:
         refused = refused_move(lab, "kerberos")
-    assert "(0x8009030D)" in refused["text"] and "KDC" in refused["refused"]
+    assert "(0x8009030E)" in refused["text"] and "KDC" in refused["refused"]
 
 
 def test_credssp_migration_needs_delegated_credentials() -> None:
@@ -208,7 +208,7 @@ def test_second_hop_against_the_kdc(lab: LabThread) -> None:
             SecondHop(other.realm).obtain(
                 source=DST, destination=SRC, user=user, password=None, migration_auth="kerberos"
             )
-        assert refused.value.message_key == UNKNOWN_CREDENTIALS
+        assert refused.value.message_key == NO_CREDENTIALS
         # With the user's own password the source needs no delegation at all.
         own = SecondHop(other.realm).obtain(
             source=DST, destination=SRC, user=user, password=PASSWORD, migration_auth="credssp"

@@ -891,7 +891,8 @@ class Lab:
         (0x8009030E otherwise). Kerberos needs the source's computer account
         to be trusted for constrained delegation to the destination's
         services, and then works whatever the client authenticated with
-        (0x8009030D otherwise).
+        (0x8009030E as well otherwise: Microsoft's virtualization blog and
+        TechGenix quote that code for Kerberos without the right delegation).
         """
         culture = source.config.culture
         disabled = self._migration_disabled(source, dest)
@@ -900,7 +901,7 @@ class Lab:
         if dest.config.migration_auth == "credssp" and not delegated_credentials:
             return messages.text(culture, "no_credentials", host=dest.name)
         if dest.config.migration_auth == "kerberos" and not source.config.delegation:
-            return messages.text(culture, "unknown_credentials", host=dest.name)
+            return messages.text(culture, "no_credentials", host=dest.name)
         return None
 
     def _migration_disabled(self, source: _Host, dest: _Host) -> str | None:
