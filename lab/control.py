@@ -34,7 +34,8 @@ from typing import Any
 import migration_blackout
 from migration_blackout.probes.environment import child_environment
 
-from .daemon import STATE_FILE, STATE_SCHEMA_VERSION
+from . import kerberos
+from .daemon import KERBEROS_DIR, STATE_FILE, STATE_SCHEMA_VERSION
 from .guest import LAB_PREFIX
 from .netns import require_netns_privileges
 
@@ -79,8 +80,16 @@ class LabState:
     def ground_truth(self) -> Path:
         return Path(self.document["ground_truth"])
 
+    @property
+    def kerberos(self) -> dict[str, Any] | None:
+        """The realm (``realm``, ``krb5_config``, ``kdc``, ``user_principal``, ...),
+        or None for a lab without a KDC."""
+        realm = self.document.get("kerberos")
+        return None if realm is None else dict(realm)
+
     def public(self) -> dict[str, Any]:
         """The documented ``measure lab status --json`` shape."""
+        realm = self.kerberos
         return {
             "running": True,
             "pid": self.pid,
@@ -91,9 +100,16 @@ class LabState:
                     "auth": h["auth"],
                     "username": h["username"],
                     "password": h["password"],
+                    "service_principal": h.get("service_principal"),
                 }
                 for h in self.hosts
             ],
+            "kerberos": None
+            if realm is None
+            else {
+                key: realm[key]
+                for key in ("realm", "krb5_config", "kdc", "user_principal", "dns_domain")
+            },
             "guest": {
                 "name": self.document["guest"]["name"],
                 "address": self.guest_address,
@@ -301,6 +317,9 @@ def reap(record: LabRecord, *, deadline_s: float = DOWN_DEADLINE_S) -> list[str]
     if done is not None:
         why = f" (its run, process {record.owner_pid}, is gone)" if record.orphaned else ""
         removed.append(done + why)
+    if record.kind == "hyperv":
+        # The KDC and its directory server of a lab that could not stop them.
+        removed += kerberos.cleanup_stale(record.state_dir / KERBEROS_DIR)
     if record.private:
         if record.state_dir.is_dir():
             shutil.rmtree(record.state_dir, ignore_errors=True)
@@ -367,6 +386,7 @@ def up(
     reap_orphans()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
+    kerberos.cleanup_stale(state_dir / KERBEROS_DIR)
     log_path = state_dir / "daemon.log"
     argv = [sys.executable, "-m", "migration_blackout.lab.daemon", "--state-dir", str(state_dir)]
     if config is not None:
@@ -425,5 +445,7 @@ def down(*, state_dir: Path | None = None, deadline_s: float = DOWN_DEADLINE_S) 
     if path.exists():
         path.unlink()
         removed.append(str(path))
+    # The KDC and its directory server, if the daemon could not stop them.
+    removed += kerberos.cleanup_stale(state_dir / KERBEROS_DIR)
     removed += reap_orphans("hyperv")
     return removed

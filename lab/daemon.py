@@ -9,6 +9,7 @@ With ``--owner-pid`` (a lab started for one ``measure run``) it also stops
 when that process is gone, however it ended. SIGUSR1 fires the faults whose
 ``unresponsive_after`` is ``"signal"``: tests time a host's failure to a
 phase of the run that way.
+            realm = lab.realm
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .labconfig import LabConfigError, load_lab_config
 
 STATE_FILE = "lab.json"
 STATE_SCHEMA_VERSION = 1
+KERBEROS_DIR = "kerberos"
 
 
 def _write_state(path: Path, state: dict[str, object]) -> None:
@@ -81,7 +83,7 @@ async def serve(
     started = clock_pair()
     stamp = utc_iso(started.utc_ns).replace(":", "").replace("-", "")[:15]
     ground_truth = state_dir / f"ground_truth-{stamp}-{os.getpid()}.jsonl"
-    config = replace(config, ground_truth_path=ground_truth)
+    config = replace(config, ground_truth_path=ground_truth, kerberos_dir=state_dir / KERBEROS_DIR)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,6 +102,7 @@ async def serve(
             loop.add_signal_handler(signal.SIGUSR1, fire_signal_faults)
             if owner_pid is not None:
                 tasks.create_task(_watch_owner(owner_pid, stop))
+            realm = lab.realm
             state = {
                 "schema_version": STATE_SCHEMA_VERSION,
                 "pid": os.getpid(),
@@ -111,13 +114,20 @@ async def serve(
                         "url": endpoint.url,
                         "address": endpoint.address,
                         "port": endpoint.port,
-                        "auth": sorted(config.auth_methods),
+                        "auth": sorted(
+                            config.auth_methods | ({"kerberos"} if realm is not None else set())
+                        ),
                         "username": lab.credentials.username,
                         "principal": lab.credentials.principal,
                         "password": lab.credentials.password,
+                        "service_principal": None
+                        if realm is None
+                        else realm.host(endpoint.name).service_principal,
+                        "fqdn": None if realm is None else realm.host(endpoint.name).fqdn,
                     }
                     for endpoint in lab.hosts.values()
                 ],
+                "kerberos": None if realm is None else realm.describe(),
                 "guest": {
                     "name": config.vm.name,
                     "address": guest.address,

@@ -277,6 +277,8 @@ def judge(ran: Ran, tmp: Path) -> None:
     for state_dir in ran.state_dirs:
         if state_dir.exists():
             problems.append(f"the lab's state folder {state_dir} is left")
+        if _processes_mentioning(str(state_dir)):  # the KDC and its directory server too
+            problems.append(f"processes of the lab in {state_dir} still run")
     if ran.lab_state is not None:
         namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
         if ran.lab_state["guest"]["namespace"] in namespaces.stdout:
