@@ -357,11 +357,3 @@ def test_analysis_imports_neither_probes_nor_harness() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
-
-
-def test_reader_and_writer_agree_on_the_icmp_columns() -> None:
-    """analysis/ keeps its own copy of the columns (it never imports probes/);
-    this is where the two sides of run format v1 are held together."""
-    from migration_blackout.probes.icmp import ICMP_COLUMNS as WRITTEN
-
-    assert tuple(WRITTEN) == tuple(ICMP_COLUMNS)
