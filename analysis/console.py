@@ -45,21 +45,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.icmp import utc_iso
-from migration_blackout.analysis.runfolder import (
-    RunFolder,
-    load_run,
-    read_jsonl,
-    warn_skipped,
+from migration_blackout.analysis.runfolder import RunFolder, load_run, read_jsonl, warn_skipped
+from migration_blackout.runformat import (
+    CONSOLE,
+    CONSOLE_BLACK,
+    CONSOLE_UNAVAILABLE,
+    utc_iso,
 )
-
-RAW_SCHEMA_VERSION = 1
-PROBE = "console"
 
 DEFAULT_INTERLUDE_MAX_S = 3.0
 DEFAULT_DIM_DARK_FRACTION = 0.8
 
-ABNORMAL = frozenset({"black", "unavailable"})
+ABNORMAL = frozenset({CONSOLE_BLACK, CONSOLE_UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -298,8 +295,8 @@ def _blackout(
         lower_ms=lower_ms,
         upper_ms=upper_ms,
         estimate_ms=estimate_ms,
-        black_samples=counts["black"],
-        unavailable_samples=counts["unavailable"],
+        black_samples=counts[CONSOLE_BLACK],
+        unavailable_samples=counts[CONSOLE_UNAVAILABLE],
         interlude_samples=sum(1 for s in inside if not s.abnormal),
         host_switch=_host_switch(
             span,
@@ -455,7 +452,7 @@ def console_document(
 def console_summary(run: RunFolder | str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``console`` block of summary.json, or None for a run without the probe."""
     folder = run if isinstance(run, RunFolder) else load_run(run)
-    path = folder.probe_file(PROBE)
+    path = folder.probe_file(CONSOLE.probe)
     if path is None or not path.exists():
         return None
     return console_document(load_console(path), file=str(path.relative_to(folder.path)))

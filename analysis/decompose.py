@@ -42,9 +42,8 @@ import numpy as np
 import pandas as pd
 
 from migration_blackout.analysis.guest import (
-    FRAMES_FILE,
     FRAMES_SOURCE,
-    HEARTBEAT_FILE,
+    GUEST_RECORD_COLUMNS,
     HEARTBEAT_SOURCE,
     ExecutionGap,
     execution_gaps,
@@ -66,27 +65,23 @@ from migration_blackout.analysis.timeline import (
     parse_utc_ns,
     target_attempts,
 )
+from migration_blackout.runformat import (
+    CONSOLE,
+    FRAMES,
+    HEARTBEAT,
+    HOST_PROBE_PREFIX,
+    QEMU_MIGRATION,
+)
 
 # Hyper-V prints its blackout figure to this resolution (seconds).
 REPORTED_RESOLUTION_S = 0.1
 # The counts "around" the blackout reach this far on each side (seconds).
 AROUND_S = 5.0
-CONSOLE_FILE = "raw/console.jsonl"  # where the console-view probe writes (run-format.md)
-_GUEST_FILES = (HEARTBEAT_FILE, FRAMES_FILE)
+_GUEST_FILES = (HEARTBEAT.path, FRAMES.path)
 
 OBSERVED = "observed"
 UNKNOWN = "unknown"
 NOT_OBSERVED = "not_observed"
-
-_GUEST_COLUMNS = (
-    "agent_id",
-    "seq",
-    "guest_utc_ns",
-    "guest_mono_ns",
-    "interval_ns",
-    "recv_mono_ns",
-    "recv_utc_ns",
-)
 
 
 @dataclass(frozen=True)
@@ -412,7 +407,7 @@ def _freezes(records: pd.DataFrame, source: str) -> tuple[list[_Placed], str | N
     threshold = None
     if len(stated):
         threshold = _CANDIDATE_INTERVALS * float(stated.median()) / NS_PER_MS
-    gaps = execution_gaps(records[list(_GUEST_COLUMNS)], source=source, min_gap_ms=threshold)
+    gaps = execution_gaps(records[list(GUEST_RECORD_COLUMNS)], source=source, min_gap_ms=threshold)
     consecutive = [g for g in gaps if g.after_seq == g.before_seq + 1]
     if not consecutive:
         why = f"{source}: no freeze between consecutive records"
@@ -551,7 +546,7 @@ def _points(
 ) -> tuple[Point, ...]:
     polls = timeline.polls
     source, destination = timeline.source_host, timeline.destination_host
-    console_reason = f"no console probe in this run ({CONSOLE_FILE} absent)"
+    console_reason = f"no console probe in this run ({CONSOLE.path} absent)"
     no_hosts = "the run has no host polls" if not len(polls) else None
 
     def unknown(letter: str, what: str, reason: str) -> Point:
@@ -807,7 +802,7 @@ def qemu_component(run: RunFolder) -> Component | None:
     QEMU stamps its events with this machine's clock to the microsecond, so
     both edges are exact on the harness timeline (see ``analysis.qemu``).
     """
-    path = run.probe_file("qemu_migration")
+    path = run.probe_file(QEMU_MIGRATION.probe)
     if path is None or not path.exists():
         return None
     records = read_jsonl(path, what=f"{path.name} (QEMU migration raw file)").records
@@ -1050,10 +1045,10 @@ def decomposition_to_json(decomposition: Decomposition, timeline: Timeline) -> d
 def has_witnesses(run: RunFolder) -> bool:
     """Whether the run has more than ICMP to decompose: host polls, guest agent records
     or the console view."""
-    hosts = any(probe.startswith("host:") for probe in run.manifest.probes)
+    hosts = any(probe.startswith(HOST_PROBE_PREFIX) for probe in run.manifest.probes)
     guest = any((run.path / name).is_file() for name in _GUEST_FILES)
     probes = run.manifest.probes
-    return hosts or guest or "console" in probes or "qemu_migration" in probes
+    return hosts or guest or CONSOLE.probe in probes or QEMU_MIGRATION.probe in probes
 
 
 def decomposition_summary(run: RunFolder | str | os.PathLike[str]) -> dict[str, Any] | None:

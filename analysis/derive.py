@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from migration_blackout.analysis.guest import FRAMES_FILE, contact_sheet, load_frames
+from migration_blackout.analysis.guest import contact_sheet, load_frames
 from migration_blackout.analysis.plot import plot_timeline
 from migration_blackout.analysis.runfolder import raw_data_warnings
-from migration_blackout.analysis.summary import SUMMARY_FILE, write_summary
-
-CONTACT_SHEET_FILE = Path("derived") / "contact-sheet.png"
+from migration_blackout.analysis.summary import write_summary
+from migration_blackout.runformat import CONTACT_SHEET_FILE, FRAMES
 
 
 def rebuild_derived(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -28,7 +27,7 @@ def rebuild_derived(run_dir: str | os.PathLike[str]) -> list[Path]:
     written = [write_summary(run_path)]  # its warnings list the raw lines skipped
     with raw_data_warnings():  # the same lines, skipped again by the plots: said once
         written += plot_timeline(run_path)
-        if (run_path / FRAMES_FILE).is_file() and len(load_frames(run_path)) >= 2:
+        if (run_path / FRAMES.path).is_file() and len(load_frames(run_path)) >= 2:
             try:
                 written.append(contact_sheet(run_path, run_path / CONTACT_SHEET_FILE))
             except ValueError:
@@ -36,4 +35,4 @@ def rebuild_derived(run_dir: str | os.PathLike[str]) -> list[Path]:
     return written
 
 
-__all__ = ["CONTACT_SHEET_FILE", "SUMMARY_FILE", "rebuild_derived"]
+__all__ = ["rebuild_derived"]

@@ -28,6 +28,12 @@ from typing import Any
 import pandas as pd
 
 from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
+from migration_blackout.runformat import (
+    GROUND_TRUTH,
+    HOST_PROBE_PREFIX,
+    HYPERV_EVENTS,
+    POLL_OK,
+)
 
 # Hyper-V's migration events: 20415 (20417 over the critical level) carries
 # the VM's name, its id and the blackout in seconds as event data
@@ -38,9 +44,6 @@ _SECONDS = r"([0-9]+(?:[.,][0-9]+)?) seconds"
 _BLACKOUT_RE = re.compile(rf"blackout time of {_SECONDS}|blackout (?:took )?{_SECONDS}", re.I)
 _BROWNOUT_RE = re.compile(rf"brownout[^0-9]*{_SECONDS}", re.I)
 _DIRTY_RE = re.compile(r"([0-9]+) dirty pages", re.I)
-
-RAW_SCHEMA_VERSION = 1
-GROUND_TRUTH_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def load_host_polls(run: RunFolder) -> pd.DataFrame:
     """Every host poll of the run, one row each, sorted by send time."""
     frames = []
     for probe in run.manifest.probes:
-        if not probe.startswith("host:"):
+        if not probe.startswith(HOST_PROBE_PREFIX):
             continue
         path = run.probe_file(probe)
         if path is None or not path.exists():
@@ -83,7 +86,7 @@ def load_host_polls(run: RunFolder) -> pd.DataFrame:
         frame = pd.DataFrame.from_records([r for r in records if r.get("event") == "poll"])
         if frame.empty:
             continue
-        frame["host"] = header.get("host", probe.removeprefix("host:"))
+        frame["host"] = header.get("host", probe.removeprefix(HOST_PROBE_PREFIX))
         frame["role"] = header.get("role")
         frames.append(frame)
     if not frames:
@@ -91,7 +94,7 @@ def load_host_polls(run: RunFolder) -> pd.DataFrame:
             columns=["host", "role", "send_mono_ns", "recv_mono_ns", "listed", "state"]
         )
     polls = pd.concat(frames, ignore_index=True)
-    ok = polls["outcome"] == "ok"
+    ok = polls["outcome"] == POLL_OK
     polls["seen"] = "error"
     polls.loc[ok & ~polls["listed"].fillna(False).astype(bool), "seen"] = "unlisted"
     listed = ok & polls["listed"].fillna(False).astype(bool)
@@ -148,7 +151,7 @@ def host_blackout(polls: pd.DataFrame, source: str, destination: str) -> HostBla
 
 
 def load_hyperv_events(run: RunFolder) -> list[dict[str, Any]]:
-    path = run.probe_file("hyperv_events")
+    path = run.probe_file(HYPERV_EVENTS.probe)
     if path is None or not path.exists():
         return []
     _header, records = _read_jsonl(path, f"{path.name} (Hyper-V events raw file)")
@@ -242,7 +245,7 @@ def reported_blackout(events: list[dict[str, Any]], vm: str) -> dict[str, Any] |
 
 def load_ground_truth(run: RunFolder) -> list[dict[str, Any]] | None:
     """The emulated lab's state changes during the run, or None for real hosts."""
-    path = run.probe_file("ground_truth")
+    path = run.probe_file(GROUND_TRUTH.probe)
     if path is None or not path.exists():
         return None
     _header, records = _read_jsonl(path, f"{path.name} (lab ground truth)")
@@ -286,7 +289,7 @@ def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
     """The ``hyperv`` block of summary.json, or None for runs without hosts."""
     document = run.manifest.document
     hyperv: Mapping[str, Any] = document.get("hyperv") or {}
-    if not hyperv and not any(p.startswith("host:") for p in run.manifest.probes):
+    if not hyperv and not any(p.startswith(HOST_PROBE_PREFIX) for p in run.manifest.probes):
         return None
     config = run.manifest.config
     vm = str(config.get("vm") or "")
@@ -301,7 +304,7 @@ def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
     for host, group in polls.groupby("host"):
         per_host[str(host)] = {
             "polls": len(group),
-            "failed": int((group["outcome"] != "ok").sum()),
+            "failed": int((group["outcome"] != POLL_OK).sum()),
             "states_seen": sorted(set(group["seen"].astype(str))),
         }
     return {

@@ -44,7 +44,6 @@ from matplotlib.transforms import Bbox, blended_transform_factory
 from PIL import Image
 
 from migration_blackout.analysis.decompose import Component, Decomposition, Instant, decompose
-from migration_blackout.analysis.icmp import utc_iso
 from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.timeline import (
     EVENTS_LANE,
@@ -54,10 +53,18 @@ from migration_blackout.analysis.timeline import (
     build_timeline,
     target_attempts,
 )
+from migration_blackout.runformat import (
+    DERIVED_DIR,
+    TIMELINE_PNG,
+    TIMELINE_SVG,
+    TIMELINE_ZOOM_PNG,
+    utc_iso,
+)
 
-OVERVIEW_PNG = "timeline.png"
-OVERVIEW_SVG = "timeline.svg"
-ZOOM_PNG = "timeline-zoom.png"
+# The files' names, in ``out_dir`` (``derived/`` of the run folder by default).
+OVERVIEW_PNG = Path(TIMELINE_PNG).name
+OVERVIEW_SVG = Path(TIMELINE_SVG).name
+ZOOM_PNG = Path(TIMELINE_ZOOM_PNG).name
 
 WIDTH_IN = 16.0
 DPI = 100
@@ -968,7 +975,7 @@ def plot_timeline(
     timeline = build_timeline(run_dir)
     decomposition = decompose(timeline)
     whole, zoom = timeline_figures(timeline, decomposition, zoom_s=zoom_s)
-    out = Path(run_dir) / "derived" if out_dir is None else Path(out_dir)
+    out = Path(run_dir) / DERIVED_DIR if out_dir is None else Path(out_dir)
     written = [
         replace_file(out / OVERVIEW_PNG, _saver(whole, "png", {"Software": None})),
         replace_file(out / OVERVIEW_SVG, _saver(whole, "svg", {"Date": None})),

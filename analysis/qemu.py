@@ -15,12 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
-
-RAW_SCHEMA_VERSION = 1
+from migration_blackout.runformat import QEMU_MIGRATION
 
 
 def _records(run: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    path = run.probe_file("qemu_migration")
+    path = run.probe_file(QEMU_MIGRATION.probe)
     if path is None or not path.exists():
         return None
     raw = read_jsonl(path, what=f"{path.name} (QEMU migration raw file)")

@@ -57,7 +57,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from migration_blackout.analysis.compare import (
-    DEFAULT_MAX_REGRESSION_PCT,
     RegressionVerdict,
     Verdict,
     compare_blackouts,
@@ -66,66 +65,27 @@ from migration_blackout.analysis.compare import (
     format_pct,
 )
 from migration_blackout.analysis.render import text_table
-from migration_blackout.analysis.runfolder import (
-    RunFolder,
-    RunFormatError,
-    load_run,
-    package_version,
-)
-from migration_blackout.analysis.summary import (
+from migration_blackout.analysis.runfolder import RunFolder, load_run
+from migration_blackout.analysis.summary import build_summary, read_summary, write_summary
+from migration_blackout.runformat import (
+    MANIFEST_FILE,
+    REPORT_SCHEMA_VERSION,
+    SESSION_FILE,
     SUMMARY_FILE,
-    build_summary,
-    read_summary,
-    write_summary,
+    RunFormatError,
+    RunStatus,
+    Thresholds,
+    package_version,
 )
 
 DIRECTION_UNKNOWN = "unknown"
-INCLUDED_STATUS = "completed"
+INCLUDED_STATUS = RunStatus.COMPLETED
 JUNIT_PACKAGE = "migration-blackout"
 # Above this many runs the Markdown per-run table folds into <details>.
 MARKDOWN_FOLD_RUNS = 20
 # CPU steal during a run (the measuring machine's hypervisor ran something else)
 # from which the report mentions it.
 STEAL_NOTE_PCT = 2.0
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Limits the report checks; a limit left at None is not checked.
-
-    ``max_blackout_ms``: each run's blackout upper bound, in ms (a run at the
-    limit passes). ``max_timeouts``: timeouts inside each run's blackout
-    ("Request timed out"; unreachable answers are counted apart and not
-    limited). ``max_regression_pct``: how far the median upper bound may rise
-    above the baseline's before a significant rise is a regression; None means
-    10 %, and it only applies when there is a baseline.
-    """
-
-    max_blackout_ms: float | None = None
-    max_timeouts: int | None = None
-    max_regression_pct: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_blackout_ms", "max_regression_pct"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, not {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
-        timeouts = self.max_timeouts
-        if timeouts is not None and (
-            isinstance(timeouts, bool) or not isinstance(timeouts, int) or timeouts < 0
-        ):
-            raise ValueError(f"max_timeouts must be an integer >= 0, not {timeouts!r}")
-
-    @property
-    def regression_pct(self) -> float:
-        """``max_regression_pct``, or its default of 10 %."""
-        if self.max_regression_pct is None:
-            return DEFAULT_MAX_REGRESSION_PCT
-        return float(self.max_regression_pct)
 
 
 @dataclass(frozen=True)
@@ -515,7 +475,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
         and error.type == "interrupted"
     ):
         # Before watch recorded a signal as its normal end, it wrote "aborted".
-        status, error = "completed", None
+        status, error = str(RunStatus.COMPLETED), None
         ended_by = "signal (recorded as aborted by an older version)"
     host = document.get("harness_host")
     hostname = host.get("hostname") if isinstance(host, Mapping) else None
@@ -554,19 +514,17 @@ def run_group(run: ReportedRun, group_by: Sequence[str]) -> str:
 # --- which folders -----------------------------------------------------------------------
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
-RUN_MANIFEST = "manifest.json"
-SESSION_FILE = "session.json"
 
 
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / RUN_MANIFEST).is_file()
+    return (Path(path) / MANIFEST_FILE).is_file()
 
 
 def _runs_below(folder: Path) -> list[Path]:
     """Run folders inside ``folder`` (sessions and parents of runs, at any depth), by path."""
     found: list[Path] = []
     for parent, subfolders, files in os.walk(folder):
-        if RUN_MANIFEST in files and Path(parent) != folder:
+        if MANIFEST_FILE in files and Path(parent) != folder:
             found.append(Path(parent))
             subfolders.clear()  # a run folder holds no runs
             continue
@@ -618,7 +576,7 @@ def find_run_folders(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if not path.exists():
             raise RunFormatError(f"{given} does not exist")
         if path.is_file():
-            if path.name in (RUN_MANIFEST, SESSION_FILE):
+            if path.name in (MANIFEST_FILE, SESSION_FILE):
                 visit(str(path.parent), depth)
                 return
             resolved = path.resolve()
@@ -1718,11 +1676,6 @@ def format_report_table(report: Report) -> str:
     lead, verdict = _verdict_line(report)
     lines += ["", f"{lead}: {verdict}"]
     return "\n".join(lines) + "\n"
-
-
-# Version history of the report document (``measure report --json``):
-#   1 (0.1.0): first version.
-REPORT_SCHEMA_VERSION = 1
 
 
 def _ms_or_none(value: float | None) -> float | None:

@@ -2,7 +2,7 @@
 
 The document is a stable API that scripts and CI parse; docs/summary-format.md
 describes every key. Later versions only add keys; a change that removes or
-redefines one bumps ``SUMMARY_SCHEMA_VERSION``.
+redefines one bumps ``runformat.SUMMARY_SCHEMA_VERSION``.
 """
 
 from __future__ import annotations
@@ -22,26 +22,27 @@ from migration_blackout.analysis.icmp import (
     Outage,
     TargetIcmpSummary,
     analyse_icmp,
-    utc_iso,
 )
 from migration_blackout.analysis.outputs import replace_text
 from migration_blackout.analysis.qemu import qemu_summary
 from migration_blackout.analysis.runfolder import (
     RunFolder,
-    RunFormatError,
-    check_schema_version,
     load_icmp,
     load_run,
-    package_version,
+    manifest_icmp_interval_s,
     raw_data_warnings,
     requested_icmp_interval_s,
 )
-
-# Version history of derived/summary.json (docs/summary-format.md has the details):
-#   1 (0.1.0): first version.
-SUMMARY_SCHEMA_VERSION = 1
-
-SUMMARY_FILE = Path("derived") / "summary.json"
+from migration_blackout.runformat import (
+    ICMP,
+    SUMMARY_FILE,
+    SUMMARY_SCHEMA_VERSION,
+    RunFormatError,
+    RunStatus,
+    check_schema_version,
+    package_version,
+    utc_iso,
+)
 
 
 def _ms(value: float | None) -> float | None:
@@ -113,10 +114,10 @@ def _utc(utc_ns: int | None) -> str | None:
 
 
 def _analyse_run_icmp(run: RunFolder, warnings: list[str]) -> IcmpAnalysis | None:
-    path = run.probe_file("icmp")
+    path = run.probe_file(ICMP.probe)
     if path is None:
         return None
-    if not path.is_file() and run.manifest.status != "completed":
+    if not path.is_file() and run.manifest.status != RunStatus.COMPLETED:
         # A run that failed before its probe wrote anything still gets a summary.
         warnings.append(
             f"the icmp probe file {path.relative_to(run.path)} does not exist "
@@ -131,13 +132,11 @@ def _analyse_run_icmp(run: RunFolder, warnings: list[str]) -> IcmpAnalysis | Non
             f"{records.path.relative_to(run.path)} ends in a partial line "
             "(the writer stopped mid-row); that line was ignored"
         )
-    header_s = records.interval_s
-    config = run.manifest.config.get("icmp")
-    config_s = config.get("interval_s") if isinstance(config, dict) else None
-    if header_s is not None and isinstance(config_s, int | float) and config_s != header_s:
+    header_s, manifest_s = records.interval_s, manifest_icmp_interval_s(run)
+    if header_s is not None and manifest_s is not None and manifest_s != header_s:
         warnings.append(
-            f"icmp interval_s differs: {header_s} in the raw header, {config_s} in the "
-            "manifest config; the raw header's is used"
+            f"icmp interval_s differs: {header_s} in the raw header, {manifest_s} in the "
+            "manifest; the raw header's is used"
         )
     header_targets = records.targets or tuple(t for t in run.manifest.targets if isinstance(t, str))
     return analyse_icmp(

@@ -75,9 +75,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from migration_blackout.analysis.guest import (
-    FRAMES_FILE,
     FRAMES_SOURCE,
-    HEARTBEAT_FILE,
     HEARTBEAT_SOURCE,
     load_frames,
     load_heartbeats,
@@ -87,17 +85,26 @@ from migration_blackout.analysis.hyperv import (
     load_host_polls,
     load_hyperv_events,
 )
-from migration_blackout.analysis.icmp import utc_iso
 from migration_blackout.analysis.runfolder import (
-    ICMP_ATTEMPT_OUTCOMES,
     ICMP_OUTCOME_DTYPE,
     IcmpRecords,
     RunFolder,
-    RunFormatError,
     load_icmp,
     load_run,
     read_jsonl,
     requested_icmp_interval_s,
+)
+from migration_blackout.runformat import (
+    CONSOLE,
+    FRAMES,
+    HARNESS_EVENTS,
+    HEARTBEAT,
+    HOST_PROBE_PREFIX,
+    ICMP,
+    ICMP_ATTEMPT_OUTCOMES,
+    RunFormatError,
+    RunStatus,
+    utc_iso,
 )
 
 NS_PER_MS = 1_000_000
@@ -358,8 +365,12 @@ def _hyperv_host(run: RunFolder, role: str) -> str | None:
     if isinstance(hyperv, Mapping) and isinstance(hyperv.get(role), str):
         return str(hyperv[role])
     for probe, entry in run.manifest.probes.items():
-        if probe.startswith("host:") and isinstance(entry, Mapping) and entry.get("role") == role:
-            return probe.removeprefix("host:")
+        if (
+            probe.startswith(HOST_PROBE_PREFIX)
+            and isinstance(entry, Mapping)
+            and entry.get("role") == role
+        ):
+            return probe.removeprefix(HOST_PROBE_PREFIX)
     return None
 
 
@@ -511,10 +522,10 @@ def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = 
 
 
 def _load_icmp(run: RunFolder, rtt: bool, warnings: list[str]) -> IcmpRecords | None:
-    path = run.probe_file("icmp")
+    path = run.probe_file(ICMP.probe)
     if path is None:
         return None
-    if not path.is_file() and run.manifest.status != "completed":
+    if not path.is_file() and run.manifest.status != RunStatus.COMPLETED:
         warnings.append(f"{path.relative_to(run.path)} does not exist (run {run.manifest.status})")
         return None
     columns = ("target", "n", "outcome", "send_mono_ns", "send_utc_ns")
@@ -664,7 +675,7 @@ def _poll_rows(polls: pd.DataFrame) -> pd.DataFrame:
     status = polls["status"] if "status" in polls else pd.Series("", index=polls.index)
     error = polls["error"] if "error" in polls else pd.Series("", index=polls.index)
     label = status.where(polls["seen"] != "error", error).fillna("").astype(str)
-    source = "host:" + polls["host"].astype(str)
+    source = HOST_PROBE_PREFIX + polls["host"].astype(str)
     return pd.DataFrame(
         {
             "source": source,
@@ -723,7 +734,7 @@ def _read_jsonl_records(path: Path) -> list[dict[str, Any]]:
 
 
 def _harness_rows(run: RunFolder) -> pd.DataFrame:
-    path = run.probe_file("harness")
+    path = run.probe_file(HARNESS_EVENTS.probe)
     if path is None or not path.is_file():
         return _empty()
     rows = []
@@ -790,7 +801,6 @@ def _frame_rows(frames: pd.DataFrame) -> pd.DataFrame:
 
 # -- console view ------------------------------------------------------------
 
-CONSOLE_PROBE = "console"
 CONSOLE_LANE = "console"
 
 
@@ -808,7 +818,7 @@ def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
         "dark_fraction": pd.Series(dtype=np.float64),
         "image": pd.Series(dtype=object),
     }
-    path = run.probe_file(CONSOLE_PROBE)
+    path = run.probe_file(CONSOLE.probe)
     if path is None or not path.is_file():
         return pd.DataFrame(columns), ()
     # Imported here: only runs with a console probe need that reader.
@@ -841,7 +851,7 @@ def _console_rows(console: pd.DataFrame) -> pd.DataFrame:
         return _empty()
     return pd.DataFrame(
         {
-            "source": CONSOLE_PROBE,
+            "source": CONSOLE.probe,
             "lane": CONSOLE_LANE,
             "kind": console["view"],
             "t_mono_ns": console["t_mono_ns"],
@@ -873,9 +883,9 @@ def _load_guest(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, GuestClock]]:
     heartbeats = pd.DataFrame(_guest_frame_columns())
     frames = pd.DataFrame({**_guest_frame_columns(), "file": pd.Series(dtype=str)})
-    if (run.path / HEARTBEAT_FILE).is_file():
+    if (run.path / HEARTBEAT.path).is_file():
         heartbeats = load_heartbeats(run.path).drop_duplicates(["agent_id", "seq"])
-    if (run.path / FRAMES_FILE).is_file():
+    if (run.path / FRAMES.path).is_file():
         frames = load_frames(run.path).drop_duplicates(["agent_id", "seq"])
     if not len(heartbeats) and not len(frames):
         return heartbeats, frames, {}

@@ -54,7 +54,7 @@ BLACKOUT_AT_S = 1800.0
 
 def generate(run: Path, *, seconds: float, rate_hz: float, seed: int = 20261125) -> dict[str, Any]:
     """Write ``run`` (manifest + raw/icmp.csv); returns what was injected."""
-    from migration_blackout.analysis.runfolder import ICMP_COLUMNS
+    from migration_blackout.runformat import ICMP
 
     rng = np.random.default_rng(seed)
     interval_ns = round(1e9 / rate_hz)
@@ -115,7 +115,7 @@ def generate(run: Path, *, seconds: float, rate_hz: float, seed: int = 20261125)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "x", encoding="utf-8", newline="") as raw:
         raw.write("# " + json.dumps(header, sort_keys=True) + "\n")
-        raw.write(",".join(ICMP_COLUMNS) + "\n")
+        raw.write(",".join(ICMP.columns) + "\n")
         for chunk in np.array_split(order, max(1, len(order) // 200_000)):
             raw.write(
                 _csv_lines(all_n[chunk], all_outcome[chunk], all_send[chunk], all_recv[chunk])

@@ -84,13 +84,8 @@ def generate(
     """Write ``run``; returns the true instants and sizes."""
     from PIL import Image
 
-    from migration_blackout.analysis.runfolder import ICMP_COLUMNS
-    from migration_blackout.probes.guest_receiver import (
-        FRAMES_FILE,
-        HEARTBEAT_COLUMNS,
-        HEARTBEAT_FILE,
-    )
     from migration_blackout.probes.sink import CsvSink, JsonlSink
+    from migration_blackout.runformat import FRAMES, HEARTBEAT, ICMP
 
     rng = np.random.default_rng(seed)
     utc = UTC0 - MONO0
@@ -114,7 +109,7 @@ def generate(
     icmp = CsvSink(
         run / "raw" / "icmp.csv",
         probe="icmp",
-        columns=ICMP_COLUMNS,
+        columns=ICMP.columns,
         meta={"interval_s": 1 / icmp_hz, "timeout_s": 1.0, "targets": [TARGET]},
     )
     for chunk in np.array_split(order, max(1, count // CHUNK)):
@@ -238,9 +233,9 @@ def generate(
     hb = guest_sends(heartbeat_hz)
     hb_recv = hb + rng.integers(100_000, 500_000, len(hb))
     heartbeats = CsvSink(
-        run / HEARTBEAT_FILE,
+        run / HEARTBEAT.path,
         probe="guest_heartbeat",
-        columns=HEARTBEAT_COLUMNS,
+        columns=HEARTBEAT.columns,
         meta={"listen": "0.0.0.0:9", "heartbeat_version": 1, "recv_stamp": "kernel"},
     )
     g = guest_mono(hb)
@@ -261,7 +256,7 @@ def generate(
     frame_count = 0
     if frames:
         (run / "frames").mkdir(exist_ok=True)
-        sink = JsonlSink(run / FRAMES_FILE, probe="guest_frames", meta={"frames_dir": "frames"})
+        sink = JsonlSink(run / FRAMES.path, probe="guest_frames", meta={"frames_dir": "frames"})
         captures = guest_sends(1.0)
         for seq, capture in enumerate(captures.tolist()):
             upload = capture + 15 * MS

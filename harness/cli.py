@@ -818,10 +818,11 @@ def watch(
     SIGTERM): either way the run is complete and counts in reports.
     """
     from migration_blackout.probes.icmp import IcmpPermissionError
+    from migration_blackout.runformat import RunStatus
 
     from .commands import watch as watch_command
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
-    from .runfolder import OutputFolderError, RunStatus, describe_error
+    from .runfolder import OutputFolderError, describe_error
 
     forget_secrets()  # no password is read here: no child inherits one
     terminal = _Terminal()
@@ -900,7 +901,7 @@ def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
     these, one per line.
     """
     from migration_blackout.analysis.report import is_run_folder
-    from migration_blackout.analysis.runfolder import RunFormatError
+    from migration_blackout.runformat import RunFormatError
 
     from .commands import analyze as analyze_command
 
@@ -1020,7 +1021,7 @@ def report(
       measure report results/nightly-*/ --baseline results/release-1.2/
       measure report --baseline base/* -- new/*
     """
-    from migration_blackout.analysis.report import Thresholds
+    from migration_blackout.runformat import Thresholds
 
     from .commands import report as report_command
     from .config import ConfigError, load_config

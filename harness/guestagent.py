@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
+from migration_blackout.runformat import FRAMES, HEARTBEAT, REJECTS
 
 from .runfolder import RunFolder
 
@@ -82,12 +83,8 @@ class GuestAgentSession:
             run.path, token=self.token, host=setup.listen_host, port=setup.listen_port
         )
         self.desktop: Any = None
-        for probe, file in (
-            ("guest_frames", "raw/guest_frames.jsonl"),
-            ("guest_heartbeat", "raw/guest_heartbeat.csv"),
-            ("guest_rejects", "raw/guest_rejects.jsonl"),
-        ):
-            run.register_probe(probe, file)
+        for raw_file in (FRAMES, HEARTBEAT, REJECTS):
+            run.register_probe(raw_file.probe, raw_file.path)
 
     def agent_url(self) -> str:
         host, port = self.receiver.address

@@ -19,6 +19,7 @@ both together.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import metadata
 from typing import Any, Literal
+from urllib.parse import quote
 
 # -- versions ----------------------------------------------------------------
 
@@ -37,8 +39,11 @@ MANIFEST_SCHEMA_VERSION = 1
 #   1 (0.1.0): first version.
 RAW_SCHEMA_VERSION = 1
 
-# The emulated lab's ground truth (its own header line in raw/ground_truth.jsonl):
-#   1 (0.1.0): first version.
+# The emulated lab's ground truth (lab/hyperv_emulator/groundtruth.py; copied
+# into raw/ground_truth.jsonl below the raw header line):
+#   1 (0.1.0): first version: header {"kind": "header", "schema_version": 1,
+#      "writer", "created", "lab"}; events {"kind": "event", "event", "mono_ns",
+#      "utc_ns", "utc", ...details}.
 GROUND_TRUTH_SCHEMA_VERSION = 1
 
 # derived/summary.json (docs/summary-format.md). Later versions only add keys;
@@ -247,8 +252,19 @@ CONSOLE = RawFile("console", "raw/console.jsonl", "jsonl")
 
 
 def host_state_file(host: str) -> RawFile:
-    """The poll record of one host (manifest probe ``host:<host>``)."""
-    return RawFile("host_state", f"raw/host_{host}.jsonl", "jsonl")
+    """The poll record of one host (manifest probe ``host:<host>``):
+    ``raw/host_<name>.jsonl``. A name from a configuration file is never
+    trusted as a path: anything but letters, digits, ``.``, ``_`` and ``-`` is
+    percent-encoded (``/`` is ``%2F``), so the file stays in ``raw/`` whatever
+    the name; a very long name is cut and told apart by a hash of the whole."""
+    encoded = quote(host, safe="")
+    if len(encoded) > _MAX_ENCODED_HOST:
+        digest = hashlib.blake2b(host.encode("utf-8"), digest_size=6).hexdigest()
+        encoded = f"{encoded[: _MAX_ENCODED_HOST - 13]}~{digest}"
+    return RawFile("host_state", f"{RAW_DIR}/host_{encoded}.jsonl", "jsonl")
+
+
+_MAX_ENCODED_HOST = 160  # a file name is at most 255 bytes
 
 
 # derived/: rebuilt from raw/ by ``measure analyze``.

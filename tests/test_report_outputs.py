@@ -28,15 +28,14 @@ from report_runs import write_run
 
 from migration_blackout.analysis.report import (
     CheckOutcome,
-    Thresholds,
     build_report,
     figure_stats,
     plot_direction_distributions,
     plot_run_blackouts,
     render_junit,
 )
-from migration_blackout.analysis.summary import SUMMARY_FILE
 from migration_blackout.harness.commands.report import run
+from migration_blackout.runformat import SUMMARY_FILE, Thresholds
 
 DATA = Path(__file__).parent / "data"
 V1_SMALL = DATA / "runs" / "v1-small"

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.host_state import HostObservation
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import HYPERV_EVENTS
 
 from .. import kerberos
 from ..clocksync import ClockOffset, sample_clock
@@ -459,7 +460,7 @@ class HyperVBackend:
             probe="hyperv_events",
             meta={"vm": self.config.vm, "vm_id": self.vm_id, "since": since.isoformat()},
         )
-        run.register_probe("hyperv_events", "raw/hyperv_events.jsonl", format="jsonl")
+        run.register_probe(HYPERV_EVENTS.probe, HYPERV_EVENTS.path, format="jsonl")
 
         async def one_host(name: str, session: HostSession) -> None:
             # Ask in the host's own time: its clock may be off by seconds.

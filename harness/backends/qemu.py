@@ -35,6 +35,7 @@ from migration_blackout.lab.qemu.migration import (
 )
 from migration_blackout.lab.qemu.qmp import QmpClient, QmpError
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import QEMU_MIGRATION
 
 from ..clocksync import ClockOffset
 from ..runfolder import RunFolder
@@ -197,7 +198,7 @@ class QemuBackend:
                 "timeout_s": timeout_s,
             },
         )
-        run.register_probe("qemu_migration", "raw/qemu_migration.jsonl", format="jsonl")
+        run.register_probe(QEMU_MIGRATION.probe, QEMU_MIGRATION.path, format="jsonl")
         names = {"source": source, "destination": destination}
 
         def on_event(role: str, event: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from migration_blackout.analysis.derive import rebuild_derived
 from migration_blackout.analysis.report import find_run_folders
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.runformat import RunFormatError
 
 from ..runfolder import describe_error
 

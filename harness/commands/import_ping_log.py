@@ -28,9 +28,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from migration_blackout.analysis.summary import write_summary
-from migration_blackout.probes.clock import utc_iso
 from migration_blackout.probes.sink import CsvSink
-from migration_blackout.runformat import ICMP
+from migration_blackout.runformat import ICMP, RunStatus, utc_iso
 
 from ..importers import (
     UNRECOGNISED_QUOTED,
@@ -45,7 +44,7 @@ from ..importers import (
     parse_timezone,
     utc_offset_name,
 )
-from ..runfolder import RunStatus, create_run_folder, redact
+from ..runfolder import create_run_folder, redact
 
 RUN_KIND = "import"
 WRITE_BATCH = 10_000  # rows handed to the CSV writer at a time

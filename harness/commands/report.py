@@ -18,7 +18,6 @@ from pathlib import Path
 
 from migration_blackout.analysis.report import (
     Report,
-    Thresholds,
     build_report,
     format_report_table,
     render_html,
@@ -26,7 +25,7 @@ from migration_blackout.analysis.report import (
     render_markdown,
     report_document,
 )
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.runformat import RunFormatError, Thresholds
 
 from .. import exitcodes
 from ..runfolder import describe_error

@@ -6,7 +6,6 @@ Start them with :class:`LabHosts` (in an event loop) or :class:`LabThread`
 ground-truth file format in :mod:`lab.hyperv.groundtruth`.
 """
 
-from migration_blackout.lab.hyperv.groundtruth import SCHEMA_VERSION as GROUND_TRUTH_SCHEMA_VERSION
 from migration_blackout.lab.hyperv.groundtruth import read_ground_truth
 from migration_blackout.lab.hyperv.model import (
     DEFAULT_DESTINATION_HOST,
@@ -31,7 +30,6 @@ __all__ = [
     "DEFAULT_DESTINATION_HOST",
     "DEFAULT_SOURCE_HOST",
     "DEFAULT_VM_NAME",
-    "GROUND_TRUTH_SCHEMA_VERSION",
     "FaultConfig",
     "GuestControl",
     "HostConfig",
