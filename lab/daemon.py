@@ -27,7 +27,7 @@ from migration_blackout.probes.clock import clock_pair
 from migration_blackout.runformat import utc_iso
 
 from .guest import NetnsGuest
-from .hyperv import LabHosts
+from .hyperv_emulator import LabHosts
 from .labconfig import LabConfigError, load_lab_config
 
 STATE_FILE = "lab.json"

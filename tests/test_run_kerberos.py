@@ -25,7 +25,7 @@ from test_run_lab import FAST_LAB
 
 from migration_blackout.lab import control
 from migration_blackout.lab.control import LabState
-from migration_blackout.lab.hyperv import read_ground_truth
+from migration_blackout.lab.hyperv_emulator import read_ground_truth
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

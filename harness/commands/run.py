@@ -78,8 +78,8 @@ from ..deadlines import (
     within,
 )
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
-from ..hyperv import HostError
 from ..machine import MachineWatch
+from ..psrp_session import HostError
 from ..runfolder import RunFolder, create_run_folder
 
 T = TypeVar("T")

@@ -39,9 +39,9 @@ from psrpcore.types import (
     RunspacePoolState,
 )
 
-from migration_blackout.lab.hyperv import cmdlets, pstypes
-from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
-from migration_blackout.lab.hyperv.model import Lab, ReachDestination
+from migration_blackout.lab.hyperv_emulator import cmdlets, pstypes
+from migration_blackout.lab.hyperv_emulator.identity import ANONYMOUS, SessionIdentity
+from migration_blackout.lab.hyperv_emulator.model import Lab, ReachDestination
 
 log = logging.getLogger(__name__)
 

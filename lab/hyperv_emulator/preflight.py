@@ -16,7 +16,7 @@ from typing import Any
 
 from psrpcore.types import PSCustomObject, PSList
 
-from migration_blackout.lab.hyperv import cmdlets, model
+from migration_blackout.lab.hyperv_emulator import cmdlets, model
 
 SCRIPT_RESOURCE = "scripts/Test-VMMigration.ps1"
 SCRIPT_NAME = "Test-VMMigration.ps1"

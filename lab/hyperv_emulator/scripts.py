@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from psrpcore import Command
 
-from migration_blackout.lab.hyperv import cmdlets
+from migration_blackout.lab.hyperv_emulator import cmdlets
 
 SCRIPT_PACKAGE = "migration_blackout.harness"
 
@@ -49,7 +49,7 @@ def script_runner(script: cmdlets.Cmdlet) -> Runner:
 @functools.cache
 def _registry() -> dict[str, Runner]:
     # Imported here: these modules build on the cmdlet layer.
-    from migration_blackout.lab.hyperv import eventlog, preflight, thumbnail
+    from migration_blackout.lab.hyperv_emulator import eventlog, preflight, thumbnail
 
     return {
         thumbnail.shipped_script(): script_runner(thumbnail.THUMBNAIL_SCRIPT),

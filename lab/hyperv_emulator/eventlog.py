@@ -29,7 +29,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from psrpcore.types import ErrorCategory, ErrorRecord, PSCustomObject, PSInt, PSInt64
 
-from migration_blackout.lab.hyperv import cmdlets, model, pstypes
+from migration_blackout.lab.hyperv_emulator import cmdlets, model, pstypes
 
 SCRIPT_RESOURCE = "scripts/Get-MigrationEvents.ps1"
 SCRIPT_NAME = "Get-MigrationEvents.ps1"

@@ -3,13 +3,13 @@
 Each cmdlet binds its parameters the way PowerShell does for a remote
 ``AddCommand`` / ``AddParameter`` pipeline (case-insensitive names, unique
 prefixes, aliases, positional arguments), then reads or drives the
-:class:`~lab.hyperv.model.Lab`. Output objects and error records carry the
+:class:`~lab.hyperv_emulator.model.Lab`. Output objects and error records carry the
 real .NET type names and error ids; whether an error terminates the pipeline
 follows Windows.
 
 Scripts (``AddScript``) are not interpreted: the lab answers them with a
 terminating error that says so, except the harness's thumbnail script, which
-:mod:`lab.hyperv.thumbnail` recognises by its text and answers.
+:mod:`lab.hyperv_emulator.thumbnail` recognises by its text and answers.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from psrpcore import Command
 from psrpcore.types import ErrorCategory, ErrorRecord, PSObject
 
-from migration_blackout.lab.hyperv import model, pstypes
-from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
+from migration_blackout.lab.hyperv_emulator import model, pstypes
+from migration_blackout.lab.hyperv_emulator.identity import ANONYMOUS, SessionIdentity
 
 HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
 PARAMETER_BINDING_EXCEPTION = [
@@ -413,7 +413,7 @@ async def _get_winevent(ctx: CmdletContext, params: dict[str, Any]) -> None:
             predicate = eventlog_xpath("*" if xpath is None else str(xpath))
         except ValueError:
             # Invalid query: EventLogReader throws, Get-WinEvent fails.
-            from migration_blackout.lab.hyperv import eventlog
+            from migration_blackout.lab.hyperv_emulator import eventlog
 
             raise TerminatingError(eventlog.invalid_query(GET_WINEVENT.name)) from None
     events, errors = query_events(ctx, log_names, predicate)
@@ -436,7 +436,7 @@ async def _get_winevent(ctx: CmdletContext, params: dict[str, Any]) -> None:
 
 def eventlog_xpath(xpath: str) -> EventPredicate:
     # Imported here: the eventlog module builds on this one.
-    from migration_blackout.lab.hyperv import eventlog
+    from migration_blackout.lab.hyperv_emulator import eventlog
 
     return eventlog.compile_xpath(xpath)
 
@@ -744,7 +744,7 @@ async def run_statement(ctx: CmdletContext, commands: list[Command]) -> None:
     first = commands[0]
     if first.is_script:
         # Imported here: the scripts build on this module.
-        from migration_blackout.lab.hyperv import scripts
+        from migration_blackout.lab.hyperv_emulator import scripts
 
         runner = scripts.find(first.command_text)
         if runner is None:

@@ -50,8 +50,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from psrpcore.types import ErrorCategory, ErrorRecord, PSByteArray, PSCustomObject, PSInt
 
-from migration_blackout.lab.hyperv import cmdlets, model, pstypes
-from migration_blackout.lab.hyperv.cmdlets import CmdletContext, Parameter, TerminatingError
+from migration_blackout.lab.hyperv_emulator import cmdlets, model, pstypes
+from migration_blackout.lab.hyperv_emulator.cmdlets import (
+    CmdletContext,
+    Parameter,
+    TerminatingError,
+)
 from migration_blackout.probes.clock import ClockPair
 
 SCRIPT_PACKAGE = "migration_blackout.harness"
