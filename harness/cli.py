@@ -900,7 +900,7 @@ def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
     holding run folders, a glob ('results/*') or a text file listing any of
     these, one per line.
     """
-    from migration_blackout.analysis.report import is_run_folder
+    from migration_blackout.analysis.report.runs import is_run_folder
     from migration_blackout.runformat import RunFormatError
 
     from .commands import analyze as analyze_command

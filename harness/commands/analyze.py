@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from migration_blackout.analysis.derive import rebuild_derived
-from migration_blackout.analysis.report import find_run_folders
+from migration_blackout.analysis.report.runs import find_run_folders
 from migration_blackout.runformat import RunFormatError
 
 from ..runfolder import describe_error

@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from migration_blackout.analysis.report import (
-    Report,
-    build_report,
+from migration_blackout.analysis.report.junit import render_junit
+from migration_blackout.analysis.report.model import Report, build_report
+from migration_blackout.analysis.report.renderers import (
     format_report_table,
     render_html,
-    render_junit,
     render_markdown,
     report_document,
 )

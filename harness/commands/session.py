@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from migration_blackout.analysis.compare import MIN_RUNS
-from migration_blackout.analysis.report import (
-    direction_stats,
-    direction_stats_json,
-    read_run,
-)
+from migration_blackout.analysis.report.model import direction_stats
+from migration_blackout.analysis.report.renderers import direction_stats_json
+from migration_blackout.analysis.report.runs import read_run
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.runformat import (
     MANIFEST_FILE,
