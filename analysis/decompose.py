@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from migration_blackout.analysis.clocks import NS_PER_MS, parse_utc_ns
 from migration_blackout.analysis.guest import (
     FRAMES_SOURCE,
     GUEST_RECORD_COLUMNS,
@@ -57,12 +58,10 @@ from migration_blackout.analysis.hyperv_figures import (
 from migration_blackout.analysis.icmp import BlackoutWindow, analyse_icmp
 from migration_blackout.analysis.runfolder import RunFolder, load_run, read_jsonl
 from migration_blackout.analysis.timeline import (
-    NS_PER_MS,
     OUTCOME_CODE,
     TargetAttempts,
     Timeline,
     build_timeline,
-    parse_utc_ns,
     target_attempts,
 )
 from migration_blackout.runformat import (

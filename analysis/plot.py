@@ -43,11 +43,11 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from matplotlib.transforms import Bbox, blended_transform_factory
 from PIL import Image
 
+from migration_blackout.analysis.clocks import NS_PER_S
 from migration_blackout.analysis.decompose import Component, Decomposition, Instant, decompose
 from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.timeline import (
     EVENTS_LANE,
-    NS_PER_S,
     OUTCOME_CODE,
     Timeline,
     build_timeline,
