@@ -427,10 +427,14 @@ def console_document(
     file: str,
     interlude_max_s: float = DEFAULT_INTERLUDE_MAX_S,
     dim_dark_fraction: float = DEFAULT_DIM_DARK_FRACTION,
+    analysis: ConsoleAnalysis | None = None,
 ) -> dict[str, Any]:
-    analysis = analyse_console(
-        records.samples, interlude_max_s=interlude_max_s, dim_dark_fraction=dim_dark_fraction
-    )
+    """The ``console`` block of summary.json; ``analysis``: ``analyse_console`` of the
+    records with these settings, where it is made already."""
+    if analysis is None:
+        analysis = analyse_console(
+            records.samples, interlude_max_s=interlude_max_s, dim_dark_fraction=dim_dark_fraction
+        )
     header = records.header
     return {
         "file": file,

@@ -410,9 +410,15 @@ def execution_gaps(
     return sorted(gaps, key=lambda gap: gap.before_guest_mono_ns)
 
 
-def analyse_stream(records: pd.DataFrame, *, source: str) -> StreamAnalysis:
-    """Counts and largest gaps of one stream (``source``: ``guest_heartbeat``, ``guest_frames``)."""
+def analyse_stream(
+    records: pd.DataFrame, *, source: str, duplicates_dropped: int = 0
+) -> StreamAnalysis:
+    """Counts and largest gaps of one stream (``source``: ``guest_heartbeat``, ``guest_frames``).
+
+    ``duplicates_dropped``: duplicate records the caller left out of ``records``
+    already (``Timeline.guest_streams``); they are counted with any left in."""
     ordered, duplicates = _in_send_order(records)
+    duplicates += duplicates_dropped
     positions, steps, lost = _execution_steps(ordered)
     interval_ns = _nominal_interval_ns(ordered, steps)
 
@@ -650,6 +656,7 @@ def contact_sheet(
     run_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
+    frames: pd.DataFrame | None = None,
     around: int = 3,
     thumb_width: int = 320,
 ) -> Path:
@@ -658,10 +665,13 @@ def contact_sheet(
     ``around`` frames on each side of the gap (the last before it and the
     first after it included), each labelled with its sequence number, the
     guest's capture time and the harness's arrival time (UTC), and a marker
-    between the two frames that straddle the gap. Returns ``out_path``.
+    between the two frames that straddle the gap. ``frames``: the run's
+    frames where they are read already (``load_frames``, or the timeline's).
+    Returns ``out_path``.
     """
     run_path = Path(run_dir)
-    frames = load_frames(run_path)
+    if frames is None:
+        frames = load_frames(run_path)
     ordered, _ = _in_send_order(frames)
     positions, steps, _lost = _execution_steps(ordered)
     if not len(steps):

@@ -20,7 +20,7 @@ the destination running it:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,7 @@ def _blackout_s(event: Mapping[str, Any]) -> tuple[float | None, str]:
     return _seconds(_BLACKOUT_RE, event.get("message") or ""), "message"
 
 
-def reported_blackout(events: list[dict[str, Any]], vm: str) -> dict[str, Any] | None:
+def reported_blackout(events: Sequence[Mapping[str, Any]], vm: str) -> dict[str, Any] | None:
     """Hyper-V's own blackout figure (event 20415, or 20417 when over the critical
     level), with the brownout and dirty pages from the Worker-Admin events.
 
@@ -252,9 +252,9 @@ def load_ground_truth(run: RunFolder) -> list[dict[str, Any]] | None:
     return [r for r in records if r.get("kind") == "event"]
 
 
-def truth_summary(events: list[dict[str, Any]]) -> dict[str, Any]:
+def truth_summary(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The lab's true intervals of the (first) migration in the run."""
-    first: dict[str, dict[str, Any]] = {}
+    first: dict[str, Mapping[str, Any]] = {}
     for event in events:
         first.setdefault(str(event.get("event")), event)
 
@@ -285,8 +285,13 @@ def _edge_json(edge: StateEdge) -> dict[str, Any]:
     }
 
 
-def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
-    """The ``hyperv`` block of summary.json, or None for runs without hosts."""
+def hyperv_summary(
+    run: RunFolder, polls: pd.DataFrame, events: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The ``hyperv`` block of summary.json, or None for runs without hosts.
+
+    ``polls`` and ``events``: the run's host polls (``load_host_polls``, or the
+    timeline's, which adds columns) and Hyper-V events (``load_hyperv_events``)."""
     document = run.manifest.document
     hyperv: Mapping[str, Any] = document.get("hyperv") or {}
     if not hyperv and not any(p.startswith(HOST_PROBE_PREFIX) for p in run.manifest.probes):
@@ -294,7 +299,6 @@ def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
     config = run.manifest.config
     vm = str(config.get("vm") or "")
     source, destination = hyperv.get("source"), hyperv.get("destination")
-    polls = load_host_polls(run)
     window = (
         None
         if not source or not destination or polls.empty
@@ -321,6 +325,6 @@ def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
             "resume": _edge_json(window.resume),
             "source": window.source,
         },
-        "reported": reported_blackout(load_hyperv_events(run), vm),
+        "reported": reported_blackout(events, vm),
         "clock": hyperv.get("clock"),
     }

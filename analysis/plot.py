@@ -44,13 +44,13 @@ from matplotlib.transforms import Bbox, blended_transform_factory
 from PIL import Image
 
 from migration_blackout.analysis.clocks import NS_PER_S
-from migration_blackout.analysis.decompose import Component, Decomposition, Instant, decompose
+from migration_blackout.analysis.decompose import Component, Decomposition, Instant
+from migration_blackout.analysis.derive import Derived, derive
 from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.timeline import (
     EVENTS_LANE,
     OUTCOME_CODE,
     Timeline,
-    build_timeline,
     target_attempts,
 )
 from migration_blackout.runformat import (
@@ -961,21 +961,14 @@ def timeline_figures(
     return whole, _figure(timeline, decomposition, zoom, f"{title}\n{window}")
 
 
-def plot_timeline(
-    run_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str] | None = None,
-    *,
-    zoom_s: float = ZOOM_S,
+def write_timeline_figures(
+    derived: Derived, out_dir: str | os.PathLike[str] | None = None, *, zoom_s: float = ZOOM_S
 ) -> list[Path]:
-    """Write ``timeline.png``, ``timeline.svg`` and ``timeline-zoom.png`` into ``out_dir``.
-
-    ``out_dir`` defaults to ``run_dir/derived``. Returns the paths written (no
-    zoom without a blackout).
-    """
-    timeline = build_timeline(run_dir)
-    decomposition = decompose(timeline)
-    whole, zoom = timeline_figures(timeline, decomposition, zoom_s=zoom_s)
-    out = Path(run_dir) / DERIVED_DIR if out_dir is None else Path(out_dir)
+    """Write ``timeline.png``, ``timeline.svg`` and ``timeline-zoom.png`` of a derived run
+    into ``out_dir`` (default: the run folder's ``derived/``); return the paths written
+    (no zoom without a blackout)."""
+    whole, zoom = timeline_figures(derived.timeline, derived.decomposition, zoom_s=zoom_s)
+    out = derived.run.path / DERIVED_DIR if out_dir is None else Path(out_dir)
     written = [
         replace_file(out / OVERVIEW_PNG, _saver(whole, "png", {"Software": None})),
         replace_file(out / OVERVIEW_SVG, _saver(whole, "svg", {"Date": None})),
@@ -990,3 +983,13 @@ def _saver(figure: Any, fmt: str, metadata: dict[str, Any]) -> Callable[[BinaryI
         figure.savefig(handle, format=fmt, metadata=metadata)
 
     return save
+
+
+def plot_timeline(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    zoom_s: float = ZOOM_S,
+) -> list[Path]:
+    """``write_timeline_figures`` of ``derive(run_dir)``: the figures of a run folder."""
+    return write_timeline_figures(derive(run_dir), out_dir, zoom_s=zoom_s)

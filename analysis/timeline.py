@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ from migration_blackout.analysis.clocks import (
     json_int,
     parse_utc_ns,
 )
+from migration_blackout.analysis.console import (
+    DEFAULT_DIM_DARK_FRACTION,
+    ConsoleRecords,
+    load_console,
+)
 from migration_blackout.analysis.guest import (
     FRAMES_SOURCE,
     HEARTBEAT_SOURCE,
@@ -59,6 +64,7 @@ from migration_blackout.analysis.hyperv_figures import (
     load_host_polls,
     load_hyperv_events,
 )
+from migration_blackout.analysis.icmp import IcmpAnalysis, analyse_icmp
 from migration_blackout.analysis.runfolder import (
     ICMP_OUTCOME_DTYPE,
     IcmpRecords,
@@ -92,6 +98,39 @@ OUTCOME_CODE = {name: code for code, name in enumerate(ICMP_OUTCOME_DTYPE.catego
 
 
 @dataclass(frozen=True, eq=False)
+class IcmpSource:
+    """What the raw ICMP file says beside its rows.
+
+    ``present``: the file exists (a run that did not complete may have none).
+    ``send_missing``: for a send column with gaps (``send_mono_ns`` or
+    ``send_utc_ns``: logs imported from other tools), which rows of
+    ``Timeline.icmp`` lack it; columns without gaps are absent.
+    """
+
+    file: str  # relative to the run folder
+    present: bool
+    partial_last_line: bool = False
+    header_interval_s: float | None = None
+    send_missing: Mapping[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GuestStream:
+    """A guest agent's record file of the run: ``duplicates`` records were written
+    twice (same agent and seq: a replayed datagram) and are left out of the timeline."""
+
+    source: str  # "guest_heartbeat" or "guest_frames"
+    duplicates: int
+
+
+def _with_missing(values: pd.Series, missing: npt.NDArray[np.bool_] | None) -> pd.Series:
+    """``values`` as recorded: nullable Int64 with ``missing`` rows empty, else as they are."""
+    if missing is None:
+        return values
+    return pd.Series(pd.arrays.IntegerArray(values.to_numpy(np.int64), missing), copy=False)
+
+
+@dataclass(frozen=True, eq=False)
 class Timeline:
     """Every record of a run on the harness monotonic clock (ns).
 
@@ -114,6 +153,12 @@ class Timeline:
       host's Get-Date mapped, kept inside the poll's send..recv),
       ``host_mono_ns`` and ``host_uncertainty_ns`` (the mapping itself; -1 and
       0 where the host has no clock estimate or the poll no ``host_time``).
+
+    What the raw files say beside their rows is kept too, so that nothing
+    needs to read them again: ``icmp_source`` (the ICMP file's header and
+    which send stamps were missing), ``console_records`` (the console file's
+    header and samples), ``guest_streams`` (the guest files present, and how
+    many duplicate records each had).
     """
 
     run: RunFolder
@@ -130,8 +175,28 @@ class Timeline:
     requested_icmp_interval_s: float | None
     icmp_targets: tuple[str, ...]
     console: pd.DataFrame
-    console_samples: tuple[Any, ...]  # analysis.console.ConsoleSample, for analyse_console
+    console_records: ConsoleRecords | None
+    icmp_source: IcmpSource | None = None
+    guest_streams: Mapping[str, GuestStream] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default=())
+
+    def icmp_records(self) -> pd.DataFrame:
+        """The ICMP rows (in send order) as ``analysis.icmp.analyse_icmp`` reads them:
+        ``target``, ``n``, ``outcome`` and the send stamps as recorded, ``send_mono_ns``
+        and ``send_utc_ns`` (nullable where a row lacked one, e.g. an imported log)."""
+        icmp = self.icmp
+        missing = {} if self.icmp_source is None else self.icmp_source.send_missing
+        t_mono = icmp["t_mono_ns"]
+        return pd.DataFrame(
+            {
+                "target": icmp["target"],
+                "n": icmp["n"],
+                "outcome": icmp["outcome"],
+                "send_mono_ns": _with_missing(t_mono, missing.get("send_mono_ns")),
+                "send_utc_ns": _with_missing(icmp["send_utc_ns"], missing.get("send_utc_ns")),
+            },
+            copy=False,
+        )
 
     @property
     def source_host(self) -> str | None:
@@ -268,15 +333,18 @@ def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = 
 
     header_targets = icmp_records.targets if icmp_records is not None else ()
     requested = requested_icmp_interval_s(folder, icmp_records)
+    icmp_source = _icmp_source(folder, icmp_records)
     # The records move column by column into the sorted frame: one copy at a time.
-    icmp = _icmp_frame(icmp_table, clock)
+    icmp, send_missing = _icmp_frame(icmp_table, clock)
+    if icmp_source is not None:
+        icmp_source = replace(icmp_source, send_missing=send_missing)
     del icmp_table, icmp_records
     polls = _map_polls(load_host_polls(folder), hosts, warnings)
     hyperv_events = load_hyperv_events(folder)
     truth = load_ground_truth(folder)
 
-    heartbeats, frames, guest_clocks = _load_guest(folder, icmp, warnings)
-    console, console_samples = _load_console(folder)
+    heartbeats, frames, guest_clocks, guest_streams = _load_guest(folder, icmp, warnings)
+    console, console_records = _load_console(folder)
 
     rows = [
         _poll_rows(polls),
@@ -311,8 +379,22 @@ def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = 
         requested_icmp_interval_s=requested,
         icmp_targets=targets,
         console=console,
-        console_samples=console_samples,
+        console_records=console_records,
+        icmp_source=icmp_source,
+        guest_streams=guest_streams,
         warnings=tuple(warnings),
+    )
+
+
+def _icmp_source(run: RunFolder, records: IcmpRecords | None) -> IcmpSource | None:
+    path = run.probe_file(ICMP.probe)
+    if path is None:
+        return None
+    return IcmpSource(
+        file=str(path.relative_to(run.path)),
+        present=records is not None,
+        partial_last_line=records is not None and records.dropped_partial_last_line,
+        header_interval_s=None if records is None else records.interval_s,
     )
 
 
@@ -330,8 +412,11 @@ def _load_icmp(run: RunFolder, rtt: bool, warnings: list[str]) -> IcmpRecords | 
     return records
 
 
-def _icmp_frame(records: pd.DataFrame | None, clock: HarnessClock) -> pd.DataFrame:
-    """ICMP records in send order on the harness monotonic clock (``Timeline.icmp``).
+def _icmp_frame(
+    records: pd.DataFrame | None, clock: HarnessClock
+) -> tuple[pd.DataFrame, dict[str, npt.NDArray[np.bool_]]]:
+    """ICMP records in send order on the harness monotonic clock (``Timeline.icmp``),
+    and which rows lacked a send stamp (``IcmpSource.send_missing``).
 
     Empties ``records`` as it goes (each column is dropped once its sorted copy
     exists), so an hour at 1 kHz never holds two copies of the table.
@@ -346,20 +431,25 @@ def _icmp_frame(records: pd.DataFrame | None, clock: HarnessClock) -> pd.DataFra
                 "send_utc_ns": pd.Series(dtype=np.int64),
                 "rtt_ms": pd.Series(dtype=np.float64),
             }
-        )
+        ), {}
+    missing: dict[str, npt.NDArray[np.bool_]] = {}
+    for name in ("send_mono_ns", "send_utc_ns"):
+        if records[name].dtype != np.int64:
+            gaps = records[name].isna().to_numpy(dtype=bool)
+            if gaps.any():
+                missing[name] = gaps
     mono = records.pop("send_mono_ns")
-    if mono.dtype == np.int64:
-        t = mono.to_numpy()
+    if "send_mono_ns" not in missing:
+        t = mono.to_numpy(dtype=np.int64)
     else:
         # Imported logs may lack the monotonic stamp: place them by their UTC stamp.
         from_utc = (
             records["send_utc_ns"].to_numpy(dtype=np.int64, na_value=0) - clock.utc_minus_mono_ns
         )
-        t = np.where(
-            mono.isna().to_numpy(dtype=bool), from_utc, mono.to_numpy(dtype=np.int64, na_value=0)
-        )
+        t = np.where(missing["send_mono_ns"], from_utc, mono.to_numpy(dtype=np.int64, na_value=0))
     del mono
     order = np.argsort(t, kind="stable")
+    missing = {name: gaps[order] for name, gaps in missing.items()}
     columns: dict[str, Any] = {}
     for name in ("target", "n", "outcome", "t_mono_ns", "send_utc_ns", "rtt_ms"):
         if name == "t_mono_ns":
@@ -383,7 +473,17 @@ def _icmp_frame(records: pd.DataFrame | None, clock: HarnessClock) -> pd.DataFra
         else:
             columns[name] = column.to_numpy(dtype=np.int64, na_value=0)[order]
         del column
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns), missing
+
+
+def analyse_timeline_icmp(timeline: Timeline) -> IcmpAnalysis:
+    """``analysis.icmp.analyse_icmp`` of the run's ICMP rows (summary.json's ``icmp`` and
+    ``blackout``, the decomposition's network outage)."""
+    return analyse_icmp(
+        timeline.icmp_records(),
+        requested_interval_s=timeline.requested_icmp_interval_s,
+        targets=timeline.icmp_targets,
+    )
 
 
 def outcome_codes(icmp: pd.DataFrame) -> npt.NDArray[np.int8]:
@@ -599,8 +699,8 @@ def _frame_rows(frames: pd.DataFrame) -> pd.DataFrame:
 CONSOLE_LANE = "console"
 
 
-def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
-    """The console-view samples as a frame, and as ``analysis.console`` samples."""
+def _load_console(run: RunFolder) -> tuple[pd.DataFrame, ConsoleRecords | None]:
+    """The console-view samples as a frame, and the file as ``analysis.console`` reads it."""
     columns = {
         "k": pd.Series(dtype=np.int64),
         "host": pd.Series(dtype=object),
@@ -615,11 +715,9 @@ def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
     }
     path = run.probe_file(CONSOLE.probe)
     if path is None or not path.is_file():
-        return pd.DataFrame(columns), ()
-    # Imported here: only runs with a console probe need that reader.
-    from migration_blackout.analysis.console import DEFAULT_DIM_DARK_FRACTION, load_console
-
-    samples = load_console(path).samples
+        return pd.DataFrame(columns), None
+    records = load_console(path)
+    samples = records.samples
     frame = pd.DataFrame(
         {
             "k": [s.k for s in samples],
@@ -635,10 +733,10 @@ def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
         }
     )
     if not len(frame):
-        return pd.DataFrame(columns), ()
+        return pd.DataFrame(columns), records
     frame = frame.astype({"k": np.int64, "send_mono_ns": np.int64, "recv_mono_ns": np.int64})
     frame["t_mono_ns"] = frame["t_mono_ns"].astype(np.int64)
-    return frame, tuple(samples)
+    return frame, records
 
 
 def _console_rows(console: pd.DataFrame) -> pd.DataFrame:
@@ -675,15 +773,22 @@ def _guest_frame_columns() -> dict[str, pd.Series]:
 
 def _load_guest(
     run: RunFolder, icmp: pd.DataFrame, warnings: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, GuestClock]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, GuestClock], dict[str, GuestStream]]:
     heartbeats = pd.DataFrame(_guest_frame_columns())
     frames = pd.DataFrame({**_guest_frame_columns(), "file": pd.Series(dtype=str)})
+    streams: dict[str, GuestStream] = {}
     if (run.path / HEARTBEAT.path).is_file():
-        heartbeats = load_heartbeats(run.path).drop_duplicates(["agent_id", "seq"])
+        records = load_heartbeats(run.path)
+        heartbeats = records.drop_duplicates(["agent_id", "seq"])
+        streams[HEARTBEAT_SOURCE] = GuestStream(HEARTBEAT_SOURCE, len(records) - len(heartbeats))
+        del records
     if (run.path / FRAMES.path).is_file():
-        frames = load_frames(run.path).drop_duplicates(["agent_id", "seq"])
+        records = load_frames(run.path)
+        frames = records.drop_duplicates(["agent_id", "seq"])
+        streams[FRAMES_SOURCE] = GuestStream(FRAMES_SOURCE, len(records) - len(frames))
+        del records
     if not len(heartbeats) and not len(frames):
-        return heartbeats, frames, {}
+        return heartbeats, frames, {}, streams
 
     replies = icmp["rtt_ms"].to_numpy() if len(icmp) else np.zeros(0)
     replies = replies[np.isfinite(replies)]
@@ -745,7 +850,7 @@ def _load_guest(
         )
     heartbeats = heartbeats.sort_values("t_mono_ns", kind="stable").reset_index(drop=True)
     frames = frames.sort_values("t_mono_ns", kind="stable").reset_index(drop=True)
-    return heartbeats, frames, clocks
+    return heartbeats, frames, clocks, streams
 
 
 def _frame_send_mono(frames: pd.DataFrame) -> IntArray:

@@ -20,7 +20,7 @@ real ``measure analyze``-style process:
 * figures: ``timeline_figures`` (binning, artists), then the PNG, the SVG and
   the zoom PNG written;
 * then, each in its own process, the two public calls end to end:
-  ``decomposition_summary`` (the summary.json hook) and ``plot_timeline``.
+  ``build_summary`` (summary.json) and ``plot_timeline``.
 
 Prints a Markdown table. Generation (~30 s for an hour) is not timed;
 ``--keep DIR`` keeps the folder and reuses it on the next run.
@@ -385,10 +385,10 @@ def measure_stages(run: Path, out: Path) -> dict[str, Any]:
 
 def measure_summary(run: Path, _out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    from migration_blackout.analysis.decompose import decomposition_summary
+    from migration_blackout.analysis.summary import build_summary
 
     imported = time.perf_counter()
-    document = decomposition_summary(run)
+    document = build_summary(run)
     done = time.perf_counter()
     json.dumps(document, allow_nan=False)
     return {"import_s": imported - started, "total_s": done - imported, "peak_rss_mb": _peak_mb()}
@@ -492,7 +492,7 @@ def main() -> None:
         peak = cell(stages, "peak_rss_mb", "MiB") if key == "total_s" else ""
         print(f"| {name} | {cell(stages, key)} | {peak} |")
     print(
-        f"| decomposition_summary (own process) | {cell(summaries, 'total_s')} | "
+        f"| build_summary (own process) | {cell(summaries, 'total_s')} | "
         f"{cell(summaries, 'peak_rss_mb', 'MiB')} |"
     )
     print(

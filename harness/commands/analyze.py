@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.derive import rebuild_derived
+from migration_blackout.analysis.rebuild import rebuild_derived
 from migration_blackout.analysis.report.runs import find_run_folders
 from migration_blackout.runformat import RunFormatError
 

@@ -46,7 +46,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from migration_blackout.analysis.derive import rebuild_derived
+from migration_blackout.analysis.rebuild import rebuild_derived
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.console_view import ConsoleViewProbe
 from migration_blackout.probes.host_state import HostStatePoller

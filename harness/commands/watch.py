@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.derive import rebuild_derived
+from migration_blackout.analysis.rebuild import rebuild_derived
 from migration_blackout.analysis.runfolder import RunFormatError
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.icmp import IcmpPermissionError, IcmpProbe, IcmpTargetStats
