@@ -806,6 +806,9 @@ def _counts(
 # -- the decomposition -------------------------------------------------------
 
 
+QEMU_EVENTS_SOURCE = "qemu-events"  # the hypervisor blackout from QEMU's STOP and RESUME
+
+
 def qemu_component(qemu: QemuRecords | None) -> Component | None:
     """QEMU's STOP (source) -> RESUME (destination), from ``raw/qemu_migration.jsonl``.
 
@@ -818,7 +821,7 @@ def qemu_component(qemu: QemuRecords | None) -> Component | None:
     stop, resume = int(result["stop"]["qemu_mono_ns"]), int(result["resume"]["qemu_mono_ns"])
     return Component(
         name="hypervisor_blackout",
-        source="qemu-events",
+        source=QEMU_EVENTS_SOURCE,
         lower_ms=(resume - stop) / NS_PER_MS,
         upper_ms=(resume - stop) / NS_PER_MS,
         start=Instant(stop, stop, stop),

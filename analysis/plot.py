@@ -44,7 +44,12 @@ from matplotlib.transforms import Bbox, blended_transform_factory
 from PIL import Image
 
 from migration_blackout.analysis.clocks import NS_PER_S
-from migration_blackout.analysis.decompose import Component, Decomposition, Instant
+from migration_blackout.analysis.decompose import (
+    QEMU_EVENTS_SOURCE,
+    Component,
+    Decomposition,
+    Instant,
+)
 from migration_blackout.analysis.derive import Derived, derive
 from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.timeline import (
@@ -288,6 +293,13 @@ def _bounds_text(component: Component) -> str:
     return f"{lower} - {upper} ms"
 
 
+def _window_label(component: Component) -> str:
+    """The row's name; QEMU's own pause and resume stand in for the host polls."""
+    if component.name == "hypervisor_blackout" and component.source == QEMU_EVENTS_SOURCE:
+        return "hypervisor (QEMU events)"
+    return WINDOW_LABELS.get(component.name, component.name)
+
+
 def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> list[list[_Label]]:
     """The window bars; returns each bar's label with its fallback positions."""
     rows = [
@@ -311,7 +323,7 @@ def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> list[l
                 ax, view, y, component.start, component.end, colour, _bounds_text(component)
             )
         )
-        labels.append(WINDOW_LABELS.get(component.name, component.name))
+        labels.append(_window_label(component))
     reported = decomposition.reported_blackout
     if reported is not None and reported.logged is not None:
         y = len(rows)
