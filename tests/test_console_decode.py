@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from migration_blackout.lab.hyperv_emulator.thumbnail import (
+from migration_blackout.lab.hyperv_emulator.screen import (
     encode_rgb565,
     render_connecting,
     render_desktop,

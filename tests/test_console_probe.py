@@ -23,7 +23,7 @@ from migration_blackout.harness.psrp_session import HostSession, MoveVmCall
 from migration_blackout.harness.runfolder import create_run_folder
 from migration_blackout.lab.hyperv_emulator import LabThread, Span, read_ground_truth
 from migration_blackout.lab.hyperv_emulator import groundtruth as gt
-from migration_blackout.lab.hyperv_emulator.thumbnail import encode_rgb565, render_desktop
+from migration_blackout.lab.hyperv_emulator.screen import encode_rgb565, render_desktop
 from migration_blackout.probes.console_view import ConsoleFrame, ConsoleViewProbe
 from migration_blackout.runformat import CONSOLE
 

@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 
 from migration_blackout.lab.hyperv_emulator import groundtruth as gt
 from migration_blackout.lab.hyperv_emulator import messages
+from migration_blackout.lab.hyperv_emulator.screen import ConsoleScreen
 from migration_blackout.lab.kerberos import KerberosSettings
 from migration_blackout.probes.clock import ClockPair, clock_pair
 
@@ -583,12 +584,10 @@ class Lab:
             host.responsive.set()
         self._fired_faults: set[UnresponsiveFault] = set()
         self._jobs: list[_Job] = []
-        # Imported here: the console module builds on this one.
-        from migration_blackout.lab.hyperv_emulator.thumbnail import ConsoleScreen
-
         self.console = ConsoleScreen(
             vm_name=config.vm.name,
-            timing=config.timing,
+            connecting=config.timing.console_connecting,
+            black_after_connecting=config.timing.console_black_after_connecting,
             seed=config.seed,
             clock=self._clock,
             record=self._record,
