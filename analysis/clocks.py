@@ -62,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from migration_blackout.analysis.runfolder import RunFolder
+from migration_blackout.analysis.rundata import RunData
 from migration_blackout.runformat import utc_iso
 
 NS_PER_MS = 1_000_000
@@ -179,7 +179,7 @@ def json_int(value: object) -> int | None:
     return value
 
 
-def harness_clock(run: RunFolder, fallback_pairs: Sequence[tuple[int, int]] = ()) -> HarnessClock:
+def harness_clock(run: RunData, fallback_pairs: Sequence[tuple[int, int]] = ()) -> HarnessClock:
     """The manifest's clock pairs; without ``clock.start``, the first ``(mono, utc)`` fallback."""
     clock = run.manifest.document.get("clock")
     start = clock.get("start") if isinstance(clock, Mapping) else None
@@ -195,7 +195,7 @@ def harness_clock(run: RunFolder, fallback_pairs: Sequence[tuple[int, int]] = ()
     return HarnessClock(0, 0)
 
 
-def host_clocks(run: RunFolder, clock: HarnessClock) -> dict[str, HostClock]:
+def host_clocks(run: RunData, clock: HarnessClock) -> dict[str, HostClock]:
     """``hyperv.clock.<host>.before/after`` of the manifest as ``HostClock`` per host."""
     hyperv = run.manifest.document.get("hyperv")
     entries = hyperv.get("clock") if isinstance(hyperv, Mapping) else None

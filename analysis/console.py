@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.runfolder import RunFolder, load_run, read_jsonl, warn_skipped
+from migration_blackout.analysis.rundata import RunData, load_run, read_jsonl, warn_skipped
 from migration_blackout.runformat import (
     CONSOLE,
     CONSOLE_BLACK,
@@ -453,9 +453,9 @@ def console_document(
     }
 
 
-def console_summary(run: RunFolder | str | os.PathLike[str]) -> dict[str, Any] | None:
+def console_summary(run: RunData | str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``console`` block of summary.json, or None for a run without the probe."""
-    folder = run if isinstance(run, RunFolder) else load_run(run)
+    folder = run if isinstance(run, RunData) else load_run(run)
     path = folder.probe_file(CONSOLE.probe)
     if path is None or not path.exists():
         return None

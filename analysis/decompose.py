@@ -57,7 +57,7 @@ from migration_blackout.analysis.hyperv_figures import (
 )
 from migration_blackout.analysis.icmp import BlackoutWindow, IcmpAnalysis
 from migration_blackout.analysis.qemu import QemuRecords
-from migration_blackout.analysis.runfolder import RunFolder
+from migration_blackout.analysis.rundata import RunData
 from migration_blackout.analysis.timeline import (
     OUTCOME_CODE,
     TargetAttempts,
@@ -1051,7 +1051,7 @@ def decomposition_to_json(decomposition: Decomposition, timeline: Timeline) -> d
     }
 
 
-def has_witnesses(run: RunFolder) -> bool:
+def has_witnesses(run: RunData) -> bool:
     """Whether the run has more than ICMP to decompose: host polls, guest agent records
     or the console view."""
     hosts = any(probe.startswith(HOST_PROBE_PREFIX) for probe in run.manifest.probes)

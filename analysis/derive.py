@@ -32,7 +32,7 @@ from migration_blackout.analysis.guest import (
 )
 from migration_blackout.analysis.icmp import IcmpAnalysis
 from migration_blackout.analysis.qemu import QemuRecords, load_qemu_records
-from migration_blackout.analysis.runfolder import RunFolder, load_run, raw_data_warnings
+from migration_blackout.analysis.rundata import RunData, load_run, raw_data_warnings
 from migration_blackout.analysis.timeline import (
     Timeline,
     analyse_timeline_icmp,
@@ -62,7 +62,7 @@ class Derived:
     raw_warnings: tuple[str, ...] = ()  # raw lines skipped, not records (RawDataWarning)
 
     @property
-    def run(self) -> RunFolder:
+    def run(self) -> RunData:
         return self.timeline.run
 
     @property
@@ -71,16 +71,16 @@ class Derived:
         return has_witnesses(self.run)
 
 
-def derive(run: RunFolder | str | os.PathLike[str]) -> Derived:
+def derive(run: RunData | str | os.PathLike[str]) -> Derived:
     """Read ``run`` once and make every analysis of it (module docstring)."""
-    folder = run if isinstance(run, RunFolder) else load_run(run)
+    folder = run if isinstance(run, RunData) else load_run(run)
     # Each raw file's skipped lines are said once, in summary.json's warnings.
     with raw_data_warnings() as skipped:
         derived = _derive(folder)
     return replace(derived, raw_warnings=tuple(skipped))  # collected as the block ends
 
 
-def _derive(folder: RunFolder) -> Derived:
+def _derive(folder: RunData) -> Derived:
     timeline = build_timeline(folder)
     source = timeline.icmp_source
     icmp = analyse_timeline_icmp(timeline) if source is not None and source.present else None

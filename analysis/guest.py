@@ -52,7 +52,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from migration_blackout.analysis.outputs import replace_file
-from migration_blackout.analysis.runfolder import read_jsonl, warn_skipped
+from migration_blackout.analysis.rundata import read_jsonl, warn_skipped
 from migration_blackout.runformat import (
     FRAMES,
     HEARTBEAT,

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
+from migration_blackout.analysis.rundata import RunData, read_jsonl
 from migration_blackout.runformat import (
     GROUND_TRUTH,
     HOST_PROBE_PREFIX,
@@ -73,7 +73,7 @@ def _read_jsonl(path: Path, what: str) -> tuple[dict[str, Any], list[dict[str, A
     return raw.header, raw.records
 
 
-def load_host_polls(run: RunFolder) -> pd.DataFrame:
+def load_host_polls(run: RunData) -> pd.DataFrame:
     """Every host poll of the run, one row each, sorted by send time."""
     frames = []
     for probe in run.manifest.probes:
@@ -150,7 +150,7 @@ def host_blackout(polls: pd.DataFrame, source: str, destination: str) -> HostBla
     return HostBlackout(pause=pause, resume=resume, lower_ms=lower, upper_ms=upper)
 
 
-def load_hyperv_events(run: RunFolder) -> list[dict[str, Any]]:
+def load_hyperv_events(run: RunData) -> list[dict[str, Any]]:
     path = run.probe_file(HYPERV_EVENTS.probe)
     if path is None or not path.exists():
         return []
@@ -243,7 +243,7 @@ def reported_blackout(events: Sequence[Mapping[str, Any]], vm: str) -> dict[str,
     return document
 
 
-def load_ground_truth(run: RunFolder) -> list[dict[str, Any]] | None:
+def load_ground_truth(run: RunData) -> list[dict[str, Any]] | None:
     """The emulated lab's state changes during the run, or None for real hosts."""
     path = run.probe_file(GROUND_TRUTH.probe)
     if path is None or not path.exists():
@@ -286,7 +286,7 @@ def _edge_json(edge: StateEdge) -> dict[str, Any]:
 
 
 def hyperv_summary(
-    run: RunFolder, polls: pd.DataFrame, events: Sequence[Mapping[str, Any]]
+    run: RunData, polls: pd.DataFrame, events: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any] | None:
     """The ``hyperv`` block of summary.json, or None for runs without hosts.
 

@@ -1,7 +1,7 @@
 """Outages and the blackout from ICMP probe attempts.
 
 Pure functions from a table of probe records (the frame of
-``runfolder.read_icmp_csv``) to frozen dataclasses. Everything per record is
+``rundata.read_icmp_csv``) to frozen dataclasses. Everything per record is
 vectorised with numpy; Python loops run only over targets and over outages.
 
 Definitions (docs/summary-format.md repeats them for readers of summary.json):
@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from migration_blackout.analysis.runfolder import ICMP_OUTCOME_DTYPE
+from migration_blackout.analysis.rundata import ICMP_OUTCOME_DTYPE
 from migration_blackout.runformat import (
     DUPLICATE,
     ERROR,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
+from migration_blackout.analysis.rundata import RunData, read_jsonl
 from migration_blackout.runformat import QEMU_MIGRATION
 
 
@@ -32,7 +32,7 @@ class QemuRecords:
         return next((r for r in reversed(self.records) if r.get("event") == "result"), None)
 
 
-def load_qemu_records(run: RunFolder) -> QemuRecords | None:
+def load_qemu_records(run: RunData) -> QemuRecords | None:
     """The run's QEMU migration record, None when QEMU did not run."""
     path = run.probe_file(QEMU_MIGRATION.probe)
     if path is None or not path.exists():

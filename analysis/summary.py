@@ -20,7 +20,7 @@ from migration_blackout.analysis.hyperv_figures import hyperv_summary, truth_sum
 from migration_blackout.analysis.icmp import BlackoutWindow, Outage, TargetIcmpSummary
 from migration_blackout.analysis.outputs import replace_text
 from migration_blackout.analysis.qemu import qemu_summary
-from migration_blackout.analysis.runfolder import manifest_icmp_interval_s
+from migration_blackout.analysis.rundata import manifest_icmp_interval_s
 from migration_blackout.runformat import (
     CONSOLE,
     SUMMARY_FILE,

@@ -65,10 +65,10 @@ from migration_blackout.analysis.hyperv_figures import (
     load_hyperv_events,
 )
 from migration_blackout.analysis.icmp import IcmpAnalysis, analyse_icmp
-from migration_blackout.analysis.runfolder import (
+from migration_blackout.analysis.rundata import (
     ICMP_OUTCOME_DTYPE,
     IcmpRecords,
-    RunFolder,
+    RunData,
     load_icmp,
     load_run,
     read_jsonl,
@@ -161,7 +161,7 @@ class Timeline:
     many duplicate records each had).
     """
 
-    run: RunFolder
+    run: RunData
     clock: HarnessClock
     host_clocks: Mapping[str, HostClock]
     guest_clocks: Mapping[str, GuestClock]
@@ -289,7 +289,7 @@ def _empty() -> pd.DataFrame:
     )
 
 
-def _hyperv_host(run: RunFolder, role: str) -> str | None:
+def _hyperv_host(run: RunData, role: str) -> str | None:
     hyperv = run.manifest.document.get("hyperv")
     if isinstance(hyperv, Mapping) and isinstance(hyperv.get(role), str):
         return str(hyperv[role])
@@ -306,13 +306,13 @@ def _hyperv_host(run: RunFolder, role: str) -> str | None:
 # -- building ----------------------------------------------------------------
 
 
-def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = True) -> Timeline:
+def build_timeline(run: RunData | str | os.PathLike[str], *, icmp_rtt: bool = True) -> Timeline:
     """Read a run folder and put every record on the harness monotonic clock.
 
     ``icmp_rtt=False`` skips reading the RTT column (the decomposition does
     not need it; the plot does).
     """
-    folder = run if isinstance(run, RunFolder) else load_run(run)
+    folder = run if isinstance(run, RunData) else load_run(run)
     warnings: list[str] = []
 
     icmp_records = _load_icmp(folder, icmp_rtt, warnings)
@@ -386,7 +386,7 @@ def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = 
     )
 
 
-def _icmp_source(run: RunFolder, records: IcmpRecords | None) -> IcmpSource | None:
+def _icmp_source(run: RunData, records: IcmpRecords | None) -> IcmpSource | None:
     path = run.probe_file(ICMP.probe)
     if path is None:
         return None
@@ -398,7 +398,7 @@ def _icmp_source(run: RunFolder, records: IcmpRecords | None) -> IcmpSource | No
     )
 
 
-def _load_icmp(run: RunFolder, rtt: bool, warnings: list[str]) -> IcmpRecords | None:
+def _load_icmp(run: RunData, rtt: bool, warnings: list[str]) -> IcmpRecords | None:
     path = run.probe_file(ICMP.probe)
     if path is None:
         return None
@@ -628,7 +628,7 @@ def _read_jsonl_records(path: Path) -> list[dict[str, Any]]:
         raise
 
 
-def _harness_rows(run: RunFolder) -> pd.DataFrame:
+def _harness_rows(run: RunData) -> pd.DataFrame:
     path = run.probe_file(HARNESS_EVENTS.probe)
     if path is None or not path.is_file():
         return _empty()
@@ -699,7 +699,7 @@ def _frame_rows(frames: pd.DataFrame) -> pd.DataFrame:
 CONSOLE_LANE = "console"
 
 
-def _load_console(run: RunFolder) -> tuple[pd.DataFrame, ConsoleRecords | None]:
+def _load_console(run: RunData) -> tuple[pd.DataFrame, ConsoleRecords | None]:
     """The console-view samples as a frame, and the file as ``analysis.console`` reads it."""
     columns = {
         "k": pd.Series(dtype=np.int64),
@@ -772,7 +772,7 @@ def _guest_frame_columns() -> dict[str, pd.Series]:
 
 
 def _load_guest(
-    run: RunFolder, icmp: pd.DataFrame, warnings: list[str]
+    run: RunData, icmp: pd.DataFrame, warnings: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, GuestClock], dict[str, GuestStream]]:
     heartbeats = pd.DataFrame(_guest_frame_columns())
     frames = pd.DataFrame({**_guest_frame_columns(), "file": pd.Series(dtype=str)})

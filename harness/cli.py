@@ -543,7 +543,7 @@ def run(
         password_from_keyring,
     )
     from .guestagent import GuestAgentSetup, address_towards
-    from .runfolder import OutputFolderError, describe_error
+    from .runwriter import OutputFolderError, describe_error
 
     if ping_pong and repeat == 1:
         raise click.UsageError("--ping-pong needs --repeat N (N >= 2 migrations)")
@@ -822,7 +822,7 @@ def watch(
 
     from .commands import watch as watch_command
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
-    from .runfolder import OutputFolderError, describe_error
+    from .runwriter import OutputFolderError, describe_error
 
     forget_secrets()  # no password is read here: no child inherits one
     terminal = _Terminal()
@@ -1131,7 +1131,7 @@ def import_ping_log(
 
     from .commands import analyze as analyze_command
     from .commands import import_ping_log as import_command
-    from .runfolder import OutputFolderError
+    from .runwriter import OutputFolderError
 
     try:
         run_dir = import_command.run(

@@ -19,7 +19,7 @@ from typing import Any
 from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
 from migration_blackout.runformat import FRAMES, HEARTBEAT, REJECTS
 
-from .runfolder import RunFolder
+from .runwriter import RunWriter
 
 RECEIVER_READY_DEADLINE_S = 15.0
 
@@ -68,7 +68,7 @@ class GuestAgentSession:
 
     def __init__(
         self,
-        run: RunFolder,
+        run: RunWriter,
         setup: GuestAgentSetup,
         *,
         record: Callable[..., None],

@@ -20,7 +20,7 @@ from migration_blackout.analysis.console import console_summary, load_console
 from migration_blackout.harness.config import HostConfig
 from migration_blackout.harness.console import console_poll_function
 from migration_blackout.harness.psrp_session import HostSession, MoveVmCall
-from migration_blackout.harness.runfolder import create_run_folder
+from migration_blackout.harness.runwriter import create_run_folder
 from migration_blackout.lab.hyperv_emulator import LabThread, Span, read_ground_truth
 from migration_blackout.lab.hyperv_emulator import groundtruth as gt
 from migration_blackout.lab.hyperv_emulator.screen import encode_rgb565, render_desktop

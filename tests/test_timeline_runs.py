@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from migration_blackout.analysis.guest import analyse_guest
-from migration_blackout.analysis.runfolder import load_icmp, load_run
+from migration_blackout.analysis.rundata import load_icmp, load_run
 from migration_blackout.probes.sink import CsvSink, JsonlSink
 from migration_blackout.runformat import FRAMES, HEARTBEAT, ICMP
 

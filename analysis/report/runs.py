@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.runfolder import RunFolder, load_run
+from migration_blackout.analysis.rundata import RunData, load_run
 from migration_blackout.analysis.summary import build_summary, read_summary, write_summary
 from migration_blackout.runformat import (
     MANIFEST_FILE,
@@ -162,7 +162,7 @@ def hypervisor_figure(summary: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _summary_of(run: RunFolder) -> tuple[dict[str, Any], str | None]:
+def _summary_of(run: RunData) -> tuple[dict[str, Any], str | None]:
     """The run's summary document, and a note when it had to be (re)built."""
     path = run.path / SUMMARY_FILE
     rebuild = f"`measure analyze {run.path}` rebuilds it"

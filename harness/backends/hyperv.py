@@ -39,7 +39,7 @@ from ..psrp_session import (
     listener_hint,
     missing_auth_support,
 )
-from ..runfolder import RunFolder
+from ..runwriter import RunWriter
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
 # Hyper-V's own migration events, harvested after the run.
@@ -342,7 +342,7 @@ class HyperVBackend:
 
     async def migrate(
         self,
-        run: RunFolder,
+        run: RunWriter,
         source: str,
         destination: str,
         *,
@@ -447,7 +447,7 @@ class HyperVBackend:
 
     # -- afterwards -----------------------------------------------------------
 
-    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+    async def harvest(self, run: RunWriter, record: Recorder, *, deadline_s: float) -> None:
         """Hyper-V's own migration events from both hosts, stored raw; the
         hosts are asked at the same time, each within ``deadline_s`` (a host
         that does not answer gets a ``harvest_failed`` line)."""

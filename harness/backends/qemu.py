@@ -38,7 +38,7 @@ from migration_blackout.probes.sink import JsonlSink
 from migration_blackout.runformat import QEMU_MIGRATION
 
 from ..clocksync import ClockOffset
-from ..runfolder import RunFolder
+from ..runwriter import RunWriter
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -176,7 +176,7 @@ class QemuBackend:
 
     async def migrate(
         self,
-        run: RunFolder,
+        run: RunWriter,
         source: str,
         destination: str,
         *,
@@ -277,7 +277,7 @@ class QemuBackend:
         record("migrate_error", host=source, error=result.error)
         return MigrationOutcome("failed", f"{source}: migration failed: {result.error}")
 
-    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+    async def harvest(self, run: RunWriter, record: Recorder, *, deadline_s: float) -> None:
         """QEMU's own figures were stored with the migration (``raw/qemu_migration.jsonl``)."""
 
     async def close(self) -> None:

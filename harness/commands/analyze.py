@@ -16,7 +16,7 @@ from migration_blackout.analysis.rebuild import rebuild_derived
 from migration_blackout.analysis.report.runs import find_run_folders
 from migration_blackout.runformat import RunFormatError
 
-from ..runfolder import describe_error
+from ..runwriter import describe_error
 
 
 @dataclass(frozen=True)

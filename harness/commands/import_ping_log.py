@@ -44,7 +44,7 @@ from ..importers import (
     parse_timezone,
     utc_offset_name,
 )
-from ..runfolder import create_run_folder, redact
+from ..runwriter import create_run_folder, redact
 
 RUN_KIND = "import"
 WRITE_BATCH = 10_000  # rows handed to the CSV writer at a time

@@ -27,7 +27,7 @@ from migration_blackout.analysis.report.renderers import (
 from migration_blackout.runformat import RunFormatError, Thresholds
 
 from .. import exitcodes
-from ..runfolder import describe_error
+from ..runwriter import describe_error
 
 
 @dataclass(frozen=True)

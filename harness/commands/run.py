@@ -80,7 +80,7 @@ from ..deadlines import (
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..machine import MachineWatch
 from ..psrp_session import HostError
-from ..runfolder import RunFolder, create_run_folder
+from ..runwriter import RunWriter, create_run_folder
 
 T = TypeVar("T")
 
@@ -230,7 +230,7 @@ class _Recorder:
 @dataclass
 class _Context:
     config: RunConfig
-    run: RunFolder
+    run: RunWriter
     record: _Recorder
     progress: ProgressCallback | None
     start_mono_ns: int
@@ -655,7 +655,7 @@ async def _check_guest_answers(ctx: _Context) -> None:
 
 
 def _record_clocks(
-    run: RunFolder,
+    run: RunWriter,
     kind: str,
     before: Mapping[str, ClockOffset | None],
     after: Mapping[str, ClockOffset | None],
@@ -1032,7 +1032,7 @@ def _describe(error: BaseException) -> str:
     return str(error) if isinstance(error, HostError) else f"{type(error).__name__}: {error}"
 
 
-def _copy_ground_truth(path: Path, run: RunFolder, since_mono_ns: int) -> None:
+def _copy_ground_truth(path: Path, run: RunWriter, since_mono_ns: int) -> None:
     """The lab's ground truth written since this run started, as raw data."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]

@@ -39,7 +39,7 @@ from migration_blackout.runformat import (
 from .. import exitcodes
 from ..config import RunConfig
 from ..deadlines import Interrupt
-from ..runfolder import OutputFolderError, new_run_id
+from ..runwriter import OutputFolderError, new_run_id
 from .run import PreflightError, RunResult, measure_run, with_environment
 
 

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from migration_blackout.analysis.rebuild import rebuild_derived
-from migration_blackout.analysis.runfolder import RunFormatError
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.icmp import IcmpPermissionError, IcmpProbe, IcmpTargetStats
-from migration_blackout.runformat import ICMP, RunStatus
+from migration_blackout.runformat import ICMP, RunFormatError, RunStatus
 
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..machine import MachineWatch
-from ..runfolder import OutputFolderError, create_run_folder, describe_error
+from ..runwriter import OutputFolderError, create_run_folder, describe_error
 
 # How long the probe may take to open its sockets and send its first probe.
 PROBE_READY_DEADLINE_S = 10.0

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from migration_blackout import runformat
-from migration_blackout.analysis import runfolder
+from migration_blackout.analysis import rundata
 from migration_blackout.analysis.icmp import analyse_icmp
-from migration_blackout.analysis.runfolder import (
+from migration_blackout.analysis.rundata import (
     RawDataWarning,
     load_icmp,
     load_run,
@@ -319,9 +319,9 @@ def test_parallel_parsing_of_slices_gives_the_same_frame(
 ) -> None:
     path = write_run(tmp_path, _mixed_rows(400, missing_mono_from=missing_mono_from))
     one_parser = read_icmp_csv(path, columns=ICMP.columns).frame
-    monkeypatch.setattr(runfolder, "_PARALLEL_MIN_SLICE_BYTES", 1)
-    monkeypatch.setattr(runfolder, "_available_threads", lambda: 4)
-    assert len(runfolder._row_slices(path, runfolder._read_head(path))) == 4
+    monkeypatch.setattr(rundata, "_PARALLEL_MIN_SLICE_BYTES", 1)
+    monkeypatch.setattr(rundata, "_available_threads", lambda: 4)
+    assert len(rundata._row_slices(path, rundata._read_head(path))) == 4
     in_slices = read_icmp_csv(path, columns=ICMP.columns).frame
     pd.testing.assert_frame_equal(in_slices, one_parser)
     assert in_slices["target"].tolist()[:2] == ["1", "1"]
@@ -339,9 +339,9 @@ def test_a_file_with_quoted_fields_is_parsed_in_one_piece(
     lines[20] = row(TIMEOUT, 20).replace("guest,20,20,7,timeout", "guest,20,20,7,error")
     lines[20] += '"send failed:\nENOBUFS, twice"'
     path = write_run(tmp_path, lines)
-    monkeypatch.setattr(runfolder, "_PARALLEL_MIN_SLICE_BYTES", 1)
-    monkeypatch.setattr(runfolder, "_available_threads", lambda: 4)
-    assert len(runfolder._row_slices(path, runfolder._read_head(path))) == 1
+    monkeypatch.setattr(rundata, "_PARALLEL_MIN_SLICE_BYTES", 1)
+    monkeypatch.setattr(rundata, "_available_threads", lambda: 4)
+    assert len(rundata._row_slices(path, rundata._read_head(path))) == 1
     frame = read_icmp_csv(path, columns=ICMP.columns).frame
     assert len(frame) == 40
     assert frame["detail"].iloc[20] == "send failed:\nENOBUFS, twice"
@@ -349,7 +349,7 @@ def test_a_file_with_quoted_fields_is_parsed_in_one_piece(
 
 def test_analysis_imports_neither_probes_nor_harness() -> None:
     code = (
-        "import sys, analysis.runfolder, analysis.icmp, analysis.summary, analysis.render\n"
+        "import sys, analysis.rundata, analysis.icmp, analysis.summary, analysis.render\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('probes', 'harness')))"
     )
     result = subprocess.run(

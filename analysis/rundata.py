@@ -46,7 +46,7 @@ ICMP_ANALYSIS_COLUMNS = ("target", "n", "outcome", "send_mono_ns", "send_utc_ns"
 ICMP_OUTCOME_DTYPE = pd.CategoricalDtype(list(ICMP_OUTCOMES))
 
 # ``runformat.ICMP.dtypes``; the C parser fills nullable Int64 values and a mask
-# directly, without a float round trip (tests/test_analysis_runfolder.py checks
+# directly, without a float round trip (tests/test_analysis_rundata.py checks
 # this at 2**63 - 1). The send stamps are complete in every file our prober
 # writes but may be missing in imported logs: they are first parsed as plain
 # int64, which is ~0.2-0.4 s faster per 3.6 M rows than Int64 for the two of
@@ -184,7 +184,11 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class RunFolder:
+class RunData:
+    """A run folder as the analysis reads it: its path and its checked manifest
+    (``load_run``); the raw files are read on demand. The harness writes one
+    with ``harness.runwriter.RunWriter``."""
+
     path: Path
     manifest: Manifest
 
@@ -229,7 +233,7 @@ def _check_utc(value: str | None, key: str, where: str) -> None:
         raise RunFormatError(f"{where} key {key!r} has no UTC offset: {value!r}")
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> RunFolder:
+def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     """Read and validate ``run_dir/manifest.json``."""
     path = Path(run_dir)
     manifest_path = path / MANIFEST_FILE
@@ -272,7 +276,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFolder:
     ended = _require(doc, "ended_utc", (str, type(None)), where)
     _check_utc(started, "started_utc", where)
     _check_utc(ended, "ended_utc", where)
-    return RunFolder(
+    return RunData(
         path=path,
         manifest=Manifest(
             run_id=run_id,
@@ -614,7 +618,7 @@ def _read_icmp_row_by_row(
 
 
 def load_icmp(
-    run: RunFolder, *, columns: Sequence[str] = ICMP_ANALYSIS_COLUMNS
+    run: RunData, *, columns: Sequence[str] = ICMP_ANALYSIS_COLUMNS
 ) -> IcmpRecords | None:
     """The run's ICMP records, or None if its manifest lists no ICMP probe."""
     path = run.probe_file(ICMP.probe)
@@ -628,7 +632,7 @@ def load_icmp(
     return read_icmp_csv(path, columns=columns)
 
 
-def manifest_icmp_interval_s(run: RunFolder) -> float | None:
+def manifest_icmp_interval_s(run: RunData) -> float | None:
     """The requested ICMP interval in seconds as the manifest records it.
 
     The probe's settings are in ``probes.icmp`` (``measure run`` and ``measure
@@ -648,7 +652,7 @@ def manifest_icmp_interval_s(run: RunFolder) -> float | None:
     return None
 
 
-def requested_icmp_interval_s(run: RunFolder, records: IcmpRecords | None) -> float | None:
+def requested_icmp_interval_s(run: RunData, records: IcmpRecords | None) -> float | None:
     """The requested ICMP interval in seconds: the raw header's, else the manifest's."""
     if records is not None and records.interval_s is not None:
         return records.interval_s

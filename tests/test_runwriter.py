@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migration_blackout.harness.runfolder import OutputFolderError, create_run_folder, redact
+from migration_blackout.harness.runwriter import OutputFolderError, create_run_folder, redact
 from migration_blackout.probes.sink import CsvSink, JsonlSink
 from migration_blackout.runformat import MANIFEST_SCHEMA_VERSION, RAW_SCHEMA_VERSION, RunStatus
 

@@ -134,8 +134,9 @@ def _overwrite_in_place(path: Path, text: str) -> None:
 
 
 @dataclass
-class RunFolder:
-    """A run folder being written. Only the harness writes manifests."""
+class RunWriter:
+    """A run folder being written. Only the harness writes manifests; the
+    analysis reads the folder as ``analysis.rundata.RunData``."""
 
     path: Path
     run_id: str
@@ -184,7 +185,7 @@ def create_run_folder(
     config: Mapping[str, Any],
     targets: Sequence[str],
     labels: Mapping[str, str] | None = None,
-) -> RunFolder:
+) -> RunWriter:
     """Create ``parent/<run-id>/`` with ``raw/`` and a ``running`` manifest.
 
     ``labels``: the user's ``key=value`` labels (``--label``), kept as given.
@@ -204,7 +205,7 @@ def create_run_folder(
         (path / RAW_DIR).mkdir()
     except OSError as exc:
         raise OutputFolderError(f"cannot create run folder {path}: {exc.strerror}") from exc
-    run = RunFolder(path=path, run_id=run_id)
+    run = RunWriter(path=path, run_id=run_id)
     run.manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "kind": "run",
