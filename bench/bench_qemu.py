@@ -37,11 +37,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
+from migration_blackout.harness.qemu.migration import MigrationResult, MigrationSettings, migrate  # noqa: E402
+from migration_blackout.harness.qemu.qmp import QmpClient  # noqa: E402
 from migration_blackout.lab.qemu import control  # noqa: E402
 from migration_blackout.lab.qemu.artefacts import ensure_artefacts  # noqa: E402
 from migration_blackout.lab.qemu.guest import GuestControl  # noqa: E402
-from migration_blackout.lab.qemu.migration import MigrationResult, MigrationSettings, migrate  # noqa: E402
-from migration_blackout.lab.qemu.qmp import QmpClient  # noqa: E402
 from migration_blackout.probes.guest_receiver import GuestReceiver  # noqa: E402
 from migration_blackout.probes.icmp import IcmpProbe  # noqa: E402
 from migration_blackout.runformat import HEARTBEAT  # noqa: E402

@@ -33,18 +33,18 @@ from typing import Any, TypeVar
 
 import pytest
 
-from migration_blackout.lab.qemu import control
-from migration_blackout.lab.qemu.artefacts import ensure_artefacts
-from migration_blackout.lab.qemu.control import QemuLabState
-from migration_blackout.lab.qemu.guest import GuestControl
-from migration_blackout.lab.qemu.migration import (
+from migration_blackout.harness.qemu.migration import (
     OUTCOME_CANCELLED,
     OUTCOME_COMPLETED,
     MigrationResult,
     MigrationSettings,
     migrate,
 )
-from migration_blackout.lab.qemu.qmp import QmpClient
+from migration_blackout.harness.qemu.qmp import QmpClient
+from migration_blackout.lab.qemu import control
+from migration_blackout.lab.qemu.artefacts import ensure_artefacts
+from migration_blackout.lab.qemu.control import QemuLabState
+from migration_blackout.lab.qemu.guest import GuestControl
 from migration_blackout.probes.guest_receiver import GuestReceiver
 from migration_blackout.probes.icmp import IcmpProbe
 from migration_blackout.runformat import HEARTBEAT

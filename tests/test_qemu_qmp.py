@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from migration_blackout.lab.qemu.artefacts import SETUP_SCRIPT, QemuArtefacts, ensure_artefacts
-from migration_blackout.lab.qemu.migration import PAGE_BYTES, compare_dumps
-from migration_blackout.lab.qemu.qmp import (
+from migration_blackout.harness.qemu.migration import PAGE_BYTES, compare_dumps
+from migration_blackout.harness.qemu.qmp import (
     QmpClient,
     QmpCommandError,
     QmpConnectionError,
     QmpTimeoutError,
     RunState,
 )
+from migration_blackout.lab.qemu.artefacts import SETUP_SCRIPT, QemuArtefacts, ensure_artefacts
 from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
 from migration_blackout.runformat import HEARTBEAT
 
