@@ -1,4 +1,4 @@
-"""Importing ping logs of other tools (harness/importers.py, docs/importers.md).
+"""Importing ping logs of other tools (harness/importers/, docs/importers.md).
 
 The sample logs in tests/data/ping-logs/ are frozen; make_samples.py there is
 the record of how they were written.
