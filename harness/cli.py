@@ -543,7 +543,7 @@ def run(
     )
     from .guestagent import GuestAgentSetup, address_towards
     from .labseam import LabError, LabRequest, load_lab
-    from .runfolder import OutputFolderError, describe_error
+    from .runwriter import OutputFolderError, describe_error
 
     if ping_pong and repeat == 1:
         raise click.UsageError("--ping-pong needs --repeat N (N >= 2 migrations)")
@@ -812,10 +812,11 @@ def watch(
     SIGTERM): either way the run is complete and counts in reports.
     """
     from migration_blackout.probes.icmp import IcmpPermissionError
+    from migration_blackout.runformat import RunStatus
 
     from .commands import watch as watch_command
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
-    from .runfolder import OutputFolderError, RunStatus, describe_error
+    from .runwriter import OutputFolderError, describe_error
 
     forget_secrets()  # no password is read here: no child inherits one
     terminal = _Terminal()
@@ -893,8 +894,8 @@ def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
     holding run folders, a glob ('results/*') or a text file listing any of
     these, one per line.
     """
-    from migration_blackout.analysis.report import is_run_folder
-    from migration_blackout.analysis.runfolder import RunFormatError
+    from migration_blackout.analysis.report.runs import is_run_folder
+    from migration_blackout.runformat import RunFormatError
 
     from .commands import analyze as analyze_command
 
@@ -1014,7 +1015,7 @@ def report(
       measure report results/nightly-*/ --baseline results/release-1.2/
       measure report --baseline base/* -- new/*
     """
-    from migration_blackout.analysis.report import Thresholds
+    from migration_blackout.runformat import Thresholds
 
     from .commands import report as report_command
     from .config import ConfigError, load_config
@@ -1124,7 +1125,7 @@ def import_ping_log(
 
     from .commands import analyze as analyze_command
     from .commands import import_ping_log as import_command
-    from .runfolder import OutputFolderError
+    from .runwriter import OutputFolderError
 
     try:
         run_dir = import_command.run(

@@ -13,9 +13,12 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from migration_blackout.runformat import Thresholds
 
 AUTH_METHODS = ("kerberos", "negotiate", "ntlm", "credssp", "basic")
 # What a stock domain host accepts: Enable-PSRemoting creates an HTTP listener
@@ -27,6 +30,7 @@ DEFAULT_AUTH = "negotiate"
 DEFAULT_PORTS = {"http": 5985, "https": 5986}
 DEFAULT_PASSWORD_ENV = "MEASURE_PASSWORD"
 DEFAULT_CONFIG_NAME = "measure.toml"
+_THRESHOLD_KEYS = frozenset(f.name for f in fields(Thresholds))
 
 
 class ConfigError(Exception):
@@ -145,13 +149,6 @@ class QemuConfig:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    max_blackout_ms: float | None = None
-    max_timeouts: int | None = None
-    max_regression_pct: float | None = None
-
-
-@dataclass(frozen=True)
 class RunConfig:
     vm: str = "HVSW10Home"
     hosts: tuple[HostConfig, ...] = ()
@@ -213,7 +210,7 @@ def _expect(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     return value
 
 
-def _reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _reject_unknown(table: Mapping[str, Any], allowed: AbstractSet[str], where: str) -> None:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a table")
     if any("password" in str(key) and key != "password_env" for key in table):
@@ -404,14 +401,11 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     )
 
     thr = document.get("thresholds", {})
-    _reject_unknown(
-        thr, {"max_blackout_ms", "max_timeouts", "max_regression_pct"}, f"{origin}: [thresholds]"
-    )
-    thresholds = Thresholds(
-        max_blackout_ms=thr.get("max_blackout_ms"),
-        max_timeouts=thr.get("max_timeouts"),
-        max_regression_pct=thr.get("max_regression_pct"),
-    )
+    _reject_unknown(thr, _THRESHOLD_KEYS, f"{origin}: [thresholds]")
+    try:
+        thresholds = Thresholds(**{key: thr.get(key) for key in _THRESHOLD_KEYS})
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: [thresholds] {exc}") from None
     qemu_doc = document.get("qemu", {})
     where = f"{origin}: [qemu]"
     _reject_unknown(

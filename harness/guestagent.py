@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
+from migration_blackout.runformat import FRAMES, HEARTBEAT, REJECTS
 
-from .runfolder import RunFolder
+from .runwriter import RunWriter
 
 RECEIVER_READY_DEADLINE_S = 15.0
 
@@ -91,7 +92,7 @@ class GuestAgentSession:
 
     def __init__(
         self,
-        run: RunFolder,
+        run: RunWriter,
         setup: GuestAgentSetup,
         *,
         record: Callable[..., None],
@@ -106,12 +107,8 @@ class GuestAgentSession:
             run.path, token=self.token, host=setup.listen_host, port=setup.listen_port
         )
         self.desktop: GuestDesktop | None = None
-        for probe, file in (
-            ("guest_frames", "raw/guest_frames.jsonl"),
-            ("guest_heartbeat", "raw/guest_heartbeat.csv"),
-            ("guest_rejects", "raw/guest_rejects.jsonl"),
-        ):
-            run.register_probe(probe, file)
+        for raw_file in (FRAMES, HEARTBEAT, REJECTS):
+            run.register_probe(raw_file.probe, raw_file.path)
 
     def agent_url(self) -> str:
         host, port = self.receiver.address

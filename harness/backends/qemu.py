@@ -37,10 +37,11 @@ from migration_blackout.harness.qemu.migration import (
 )
 from migration_blackout.harness.qemu.qmp import QmpClient, QmpError
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import QEMU_MIGRATION
 
 from ..clocksync import ClockOffset
 from ..config import QemuConfig, RunConfig
-from ..runfolder import RunFolder
+from ..runwriter import RunWriter
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -217,7 +218,7 @@ class QemuBackend:
 
     async def migrate(
         self,
-        run: RunFolder,
+        run: RunWriter,
         source: str,
         destination: str,
         *,
@@ -239,7 +240,7 @@ class QemuBackend:
                 "timeout_s": timeout_s,
             },
         )
-        run.register_probe("qemu_migration", "raw/qemu_migration.jsonl", format="jsonl")
+        run.register_probe(QEMU_MIGRATION.probe, QEMU_MIGRATION.path, format="jsonl")
         names = {"source": source, "destination": destination}
 
         def on_event(role: str, event: Any) -> None:
@@ -318,7 +319,7 @@ class QemuBackend:
         record("migrate_error", host=source, error=result.error)
         return MigrationOutcome("failed", f"{source}: migration failed: {result.error}")
 
-    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+    async def harvest(self, run: RunWriter, record: Recorder, *, deadline_s: float) -> None:
         """QEMU's own figures were stored with the migration (``raw/qemu_migration.jsonl``)."""
 
     async def close(self) -> None:

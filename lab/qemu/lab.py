@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from migration_blackout.harness.qemu.qmp import QmpClient, QmpConnectionError, QmpError, QmpEvent
-from migration_blackout.probes.clock import clock_pair, utc_iso
+from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import utc_iso
 
 from .artefacts import QemuArtefacts, ensure_artefacts
 from .guest import DEFAULT_CONTROL_PORT, GuestControl, GuestControlError, GuestStatus
