@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -473,45 +473,66 @@ def load_config(path: Path | None) -> RunConfig:
     return parse_config(document, origin=str(path))
 
 
-def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
-    """Flags win over the file. ``None`` means "not given"."""
-    top = {
-        k: v
-        for k, v in overrides.items()
-        if v is not None and k in {"vm", "source", "destination", "guest_addresses", "hypervisor"}
-    }
-    qemu = {
-        k: v
-        for k, v in overrides.items()
-        if v is not None
-        and k in {"downtime_limit_ms", "max_bandwidth_mib_s", "auto_converge", "verify_memory"}
-    }
-    probes = {
-        k: v
-        for k, v in overrides.items()
-        if v is not None and k in {"icmp_interval_s", "icmp_timeout_s", "host_poll_interval_s"}
-    }
-    migration = {
-        k: v
-        for k, v in overrides.items()
-        if v is not None
-        and k
-        in {
-            "include_storage",
-            "destination_storage_path",
-            "timeout_s",
-            "settle_s",
-            "harvest_timeout_s",
-        }
-    }
-    thresholds = {k: v for k, v in overrides.items() if v is not None and k in _THRESHOLD_KEYS}
-    if "guest_addresses" in top:
-        top["guest_addresses"] = tuple(top["guest_addresses"])
-    auth = overrides.get("auth")
+def apply_overrides(
+    config: RunConfig,
+    *,
+    vm: str | None = None,
+    source: str | None = None,
+    destination: str | None = None,
+    guest_addresses: Sequence[str] | None = None,
+    hypervisor: str | None = None,
+    auth: str | None = None,
+    icmp_interval_s: float | None = None,
+    icmp_timeout_s: float | None = None,
+    host_poll_interval_s: float | None = None,
+    include_storage: bool | None = None,
+    destination_storage_path: str | None = None,
+    timeout_s: float | None = None,
+    settle_s: float | None = None,
+    harvest_timeout_s: float | None = None,
+    max_blackout_ms: float | None = None,
+    max_timeouts: int | None = None,
+    max_regression_pct: float | None = None,
+    downtime_limit_ms: int | None = None,
+    max_bandwidth_mib_s: float | None = None,
+    auto_converge: bool | None = None,
+    verify_memory: bool | None = None,
+) -> RunConfig:
+    """Flags win over the file. ``None`` means "not given"; a keyword this
+    signature does not name is a ``TypeError``, never silently ignored."""
+    top = _given(
+        vm=vm,
+        source=source,
+        destination=destination,
+        guest_addresses=None if guest_addresses is None else tuple(guest_addresses),
+        hypervisor=hypervisor,
+    )
     if auth is not None:
-        auth = _auth(auth, "--auth")
-        top["auth"] = auth
-        top["hosts"] = tuple(replace(host, auth=auth) for host in config.hosts)
+        top["auth"] = _auth(auth, "--auth")
+        top["hosts"] = tuple(replace(host, auth=top["auth"]) for host in config.hosts)
+    probes = _given(
+        icmp_interval_s=icmp_interval_s,
+        icmp_timeout_s=icmp_timeout_s,
+        host_poll_interval_s=host_poll_interval_s,
+    )
+    migration = _given(
+        include_storage=include_storage,
+        destination_storage_path=destination_storage_path,
+        timeout_s=timeout_s,
+        settle_s=settle_s,
+        harvest_timeout_s=harvest_timeout_s,
+    )
+    thresholds = _given(
+        max_blackout_ms=max_blackout_ms,
+        max_timeouts=max_timeouts,
+        max_regression_pct=max_regression_pct,
+    )
+    qemu = _given(
+        downtime_limit_ms=downtime_limit_ms,
+        max_bandwidth_mib_s=max_bandwidth_mib_s,
+        auto_converge=auto_converge,
+        verify_memory=verify_memory,
+    )
     return replace(
         config,
         probes=replace(config.probes, **probes),
@@ -520,6 +541,11 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
         qemu=replace(config.qemu, **qemu),
         **top,
     )
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The values that were given (not None)."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 KEYRING_SERVICE = "migration-blackout"

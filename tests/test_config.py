@@ -81,6 +81,31 @@ def test_flags_override_the_file() -> None:
     assert changed.migration.timeout_s == config.migration.timeout_s
 
 
+def test_every_override_lands_in_its_section() -> None:
+    config = load_config(REPO / "measure.example.toml")
+    changed = apply_overrides(
+        config,
+        guest_addresses=["198.18.0.9"],
+        auth="negotiate",
+        max_blackout_ms=900.0,
+        downtime_limit_ms=40,
+        include_storage=True,
+    )
+    assert changed.guest_addresses == ("198.18.0.9",)
+    assert changed.auth == "negotiate"
+    assert {host.auth for host in changed.hosts} == {"negotiate"}
+    assert changed.thresholds.max_blackout_ms == 900.0
+    assert changed.qemu.downtime_limit_ms == 40
+    assert changed.migration.include_storage is True
+
+
+def test_an_unknown_override_is_refused() -> None:
+    """A flag that the overrides do not know is an error, never silently dropped."""
+    config = load_config(REPO / "measure.example.toml")
+    with pytest.raises(TypeError, match="interval_ms"):
+        apply_overrides(config, interval_ms=5)
+
+
 def test_passwords_come_from_the_named_environment_variable() -> None:
     config = parse_config(
         {"hosts": [{"name": "a", "address": "h", "password_env": "LAB_PW"}]}, origin="x"

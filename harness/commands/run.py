@@ -1070,6 +1070,41 @@ async def with_environment(
                 await environment.close()
 
 
-def run(*, environment: RunEnvironment | None = None, **kwargs: Any) -> RunResult:
-    """Synchronous entry point for the CLI and tests."""
-    return asyncio.run(with_environment(measure_run, environment, **kwargs))
+def run(
+    *,
+    config: RunConfig,
+    out: Path,
+    command: Sequence[str],
+    passwords: Mapping[str, str | None] | None = None,
+    backend: HypervisorBackend | None = None,
+    backend_factory: Callable[[], Awaitable[HypervisorBackend]] | None = None,
+    environment: RunEnvironment | None = None,
+    progress: ProgressCallback | None = None,
+    ground_truth: Path | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+    guest_agent: GuestAgentSetup | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> RunResult:
+    """One measured migration, synchronously: the CLI and tests call this.
+
+    The arguments are :func:`measure_run`'s; SIGINT and SIGTERM are handled
+    for the whole run, and ``environment`` (a lab started for the run) is
+    closed inside that handling, whatever ended the run.
+    """
+    return asyncio.run(
+        with_environment(
+            measure_run,
+            environment,
+            config=config,
+            out=out,
+            command=command,
+            passwords=passwords,
+            backend=backend,
+            backend_factory=backend_factory,
+            progress=progress,
+            ground_truth=ground_truth,
+            extra_manifest=extra_manifest,
+            guest_agent=guest_agent,
+            labels=labels,
+        )
+    )
