@@ -1,0 +1,225 @@
+"""The brownout the guest lived through: its rate of work, from the heartbeats.
+
+After every heartbeat the agent does a fixed unit of CPU and memory work;
+heartbeat version 2 carries ``work_ns``, the time from the previous
+heartbeat's slot to the end of that unit (``probes/guest_agent.py``): the
+time a fixed piece of work due at a moment took to be done, wake-up included.
+A guest slowed by pre-copy (a busy or throttled CPU, memory writes slowed by
+dirty tracking) takes longer. The *work rate* is the guest's normal time
+over this time: 1.0 normally, 0.25 when the same work took four times as long.
+
+Method (pure, over the heartbeat rows of one agent in sequence order):
+
+* each heartbeat's work time is smoothed by a centred rolling upper
+  quartile over ``window`` heartbeats: a throttled guest is late on many
+  wake-ups but not all (the throttle has its own period), a busy machine
+  on a few;
+* the *baseline* is the lower quartile of the smoothed series: the guest's
+  normal pace, even when a brownout takes up to three quarters of the run;
+* a heartbeat is *slow* when its smoothed work time exceeds both
+  ``factor`` x baseline and baseline + ``min_extra_ms``;
+* a *brownout* is a run of slow heartbeats, interruptions of at most
+  ``window`` heartbeats bridged, at least ``window`` heartbeats long. The one
+  reported is the last that ends within ``max_gap_ms`` before the execution
+  gap (the blackout), when one is given; else the longest.
+
+A freeze ends any brownout: runs are cut where the guest's clock steps by
+more than five intervals (or at the given execution gap).
+
+Bounds: the smoothing moves each edge by up to half a window, so the
+brownout's start and end each lie within ``window`` heartbeat intervals of
+the slow run's first and last heartbeat; a run that ends within a window of
+the execution gap ends at it (the last heartbeat before the freeze: the
+pause lies between it and the next slot). ``lower_ms`` / ``upper_ms`` are
+these limits on its length (guest clock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from migration_blackout.analysis.witnesses import NS_PER_MS, failure_runs, read_raw_csv
+
+HEARTBEAT_FILE = Path("raw") / "guest_heartbeat.csv"
+DEFAULT_WINDOW = 9
+DEFAULT_FACTOR = 3.0
+DEFAULT_MIN_EXTRA_MS = 1.0
+
+_DTYPES = {
+    "agent_id": "str",
+    "seq": "int64",
+    "guest_utc_ns": "int64",
+    "guest_mono_ns": "int64",
+    "interval_us": "int64",
+    "recv_mono_ns": "int64",
+    "recv_utc_ns": "int64",
+    "from_addr": "str",
+    "late_ns": "Int64",
+    "work_ns": "Int64",
+}
+
+
+@dataclass(frozen=True)
+class Brownout:
+    """A stretch in which the guest's work rate stayed low.
+
+    Durations in ms on the guest's monotonic clock; ``*_guest_mono_ns`` the
+    first and last slow heartbeat (guest clock), ``*_recv_mono_ns`` their
+    arrival (harness clock). ``work_ms`` is the mean work time inside and
+    ``rate`` = baseline / ``work_ms``: the share of its normal pace the guest
+    kept (a unit due at a slot took 1 / rate times as long on average)."""
+
+    agent_id: str
+    duration_ms: float
+    lower_ms: float
+    upper_ms: float
+    baseline_work_ms: float
+    work_ms: float
+    rate: float
+    heartbeats: int
+    ends_at_gap: bool
+    start_guest_mono_ns: int
+    end_guest_mono_ns: int
+    start_recv_mono_ns: int
+    end_recv_mono_ns: int
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class WorkRate:
+    """The work-rate series of one agent (for plots) and its brownout."""
+
+    agent_id: str
+    interval_ms: float
+    baseline_work_ms: float
+    guest_mono_ns: np.ndarray
+    recv_mono_ns: np.ndarray
+    rate: np.ndarray  # baseline / smoothed work time, per heartbeat
+    brownouts: tuple[Brownout, ...]
+    brownout: Brownout | None
+
+
+def load_work(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The heartbeats of ``raw/guest_heartbeat.csv`` that carry a work time
+    (version 2), in the columns as written; empty for version 1 only."""
+    rows = read_raw_csv(
+        Path(run_dir) / HEARTBEAT_FILE, probe="guest_heartbeat", dtypes=_DTYPES
+    ).rows
+    if "work_ns" not in rows:
+        return rows.iloc[0:0]
+    return rows[rows["work_ns"].notna() & (rows["work_ns"] > 0)]
+
+
+def analyse_work(
+    records: pd.DataFrame,
+    *,
+    gap_start_guest_mono_ns: int | None = None,
+    window: int = DEFAULT_WINDOW,
+    factor: float = DEFAULT_FACTOR,
+    min_extra_ms: float = DEFAULT_MIN_EXTRA_MS,
+    max_gap_ms: float = 1000.0,
+) -> WorkRate | None:
+    """The work rate and brownouts of the agent with the most records (module
+    docstring); None without enough records (fewer than ``2 * window``).
+    ``gap_start_guest_mono_ns``: the execution gap's start (the last heartbeat
+    before the freeze, guest clock), to pick the brownout that led into it."""
+    if records.empty:
+        return None
+    agent = str(records["agent_id"].value_counts().idxmax())
+    rows = records[records["agent_id"] == agent].drop_duplicates("seq").sort_values("seq")
+    if len(rows) < 2 * window:
+        return None
+    work = rows["work_ns"].to_numpy(np.int64).astype(float)
+    mono = rows["guest_mono_ns"].to_numpy(np.int64)
+    recv = rows["recv_mono_ns"].to_numpy(np.int64)
+    seq = rows["seq"].to_numpy(np.int64)
+    interval_ns = float(rows["interval_us"].median()) * 1000
+    rolling = pd.Series(work).rolling(window, center=True, min_periods=window // 2 + 1)
+    smooth = rolling.quantile(0.75).to_numpy()
+    baseline = float(np.nanpercentile(smooth, 25))
+    threshold = max(factor * baseline, baseline + min_extra_ms * NS_PER_MS)
+    brownouts = []
+    edge_ns = window * interval_ns
+    slow = smooth > threshold
+    # A freeze ends any brownout: runs never reach across a step of the
+    # guest's clock longer than a few intervals (or across the given gap).
+    steps = np.diff(mono)
+    breaks = steps > max(5 * interval_ns, 50 * NS_PER_MS)
+    if gap_start_guest_mono_ns is not None:
+        breaks |= mono[:-1] == gap_start_guest_mono_ns
+    runs = []
+    for first, last in _bridged(failure_runs(slow), window):
+        cuts = [first, *(np.flatnonzero(breaks[first:last]) + first + 1).tolist(), last + 1]
+        runs += [(a, b - 1) for a, b in itertools.pairwise(cuts) if b - a >= window]
+    for first, last in runs:
+        # A run that reaches the freeze ends at it: the pause ends pre-copy.
+        ends_at_gap = (
+            gap_start_guest_mono_ns is not None
+            and 0 <= (gap_start_guest_mono_ns - mono[last]) <= edge_ns
+        )
+        end = gap_start_guest_mono_ns if ends_at_gap else int(mono[last])
+        assert end is not None
+        length = end - int(mono[first])
+        mean = float(np.mean(work[first : last + 1]))
+        end_slack = interval_ns if ends_at_gap else edge_ns
+        brownouts.append(
+            Brownout(
+                agent_id=agent,
+                duration_ms=length / NS_PER_MS,
+                lower_ms=max(0.0, length - edge_ns - (0 if ends_at_gap else edge_ns)) / NS_PER_MS,
+                upper_ms=(length + edge_ns + end_slack) / NS_PER_MS,
+                baseline_work_ms=baseline / NS_PER_MS,
+                work_ms=mean / NS_PER_MS,
+                rate=baseline / mean if mean > 0 else 1.0,
+                heartbeats=last - first + 1,
+                ends_at_gap=ends_at_gap,
+                start_guest_mono_ns=int(mono[first]),
+                end_guest_mono_ns=end,
+                start_recv_mono_ns=int(recv[first]),
+                end_recv_mono_ns=int(recv[last]),
+                first_seq=int(seq[first]),
+                last_seq=int(seq[last]),
+            )
+        )
+    chosen = None
+    if brownouts:
+        if gap_start_guest_mono_ns is not None:
+            leading = [
+                b
+                for b in brownouts
+                if 0 <= gap_start_guest_mono_ns - b.end_guest_mono_ns <= max_gap_ms * NS_PER_MS
+            ]
+            chosen = leading[-1] if leading else None
+        if chosen is None:
+            chosen = max(brownouts, key=lambda b: b.duration_ms)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(smooth > 0, baseline / smooth, np.nan)
+    return WorkRate(
+        agent_id=agent,
+        interval_ms=interval_ns / NS_PER_MS,
+        baseline_work_ms=baseline / NS_PER_MS,
+        guest_mono_ns=mono,
+        recv_mono_ns=recv,
+        rate=rate,
+        brownouts=tuple(brownouts),
+        brownout=chosen,
+    )
+
+
+def _bridged(runs: list[tuple[int, int]], window: int) -> list[tuple[int, int]]:
+    """Runs joined across interruptions of at most ``window`` positions, and
+    those shorter than ``window`` dropped."""
+    joined: list[tuple[int, int]] = []
+    for first, last in runs:
+        if joined and first - joined[-1][1] - 1 <= window:
+            joined[-1] = (joined[-1][0], last)
+        else:
+            joined.append((first, last))
+    return [(first, last) for first, last in joined if last - first + 1 >= window]
