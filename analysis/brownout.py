@@ -10,28 +10,35 @@ over this time: 1.0 normally, 0.25 when the same work took four times as long.
 
 Method (pure, over the heartbeat rows of one agent in sequence order):
 
-* each heartbeat's work time is smoothed by a centred rolling upper
-  quartile over ``window`` heartbeats: a throttled guest is late on many
-  wake-ups but not all (the throttle has its own period), a busy machine
-  on a few;
-* the *baseline* is the lower quartile of the smoothed series: the guest's
-  normal pace, even when a brownout takes up to three quarters of the run;
-* a heartbeat is *slow* when its smoothed work time exceeds both
-  ``factor`` x baseline and baseline + ``min_extra_ms``;
-* a *brownout* is a run of slow heartbeats, interruptions of at most
-  ``window`` heartbeats bridged, at least ``window`` heartbeats long. The one
-  reported is the last that ends within ``max_gap_ms`` before the execution
-  gap (the blackout), when one is given; else the longest.
+* the *waiting share* around each heartbeat is the sum of the work times of
+  the heartbeats within ``window_ms`` (centred) over ``window_ms``: the
+  share of that time in which work was due and not yet done. A throttled
+  guest is late on many wake-ups, not all (the throttle has its own
+  period), and skips slots when very late; the sum counts all of it, where
+  a per-heartbeat statistic would be fooled by the prompt ones;
+* the *baseline* is the lower quartile of the waiting share: the guest's
+  normal state, even when a brownout takes up to three quarters of the run;
+* a heartbeat is *slow* when its waiting share exceeds both ``min_share``
+  and ``factor`` x the baseline;
+* a *brownout* is a run of slow heartbeats, pauses in it of at most half a
+  window bridged, at least ``window_ms`` long. A freeze ends any
+  brownout: runs are cut where the guest's clock steps by more than ten
+  intervals and 200 ms (or at the given execution gap: a throttled guest
+  skips slots, tens of ms at a time). The one reported is the last
+  that ends within ``max_gap_ms`` before the execution gap (the blackout),
+  when one is given; else the longest.
 
-A freeze ends any brownout: runs are cut where the guest's clock steps by
-more than five intervals (or at the given execution gap).
+Figures: ``work_ms`` the mean work time inside, ``baseline_work_ms`` the
+mean outside every brownout, ``rate`` = baseline / inside (1.0: normal pace;
+0.25: a unit of work took four times as long), ``waiting_share`` the mean
+waiting share inside.
 
-Bounds: the smoothing moves each edge by up to half a window, so the
-brownout's start and end each lie within ``window`` heartbeat intervals of
-the slow run's first and last heartbeat; a run that ends within a window of
-the execution gap ends at it (the last heartbeat before the freeze: the
-pause lies between it and the next slot). ``lower_ms`` / ``upper_ms`` are
-these limits on its length (guest clock).
+Bounds: a window centred on a heartbeat sees a brownout's edge half a window
+before it reaches it, so each edge lies within ``window_ms / 2`` (plus an
+interval) of the slow run's first and last heartbeat; a run that ends within
+a window of the execution gap ends at it (the last heartbeat before the
+freeze: the pause lies between it and the next slot). ``lower_ms`` /
+``upper_ms`` are these limits on its length (guest clock).
 """
 
 from __future__ import annotations
@@ -47,9 +54,9 @@ import pandas as pd
 from migration_blackout.analysis.witnesses import NS_PER_MS, failure_runs, read_raw_csv
 
 HEARTBEAT_FILE = Path("raw") / "guest_heartbeat.csv"
-DEFAULT_WINDOW = 9
-DEFAULT_FACTOR = 3.0
-DEFAULT_MIN_EXTRA_MS = 1.0
+DEFAULT_WINDOW_MS = 400.0
+DEFAULT_FACTOR = 2.5
+DEFAULT_MIN_SHARE = 0.25
 
 _DTYPES = {
     "agent_id": "str",
@@ -82,6 +89,7 @@ class Brownout:
     baseline_work_ms: float
     work_ms: float
     rate: float
+    waiting_share: float
     heartbeats: int
     ends_at_gap: bool
     start_guest_mono_ns: int
@@ -101,7 +109,7 @@ class WorkRate:
     baseline_work_ms: float
     guest_mono_ns: np.ndarray
     recv_mono_ns: np.ndarray
-    rate: np.ndarray  # baseline / smoothed work time, per heartbeat
+    waiting_share: np.ndarray  # per heartbeat, over the window around it
     brownouts: tuple[Brownout, ...]
     brownout: Brownout | None
 
@@ -121,63 +129,70 @@ def analyse_work(
     records: pd.DataFrame,
     *,
     gap_start_guest_mono_ns: int | None = None,
-    window: int = DEFAULT_WINDOW,
+    window_ms: float = DEFAULT_WINDOW_MS,
     factor: float = DEFAULT_FACTOR,
-    min_extra_ms: float = DEFAULT_MIN_EXTRA_MS,
+    min_share: float = DEFAULT_MIN_SHARE,
     max_gap_ms: float = 1000.0,
 ) -> WorkRate | None:
     """The work rate and brownouts of the agent with the most records (module
-    docstring); None without enough records (fewer than ``2 * window``).
-    ``gap_start_guest_mono_ns``: the execution gap's start (the last heartbeat
-    before the freeze, guest clock), to pick the brownout that led into it."""
+    docstring); None with fewer than 20 records. ``gap_start_guest_mono_ns``:
+    the execution gap's start (the last heartbeat before the freeze, guest
+    clock), to pick the brownout that led into it."""
     if records.empty:
         return None
     agent = str(records["agent_id"].value_counts().idxmax())
     rows = records[records["agent_id"] == agent].drop_duplicates("seq").sort_values("seq")
-    if len(rows) < 2 * window:
+    if len(rows) < 20:
         return None
     work = rows["work_ns"].to_numpy(np.int64).astype(float)
     mono = rows["guest_mono_ns"].to_numpy(np.int64)
     recv = rows["recv_mono_ns"].to_numpy(np.int64)
     seq = rows["seq"].to_numpy(np.int64)
     interval_ns = float(rows["interval_us"].median()) * 1000
-    rolling = pd.Series(work).rolling(window, center=True, min_periods=window // 2 + 1)
-    smooth = rolling.quantile(0.75).to_numpy()
-    baseline = float(np.nanpercentile(smooth, 25))
-    threshold = max(factor * baseline, baseline + min_extra_ms * NS_PER_MS)
-    brownouts = []
-    edge_ns = window * interval_ns
-    slow = smooth > threshold
+    window_ns = window_ms * NS_PER_MS
+    total = np.concatenate(([0.0], np.cumsum(work)))
+    low = np.searchsorted(mono, mono - window_ns / 2, side="left")
+    high = np.searchsorted(mono, mono + window_ns / 2, side="right")
+    share = (total[high] - total[low]) / window_ns
+    baseline_share = float(np.percentile(share, 25))
+    slow = share > max(min_share, factor * baseline_share)
     # A freeze ends any brownout: runs never reach across a step of the
     # guest's clock longer than a few intervals (or across the given gap).
-    steps = np.diff(mono)
-    breaks = steps > max(5 * interval_ns, 50 * NS_PER_MS)
+    breaks = np.diff(mono) > max(10 * interval_ns, 200 * NS_PER_MS)
     if gap_start_guest_mono_ns is not None:
         breaks |= mono[:-1] == gap_start_guest_mono_ns
     runs = []
-    for first, last in _bridged(failure_runs(slow), window):
+    for first, last in _bridged(failure_runs(slow), mono, window_ns / 2):
         cuts = [first, *(np.flatnonzero(breaks[first:last]) + first + 1).tolist(), last + 1]
-        runs += [(a, b - 1) for a, b in itertools.pairwise(cuts) if b - a >= window]
+        runs += [
+            (a, b - 1) for a, b in itertools.pairwise(cuts) if mono[b - 1] - mono[a] >= window_ns
+        ]
+    inside = np.zeros(len(work), dtype=bool)
+    for first, last in runs:
+        inside[first : last + 1] = True
+    baseline = float(np.mean(work[~inside])) if (~inside).any() else float(np.mean(work))
+    edge_ns = int(window_ns / 2 + interval_ns)
+    brownouts = []
     for first, last in runs:
         # A run that reaches the freeze ends at it: the pause ends pre-copy.
         ends_at_gap = (
             gap_start_guest_mono_ns is not None
-            and 0 <= (gap_start_guest_mono_ns - mono[last]) <= edge_ns
+            and 0 <= gap_start_guest_mono_ns - mono[last] <= window_ns
         )
         end = gap_start_guest_mono_ns if ends_at_gap else int(mono[last])
         assert end is not None
         length = end - int(mono[first])
         mean = float(np.mean(work[first : last + 1]))
-        end_slack = interval_ns if ends_at_gap else edge_ns
         brownouts.append(
             Brownout(
                 agent_id=agent,
                 duration_ms=length / NS_PER_MS,
-                lower_ms=max(0.0, length - edge_ns - (0 if ends_at_gap else edge_ns)) / NS_PER_MS,
-                upper_ms=(length + edge_ns + end_slack) / NS_PER_MS,
+                lower_ms=max(0, length - edge_ns * (1 if ends_at_gap else 2)) / NS_PER_MS,
+                upper_ms=(length + edge_ns + (interval_ns if ends_at_gap else edge_ns)) / NS_PER_MS,
                 baseline_work_ms=baseline / NS_PER_MS,
                 work_ms=mean / NS_PER_MS,
                 rate=baseline / mean if mean > 0 else 1.0,
+                waiting_share=float(np.mean(share[first : last + 1])),
                 heartbeats=last - first + 1,
                 ends_at_gap=ends_at_gap,
                 start_guest_mono_ns=int(mono[first]),
@@ -199,27 +214,26 @@ def analyse_work(
             chosen = leading[-1] if leading else None
         if chosen is None:
             chosen = max(brownouts, key=lambda b: b.duration_ms)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(smooth > 0, baseline / smooth, np.nan)
     return WorkRate(
         agent_id=agent,
         interval_ms=interval_ns / NS_PER_MS,
         baseline_work_ms=baseline / NS_PER_MS,
         guest_mono_ns=mono,
         recv_mono_ns=recv,
-        rate=rate,
+        waiting_share=share,
         brownouts=tuple(brownouts),
         brownout=chosen,
     )
 
 
-def _bridged(runs: list[tuple[int, int]], window: int) -> list[tuple[int, int]]:
-    """Runs joined across interruptions of at most ``window`` positions, and
-    those shorter than ``window`` dropped."""
+def _bridged(
+    runs: list[tuple[int, int]], mono: np.ndarray, window_ns: float
+) -> list[tuple[int, int]]:
+    """Runs joined across pauses of at most ``window_ns`` (guest clock)."""
     joined: list[tuple[int, int]] = []
     for first, last in runs:
-        if joined and first - joined[-1][1] - 1 <= window:
+        if joined and mono[first] - mono[joined[-1][1]] <= window_ns:
             joined[-1] = (joined[-1][0], last)
         else:
             joined.append((first, last))
-    return [(first, last) for first, last in joined if last - first + 1 >= window]
+    return joined

@@ -4,29 +4,32 @@ lost on the way in and lost on the way out.
 Pure functions from the rows of ``raw/udp_direction.csv`` (and, for the
 outbound edge when the probes cannot tell it, the guest's heartbeats) to
 frozen dataclasses. The agent answers every probe it receives with the
-number of probes of the session it has received so far (a count, not a
-window), so for an outage between answered probes *a* and *b*:
+number of probes of the session it has received so far and where the
+unbroken run of consecutive probe numbers it received last began (counts,
+not a window), so for an outage between answered probes *a* and *b*:
 
 * ``lost`` = the probes between them, all unanswered;
 * ``lost_outbound`` = received(b) - received(a) - 1 of them reached the guest:
   their answers were lost on the way out; the others, ``lost_inbound``, never
-  reached it.
+  reached it. (Some of those that reached it may have arrived just before
+  the outage and been answered only after it began: a paused guest answers
+  what waited in its queue when it runs again.)
+* the run that *b* ends began at the first probe that reached the guest
+  again after the last one lost on the way in (``run_start_seq``).
 
-Both directions go dark together at a pause; coming back they may part. The
-probes received in the gap are then the *last* ``lost_outbound`` ones (inbound
-came back first, the answers still went nowhere), which places both edges
-(all stamps on the harness's monotonic clock):
+Both directions go dark together at a pause; coming back they may part. All
+stamps on the harness's monotonic clock:
 
 * **inbound restored**, when some probe was lost on the way in: after the
-  send of the last probe that did not reach the guest, and by the send of the
-  first that did plus one round trip (the answer to *b*'s, an allowance for
-  the way in);
-* **outbound restored**: when some answer was lost on the way out, after the
-  send of the probe before *b* (the guest answered it, the answer was lost)
-  and by the arrival of *b*'s answer. When no answer was lost on the way
-  out, the probes cannot tell when outbound came back (it was back by the
-  time inbound was); the guest's heartbeats can: the first heartbeat that
-  arrived after the outage, with heartbeats missing before it, went out
+  send of the probe before the run's first, and by the send of the run's
+  first plus one round trip (the answer to *b*'s, an allowance for the way
+  in);
+* **outbound restored**: when answers to probes of that run were lost (the
+  run began before *b*), after the send of the probe before *b* (the guest
+  answered it, the answer was lost) and by the arrival of *b*'s answer.
+  Otherwise the probes cannot tell when outbound came back (it was back by
+  the time inbound was); the guest's heartbeats can: the first heartbeat
+  that arrived after the outage, with heartbeats missing before it, went out
   after outbound was back, and the missing one before it went out at most
   one interval (plus the first one's lateness) before it, still into the
   dark. Without missing heartbeats, outbound was back before the guest sent
@@ -64,6 +67,7 @@ _DTYPES = {
     "guest_recv_utc_ns": "Int64",
     "received": "Int64",
     "highest_seq": "Int64",
+    "run_start_seq": "Int64",
     "agent_id": "str",
     "detail": "str",
 }
@@ -177,6 +181,7 @@ def analyse_direction(
     send = attempts["send_mono_ns"].to_numpy(np.int64)
     answered = (attempts["outcome"] == "reply").to_numpy()
     received = attempts["received"].fillna(-1).to_numpy(np.int64)
+    run_start = attempts["run_start_seq"].fillna(-1).to_numpy(np.int64)
     recv = attempts["recv_mono_ns"].fillna(-1).to_numpy(np.int64)
     rtt = attempts["rtt_ns"].fillna(0).to_numpy(np.int64)
     outages = []
@@ -190,16 +195,20 @@ def analyse_direction(
         if before is not None and after is not None:
             lost_out = int(min(max(received[after] - received[before] - 1, 0), lost))
             lost_in = lost - lost_out
-            first_in = after - lost_out  # the first probe that reached the guest again
+            # The first probe the guest received again after the last lost on the way in.
+            first_in = int(np.searchsorted(seq, run_start[after]))
             allowance = int(rtt[after])
-            if lost_in:
+            if before < first_in <= after and run_start[after] > seq[before] + 1:
                 inbound = RestoreEdge(
                     "inbound",
                     int(send[first_in - 1]),
                     int(send[first_in]) + allowance,
                     "udp_direction",
                 )
-            if lost_out:
+            # From here on every probe reached the guest: answers lost after it
+            # were lost on the way out, with outbound still dark.
+            reached_from = first_in if inbound is not None else before + 1
+            if reached_from < after:
                 outbound = RestoreEdge(
                     "outbound", int(send[after - 1]), int(recv[after]), "udp_direction"
                 )

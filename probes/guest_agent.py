@@ -104,10 +104,12 @@ WORK_HASH_BYTES = 16 * 1024
 #   direction probe, harness -> agent (64 bytes): "MBUP" | version u8 (1) |
 #     flags u8 (0) | reserved u16 | session u64 | seq u64 | send_mono_ns i64 |
 #     HMAC-SHA256(token, the 32 bytes before it)
-#   answer, agent -> harness (96 bytes): "MBUA" | version u8 (1) | flags u8 (0) |
+#   answer, agent -> harness (104 bytes): "MBUA" | version u8 (1) | flags u8 (0) |
 #     reserved u16 | agent_id u64 | session u64 | seq u64 | guest_recv_mono_ns i64 |
 #     guest_recv_utc_ns i64 | received u64 (probes of this session received so
-#     far, this one included) | highest_seq u64 | HMAC-SHA256(token, the 64 bytes before it)
+#     far, this one included) | highest_seq u64 | run_start u64 (the first seq
+#     of the unbroken run of consecutive seqs received that ends with this
+#     one) | HMAC-SHA256(token, the 72 bytes before it)
 #   TCP stream frames: length u32 (of what follows) | type u8 | payload
 #     "H" hello, harness -> agent: "MBTS" | version u8 (1) | reserved 3 bytes |
 #       session u64 | interval_us u32 | nonce u64 | HMAC-SHA256(token, the 28 bytes before it)
@@ -124,7 +126,7 @@ PROBE_MAGIC = b"MBUP"
 PROBE_BODY = struct.Struct(">4sBBHQQq")
 PROBE_SIZE = PROBE_BODY.size + HEARTBEAT_MAC_BYTES
 ANSWER_MAGIC = b"MBUA"
-ANSWER_BODY = struct.Struct(">4sBBHQQQqqQQ")
+ANSWER_BODY = struct.Struct(">4sBBHQQQqqQQQ")
 ANSWER_SIZE = ANSWER_BODY.size + HEARTBEAT_MAC_BYTES
 STREAM_MAGIC = b"MBTS"
 STREAM_FRAME_HEAD = struct.Struct(">IB")
@@ -216,6 +218,7 @@ def answer_datagram(
     recv_utc_ns: int,
     received: int,
     highest_seq: int,
+    run_start: int,
 ) -> bytes:
     """The agent's answer to a direction probe, HMAC included."""
     body = ANSWER_BODY.pack(
@@ -230,6 +233,7 @@ def answer_datagram(
         recv_utc_ns,
         received,
         highest_seq,
+        run_start,
     )
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
@@ -756,15 +760,19 @@ class WitnessServer(threading.Thread):
                 self._counters.add("probes_refused")
                 continue
             _, _, _, _, session, seq, _ = PROBE_BODY.unpack(body)
+            # received, highest seq, last seq, start of the run of consecutive seqs
             counts = self._sessions.get(session)
             if counts is None:
                 if len(self._sessions) >= self.MAX_SESSIONS:
                     self._sessions.popitem(last=False)
-                counts = self._sessions[session] = [0, seq]
+                counts = self._sessions[session] = [0, seq, seq, seq]
+            elif seq != counts[2] + 1:
+                counts[3] = seq  # a hole (or reordering): a new run starts here
             counts[0] += 1
             counts[1] = max(counts[1], seq)
+            counts[2] = seq
             answer = answer_datagram(
-                self._key, self._agent_id, session, seq, mono, utc, counts[0], counts[1]
+                self._key, self._agent_id, session, seq, mono, utc, counts[0], counts[1], counts[3]
             )
             try:
                 self._udp.sendto(answer, address)
@@ -1029,9 +1037,10 @@ heartbeat version 2 (the default; --heartbeat-version 1 for a harness older
 
 witnesses (--witness-port, UDP and TCP on one port number; the harness's
 direction probe and TCP stream, docs/guest-agent.md):
-  UDP probe "MBUP" v1 (64 bytes, HMAC'd) -> answer "MBUA" v1 (96 bytes, HMAC'd)
-  with the agent's receive stamps, the probes of that session received so
-  far and the highest probe number seen. TCP: frames length u32 | type u8 |
+  UDP probe "MBUP" v1 (64 bytes, HMAC'd) -> answer "MBUA" v1 (104 bytes,
+  HMAC'd) with the agent's receive stamps, the probes of that session
+  received so far, the highest probe number seen and the first number of the
+  unbroken run of consecutive numbers this probe ends. TCP: frames length u32 | type u8 |
   payload; the harness says hello ("H", HMAC'd), the agent answers "W", then
   the harness sends data frames ("D") and the agent, every interval the
   hello asked for, a tick ("T") listing the data frames received since the

@@ -5,11 +5,13 @@ Every ``interval_s`` the harness sends the agent (``--witness-port``) a
 probe carrying a session number, a sequence number and an HMAC keyed by the
 run token (``probes/guest_agent.py``, version 1). The agent answers each probe
 it receives with its own receive stamps, the number of probes of this
-session it has received so far and the highest sequence number it has seen:
-a count, not a window, so a blackout of any length is accounted for. When
-probes a and b are answered and the n probes between them are not, the
-answer to b says how many of those n reached the guest (their answers were
-lost on the way out); the others were lost on the way in.
+session it has received so far, the highest sequence number it has seen and
+where the unbroken run of consecutive numbers it last received began: counts,
+not a window, so a blackout of any length is accounted for. When probes a
+and b are answered and the n probes between them are not, the answer to b
+says how many of those n reached the guest (their answers were lost on the
+way out), the others were lost on the way in, and from which probe on the
+guest received every probe again.
 
 Rows (``raw/udp_direction.csv``; columns ``UDP_DIRECTION_COLUMNS``), one per
 attempt, written when it resolves (rows are not in send order; sort by
@@ -76,6 +78,7 @@ UDP_DIRECTION_COLUMNS = (
     "guest_recv_utc_ns",
     "received",
     "highest_seq",
+    "run_start_seq",
     "agent_id",
     "detail",
 )
@@ -288,7 +291,7 @@ class UdpDirectionProbe:
         if not hmac.compare_digest(mac, hmac.new(self._key, body, hashlib.sha256).digest()):
             return
         fields = ANSWER_BODY.unpack(body)
-        agent_id, session, seq, guest_mono, guest_utc, received, highest = fields[4:]
+        agent_id, session, seq, guest_mono, guest_utc, received, highest, run_start = fields[4:]
         if session != self.session:
             return
         answer = {
@@ -298,6 +301,7 @@ class UdpDirectionProbe:
             "guest_recv_utc_ns": guest_utc,
             "received": received,
             "highest_seq": highest,
+            "run_start_seq": run_start,
             "agent_id": f"{agent_id:016x}",
         }
         attempt = self._outstanding.pop(seq, None)
@@ -329,6 +333,7 @@ class UdpDirectionProbe:
                 answer.get("guest_recv_utc_ns"),
                 answer.get("received"),
                 answer.get("highest_seq"),
+                answer.get("run_start_seq"),
                 answer.get("agent_id"),
                 answer.get("detail"),
             )

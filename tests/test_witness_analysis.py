@@ -179,25 +179,36 @@ def test_a_stream_that_had_to_reconnect_did_not_survive() -> None:
 
 
 def direction_records(
-    dark_from: int, inbound_back: int, outbound_back: int, *, interval: int, end: int
+    dark_from: int,
+    inbound_back: int,
+    outbound_back: int,
+    *,
+    interval: int,
+    end: int,
+    queued: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Probes every ``interval``; a probe reaches the guest 30 us after its send
     unless inbound is dark then, its answer comes back 30 us after that unless
-    outbound is dark. Heartbeats every 10 ms from the guest, lost while outbound
-    is dark (the guest runs throughout: a network outage alone)."""
+    outbound is dark. The last ``queued`` probes before the dark edge reached a
+    paused guest that answered them only after it (into the dark). Heartbeats
+    every 10 ms from the guest, lost while outbound is dark."""
     one_way = 30_000
-    rows, received = [], 0
-    for seq, sent in enumerate(range(BASE, end, interval)):
+    rows, received, last_seq, run_start = [], 0, -2, 0
+    sends = list(range(BASE, end, interval))
+    queued_from = next(i for i, sent in enumerate(sends) if sent + one_way >= dark_from) - queued
+    for seq, sent in enumerate(sends):
         at_guest = sent + one_way
         if dark_from <= at_guest < inbound_back:
-            rows.append((seq, "timeout", sent, None, None, None, None))
+            rows.append((seq, "timeout", sent, None, None, None, None, None))
             continue
         received += 1
+        run_start = run_start if seq == last_seq + 1 else seq
+        last_seq = seq
         back = at_guest + one_way
-        if dark_from <= at_guest < outbound_back:
-            rows.append((seq, "timeout", sent, None, None, None, None))
+        if dark_from <= at_guest < outbound_back or queued_from <= seq < queued_from + queued:
+            rows.append((seq, "timeout", sent, None, None, None, None, None))
             continue
-        rows.append((seq, "reply", sent, back, back - sent, at_guest, received))
+        rows.append((seq, "reply", sent, back, back - sent, at_guest, received, run_start))
     records = pd.DataFrame(
         rows,
         columns=[
@@ -208,9 +219,10 @@ def direction_records(
             "rtt_ns",
             "guest_recv_mono_ns",
             "received",
+            "run_start_seq",
         ],
     )
-    for column in ("recv_mono_ns", "rtt_ns", "guest_recv_mono_ns", "received"):
+    for column in ("recv_mono_ns", "rtt_ns", "guest_recv_mono_ns", "received", "run_start_seq"):
         records[column] = records[column].astype("Int64")
     beats = []
     for seq, sent in enumerate(range(BASE + 3 * MS, end, 10 * MS)):
@@ -222,8 +234,11 @@ def direction_records(
     return records, heartbeats
 
 
-@pytest.mark.parametrize("order", ["inbound first", "outbound first", "together"])
+@pytest.mark.parametrize("order", ["inbound first", "outbound first", "together", "outbound only"])
 def test_direction_edges_contain_when_each_direction_came_back(order: str) -> None:
+    """Also when the guest answered some probes from before the outage only
+    after it began (a paused guest's queue): they count as lost on the way
+    out, and must not move the inbound edge."""
     rng = random.Random(order)
     for _ in range(40):
         interval = rng.choice([2, 5, 10]) * MS
@@ -231,24 +246,31 @@ def test_direction_edges_contain_when_each_direction_came_back(order: str) -> No
         first = dark_from + rng.randrange(200, 3000) * MS
         second = first + (0 if order == "together" else rng.randrange(20, 1500) * MS)
         inbound, outbound = (second, first) if order == "outbound first" else (first, second)
+        if order == "outbound only":
+            inbound = dark_from
+        queued = rng.choice([0, 0, 1, 3])
         records, heartbeats = direction_records(
-            dark_from, inbound, outbound, interval=interval, end=second + 1000 * MS
+            dark_from, inbound, outbound, interval=interval, end=second + 1000 * MS, queued=queued
         )
         analysis = analyse_direction(records, heartbeats=heartbeats)
         outage = analysis.longest
         assert outage is not None and outage.upper_ms is not None
-        lost_out_truth = sum(
-            1 for s in records["send_mono_ns"] if inbound <= s + 30_000 < outbound or False
+        lost_out_truth = queued + sum(
+            1 for s in records["send_mono_ns"] if max(dark_from, inbound) <= s + 30_000 < outbound
         )
         assert outage.lost_outbound == lost_out_truth
         assert outage.lost_inbound == outage.lost - lost_out_truth
-        assert outage.inbound_restored is not None and outage.outbound_restored is not None
-        edge = outage.inbound_restored
-        assert edge.after_mono_ns < inbound <= edge.by_mono_ns
-        assert edge.window_ms <= interval / MS + 0.1
+        assert outage.outbound_restored is not None
+        if order == "outbound only":
+            assert outage.inbound_restored is None and outage.lost_inbound == 0
+        else:
+            assert outage.inbound_restored is not None
+            edge = outage.inbound_restored
+            assert edge.after_mono_ns < inbound <= edge.by_mono_ns
+            assert edge.window_ms <= interval / MS + 0.1
         edge = outage.outbound_restored
         assert edge.after_mono_ns < outbound <= edge.by_mono_ns
-        if order == "inbound first":
+        if order in ("inbound first", "outbound only"):
             assert edge.source == "udp_direction" and edge.window_ms <= interval / MS + 0.1
         else:
             assert edge.source == "guest_heartbeat" and edge.window_ms <= 10 + 0.1
@@ -290,7 +312,7 @@ def test_brownout_bounds_contain_the_slowed_stretch(gap_after: bool) -> None:
     for _ in range(30):
         slow_from = BASE + rng.randrange(1000, 3000) * MS
         slow_to = slow_from + rng.randrange(500, 4000) * MS
-        share = rng.choice([0.2, 0.3, 0.5])
+        share = rng.choice([0.1, 0.2, 0.3])
         records, gap_start = work_records(
             slow_from, slow_to, share=share, rng=rng, gap_after=gap_after
         )
@@ -300,7 +322,7 @@ def test_brownout_bounds_contain_the_slowed_stretch(gap_after: bool) -> None:
         truth_ms = (slow_to - slow_from) / MS
         assert brownout.lower_ms <= truth_ms <= brownout.upper_ms
         assert brownout.ends_at_gap == gap_after
-        assert brownout.rate < 0.5 and 0.15 < work.baseline_work_ms < 0.3
+        assert brownout.rate < 0.5 and 0.15 < work.baseline_work_ms < 0.5
 
 
 def test_no_brownout_on_a_guest_that_was_never_slowed() -> None:

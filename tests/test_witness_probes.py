@@ -122,7 +122,7 @@ def test_the_agent_answers_only_signed_probes_and_counts_what_it_received(
                 udp.send(probe_datagram(b"another token", 7, 0, 1))  # refused
                 udp.send(b"MBUP" + bytes(60))  # refused
                 answers = []
-                for seq in (0, 5, 3, 9):  # 1, 2, 4, 6-8 "lost on the way in"
+                for seq in (0, 5, 3, 4, 9):  # 1, 2, 6-8 "lost on the way in"
                     udp.send(probe_datagram(TOKEN.encode(), 7, seq, 1000 + seq))
                     answers.append(await asyncio.to_thread(answer, udp))
                 udp.send(probe_datagram(TOKEN.encode(), 8, 100, 1))  # another session
@@ -130,17 +130,18 @@ def test_the_agent_answers_only_signed_probes_and_counts_what_it_received(
             return answers, other, await running.finish()
 
     answers, other, counts = asyncio.run(scenario())
-    # (session, seq, received so far, highest seq) of each answer
-    assert [(a[5], a[6], a[9], a[10]) for a in answers] == [
-        (7, 0, 1, 0),
-        (7, 5, 2, 5),
-        (7, 3, 3, 5),
-        (7, 9, 4, 9),
+    # (session, seq, received so far, highest seq, start of the unbroken run) of each answer
+    assert [(a[5], a[6], a[9], a[10], a[11]) for a in answers] == [
+        (7, 0, 1, 0, 0),
+        (7, 5, 2, 5, 5),
+        (7, 3, 3, 5, 3),
+        (7, 4, 4, 5, 3),
+        (7, 9, 5, 9, 9),
     ]
     stamps = [a[7] for a in answers]
     assert stamps == sorted(stamps)
     assert other[5:7] == (8, 100) and other[9] == 1
-    assert counts["probes_answered"] == 5 and counts["probes_refused"] == 2
+    assert counts["probes_answered"] == 6 and counts["probes_refused"] == 2
 
 
 def test_a_stream_must_say_hello_with_the_token(tmp_path: Path) -> None:
