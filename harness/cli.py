@@ -248,6 +248,7 @@ class _RunCommand(_SectionedCommand):
             (
                 *("interval_ms", "poll_ms", "guest_agent"),
                 *("agent_listen", "agent_wait", "agent_interval"),
+                *("tcp_connect", "witnesses"),
             ),
         ),
         (
@@ -421,6 +422,20 @@ def main() -> None:
     help="Seconds to wait for the agent's first frame and heartbeat.",
 )
 @click.option(
+    "--tcp-connect",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    metavar="PORT",
+    help="Connect to this TCP port of the guest every 50 ms (repeatable; e.g. 3389, "
+    "Remote Desktop) [default: [probes.tcp_connect] ports].",
+)
+@click.option(
+    "--witnesses/--no-witnesses",
+    default=None,
+    help="With --guest-agent: the agent's direction probe and TCP stream (what an "
+    "application's connection feels) [default: [probes.witnesses] enabled].",
+)
+@click.option(
     "--repeat",
     type=click.IntRange(min=1),
     default=1,
@@ -470,6 +485,8 @@ def run(
     agent_listen: str | None,
     agent_wait: float,
     agent_interval: float,
+    tcp_connect: tuple[int, ...],
+    witnesses: bool | None,
     repeat: int,
     ping_pong: bool,
     out: Path,
@@ -515,9 +532,14 @@ def run(
             max_bandwidth_mib_s=max_bandwidth_mib_s,
             auto_converge=auto_converge,
             verify_memory=verify_memory,
+            tcp_connect_ports=tcp_connect or None,
+            witnesses=witnesses,
         )
     except ConfigError as exc:
         _fail(str(exc))
+    if config.probes.witnesses and not guest_agent:
+        raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
+    witness_port = config.probes.witness_port if config.probes.witnesses else None
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
     listen = None if agent_listen is None else _parse_listen(agent_listen)
     terminal = _Terminal()
@@ -553,6 +575,7 @@ def run(
                         listen=listen,
                         contact_deadline_s=agent_wait,
                         interval_s=agent_interval,
+                        witness_port=witness_port,
                     )
                 result = execute(
                     config=lab_run_config,
@@ -586,6 +609,7 @@ def run(
                     listen_port=agent_port,
                     contact_deadline_s=agent_wait,
                     interval_s=agent_interval,
+                    witness_port=witness_port,
                     advertise_host=address_towards(config.guest_addresses[0])
                     if agent_host in ("0.0.0.0", "::") and config.guest_addresses
                     else None,
@@ -726,6 +750,19 @@ def _print_session(result: Any, as_json: bool) -> None:
     show_default=True,
     help="Seconds to wait for the agent's first frame and heartbeat.",
 )
+@click.option(
+    "--tcp-connect",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    metavar="PORT",
+    help="Connect to this TCP port of the guest every 50 ms (repeatable; e.g. 3389).",
+)
+@click.option(
+    "--witnesses",
+    is_flag=True,
+    help="With --guest-agent: the agent's direction probe and TCP stream (start the agent "
+    "with --witness-port 47601).",
+)
 @click.option("--label", "labels", multiple=True, callback=_parse_labels, help=LABEL_HELP)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the summary document as JSON, with run_dir."
@@ -740,6 +777,8 @@ def watch(
     guest_agent: bool,
     agent_listen: str,
     agent_wait: float,
+    tcp_connect: tuple[int, ...],
+    witnesses: bool,
     out: Path,
     labels: dict[str, str],
     as_json: bool,
@@ -752,9 +791,13 @@ def watch(
     from migration_blackout.probes.icmp import IcmpPermissionError
 
     from .commands import watch as watch_command
+    from .config import ProbeConfig
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
     from .runfolder import OutputFolderError, RunStatus
 
+    if witnesses and not guest_agent:
+        raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
+    probes = ProbeConfig(tcp_connect_ports=tuple(tcp_connect), witnesses=witnesses)
     terminal = _Terminal()
     setup = None
     if guest_agent:
@@ -766,6 +809,7 @@ def watch(
             advertise_host=address_towards(targets[0])
             if listen_host in ("0.0.0.0", "::")
             else None,
+            witness_port=probes.witness_port if witnesses else None,
         )
 
     def announce(message: str) -> None:
@@ -785,6 +829,7 @@ def watch(
             progress=terminal.watch_progress,
             labels=labels,
             extra_config={"target_names": ctx.meta.get("target_names") or {}},
+            witness_probes=probes,
         )
     except (OutputFolderError, IcmpPermissionError) as exc:
         terminal.close()

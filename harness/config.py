@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,14 @@ class ProbeConfig:
     # failed; the session is then reopened (pypsrp's pool is unusable after a
     # read timeout).
     host_call_timeout_s: float = 20.0
+    # [probes.tcp_connect]: TCP connects to these ports of the guest (none: off).
+    tcp_connect_ports: tuple[int, ...] = ()
+    tcp_connect_interval_s: float = 0.050
+    tcp_connect_timeout_s: float = 0.5
+    # [probes.witnesses]: with the guest agent, its direction probe and TCP stream.
+    witnesses: bool = False
+    witness_port: int = 47601
+    witness_interval_s: float = 0.010
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,37 @@ class RunConfig:
             },
             "origin": self.origin,
         }
+
+
+def check_ports(ports: Sequence[int], where: str) -> tuple[int, ...]:
+    if any(isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536 for p in ports):
+        raise ConfigError(f"{where}: ports must be numbers 1-65535, not {list(ports)!r}")
+    return tuple(ports)
+
+
+def _witness_settings(probes_doc: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """``[probes.tcp_connect]`` and ``[probes.witnesses]`` as ProbeConfig fields."""
+    connect = probes_doc.get("tcp_connect", {})
+    where = f"{origin}: [probes.tcp_connect]"
+    _reject_unknown(connect, {"ports", "interval_ms", "timeout_ms"}, where)
+    witnesses = probes_doc.get("witnesses", {})
+    where_w = f"{origin}: [probes.witnesses]"
+    _reject_unknown(witnesses, {"enabled", "port", "interval_ms"}, where_w)
+    settings: dict[str, Any] = {}
+    if "ports" in connect:
+        settings["tcp_connect_ports"] = check_ports(_expect(connect, "ports", list, where), where)
+    if (interval := _ms(connect, "interval_ms", where)) is not None:
+        settings["tcp_connect_interval_s"] = interval
+    if (timeout := _ms(connect, "timeout_ms", where)) is not None:
+        settings["tcp_connect_timeout_s"] = timeout
+    if "enabled" in witnesses:
+        settings["witnesses"] = _expect(witnesses, "enabled", bool, where_w)
+    if "port" in witnesses:
+        port = _expect(witnesses, "port", int, where_w)
+        (settings["witness_port"],) = check_ports([port], where_w)
+    if (interval := _ms(witnesses, "interval_ms", where_w)) is not None:
+        settings["witness_interval_s"] = interval
+    return settings
 
 
 def _expect(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -303,7 +342,9 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
             raise ConfigError(f"{origin}: [guest] {address!r} is not an IP address") from None
 
     probes_doc = document.get("probes", {})
-    _reject_unknown(probes_doc, {"icmp", "host_state"}, f"{origin}: [probes]")
+    _reject_unknown(
+        probes_doc, {"icmp", "host_state", "tcp_connect", "witnesses"}, f"{origin}: [probes]"
+    )
     icmp = probes_doc.get("icmp", {})
     _reject_unknown(icmp, {"interval_ms", "timeout_ms"}, f"{origin}: [probes.icmp]")
     host_state = probes_doc.get("host_state", {})
@@ -315,6 +356,7 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
         or 0.100,
         host_call_timeout_s=_ms(host_state, "timeout_ms", f"{origin}: [probes.host_state]") or 20.0,
     )
+    probes = replace(probes, **_witness_settings(probes_doc, origin))
     if probes.host_call_timeout_s < 2:
         raise ConfigError(
             f"{origin}: [probes.host_state] timeout_ms must be at least 2000 (WinRM's "
@@ -426,8 +468,18 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
     probes = {
         k: v
         for k, v in overrides.items()
-        if v is not None and k in {"icmp_interval_s", "icmp_timeout_s", "host_poll_interval_s"}
+        if v is not None
+        and k
+        in {
+            "icmp_interval_s",
+            "icmp_timeout_s",
+            "host_poll_interval_s",
+            "tcp_connect_ports",
+            "witnesses",
+        }
     }
+    if "tcp_connect_ports" in probes:
+        probes["tcp_connect_ports"] = tuple(probes["tcp_connect_ports"])
     migration = {
         k: v
         for k, v in overrides.items()

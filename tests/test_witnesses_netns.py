@@ -7,6 +7,7 @@ must say which way the network came back and when, and bound the truth."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,42 @@ def test_the_lab_guest_slows_down_during_its_brownout(tmp_path: Path) -> None:
     # One machine, one monotonic clock: the dip starts where the throttle did,
     # within half a window and an interval (the documented edge).
     assert abs(brownout.start_guest_mono_ns - truth["start"]) <= 210e6
+
+
+def test_measure_watch_connects_to_the_port_it_is_told(
+    guest: GuestNamespace, tmp_path: Path
+) -> None:
+    """``measure watch --tcp-connect``: no agent needed, every attempt a row."""
+    import subprocess
+
+    services = start_guest_service(guest.name, "listen", str(REMOTE_DESKTOP_PORT))
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "migration_blackout.harness.cli",
+                "watch",
+                "--target",
+                guest.guest_address,
+                "--tcp-connect",
+                str(REMOTE_DESKTOP_PORT),
+                "--tcp-connect",
+                "3390",
+                "--duration",
+                "1",
+                "--out",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        stop_guest_service(services)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = tmp_path.glob("*-watch-*")
+    by_port = {p.port: p for p in analyse_connects(load_tcp_connect(run_dir))}
+    assert set(by_port[REMOTE_DESKTOP_PORT].outcomes) == {"connected"}
+    assert by_port[REMOTE_DESKTOP_PORT].attempts >= 15
+    assert set(by_port[3390].outcomes) == {"refused"}

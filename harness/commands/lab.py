@@ -97,9 +97,11 @@ def guest_agent_setup(
     listen: tuple[str, int] | None,
     contact_deadline_s: float,
     interval_s: float = 1.0,
+    witness_port: int | None = None,
 ) -> GuestAgentSetup:
     """The receiver on the harness's side of the guest's link; the lab starts
-    the agent inside the guest namespace."""
+    the agent inside the guest namespace (answering the witnesses on
+    ``witness_port``)."""
     guest = state.document["guest"]
     host, port = listen or (str(guest["harness_side_address"]), 0)
     return GuestAgentSetup(
@@ -108,6 +110,7 @@ def guest_agent_setup(
         contact_deadline_s=contact_deadline_s,
         interval_s=interval_s,
         lab_namespace=str(guest["namespace"]),
+        witness_port=witness_port,
     )
 
 

@@ -55,6 +55,7 @@ from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..hyperv import HostError
 from ..machine import MachineWatch
 from ..runfolder import RunFolder, RunStatus, create_run_folder
+from ..witnesses import Witnesses
 
 PROBES_READY_DEADLINE_S = 15.0
 PREFLIGHT_PING_COUNT = 5
@@ -393,6 +394,7 @@ async def _probe_and_migrate(
     ctx.icmp = icmp
     run.register_probe("icmp", "raw/icmp.csv", format="csv", process=True, **icmp.meta)
     sinks: list[JsonlSink] = []
+    witnesses: Witnesses | None = None
     try:
         for side in ctx.backend.polled_sides(source, destination):
             sink = JsonlSink(
@@ -439,6 +441,8 @@ async def _probe_and_migrate(
             if guest_agent is None
             else GuestAgentSession(ctx.run, guest_agent, record=ctx.record, announce=ctx.tick)
         )
+        token = None if agent is None else agent.token
+        witnesses = Witnesses(run, config.probes, targets=config.guest_addresses, token=token)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(icmp.run(stop))
             for poller in ctx.pollers.values():
@@ -447,12 +451,17 @@ async def _probe_and_migrate(
                 tasks.create_task(console.run(stop))
             if agent is not None:
                 tasks.create_task(agent.receiver.run(stop))
-            tasks.create_task(_drive(ctx, source, destination, stop, interrupted, outcome, agent))
+            tasks.create_task(witnesses.run(stop))
+            tasks.create_task(
+                _drive(ctx, source, destination, stop, interrupted, outcome, agent, witnesses)
+            )
         return outcome[0]
     finally:
         await icmp.close()
         for opened in sinks:
             opened.close()
+        if witnesses is not None:
+            witnesses.close()
 
 
 async def _drive(
@@ -463,14 +472,18 @@ async def _drive(
     interrupted: threading.Event,
     outcome: list[MigrationOutcome],
     agent: GuestAgentSession | None = None,
+    witnesses: Witnesses | None = None,
 ) -> None:
     """Wait for the probes, migrate, settle, then stop the probes."""
     try:
         if agent is not None:
             await agent.start_and_wait()
+        if witnesses is not None:
+            witnesses.agent_ready.set()  # the agent's witnesses start now
         probes: list[asyncio.Event] = [ctx.icmp.ready] if ctx.icmp else []
         probes += [p.ready for p in ctx.pollers.values()]
         probes += [ctx.console.ready] if ctx.console else []
+        probes += witnesses.ready if witnesses else []
         try:
             async with asyncio.timeout(PROBES_READY_DEADLINE_S):
                 for ready in probes:
@@ -500,6 +513,8 @@ async def _drive(
             ctx.announce(Phase.SETTLING, "waiting for the guest to settle")
             await _settle(ctx, interrupted)
     finally:
+        if witnesses is not None:
+            await witnesses.finish_agent_witnesses()
         if agent is not None:
             await agent.stop()
         stop.set()
