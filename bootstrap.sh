@@ -5,6 +5,10 @@ set -eu
 cd "$(dirname "$0")"
 
 SYSTEM_PACKAGES="python3 python3-venv python3-dev iproute2 procps fping xvfb nftables"
+# The lab's domain controller (an MIT KDC on an OpenLDAP database, lab/kerberos.py),
+# kinit/klist, and what the kerberos extra (python-gssapi, krb5) builds against.
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES krb5-kdc krb5-admin-server krb5-kdc-ldap krb5-user slapd ldap-utils"
+SYSTEM_PACKAGES="$SYSTEM_PACKAGES faketime libkrb5-dev gcc"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=""
@@ -32,10 +36,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)
+# The kerberos extra compiles python-gssapi against the system's libkrb5 (krb5-config).
+extras=dev,credssp,kerberos
+if ! command -v krb5-config >/dev/null 2>&1; then
+    extras=dev,credssp
+    echo "bootstrap: no krb5-config (Debian package libkrb5-dev): installing without the kerberos extra"
+fi
+stamp=.venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)-$extras
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    .venv/bin/python -m pip install -q -e ".[$extras]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

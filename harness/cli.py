@@ -353,6 +353,12 @@ def main() -> None:
     help="lab.toml for a lab started for this run (timing, faults).",
 )
 @click.option("--seed", type=int, default=None, help="Seed of a lab started for this run.")
+@click.option(
+    "--auth",
+    type=click.Choice(["kerberos", "negotiate", "ntlm", "credssp", "basic"]),
+    default=None,
+    help="Authentication for every host [default: from the config; the lab: basic].",
+)
 @click.option("--source", default=None, help="Host that holds the VM [default: found].")
 @click.option("--dest", "destination", default=None, help="Destination host [default: the other].")
 @click.option(
@@ -472,6 +478,7 @@ def run(
     verify_memory: bool | None,
     lab_config: Path | None,
     seed: int | None,
+    auth: str | None,
     source: str | None,
     destination: str | None,
     targets: list[str],
@@ -499,6 +506,7 @@ def run(
     started by `measure lab up`, or one started for this run. Passwords come
     from the environment variable each host names (password_env, default
     MEASURE_PASSWORD), or a prompt on a terminal; never from the command line.
+    With auth = kerberos and no password, the ticket cache (after kinit) is used.
     """
     from .commands import lab as lab_command
     from .commands import run as run_command
@@ -532,6 +540,7 @@ def run(
             max_bandwidth_mib_s=max_bandwidth_mib_s,
             auto_converge=auto_converge,
             verify_memory=verify_memory,
+            auth=auth,
             tcp_connect_ports=tcp_connect or None,
             witnesses=witnesses,
         )
@@ -590,7 +599,8 @@ def run(
             passwords: dict[str, str | None] = {}
             for host in config.hosts:
                 password = password_from_env(host) or password_from_keyring(host)
-                if password is None and sys.stdin.isatty():
+                # Kerberos without a password uses the ticket cache (kinit).
+                if password is None and sys.stdin.isatty() and host.auth != "kerberos":
                     password = click.prompt(
                         f"Password for {host.username or 'the current user'} on {host.name}",
                         hide_input=True,
@@ -1187,8 +1197,18 @@ def lab_up(config_path: Path | None, seed: int | None, hypervisor: str) -> None:
             f"user {host['username']}"
         )
     click.echo(f"guest {public['guest']['name']:18} {public['guest']['address']}")
+    _echo_realm(public)
     click.echo(f"credentials: `measure lab status --json` (state file {public['state_file']})")
     click.echo(f"ground truth: {public['ground_truth']}")
+
+
+def _echo_realm(public: dict[str, Any]) -> None:
+    realm = public.get("kerberos")
+    if realm:
+        click.echo(
+            f"realm {realm['realm']:18} KDC {realm['kdc']}  user {realm['user_principal']}  "
+            f"KRB5_CONFIG={realm['krb5_config']}"
+        )
 
 
 @lab.command("status", epilog=exitcodes.LAB_EPILOG)
@@ -1217,6 +1237,7 @@ def lab_status(as_json: bool, hypervisor: str) -> None:
     for host in status["hosts"]:
         click.echo(f"host  {host['name']:18} {host['url']}")
     click.echo(f"guest {status['guest']['name']:18} {status['guest']['address']}")
+    _echo_realm(status)
     click.echo(f"ground truth: {status['ground_truth']}")
 
 

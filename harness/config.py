@@ -55,6 +55,9 @@ class HostConfig:
     password_env: str = DEFAULT_PASSWORD_ENV
     cert_validation: bool | str = True
     path: str = "wsman"
+    # Kerberos: the host's WinRM SPN when it is not HTTP/<address> (the host
+    # reached through another name or an address); None: HTTP/<address>.
+    service_principal: str | None = None
     computer_name: str | None = None
 
     @property
@@ -80,6 +83,7 @@ class HostConfig:
             "username": self.username,
             "cert_validation": self.cert_validation,
             "password_env": self.password_env,
+            "service_principal": self.service_principal,
             "computer_name": self.migration_name,
         }
 
@@ -149,6 +153,11 @@ class RunConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     qemu: QemuConfig = field(default_factory=QemuConfig)
     hypervisor: str = "hyperv"
+    # The authentication every host uses unless it names its own (and the lab's).
+    auth: str | None = None
+    # [kerberos] krb5_config: the krb5.conf for this run (KRB5_CONFIG); None:
+    # the environment's, else /etc/krb5.conf.
+    krb5_config: str | None = None
     origin: str | None = None  # the file it came from, for messages
 
     @property
@@ -176,6 +185,8 @@ class RunConfig:
             "migration": vars(self.migration).copy(),
             "thresholds": vars(self.thresholds).copy(),
             "hypervisor": self.hypervisor,
+            "auth": self.auth,
+            "krb5_config": self.krb5_config,
             "qemu": {
                 **vars(self.qemu),
                 "sides": [vars(side).copy() for side in self.qemu.sides],
@@ -236,7 +247,28 @@ def _reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> 
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
 
 
-def _parse_host(table: Mapping[str, Any], index: int, origin: str) -> HostConfig:
+def _auth(value: Any, where: str) -> str:
+    auth = str(value).lower()
+    if auth not in AUTH_METHODS:
+        raise ConfigError(f"{where}: auth must be one of {', '.join(AUTH_METHODS)}, not {auth!r}")
+    return auth
+
+
+def _service_principal(value: Any, where: str) -> str:
+    """``SERVICE/host`` or ``SERVICE/host@REALM``."""
+    if not isinstance(value, str) or "/" not in value or not value.split("/", 1)[1]:
+        raise ConfigError(
+            f"{where}: service_principal must look like HTTP/host.example.com, not {value!r}"
+        )
+    service = value.split("/", 1)[0]
+    if service.upper() != "HTTP":
+        raise ConfigError(f"{where}: service_principal must be WinRM's HTTP/<host>, not {value!r}")
+    return value
+
+
+def _parse_host(
+    table: Mapping[str, Any], index: int, origin: str, default_auth: str | None = None
+) -> HostConfig:
     where = f"{origin}: hosts[{index}]"
     allowed = {
         "name",
@@ -248,6 +280,7 @@ def _parse_host(table: Mapping[str, Any], index: int, origin: str) -> HostConfig
         "password_env",
         "cert_validation",
         "path",
+        "service_principal",
         "computer_name",
     }
     _reject_unknown(table, allowed, where)
@@ -258,9 +291,7 @@ def _parse_host(table: Mapping[str, Any], index: int, origin: str) -> HostConfig
     if transport not in DEFAULT_PORTS:
         raise ConfigError(f"{where}: transport must be https or http, not {transport!r}")
     https = transport == "https"
-    auth = str(table.get("auth", DEFAULT_AUTH)).lower()
-    if auth not in AUTH_METHODS:
-        raise ConfigError(f"{where}: auth must be one of {', '.join(AUTH_METHODS)}, not {auth!r}")
+    auth = _auth(table.get("auth", default_auth or DEFAULT_AUTH), where)
     if auth == "basic" and not https:
         raise ConfigError(
             f'{where}: auth = "basic" over HTTP would send the password unencrypted (and a '
@@ -282,6 +313,9 @@ def _parse_host(table: Mapping[str, Any], index: int, origin: str) -> HostConfig
         password_env=table.get("password_env", DEFAULT_PASSWORD_ENV),
         cert_validation=cert,
         path=table.get("path", "wsman"),
+        service_principal=None
+        if "service_principal" not in table
+        else _service_principal(table["service_principal"], where),
         computer_name=_optional_str(table, "computer_name", where),
     )
 
@@ -319,13 +353,21 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
             "thresholds",
             "hypervisor",
             "qemu",
+            "auth",
+            "kerberos",
         },
         origin,
     )
+    default_auth = None if "auth" not in document else _auth(document["auth"], origin)
+    kerberos = document.get("kerberos", {})
+    _reject_unknown(kerberos, {"krb5_config"}, f"{origin}: [kerberos]")
+    krb5_config = kerberos.get("krb5_config")
+    if krb5_config is not None and not isinstance(krb5_config, str):
+        raise ConfigError(f"{origin}: [kerberos] krb5_config must be a path")
     hosts_doc = document.get("hosts", [])
     if not isinstance(hosts_doc, list):
         raise ConfigError(f"{origin}: hosts must be an array of tables ([[hosts]])")
-    hosts = tuple(_parse_host(h, i, origin) for i, h in enumerate(hosts_doc))
+    hosts = tuple(_parse_host(h, i, origin, default_auth) for i, h in enumerate(hosts_doc))
     names = [h.name.lower() for h in hosts]
     if len(set(names)) != len(names):
         raise ConfigError(f"{origin}: two hosts share a name")
@@ -431,6 +473,8 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
         thresholds=thresholds,
         qemu=qemu,
         hypervisor=hypervisor,
+        auth=default_auth,
+        krb5_config=krb5_config,
         origin=origin,
     )
 
@@ -493,6 +537,11 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
     }
     if "guest_addresses" in top:
         top["guest_addresses"] = tuple(top["guest_addresses"])
+    auth = overrides.get("auth")
+    if auth is not None:
+        auth = _auth(auth, "--auth")
+        top["auth"] = auth
+        top["hosts"] = tuple(replace(host, auth=auth) for host in config.hosts)
     return replace(
         config,
         probes=replace(config.probes, **probes),

@@ -35,7 +35,7 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import NAMESPACES, SelectorSet, WSMan, WSManAction
 from requests.exceptions import ReadTimeout, RequestException, SSLError
 
-from . import scripts
+from . import kerberos, scripts
 from .config import DEFAULT_PORTS, HostConfig
 
 
@@ -333,7 +333,9 @@ def _wsman(
         path=host.path,
         ssl=host.https,
         auth=host.auth,
-        username=host.username,
+        username=kerberos.client_principal(host.username)
+        if host.auth == "kerberos"
+        else host.username,
         password=password,
         # pypsrp also takes a CA bundle path here, though it is typed bool.
         cert_validation=host.cert_validation,  # type: ignore[arg-type]
@@ -341,6 +343,7 @@ def _wsman(
         connection_timeout=max(1, int(min(read_timeout_s, 10))),
         read_timeout=max(2, int(read_timeout_s)),
         operation_timeout=max(1, int(read_timeout_s) - 1),
+        **kerberos.wsman_options(host),
     )
 
 
@@ -368,6 +371,8 @@ def _translate(host: str, exc: BaseException) -> HostError:
         )
     if isinstance(exc, WinRMError):
         return HostError(host, f"WinRM error: {exc}")
+    if kerberos.is_kerberos_failure(exc):
+        return HostAuthError(host, kerberos.explain(None, exc))
     return HostError(host, f"{type(exc).__name__}: {exc}")
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import migration_blackout
 
-from .daemon import STATE_FILE, STATE_SCHEMA_VERSION
+from . import kerberos
+from .daemon import KERBEROS_DIR, STATE_FILE, STATE_SCHEMA_VERSION
 from .guest import LAB_PREFIX
 from .netns import cleanup_stale, require_netns_privileges
 
@@ -66,8 +67,16 @@ class LabState:
     def ground_truth(self) -> Path:
         return Path(self.document["ground_truth"])
 
+    @property
+    def kerberos(self) -> dict[str, Any] | None:
+        """The realm (``realm``, ``krb5_config``, ``kdc``, ``user_principal``, ...),
+        or None for a lab without a KDC."""
+        realm = self.document.get("kerberos")
+        return None if realm is None else dict(realm)
+
     def public(self) -> dict[str, Any]:
         """The documented ``measure lab status --json`` shape."""
+        realm = self.kerberos
         return {
             "running": True,
             "pid": self.pid,
@@ -78,9 +87,16 @@ class LabState:
                     "auth": h["auth"],
                     "username": h["username"],
                     "password": h["password"],
+                    "service_principal": h.get("service_principal"),
                 }
                 for h in self.hosts
             ],
+            "kerberos": None
+            if realm is None
+            else {
+                key: realm[key]
+                for key in ("realm", "krb5_config", "kdc", "user_principal", "dns_domain")
+            },
             "guest": {
                 "name": self.document["guest"]["name"],
                 "address": self.guest_address,
@@ -163,6 +179,7 @@ def up(
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     cleanup_stale(LAB_PREFIX)
+    kerberos.cleanup_stale(state_dir / KERBEROS_DIR)
     log_path = state_dir / "daemon.log"
     argv = [sys.executable, "-m", "migration_blackout.lab.daemon", "--state-dir", str(state_dir)]
     if config is not None:
@@ -209,6 +226,8 @@ def down(*, state_dir: Path | None = None, deadline_s: float = DOWN_DEADLINE_S) 
     if path.exists():
         path.unlink()
         removed.append(str(path))
+    # The KDC and its directory server, if the daemon could not stop them.
+    removed += kerberos.cleanup_stale(state_dir / KERBEROS_DIR)
     if os.geteuid() == 0:
         removed += cleanup_stale(LAB_PREFIX)
     return removed

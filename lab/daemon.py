@@ -1,9 +1,10 @@
 """The lab as a background process: ``python -m migration_blackout.lab.daemon --state-dir DIR``.
 
-Starts the guest namespace and both emulated hosts, writes ``DIR/lab.json``
-(endpoints, credentials, guest address, ground-truth path) once everything
-listens, and runs until SIGTERM or SIGINT; then it stops the hosts, removes
-the namespace and the state file. ``lab.control`` starts and stops it.
+Starts the guest namespace, the lab's KDC (in ``DIR/kerberos``) and both
+emulated hosts, writes ``DIR/lab.json`` (endpoints, credentials, guest
+address, ground-truth path, the Kerberos realm) once everything listens, and
+runs until SIGTERM or SIGINT; then it stops the hosts and the KDC, removes the
+namespace and the state file. ``lab.control`` starts and stops it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .labconfig import LabConfigError, load_lab_config
 
 STATE_FILE = "lab.json"
 STATE_SCHEMA_VERSION = 1
+KERBEROS_DIR = "kerberos"
 
 
 def _write_state(path: Path, state: dict[str, object]) -> None:
@@ -41,7 +43,7 @@ async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> 
     started = clock_pair()
     stamp = utc_iso(started.utc_ns).replace(":", "").replace("-", "")[:15]
     ground_truth = state_dir / f"ground_truth-{stamp}-{os.getpid()}.jsonl"
-    config = replace(config, ground_truth_path=ground_truth)
+    config = replace(config, ground_truth_path=ground_truth, kerberos_dir=state_dir / KERBEROS_DIR)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,6 +53,7 @@ async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> 
     guest.create()
     try:
         async with LabHosts(config, guest=guest) as lab:
+            realm = lab.realm
             state = {
                 "schema_version": STATE_SCHEMA_VERSION,
                 "pid": os.getpid(),
@@ -62,13 +65,20 @@ async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> 
                         "url": endpoint.url,
                         "address": endpoint.address,
                         "port": endpoint.port,
-                        "auth": sorted(config.auth_methods),
+                        "auth": sorted(
+                            config.auth_methods | ({"kerberos"} if realm is not None else set())
+                        ),
                         "username": lab.credentials.username,
                         "principal": lab.credentials.principal,
                         "password": lab.credentials.password,
+                        "service_principal": None
+                        if realm is None
+                        else realm.host(endpoint.name).service_principal,
+                        "fqdn": None if realm is None else realm.host(endpoint.name).fqdn,
                     }
                     for endpoint in lab.hosts.values()
                 ],
+                "kerberos": None if realm is None else realm.describe(),
                 "guest": {
                     "name": config.vm.name,
                     "address": guest.address,

@@ -24,6 +24,7 @@ from .hyperv import (
     UnresponsiveFault,
     VmConfig,
 )
+from .kerberos import KerberosSettings
 
 MIB = 1024 * 1024
 
@@ -58,7 +59,18 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
 def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") -> LabConfig:
     _check_keys(
         document,
-        {"seed", "vm", "timing", "hosts", "faults", "username", "password", "auth_methods", "tls"},
+        {
+            "seed",
+            "vm",
+            "timing",
+            "hosts",
+            "faults",
+            "username",
+            "password",
+            "auth_methods",
+            "tls",
+            "kerberos",
+        },
         origin,
     )
     config = DEFAULT_LAB
@@ -129,6 +141,18 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
                 )
             hosts.append(HostConfig(name=host.name, **settings))
 
+        kerberos = document.get("kerberos", {})
+        _check_keys(
+            kerberos,
+            {"enabled", "kdc_clock_offset_s", "protocol_transition"},
+            f"{origin}: [kerberos]",
+        )
+        kerberos_config = KerberosSettings(
+            enabled=bool(kerberos.get("enabled", True)),
+            kdc_clock_offset_s=float(kerberos.get("kdc_clock_offset_s", 0.0)),
+            protocol_transition=bool(kerberos.get("protocol_transition", True)),
+        )
+
         faults = document.get("faults", {})
         _check_keys(
             faults,
@@ -167,6 +191,7 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
             timing=timing_config,
             hosts=tuple(hosts),
             faults=fault_config,
+            kerberos=kerberos_config,
         )
     except (TypeError, ValueError) as exc:
         raise LabConfigError(f"{origin}: {exc}") from None

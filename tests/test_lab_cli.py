@@ -42,6 +42,12 @@ def lab_leftovers() -> list[str]:
     return found
 
 
+def names_of(status: dict) -> set[str]:
+    """This lab's namespace and veth (other labs on the machine come and go)."""
+    index = status["guest"]["address"].split(".")[2]
+    return {f"{LAB_PREFIX}{index}-{status['pid']}", f"{LAB_PREFIX}{index}h"}
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -51,42 +57,44 @@ def alive(pid: int) -> bool:
 
 
 def test_up_twice_status_down_twice(tmp_path: Path) -> None:
-    before = lab_leftovers()
     first = measure(tmp_path, "up")
     assert first.returncode == 0, first.stderr
-    assert "lab started" in first.stderr
-    second = measure(tmp_path, "up")
-    assert second.returncode == 0 and "already running" in second.stderr
+    try:
+        assert "lab started" in first.stderr
+        second = measure(tmp_path, "up")
+        assert second.returncode == 0 and "already running" in second.stderr
 
-    status = json.loads(measure(tmp_path, "status", "--json").stdout)
-    assert status["running"] is True
-    assert [h["name"] for h in status["hosts"]] == ["WS16TP4DM1VML1b", "WS16TP4DM2VML1b"]
-    for host in status["hosts"]:
-        assert host["url"].startswith("http://127.0.0.1:") and host["url"].endswith("/wsman")
-        assert host["username"] and host["password"]
-    assert status["guest"]["name"] == "HVSW10Home"
-    assert status["guest"]["address"].startswith("198.18.")
-    assert Path(status["ground_truth"]).exists()
-    pid = status["pid"]
-    assert set(lab_leftovers()) > set(before)
-
-    down = measure(tmp_path, "down")
+        status = json.loads(measure(tmp_path, "status", "--json").stdout)
+        assert status["running"] is True
+        assert [h["name"] for h in status["hosts"]] == ["WS16TP4DM1VML1b", "WS16TP4DM2VML1b"]
+        for host in status["hosts"]:
+            assert host["url"].startswith("http://127.0.0.1:") and host["url"].endswith("/wsman")
+            assert host["username"] and host["password"]
+        assert status["guest"]["name"] == "HVSW10Home"
+        assert status["guest"]["address"].startswith("198.18.")
+        assert Path(status["ground_truth"]).exists()
+        pid = status["pid"]
+        assert names_of(status) <= set(lab_leftovers())
+    finally:
+        down = measure(tmp_path, "down")
     assert down.returncode == 0 and "stopped" in down.stderr
     assert not alive(pid)
-    assert set(lab_leftovers()) <= set(before)
+    assert not names_of(status) & set(lab_leftovers())
     again = measure(tmp_path, "down")
     assert again.returncode == 0 and "nothing was running" in again.stderr
     assert measure(tmp_path, "status").returncode == 1
 
 
 def test_down_cleans_up_after_a_crashed_lab(tmp_path: Path) -> None:
-    before = lab_leftovers()
     assert measure(tmp_path, "up").returncode == 0
-    status = json.loads(measure(tmp_path, "status", "--json").stdout)
-    os.kill(status["pid"], signal.SIGKILL)
-    wait_until(lambda: not alive(status["pid"]), timeout_s=10, what="the daemon to die")
-    assert set(lab_leftovers()) > set(before)  # the crash left its namespace behind
-    down = measure(tmp_path, "down")
+    try:
+        status = json.loads(measure(tmp_path, "status", "--json").stdout)
+        os.kill(status["pid"], signal.SIGKILL)
+        wait_until(lambda: not alive(status["pid"]), timeout_s=10, what="the daemon to die")
+        # The crash left its namespace behind.
+        assert names_of(status) <= set(lab_leftovers())
+    finally:
+        down = measure(tmp_path, "down")
     assert down.returncode == 0
-    assert set(lab_leftovers()) <= set(before)
+    assert not names_of(status) & set(lab_leftovers())
     assert not (tmp_path / "lab.json").exists()

@@ -303,8 +303,8 @@ def test_source_goes_dark_mid_migration_while_the_vm_still_lands() -> None:
     [
         pytest.param({}, {"migration_auth": "credssp"}, False, "0x8009030E", id="credssp-no-creds"),
         pytest.param({}, {"migration_auth": "credssp"}, True, None, id="credssp-delegated"),
-        pytest.param({"delegation": False}, {}, False, "0x8009030D", id="kerberos-no-delegation"),
-        pytest.param({"delegation": False}, {}, True, "0x8009030D", id="kerberos-creds-no-help"),
+        pytest.param({"delegation": False}, {}, False, "0x8009030E", id="kerberos-no-delegation"),
+        pytest.param({"delegation": False}, {}, True, "0x8009030E", id="kerberos-creds-no-help"),
         pytest.param({}, {}, False, None, id="kerberos-delegation"),
         pytest.param({}, {"migration_enabled": False}, True, "not configured", id="disabled"),
     ],

@@ -211,7 +211,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
             (),
             3,
             "failed",
-            "WS16TP4DM1VML1b: cannot authenticate to WS16TP4DM2VML1b (0x8009030D): in Active "
+            "WS16TP4DM1VML1b: cannot authenticate to WS16TP4DM2VML1b (0x8009030E): in Active "
             "Directory, on WS16TP4DM1VML1b's computer account",
             id="kerberos-without-delegation",
         ),

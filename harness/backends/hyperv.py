@@ -8,6 +8,7 @@ the write-up's rule. Everything blocking runs in worker threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import threading
 import time
@@ -19,8 +20,9 @@ from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.host_state import HostObservation
 from migration_blackout.probes.sink import JsonlSink
 
+from .. import kerberos
 from ..clocksync import ClockOffset, sample_clock
-from ..config import RunConfig
+from ..config import HostConfig, RunConfig
 from ..console import console_poll_function
 from ..hyperv import (
     HostAuthError,
@@ -65,6 +67,8 @@ class HyperVBackend:
         self._started_utc: datetime | None = None  # when Move-VM was sent
         self._offsets: dict[str, int] = {}
         self._located: VmStatus | None = None  # Get-VM on the source, in preflight
+        # KRB5_CONFIG for the run, restored by close().
+        self._environment = contextlib.ExitStack()
         self.vm_id: str | None = None  # the VM's GUID, from Get-VM on its source
         # What preflight learnt about the hosts, for the manifest's "hyperv" block.
         self.preflight_facts: dict[str, Any] = {}
@@ -80,6 +84,10 @@ class HyperVBackend:
             if missing is not None:
                 record("preflight", check="auth_support", host=host.name, ok=False, error=missing)
                 raise PreflightError(f"{host.name}: {missing}")
+        self._environment.enter_context(kerberos.use_krb5_config(self.config.krb5_config))
+        for configured in self.config.hosts:
+            if configured.auth == "kerberos":
+                await self._kerberos_preflight(configured, record)
         sessions = {
             host.name: HostSession(
                 host,
@@ -104,6 +112,19 @@ class HyperVBackend:
             if isinstance(result, BaseException):
                 raise result
             record("preflight", check="connect", host=name, ok=True)
+
+    async def _kerberos_preflight(self, host: HostConfig, record: Recorder) -> None:
+        """The host's ticket from the KDC before any WinRM traffic: Kerberos
+        problems get their own one-line error (recorded: who, which SPN, from
+        which credentials; never the password or the ticket)."""
+        try:
+            login = await asyncio.to_thread(
+                kerberos.preflight, host, self._passwords.get(host.name)
+            )
+        except kerberos.KerberosError as exc:
+            record("preflight", check="kerberos", host=host.name, ok=False, error=str(exc))
+            raise PreflightError(str(exc)) from None
+        record("preflight", check="kerberos", ok=True, **login.describe())
 
     async def locate(self, record: Recorder) -> tuple[str, str]:
         """Which host holds the VM (found, not assumed), and where it goes."""
@@ -465,6 +486,7 @@ class HyperVBackend:
         await asyncio.gather(
             *(asyncio.to_thread(s.close) for s in self.sessions.values()), return_exceptions=True
         )
+        self._environment.close()
 
 
 def _state_poll(session: HostSession, vm: str, vm_id: str | None) -> Callable[[], HostObservation]:

@@ -65,7 +65,21 @@ def run_config_for_lab(
     config: RunConfig, state: LabState, *, vm: str | None = None
 ) -> tuple[RunConfig, dict[str, str | None]]:
     """``config`` pointed at the lab's hosts and guest (and its VM unless ``vm``
-    names another); returns it and the passwords."""
+    names another); returns it and the passwords.
+
+    The hosts are reached with ``config.auth`` (default Basic). With Kerberos
+    (or Negotiate, which prefers it) the run uses the lab's realm: its
+    ``krb5.conf``, the user's principal and each host's WinRM SPN, because
+    the hosts listen on 127.0.0.1 and not on their DNS names.
+    """
+    auth = config.auth or "basic"
+    realm = state.kerberos
+    if auth == "kerberos" and realm is None:
+        raise LabError(
+            "this lab runs without a KDC ([kerberos] enabled = false in its lab.toml): "
+            "choose another --auth"
+        )
+    kerberos = realm is not None and auth in ("kerberos", "negotiate")
     hosts = []
     passwords: dict[str, str | None] = {}
     for host in state.hosts:
@@ -76,17 +90,28 @@ def run_config_for_lab(
                 address=address,
                 port=port,
                 https=bool(state.document.get("tls")),
-                auth="basic",
-                username=host["username"],
+                auth=auth,
+                username=str(realm["user_principal"])
+                if kerberos and realm is not None
+                else host["username"],
                 password_env="(lab)",
                 # The lab's own certificate, validated as a real host's would be.
                 cert_validation=str(state.document["ca"]) if state.document.get("ca") else False,
+                service_principal=host.get("service_principal") if kerberos else None,
             )
         )
         passwords[host["name"]] = str(host["password"])
     vm = vm or str(state.document["guest"]["name"])
     return (
-        replace(config, hosts=tuple(hosts), guest_addresses=(state.guest_address,), vm=vm),
+        replace(
+            config,
+            hosts=tuple(hosts),
+            guest_addresses=(state.guest_address,),
+            vm=vm,
+            krb5_config=str(realm["krb5_config"])
+            if kerberos and realm is not None
+            else config.krb5_config,
+        ),
         passwords,
     )
 

@@ -1,13 +1,23 @@
 """HTTP authentication and WinRM message encryption for the emulated hosts.
 
 - Basic: checked on every request against the lab credentials.
-- Negotiate (NTLM): pyspnego's acceptor, one security context per TCP
-  connection (as on Windows, the client authenticates once per connection and
-  later requests carry no Authorization header). Bodies are then wrapped in
-  the ``multipart/encrypted`` envelope of [MS-WSMV] 2.2.9.1.
+- CredSSP (when the lab's ``auth_methods`` include it, as ``Enable-WSManCredSSP
+  -Role Server`` does on a host): pyspnego's CredSSP acceptor (TLS, NTLM
+  inside); the client delegates the user's password, which the shell keeps
+  for Move-VM's second hop. Messages are TLS-wrapped in 16 KiB parts.
+- Negotiate: one security context per TCP connection (as on Windows, the
+  client authenticates once per connection and later requests carry no
+  Authorization header). Kerberos (a raw Kerberos token, or SPNEGO preferring
+  Kerberos) goes to the host's GSSAPI acceptor (:mod:`lab.hyperv.gss`, the
+  host's keytab from the lab's KDC) when the lab has one; everything else to
+  pyspnego's NTLM acceptor. Bodies are then wrapped in the
+  ``multipart/encrypted`` envelope of [MS-WSMV] 2.2.9.1.
   pyspnego's NTLM acceptor reads its user database from the file named by the
   ``NTLM_USER_FILE`` environment variable (lines ``DOMAIN:user:password``);
   :class:`NtlmUserFile` writes that file and points the variable at it.
+
+Whoever authenticated is a :class:`~lab.hyperv.identity.SessionIdentity`,
+which the shells keep.
 """
 
 from __future__ import annotations
@@ -20,12 +30,17 @@ import struct
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import spnego
 from spnego.exceptions import SpnegoError
 
+from migration_blackout.lab.hyperv.gss import GSSError, KerberosAcceptor, token_kind
+from migration_blackout.lab.hyperv.identity import SessionIdentity
+
 SPNEGO_ENCRYPTED = "application/HTTP-SPNEGO-session-encrypted"
+CREDSSP_ENCRYPTED = "application/HTTP-CredSSP-session-encrypted"
+CREDSSP_PART_BYTES = 16384  # [MS-WSMV] 2.2.9.1.1: CredSSP encrypts at most 16 KiB per part
 BOUNDARY = "Encrypted Boundary"
 _ORIGINAL_LENGTH = re.compile(rb"Length=(\d+)")
 
@@ -52,6 +67,17 @@ class Credentials:
         if domain is not None and domain.split(".")[0].upper() != self.domain.upper():
             return False
         return name.lower() == self.username.lower() and password == self.password
+
+
+AuthMethod = Literal["ntlm", "kerberos", "credssp"]
+
+
+class AuthenticationRefused(Exception):
+    """The client's token was refused; ``token`` (a KRB-ERROR, if any) goes back to it."""
+
+    def __init__(self, reason: str, token: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.token = token
 
 
 class NtlmUserFile:
@@ -84,26 +110,56 @@ class NtlmUserFile:
 class ConnectionSecurity:
     """The Negotiate state of one TCP connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, kerberos: KerberosAcceptor | None = None) -> None:
         self.context: Any = None
+        self.method: AuthMethod = "ntlm"
+        self._kerberos = kerberos
 
     @property
     def established(self) -> bool:
         return self.context is not None and self.context.complete
 
+    @property
+    def identity(self) -> SessionIdentity | None:
+        if not self.established:
+            return None
+        user = str(self.context.client_principal)
+        if self.method != "credssp":
+            return SessionIdentity(user=user, scheme=self.method)
+        delegated = self.context.get_extra_info("client_credential")  # TSPasswordCreds
+        return SessionIdentity(
+            user=user,
+            scheme="credssp",
+            delegated_credentials=True,
+            delegated_password=str(delegated.password),
+        )
+
     def reset(self) -> None:
         self.context = None
 
-    def step(self, token: bytes) -> bytes | None:
-        """Feed one client token; returns the token to send back (if any).
-
-        Raises SpnegoError when the client's credentials are rejected.
+    def step(self, token: bytes, *, scheme: str = "negotiate") -> bytes | None:
+        """Feed one client token of HTTP ``scheme``; returns the token to send
+        back (if any). Raises :class:`AuthenticationRefused` when the client is
+        rejected.
         """
         if self.context is None or self.context.complete:
-            self.context = spnego.server(
-                protocol="negotiate", options=spnego.NegotiateOptions.wrapping_winrm
-            )
-        out: bytes | None = self.context.step(token)
+            if scheme == "credssp":
+                self.context, self.method = spnego.server(protocol="credssp"), "credssp"
+            elif self._kerberos is not None and token_kind(token) != "other":
+                self.context, self.method = self._kerberos.new_context(), "kerberos"
+            else:
+                self.context, self.method = (
+                    spnego.server(
+                        protocol="negotiate", options=spnego.NegotiateOptions.wrapping_winrm
+                    ),
+                    "ntlm",
+                )
+        try:
+            out: bytes | None = self.context.step(token)
+        except SpnegoError as error:
+            raise AuthenticationRefused(str(error)) from None
+        except GSSError as error:
+            raise AuthenticationRefused(str(error), getattr(error, "token", None)) from None
         return out
 
     def unwrap(self, body: bytes, boundary: str) -> bytes:
@@ -129,25 +185,32 @@ class ConnectionSecurity:
 
     def wrap(self, message: bytes) -> tuple[str, bytes]:
         """Encrypt a response body; returns (Content-Type, body)."""
-        header, wrapped, padding = self.context.wrap_winrm(message)
-        payload = (
-            f"--{BOUNDARY}\r\n"
-            f"\tContent-Type: {SPNEGO_ENCRYPTED}\r\n"
-            "\tOriginalContent: type=application/soap+xml;charset=UTF-8;"
-            f"Length={len(message) + padding}\r\n"
-            f"--{BOUNDARY}\r\n"
-            "\tContent-Type: application/octet-stream\r\n"
-        ).encode()
-        payload += struct.pack("<i", len(header)) + header + wrapped
+        protocol, size = SPNEGO_ENCRYPTED, max(len(message), 1)
+        if self.method == "credssp":
+            protocol, size = CREDSSP_ENCRYPTED, CREDSSP_PART_BYTES
+        payload = b""
+        for start in range(0, max(len(message), 1), size):
+            part = message[start : start + size]
+            header, wrapped, padding = self.context.wrap_winrm(part)
+            payload += (
+                f"--{BOUNDARY}\r\n"
+                f"\tContent-Type: {protocol}\r\n"
+                "\tOriginalContent: type=application/soap+xml;charset=UTF-8;"
+                f"Length={len(part) + padding}\r\n"
+                f"--{BOUNDARY}\r\n"
+                "\tContent-Type: application/octet-stream\r\n"
+            ).encode()
+            payload += struct.pack("<i", len(header)) + header + wrapped
         payload += f"--{BOUNDARY}--\r\n".encode()
-        content_type = f'multipart/encrypted;protocol="{SPNEGO_ENCRYPTED}";boundary="{BOUNDARY}"'
-        return content_type, payload
+        kind = "x-multi-encrypted" if len(message) > size else "encrypted"
+        return f'multipart/{kind};protocol="{protocol}";boundary="{BOUNDARY}"', payload
 
 
 class ConnectionRegistry:
     """One :class:`ConnectionSecurity` per live transport (TCP connection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kerberos: KerberosAcceptor | None = None) -> None:
+        self._kerberos = kerberos
         self._states: weakref.WeakKeyDictionary[Any, ConnectionSecurity] = (
             weakref.WeakKeyDictionary()
         )
@@ -155,7 +218,7 @@ class ConnectionRegistry:
     def for_transport(self, transport: Any) -> ConnectionSecurity:
         state = self._states.get(transport)
         if state is None:
-            state = ConnectionSecurity()
+            state = ConnectionSecurity(self._kerberos)
             self._states[transport] = state
         return state
 
@@ -180,6 +243,7 @@ def parse_negotiate(header_value: str) -> bytes | None:
 
 __all__ = [
     "BOUNDARY",
+    "AuthenticationRefused",
     "ConnectionRegistry",
     "ConnectionSecurity",
     "Credentials",

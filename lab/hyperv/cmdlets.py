@@ -57,6 +57,9 @@ class CmdletContext:
     out: PipelineWriter
     # Who runs the pipeline (the WinRM shell's authenticated session).
     identity: SessionIdentity = ANONYMOUS
+    # How this session reaches another host (the second hop of Move-VM and
+    # Compare-VM) with the lab's KDC; None: the lab has none (lab.toml decides).
+    reach: model.ReachDestination | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ async def _move_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
             include_storage=bool(params.get("IncludeStorage", False)),
             storage_path=None if storage_path is None else str(storage_path),
             delegated_credentials=ctx.identity.delegated_credentials,
+            reach=ctx.reach,
         )
     except model.HyperVError as error:
         # Non-terminating, as Hyper-V's cmdlets report a failed operation: the
@@ -271,11 +275,12 @@ async def _get_vmhostsupportedversion(ctx: CmdletContext, params: dict[str, Any]
 
 async def _compare_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
     try:
-        incompatibilities = ctx.lab.compare_vm(
+        incompatibilities = await ctx.lab.compare_vm(
             ctx.host,
             str(params["Name"]),
             str(params["DestinationHost"]),
             delegated_credentials=ctx.identity.delegated_credentials,
+            reach=ctx.reach,
         )
     except model.HyperVError as error:
         # As Move-VM: a record in the error stream, the pipeline completes.

@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 
 from migration_blackout.lab.hyperv import groundtruth as gt
 from migration_blackout.lab.hyperv import messages
+from migration_blackout.lab.kerberos import KerberosSettings
 from migration_blackout.probes.clock import ClockPair, clock_pair
 
 DEFAULT_SOURCE_HOST = "WS16TP4DM1VML1b"
@@ -295,7 +296,8 @@ class LabConfig:
     username: str = "harness"
     # None: a random password is generated for the run.
     password: str | None = None
-    # Which HTTP auth schemes the hosts accept: "basic", "negotiate" (NTLM).
+    # Which HTTP auth schemes the hosts accept: "basic", "negotiate" (NTLM, and
+    # Kerberos with the lab's KDC), "credssp" (off by default, as on Windows).
     auth_methods: frozenset[str] = frozenset({"basic", "negotiate"})
     bind_address: str = "127.0.0.1"
     # HTTPS with a self-signed certificate made for the lab (LabHosts.ca_path).
@@ -307,6 +309,10 @@ class LabConfig:
     # Longest a Receive is held before the OperationTimeout fault, whatever
     # the client asked for (None: honour the client's OperationTimeout).
     receive_timeout_cap_s: float | None = None
+    # The lab's domain controller (lab.kerberos): a real KDC the hosts trust.
+    kerberos: KerberosSettings = field(default_factory=KerberosSettings)
+    # Where the KDC keeps its state (None: in the lab's temporary directory).
+    kerberos_dir: Path | None = None
 
     def __post_init__(self) -> None:
         names = [h.name.lower() for h in self.hosts]
@@ -314,7 +320,7 @@ class LabConfig:
             raise ValueError("host names must be unique")
         if self.vm.host.lower() not in names:
             raise ValueError(f"VM host {self.vm.host!r} is not one of the lab hosts")
-        unknown = set(self.auth_methods) - {"basic", "negotiate"}
+        unknown = set(self.auth_methods) - {"basic", "negotiate", "credssp"}
         if unknown:
             raise ValueError(f"unknown auth methods {sorted(unknown)}")
         for fault in self.faults.unresponsive:
@@ -445,6 +451,23 @@ class InvalidStateError(HyperVError):
 
 class MigrationFailedError(HyperVError):
     """A Move-VM that failed; the VM stays (or is back) on its source."""
+
+
+class SecondHopRefused(Exception):
+    """The source host could not authenticate to the destination on the user's
+    behalf. ``message_key``: which of Windows' failures (messages.py);
+    ``details``: what the KDC or the destination said, for the ground truth."""
+
+    def __init__(self, message_key: str, details: dict[str, Any]) -> None:
+        super().__init__(message_key)
+        self.message_key = message_key
+        self.details = details
+
+
+# How the source host reaches a destination for the session's user, with the
+# lab's KDC: returns what to record, raises SecondHopRefused
+# (HostServer.reach_for builds it from the session's authentication).
+ReachDestination = Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
 
 
 def migration_failed_text(
@@ -790,6 +813,7 @@ class Lab:
         *,
         include_storage: bool = False,
         storage_path: str | None = None,
+        reach: ReachDestination | None = None,
         delegated_credentials: bool = False,
     ) -> None:
         """Live-migrate ``vm_name`` from ``host_name`` to ``destination``.
@@ -798,8 +822,10 @@ class Lab:
         failure. Cancelled during pre-copy, the migration rolls back (VM stays
         on the source); cancelled later, it completes first and then the
         cancellation propagates. ``delegated_credentials``: the remote session
-        that runs Move-VM delegated the user's credentials (CredSSP); see
-        :meth:`second_hop_failure`.
+        that runs Move-VM delegated the user's credentials (CredSSP); ``reach``:
+        how the source authenticates to the destination for that session with
+        the lab's KDC (None: the lab has none; :meth:`second_hop_failure` then
+        decides from lab.toml alone).
         """
         try:
             source, vm, dest = self._validate_move(host_name, vm_name, destination)
@@ -812,6 +838,9 @@ class Lab:
                 reason=error.message,
             )
             raise
+        hop_failure, hop = await self.second_hop(
+            source, dest, delegated_credentials=delegated_credentials, reach=reach
+        )
         plan = self._plan(vm, include_storage=include_storage)
         vm.migrating = True
         now = self._clock.now()
@@ -834,10 +863,13 @@ class Lab:
             include_storage=include_storage,
             storage_path=storage_path,
             planned=dataclasses.asdict(plan),
+            # How the source authenticated to the destination for the caller
+            # (with the lab's KDC: the tickets, or what the KDC refused).
+            **({} if hop is None else {"second_hop": hop}),
         )
         try:
             await self._precopy(
-                job, dest, plan, details, delegated_credentials, include_storage=include_storage
+                job, dest, plan, details, hop_failure, include_storage=include_storage
             )
         except asyncio.CancelledError:
             await self._end_brownout(details)
@@ -896,25 +928,63 @@ class Lab:
         (0x8009030E otherwise). Kerberos needs the source's computer account
         to be trusted for constrained delegation to the destination's
         services, and then works whatever the client authenticated with
-        (0x8009030D otherwise).
+        (0x8009030E as well otherwise: Microsoft's virtualization blog and
+        TechGenix quote that code for Kerberos without the right delegation).
         """
         culture = source.config.culture
-        for host in (source, dest):
-            if not host.config.migration_enabled:
-                return messages.text(culture, "migration_disabled", host=host.name)
+        disabled = self._migration_disabled(source, dest)
+        if disabled is not None:
+            return disabled
         if dest.config.migration_auth == "credssp" and not delegated_credentials:
             return messages.text(culture, "no_credentials", host=dest.name)
         if dest.config.migration_auth == "kerberos" and not source.config.delegation:
-            return messages.text(culture, "unknown_credentials", host=dest.name)
+            return messages.text(culture, "no_credentials", host=dest.name)
         return None
 
-    def compare_vm(
+    def _migration_disabled(self, source: _Host, dest: _Host) -> str | None:
+        for host in (source, dest):
+            if not host.config.migration_enabled:
+                return messages.text(source.config.culture, "migration_disabled", host=host.name)
+        return None
+
+    async def second_hop(
+        self,
+        source: _Host,
+        dest: _Host,
+        *,
+        delegated_credentials: bool,
+        reach: ReachDestination | None,
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """(why the source cannot reach ``dest`` for this session, None when it
+        can; what the lab's KDC said, None without one).
+
+        With the lab's KDC (``reach``) real tickets decide: the source gets one
+        for the destination's migration service on the user's behalf, or the
+        KDC refuses (lab.hyperv.gss). Without it, :meth:`second_hop_failure`
+        decides from lab.toml.
+        """
+        if reach is None:
+            failure = self.second_hop_failure(
+                source, dest, delegated_credentials=delegated_credentials
+            )
+            return failure, None
+        disabled = self._migration_disabled(source, dest)
+        if disabled is not None:
+            return disabled, None
+        try:
+            return None, await reach(dest.name)
+        except SecondHopRefused as refused:
+            text = messages.text(source.config.culture, refused.message_key, host=dest.name)
+            return text, refused.details
+
+    async def compare_vm(
         self,
         host_name: str,
         vm_name: str,
         destination: str,
         *,
         delegated_credentials: bool = False,
+        reach: ReachDestination | None = None,
     ) -> list[str]:
         """Compare-VM -Name ``vm_name`` -DestinationHost ``destination`` on
         ``host_name``: the incompatibilities (empty: none). Reaches the
@@ -922,7 +992,9 @@ class Lab:
         disabled or an older destination raise the same errors; nothing moves."""
         source, vm, dest = self._validate_move(host_name, vm_name, destination)
         culture = source.config.culture
-        hop = self.second_hop_failure(source, dest, delegated_credentials=delegated_credentials)
+        hop, _ = await self.second_hop(
+            source, dest, delegated_credentials=delegated_credentials, reach=reach
+        )
         if hop is None and dest.config.older_version:
             hop = messages.text(culture, "protocol_version", host=dest.name)
         if hop is not None:
@@ -963,7 +1035,7 @@ class Lab:
         dest: _Host,
         plan: _MigrationPlan,
         details: dict[str, Any],
-        delegated_credentials: bool,
+        hop: str | None,
         *,
         include_storage: bool,
     ) -> None:
@@ -977,8 +1049,8 @@ class Lab:
                 migration_failed_text(vm.name, job.source, vm.vm_id, reason, culture)
             )
 
-        # Connecting to the destination: authentication, then the protocol.
-        hop = self.second_hop_failure(source, dest, delegated_credentials=delegated_credentials)
+        # Connecting to the destination: authentication (``hop``: why the
+        # second hop fails, see second_hop), then the protocol.
         if hop is not None or dest.config.older_version:
             await self._clock.sleep(plan.negotiation_s)
             raise fail(hop or messages.text(culture, "protocol_version", host=dest.name))

@@ -26,11 +26,12 @@ async def _test_migration(ctx: cmdlets.CmdletContext, params: dict[str, Any]) ->
     vm_name = str(params["VMName"])
     destination = str(params["DestinationHost"])
     try:
-        incompatibilities = ctx.lab.compare_vm(
+        incompatibilities = await ctx.lab.compare_vm(
             ctx.host,
             vm_name,
             destination,
             delegated_credentials=ctx.identity.delegated_credentials,
+            reach=ctx.reach,
         )
     except model.HyperVError as error:
         ctx.out.write_error(cmdlets.hyperv_error(cmdlets.COMPARE_VM, error))

@@ -41,7 +41,7 @@ from psrpcore.types import (
 
 from migration_blackout.lab.hyperv import cmdlets, pstypes
 from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
-from migration_blackout.lab.hyperv.model import Lab
+from migration_blackout.lab.hyperv.model import Lab, ReachDestination
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,15 @@ class PoolSession:
         host: str,
         spawn: Spawn,
         identity: SessionIdentity = ANONYMOUS,
+        reach: ReachDestination | None = None,
     ) -> None:
         self.shell_id = shell_id
         self.identity = identity
         self._lab = lab
         self._host = host
         self._spawn = spawn
+        # How Move-VM and Compare-VM reach a destination for this identity.
+        self._reach = reach
         self.pool = ServerRunspacePool()
         self._outbox: dict[uuid.UUID | None, collections.deque[bytes]] = collections.defaultdict(
             collections.deque
@@ -254,7 +257,11 @@ class PoolSession:
                 pipeline.start()
                 self.flush()
                 context = cmdlets.CmdletContext(
-                    self._lab, self._host, _Writer(self, pipeline), self.identity
+                    self._lab,
+                    self._host,
+                    _Writer(self, pipeline),
+                    self.identity,
+                    reach=self._reach,
                 )
                 try:
                     for statement in _statements(run.commands):

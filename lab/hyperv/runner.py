@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import secrets
 import shutil
 import ssl
@@ -26,9 +27,11 @@ from aiohttp import web
 
 from migration_blackout.lab.hyperv import groundtruth as gt
 from migration_blackout.lab.hyperv.auth import Credentials, NtlmUserFile
+from migration_blackout.lab.hyperv.gss import KerberosAcceptor, SecondHop, require_gssapi
 from migration_blackout.lab.hyperv.model import GuestControl, InMemoryGuest, Lab, LabConfig
 from migration_blackout.lab.hyperv.server import HostServer
 from migration_blackout.lab.hyperv.tls import make_self_signed
+from migration_blackout.lab.kerberos import HostAccount, LabKdc, LabRealm, ProcessKrb5Config
 
 T = TypeVar("T")
 
@@ -50,7 +53,9 @@ class LabHosts:
     """The emulated hosts of one lab run, serving in the running event loop.
 
     Attributes after entering: ``hosts`` (name -> :class:`HostEndpoint`),
-    ``credentials``, ``ground_truth_path``, ``lab`` (the model), ``guest``.
+    ``credentials``, ``ground_truth_path``, ``lab`` (the model), ``guest``,
+    ``realm`` (the lab's Kerberos realm, None when ``config.kerberos`` is off).
+    The KDC starts before the hosts and stops after them.
     """
 
     def __init__(
@@ -76,6 +81,9 @@ class LabHosts:
         self._lab: Lab | None = None
         self.ca_path: Path | None = None  # with config.tls: the certificate to trust
         self._key_path: Path | None = None
+        self.realm: LabRealm | None = None
+        self._kdc: LabKdc | None = None
+        self._krb5_config: ProcessKrb5Config | None = None
 
     @property
     def lab(self) -> Lab:
@@ -129,6 +137,27 @@ class LabHosts:
                 "timing": repr(config.timing),
             },
         )
+        if config.kerberos.enabled:
+            require_gssapi()
+            self._kdc = LabKdc(
+                config.kerberos_dir or self._workdir / "kerberos",
+                domain=config.domain,
+                username=config.username,
+                password=self.credentials.password,
+                hosts=[
+                    HostAccount(
+                        host.name,
+                        delegates_to=tuple(h.name for h in config.hosts if h is not host)
+                        if host.delegation and host.migration_auth == "kerberos"
+                        else (),
+                    )
+                    for host in config.hosts
+                ],
+                settings=config.kerberos,
+            )
+            self.realm = await asyncio.to_thread(self._kdc.start)
+            self._krb5_config = ProcessKrb5Config(self.realm.krb5_config)
+        second_hop = None if self.realm is None else SecondHop(self.realm)
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
         self._lab = Lab(
@@ -143,6 +172,10 @@ class LabHosts:
                 auth_methods=config.auth_methods,
                 spawn=self._spawn,
                 receive_timeout_cap_s=config.receive_timeout_cap_s,
+                kerberos=None
+                if self.realm is None
+                else KerberosAcceptor(self.realm.host(host.name)),
+                second_hop=second_hop,
             )
             runner = web.AppRunner(
                 server.app, access_log=None, shutdown_timeout=self._shutdown_timeout_s
@@ -192,6 +225,12 @@ class LabHosts:
         if self._ntlm_file is not None:
             self._ntlm_file.close()
             self._ntlm_file = None
+        if self._krb5_config is not None:
+            self._krb5_config.close()
+            self._krb5_config = None
+        if self._kdc is not None:
+            await asyncio.to_thread(self._kdc.stop)
+            self._kdc = None
         if self._workdir is not None and self.config.ground_truth_path is None:
             # The default ground truth lives here too; a caller who needs it
             # after the run passes ground_truth_path.
@@ -248,6 +287,10 @@ class LabThread:
     def guest(self) -> GuestControl:
         return self.hosts_runtime.guest
 
+    @property
+    def realm(self) -> LabRealm | None:
+        return self.hosts_runtime.realm
+
     def __enter__(self) -> LabThread:
         self._thread = threading.Thread(target=self._run, name="hyperv-lab", daemon=True)
         self._thread.start()
@@ -285,15 +328,19 @@ class LabThread:
             self._ready.set()
             await self._stop.wait()
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the lab's loop thread and return its result."""
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the lab's loop thread and return its result
+        (awaited, when ``fn`` is a coroutine function such as ``Lab.compare_vm``)."""
         if self._loop is None:
             raise RuntimeError("the lab is not running")
 
-        async def invoke() -> T:
-            return fn(*args)
+        async def invoke() -> Any:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
 
-        future: Future[T] = asyncio.run_coroutine_threadsafe(invoke(), self._loop)
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(invoke(), self._loop)
         return future.result(timeout=10)
 
     @property

@@ -1,24 +1,31 @@
 """One emulated Hyper-V host: an aiohttp app answering WinRM on ``POST /wsman``.
 
-Authentication (Basic, or Negotiate/NTLM with message encryption) happens
-first, then the WS-Man action is dispatched to the host's shells
-(:class:`~lab.hyperv.psrp.PoolSession`). A host the lab has made
-unresponsive either holds every request unanswered or closes the connection.
+Authentication (Basic, or Negotiate with message encryption: NTLM, and
+Kerberos with the host's keytab when the lab has a KDC) happens first, then
+the WS-Man action is dispatched to the host's shells
+(:class:`~lab.hyperv.psrp.PoolSession`), each of which remembers who opened it.
+A Move-VM in such a shell reaches the destination only as far as that
+identity and the lab's KDC allow (:meth:`HostServer.reach_for`). A host the
+lab has made unresponsive either holds every request unanswered or closes the
+connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from psrpcore import PSRPCoreError
 
 from migration_blackout.lab.hyperv import wsman
 from migration_blackout.lab.hyperv.auth import (
+    AuthenticationRefused,
     ConnectionRegistry,
     ConnectionSecurity,
     Credentials,
@@ -26,8 +33,9 @@ from migration_blackout.lab.hyperv.auth import (
     parse_basic,
     parse_negotiate,
 )
+from migration_blackout.lab.hyperv.gss import GSSError, HopRefused, KerberosAcceptor, SecondHop
 from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
-from migration_blackout.lab.hyperv.model import Lab
+from migration_blackout.lab.hyperv.model import Lab, ReachDestination, SecondHopRefused
 from migration_blackout.lab.hyperv.psrp import PoolSession, Spawn, UnknownCommandError
 
 log = logging.getLogger(__name__)
@@ -43,7 +51,7 @@ class _Authenticated:
     security: ConnectionSecurity | None  # set when the body is (to be) encrypted
     extra_headers: dict[str, str]
     # Who the request is (identity.py); the shell it creates runs as this.
-    identity: SessionIdentity = ANONYMOUS
+    identity: SessionIdentity
 
 
 class _NotAuthenticated(Exception):
@@ -64,6 +72,8 @@ class HostServer:
         auth_methods: frozenset[str],
         spawn: Spawn,
         receive_timeout_cap_s: float | None,
+        kerberos: KerberosAcceptor | None = None,
+        second_hop: SecondHop | None = None,
     ) -> None:
         self.lab = lab
         self.host_name = host_name
@@ -71,7 +81,8 @@ class HostServer:
         self._auth_methods = auth_methods
         self._spawn = spawn
         self._receive_cap = receive_timeout_cap_s
-        self._connections = ConnectionRegistry()
+        self._connections = ConnectionRegistry(kerberos)
+        self._second_hop = second_hop
         self.shells: dict[str, PoolSession] = {}
         self.address = ""
         self.closing = False
@@ -93,7 +104,7 @@ class HostServer:
             return refused.response
         request[IDENTITY_KEY] = auth.identity
         content_type = request.headers.get("Content-Type", "")
-        if content_type.startswith("multipart/encrypted"):
+        if content_type.startswith(("multipart/encrypted", "multipart/x-multi-encrypted")):
             if auth.security is None or not auth.security.established:
                 return self._unauthorized()
             boundary = _BOUNDARY.search(content_type)
@@ -101,7 +112,7 @@ class HostServer:
                 soap = auth.security.unwrap(
                     body, boundary.group(1) if boundary else "Encrypted Boundary"
                 )
-            except (ValueError, SpnegoError):
+            except (ValueError, SpnegoError, GSSError):
                 log.warning("%s: could not decrypt a request", self.host_name)
                 return web.Response(status=400)
             encrypt = auth.security
@@ -144,15 +155,17 @@ class HostServer:
             response.headers.add("WWW-Authenticate", "Negotiate")
         if "basic" in self._auth_methods:
             response.headers.add("WWW-Authenticate", 'Basic realm="WSMAN"')
+        if "credssp" in self._auth_methods:
+            response.headers.add("WWW-Authenticate", "CredSSP")
         return response
 
     def _authenticate(self, request: web.Request) -> _Authenticated:
         security = self._connections.for_transport(request.transport)
         header = request.headers.get("Authorization")
-        negotiated = SessionIdentity(user=self._credentials.principal, scheme="negotiate")
         if header is None:
-            if security.established:
-                return _Authenticated(security, {}, negotiated)
+            identity = security.identity
+            if identity is not None:
+                return _Authenticated(security, {}, identity)
             raise _NotAuthenticated(self._unauthorized())
         scheme = header.split(" ", 1)[0].lower()
         if scheme == "basic" and "basic" in self._auth_methods:
@@ -160,22 +173,74 @@ class HostServer:
             if parsed is None or not self._credentials.accepts(*parsed):
                 raise _NotAuthenticated(self._unauthorized())
             return _Authenticated(None, {}, SessionIdentity(user=parsed[0], scheme="basic"))
-        if scheme in ("negotiate", "ntlm") and "negotiate" in self._auth_methods:
+        negotiate = (
+            scheme in ("negotiate", "ntlm", "kerberos") and "negotiate" in self._auth_methods
+        )
+        if negotiate or (scheme == "credssp" and "credssp" in self._auth_methods):
             token = parse_negotiate(header)
             if token is None:
                 raise _NotAuthenticated(self._unauthorized())
             try:
-                out_token = security.step(token)
-            except SpnegoError:
+                out_token = security.step(token, scheme=scheme)
+            except AuthenticationRefused as refused:
                 security.reset()
-                raise _NotAuthenticated(self._unauthorized()) from None
+                log.info("%s: authentication refused: %s", self.host_name, refused)
+                response = self._unauthorized()
+                if refused.token:
+                    # The KRB-ERROR (clock skew, ...) lets the client say why.
+                    response.headers["WWW-Authenticate"] = (
+                        "Negotiate " + base64.b64encode(refused.token).decode()
+                    )
+                raise _NotAuthenticated(response) from None
             extra = {}
             if out_token:
-                extra["WWW-Authenticate"] = "Negotiate " + base64.b64encode(out_token).decode()
-            if not security.established:
+                label = "CredSSP" if scheme == "credssp" else "Negotiate"
+                extra["WWW-Authenticate"] = f"{label} " + base64.b64encode(out_token).decode()
+            identity = security.identity
+            if identity is None:
                 raise _NotAuthenticated(web.Response(status=401, headers=extra))
-            return _Authenticated(security, extra, negotiated)
+            return _Authenticated(security, extra, identity)
         raise _NotAuthenticated(self._unauthorized())
+
+    # ---- the second hop --------------------------------------------------------
+
+    def reach_for(self, identity: SessionIdentity) -> ReachDestination | None:
+        """How this host reaches a destination for ``identity`` in Move-VM and
+        Compare-VM: with tickets from the lab's KDC (None: the lab has no KDC).
+        The destination's migration authentication says which kind."""
+        hop = self._second_hop
+        if hop is None:
+            return None
+        source = self.host_name
+
+        async def reach(destination: str) -> dict[str, Any]:
+            migration_auth = self.lab.host(destination).config.migration_auth
+            details: dict[str, Any] = {
+                "client": identity.user,
+                "client_auth": identity.scheme,
+                "migration_auth": migration_auth,
+            }
+            try:
+                ticket = await asyncio.to_thread(
+                    hop.obtain,
+                    source=source,
+                    destination=destination,
+                    user=identity.user,
+                    password=identity.delegated_password,
+                    migration_auth=migration_auth,
+                )
+            except HopRefused as refused:
+                raise SecondHopRefused(
+                    refused.message_key, {**details, "refused": refused.detail}
+                ) from None
+            return {
+                **details,
+                "ticket_client": ticket.client,
+                "service": ticket.service,
+                "how": ticket.how,
+            }
+
+        return reach
 
     # ---- WS-Man dispatch -----------------------------------------------------
 
@@ -218,6 +283,7 @@ class HostServer:
         return await handler(req, request)
 
     async def _create(self, req: wsman.WSManRequest, request: web.Request) -> bytes:
+        identity = request.get(IDENTITY_KEY, ANONYMOUS)
         client_shell_id, creation = wsman.creation_xml(req)
         shell_id = client_shell_id or str(uuid.uuid4()).upper()
         session = PoolSession(
@@ -225,7 +291,8 @@ class HostServer:
             lab=self.lab,
             host=self.host_name,
             spawn=self._spawn,
-            identity=request.get(IDENTITY_KEY, ANONYMOUS),
+            identity=identity,
+            reach=self.reach_for(identity),
         )
         session.open(creation)
         self.shells[shell_id] = session
