@@ -48,8 +48,12 @@ async def send_on_schedule(
     monotonic clock, until ``stop`` is set. A slot the loop reached late is
     still sent, at once (the send stamps show the lateness), so the number of
     sends always matches the schedule. Waits ride on the event loop's timer
-    (about 1 ms of lateness; the send stamps are the record)."""
-    start_ns = time.monotonic_ns()
+    (about 1 ms of lateness; the send stamps are the record).
+
+    ``t0`` is the first multiple of ``interval_ns`` from now: probes with the
+    same interval send together, so the guest agent answering two of them
+    wakes once for both (a wake-up is most of its cost)."""
+    start_ns = -(-time.monotonic_ns() // interval_ns) * interval_ns
     k = 0
     while not stop.is_set():
         send(k, start_ns + k * interval_ns)
