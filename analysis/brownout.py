@@ -22,9 +22,10 @@ Method (pure, over the heartbeat rows of one agent in sequence order):
   and ``factor`` x the baseline;
 * a *brownout* is a run of slow heartbeats, pauses in it of at most half a
   window bridged, at least ``window_ms`` long. A freeze ends any
-  brownout: runs are cut where the guest's clock steps by more than ten
-  intervals and 200 ms (or at the given execution gap: a throttled guest
-  skips slots, tens of ms at a time). The one reported is the last
+  brownout: runs are cut at the given execution gap, and where the guest's
+  clock steps by more than a second (a slowed guest may send nothing for a
+  few hundred ms: a screen grab holding the interpreter's lock while the
+  guest gets a fifth of a CPU). The one reported is the last
   that ends within ``max_gap_ms`` before the execution gap (the blackout),
   when one is given; else the longest.
 
@@ -158,7 +159,7 @@ def analyse_work(
     slow = share > max(min_share, factor * baseline_share)
     # A freeze ends any brownout: runs never reach across a step of the
     # guest's clock longer than a few intervals (or across the given gap).
-    breaks = np.diff(mono) > max(10 * interval_ns, 200 * NS_PER_MS)
+    breaks = np.diff(mono) > max(10 * interval_ns, 1000 * NS_PER_MS)
     if gap_start_guest_mono_ns is not None:
         breaks |= mono[:-1] == gap_start_guest_mono_ns
     runs = []

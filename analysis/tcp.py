@@ -207,7 +207,10 @@ class Stall:
     offset seen on the frames before the gap, so a guest clock that stood
     still while the VM was paused shifts ``end`` earlier by that much).
     ``before_seq`` / ``after_seq``: the frames (data frames inbound, ticks
-    outbound) on either side.
+    outbound) on either side. A stall still going on when the record ended
+    (frames sent and never delivered) is ``open_end``: it lasted at least
+    from the last delivery to the end of the record (``after_seq`` is then
+    the last delivered frame's, ``end_mono_ns`` the record's end).
     """
 
     direction: str
@@ -221,6 +224,7 @@ class Stall:
     end_mono_ns: int
     delivered: int
     same_connection: bool
+    open_end: bool = False  # still stalled when the record ended: ``upper_ms`` is a floor
 
 
 @dataclass(frozen=True)
@@ -256,25 +260,42 @@ def _stall(
     at_ns: np.ndarray,
     to_harness_ns: np.ndarray,
     interval_ns: int,
+    pending_until_ns: int | None = None,
 ) -> Stall | None:
-    """The largest step of ``at_ns`` (deliveries in order) and where it lies."""
+    """The largest step of ``at_ns`` (deliveries in order) and where it lies;
+    ``pending_until_ns``: the record ended then (harness clock) with frames
+    still undelivered."""
     if len(at_ns) < 2:
         return None
     steps = np.diff(at_ns)
     i = int(np.argmax(steps))
     gap = int(steps[i])
+    start_ns = int(to_harness_ns[i])
+    before, after, same_connection, open_end = (
+        int(seq[i]),
+        int(seq[i + 1]),
+        conn[i] == conn[i + 1],
+        False,
+    )
+    if pending_until_ns is not None and pending_until_ns - int(to_harness_ns[-1]) > gap:
+        # Still stalled when the record ended: from the last delivery to the end.
+        start_ns = int(to_harness_ns[-1])
+        gap = pending_until_ns - start_ns
+        before = after = int(seq[-1])
+        same_connection, open_end = True, True
     return Stall(
         direction=direction,
         stall_ms=gap / NS_PER_MS,
         lower_ms=max(0, gap - interval_ns) / NS_PER_MS,
         upper_ms=gap / NS_PER_MS,
         interval_ms=interval_ns / NS_PER_MS,
-        before_seq=int(seq[i]),
-        after_seq=int(seq[i + 1]),
-        start_mono_ns=int(to_harness_ns[i]),
-        end_mono_ns=int(to_harness_ns[i]) + gap,
+        before_seq=before,
+        after_seq=after,
+        start_mono_ns=start_ns,
+        end_mono_ns=start_ns + gap,
         delivered=len(at_ns),
-        same_connection=bool(conn[i] == conn[i + 1]),
+        same_connection=bool(same_connection),
+        open_end=open_end,
     )
 
 
@@ -282,6 +303,8 @@ def analyse_stream(records: pd.DataFrame, *, interval_s: float) -> StreamAnalysi
     """Stalls per direction and survival (module docstring) from the rows of
     ``raw/tcp_stream.csv``; ``interval_s`` is the probe's (its header)."""
     interval_ns = round(interval_s * 1e9)
+    # The record's end: the latest harness stamp in it (the close at "stopped").
+    record_end = int(pd.concat([records["recv_mono_ns"], records["send_mono_ns"]]).dropna().max())
     inbound_rows = records[records["kind"] == "in"]
     delivered = inbound_rows.dropna(subset=["guest_mono_ns"]).sort_values(["conn", "seq"])
     inbound = None
@@ -292,6 +315,9 @@ def analyse_stream(records: pd.DataFrame, *, interval_s: float) -> StreamAnalysi
         # send) of each connection so far stands for the offset plus the
         # shortest delivery delay.
         offset = pd.Series(guest - sent).groupby(delivered["conn"].to_numpy()).cummin().to_numpy()
+        last_sent = int(sent.max())
+        pending = inbound_rows[inbound_rows["guest_mono_ns"].isna()]
+        pending = pending[pending["send_mono_ns"] > last_sent]
         inbound = _stall(
             "inbound",
             delivered["seq"].to_numpy(np.int64),
@@ -299,6 +325,7 @@ def analyse_stream(records: pd.DataFrame, *, interval_s: float) -> StreamAnalysi
             guest,
             guest - offset,
             interval_ns,
+            pending_until_ns=record_end if len(pending) else None,
         )
     ticks = records[records["kind"] == "out"].sort_values(["recv_mono_ns"])
     outbound = None
@@ -311,6 +338,9 @@ def analyse_stream(records: pd.DataFrame, *, interval_s: float) -> StreamAnalysi
             recv,
             recv,
             interval_ns,
+            # The agent ticks all the time: a silence to the end of the record
+            # longer than a few ticks is a stall that had not ended.
+            pending_until_ns=record_end if record_end - int(recv[-1]) > 3 * interval_ns else None,
         )
     connected = records[records["kind"] == "connected"]
     closed = records[records["kind"] == "closed"]

@@ -329,3 +329,25 @@ def test_no_brownout_on_a_guest_that_was_never_slowed() -> None:
     records, _ = work_records(BASE, BASE, share=1.0, rng=random.Random(5), gap_after=False)
     work = analyse_work(records)
     assert work is not None and work.brownout is None and work.brownouts == ()
+
+
+def test_a_stall_still_on_when_the_record_ends_is_open() -> None:
+    """Frames sent into an outage that lasted past the end of the run were never
+    delivered: the stall is at least from the last delivery to the record's end."""
+    end = BASE + 3000 * MS
+    records, _, _ = stream_records(
+        (BASE + 1000 * MS, end + 60_000 * MS),
+        (BASE + 1000 * MS, end + 60_000 * MS),
+        interval=10 * MS,
+        end=end,
+    )
+    # What was not delivered by the end never was: the probe wrote those rows
+    # without guest or arrival stamps when the run stopped.
+    late = records["recv_mono_ns"] > end
+    records.loc[late & (records["kind"] == "in"), ["guest_mono_ns", "recv_mono_ns"]] = pd.NA
+    records = records[~(late & (records["kind"] == "out"))]
+    stream = analyse_stream(records, interval_s=0.01)
+    for stall in (stream.inbound, stream.outbound):
+        assert stall is not None and stall.open_end
+        assert stall.stall_ms == pytest.approx(2000, abs=15)
+        assert stall.end_mono_ns == end
