@@ -546,10 +546,11 @@ def run(
         )
     except ConfigError as exc:
         _fail(str(exc))
-    if config.probes.witnesses and not guest_agent:
+    use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
+    qemu_lab = config.hypervisor == "qemu" and use_lab  # its guest answers them itself
+    if config.probes.witnesses and not guest_agent and not qemu_lab:
         raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
     witness_port = config.probes.witness_port if config.probes.witnesses else None
-    use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
     listen = None if agent_listen is None else _parse_listen(agent_listen)
     terminal = _Terminal()
     kwargs: dict[str, Any] = {

@@ -215,8 +215,13 @@ def qemu_run_config(config: RunConfig, state: QemuLabState) -> RunConfig:
     )
 
 
+# mb-guestd answers the witnesses on this port (lab/qemu/guest/init).
+QEMU_GUEST_WITNESS_PORT = 47601
+
+
 def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) -> GuestAgentSetup:
-    """The QEMU guest sends its own heartbeat (no frames) to this address."""
+    """The QEMU guest sends its own heartbeat (no frames) to this address and
+    answers the witnesses."""
     host, port = state.heartbeat_address
     return GuestAgentSetup(
         listen_host=host,
@@ -225,6 +230,7 @@ def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) ->
         in_guest=True,
         frames=False,
         contact_deadline_s=contact_deadline_s,
+        witness_port=QEMU_GUEST_WITNESS_PORT,
     )
 
 
