@@ -39,7 +39,6 @@ served by the old host and the receive of the first served by the new one.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -49,9 +48,9 @@ from typing import Any
 from migration_blackout.analysis.icmp import utc_iso
 from migration_blackout.analysis.runfolder import (
     RunFolder,
-    RunFormatError,
-    check_schema_version,
     load_run,
+    read_jsonl,
+    warn_skipped,
 )
 
 RAW_SCHEMA_VERSION = 1
@@ -185,25 +184,20 @@ def load_console(path: str | os.PathLike[str]) -> ConsoleRecords:
     Images saved after their poll (``image_saved`` events) are joined to it.
     """
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").split("\n")
-    complete = [line for line in lines[:-1] if line.strip()]
-    if not complete:
-        raise RunFormatError(f"{path} is empty; expected a header line")
-    header = json.loads(complete[0])
-    check_schema_version(
-        header.get("schema_version"),
-        supported=RAW_SCHEMA_VERSION,
-        what=f"{path.name} (console raw file)",
-    )
-    records = [json.loads(line) for line in complete[1:]]
-    saved_later = {int(r["k"]): str(r["image"]) for r in records if r.get("event") == "image_saved"}
+    raw = read_jsonl(path, what=f"{path.name} (console raw file)")
+    header, records = raw.header, raw.records
+    saved_later = {}
+    for record in records:
+        if record.get("event") == "image_saved" and isinstance(record.get("k"), int):
+            saved_later[record["k"]] = str(record.get("image"))
     samples = []
+    unreadable, first_unreadable = 0, ""
     for record in records:
         if record.get("event") != "poll":
             continue
-        k = _int(record["k"])
-        samples.append(
-            ConsoleSample(
+        try:
+            k = _int(record["k"])
+            sample = ConsoleSample(
                 k=k,
                 send_mono_ns=_int(record["send_mono_ns"]),
                 recv_mono_ns=_int(record["recv_mono_ns"]),
@@ -216,6 +210,16 @@ def load_console(path: str | os.PathLike[str]) -> ConsoleRecords:
                 changed_fraction=_float(record.get("changed_fraction")),
                 image=record.get("image") or saved_later.get(k),
             )
+        except (KeyError, TypeError, ValueError, OverflowError):
+            unreadable += 1
+            first_unreadable = first_unreadable or f"poll k={record.get('k')!r}"
+            continue
+        samples.append(sample)
+    if unreadable:
+        warn_skipped(
+            f"{path.name} (console raw file)",
+            unreadable,
+            f"{first_unreadable}, a poll without its stamps or classification",
         )
     samples.sort(key=lambda s: s.send_mono_ns)
     return ConsoleRecords(header=header, samples=tuple(samples))

@@ -32,7 +32,6 @@ the point says how many polls failed or were skipped in between.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -57,7 +56,7 @@ from migration_blackout.analysis.hyperv import (
     reported_blackout,
 )
 from migration_blackout.analysis.icmp import BlackoutWindow, analyse_icmp
-from migration_blackout.analysis.runfolder import RunFolder, load_run
+from migration_blackout.analysis.runfolder import RunFolder, load_run, read_jsonl
 from migration_blackout.analysis.timeline import (
     NS_PER_MS,
     OUTCOME_CODE,
@@ -811,11 +810,8 @@ def qemu_component(run: RunFolder) -> Component | None:
     path = run.probe_file("qemu_migration")
     if path is None or not path.exists():
         return None
-    lines = [line for line in path.read_text(encoding="utf-8").split("\n")[1:-1] if line]
-    result = next(
-        (r for r in (json.loads(line) for line in reversed(lines)) if r.get("event") == "result"),
-        None,
-    )
+    records = read_jsonl(path, what=f"{path.name} (QEMU migration raw file)").records
+    result = next((r for r in reversed(records) if r.get("event") == "result"), None)
     if not result or not result.get("stop") or not result.get("resume"):
         return None
     stop, resume = int(result["stop"]["qemu_mono_ns"]), int(result["resume"]["qemu_mono_ns"])

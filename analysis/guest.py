@@ -38,6 +38,8 @@ probes or hosts.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -50,10 +52,13 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.runfolder import (
     RAW_SCHEMA_VERSION,
     RunFormatError,
     check_schema_version,
+    read_jsonl,
+    warn_skipped,
 )
 
 HEARTBEAT_FILE = Path("raw") / "guest_heartbeat.csv"
@@ -188,11 +193,29 @@ def _normalise(records: pd.DataFrame) -> pd.DataFrame:
     return out[list(_COLUMNS)]
 
 
+_HEARTBEAT_DTYPES = {
+    "agent_id": "str",
+    "seq": "int64",
+    "guest_utc_ns": "int64",
+    "guest_mono_ns": "int64",
+    "interval_us": "int64",
+    "recv_mono_ns": "int64",
+    "recv_utc_ns": "int64",
+    "from_addr": "str",
+}
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def load_heartbeats(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The heartbeats in the normalised columns (``interval_ns`` from ``interval_us``)."""
+    """The heartbeats in the normalised columns (``interval_ns`` from ``interval_us``).
+
+    A row that is not a heartbeat (invalid UTF-8, the wrong number of fields,
+    a number that is not a 64-bit integer) is counted and skipped with a
+    ``RawDataWarning``; a partial last line is left out.
+    """
     path = Path(run_dir) / HEARTBEAT_FILE
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline()
+    with open(path, "rb") as handle:
+        first = handle.readline().decode("utf-8", errors="replace")
         if not first.startswith("# "):
             raise RunFormatError(f"{path} does not start with a '# ' header line")
         try:
@@ -200,37 +223,73 @@ def load_heartbeats(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         except json.JSONDecodeError:
             raise RunFormatError(f"{path} has a header line that is not JSON") from None
         _check_header(header, path, HEARTBEAT_SOURCE)
+        body = handle.read()
+    complete = body[: body.rfind(b"\n") + 1]  # a partial last line is not a record
+    try:
         raw = pd.read_csv(
-            handle,
-            dtype={
-                "agent_id": "str",
-                "seq": "int64",
-                "guest_utc_ns": "int64",
-                "guest_mono_ns": "int64",
-                "interval_us": "int64",
-                "recv_mono_ns": "int64",
-                "recv_utc_ns": "int64",
-                "from_addr": "str",
-            },
-            keep_default_na=False,
+            io.BytesIO(complete), dtype=_HEARTBEAT_DTYPES, keep_default_na=False, encoding="utf-8"
         )
+    except (ValueError, OverflowError, UnicodeDecodeError, pd.errors.ParserError):
+        raw = _heartbeats_row_by_row(path, complete)
     raw["interval_ns"] = raw["interval_us"] * 1000
     return _normalise(raw)
 
 
+def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:
+    """The slow path for a file with bad rows: each row checked, bad ones skipped."""
+    lines = data.split(b"\n")[:-1]
+    names = lines[0].decode("utf-8", errors="replace").strip().split(",") if lines else []
+    if names != list(_HEARTBEAT_DTYPES):
+        raise RunFormatError(f"{path} has columns {names}; expected {list(_HEARTBEAT_DTYPES)}")
+    rows: list[list[Any]] = []
+    skipped, first = 0, ""
+    for number, line in enumerate(lines[1:], 3):
+        try:
+            fields = next(csv.reader([line.decode("utf-8")]))
+            if len(fields) != len(names):
+                raise ValueError(f"{len(fields)} fields")
+            row: list[Any] = []
+            for name, text in zip(names, fields, strict=True):
+                if _HEARTBEAT_DTYPES[name] == "int64":
+                    value = int(text)
+                    if not _INT64[0] <= value <= _INT64[1]:
+                        raise ValueError(f"{name} out of range")
+                    row.append(value)
+                else:
+                    row.append(text)
+        except (UnicodeDecodeError, ValueError, StopIteration, csv.Error) as error:
+            skipped += 1
+            first = first or f"line {number}, {error}"
+            continue
+        rows.append(row)
+    if skipped:
+        warn_skipped(str(path), skipped, first)
+    frame = pd.DataFrame(rows, columns=names)
+    return frame.astype({k: v for k, v in _HEARTBEAT_DTYPES.items()})
+
+
 def load_frames(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """``raw/guest_frames.jsonl``: the normalised columns plus every other recorded field."""
+    """``raw/guest_frames.jsonl``: the normalised columns plus every other recorded field.
+
+    A record without a guest stamp or seq that is a 64-bit integer is counted
+    and skipped with a ``RawDataWarning``.
+    """
     path = Path(run_dir) / FRAMES_FILE
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
-    if not lines:
-        raise RunFormatError(f"{path} is empty; expected a header line")
-    try:
-        header = json.loads(lines[0])
-        rows = [json.loads(line) for line in lines[1:] if line.strip()]
-    except json.JSONDecodeError as error:
-        raise RunFormatError(f"{path} has a line that is not JSON: {error}") from None
-    _check_header(header, path, FRAMES_SOURCE)
+    raw_file = read_jsonl(path, what=str(path))
+    _check_header(raw_file.header, path, FRAMES_SOURCE)
+    rows = []
+    skipped, first = 0, ""
+    for record in raw_file.records:
+        if all(
+            isinstance(record.get(key), int) and _INT64[0] <= record[key] <= _INT64[1]
+            for key in ("seq", "guest_utc_ns", "guest_mono_ns", "recv_mono_ns", "recv_utc_ns")
+        ):
+            rows.append(record)
+        else:
+            skipped += 1
+            first = first or f"seq {record.get('seq')!r}, a stamp missing or out of range"
+    if skipped:
+        warn_skipped(str(path), skipped, first)
     raw = pd.DataFrame.from_records(rows, columns=None if rows else [*_COLUMNS, "file"])
     if "interval_ns" not in raw:
         raw["interval_ns"] = pd.NA
@@ -560,6 +619,30 @@ def guest_summary(analysis: GuestAnalysis) -> dict[str, Any]:
 # -- contact sheet ---------------------------------------------------------
 
 
+_MAX_FRAME_PIXELS = 40_000_000  # the receiver's own limit (probes/guest_receiver.py)
+
+
+def _thumbnail(run_path: Path, file: Any, width: int) -> Image.Image:
+    """The frame's image as a thumbnail; a grey tile when the record names no
+    stored frame (a path outside ``frames/``, a file gone or not an image)."""
+    relative = Path(str(file)) if isinstance(file, str) else None
+    if relative is not None and (
+        relative.is_absolute() or ".." in relative.parts or relative.parts[:1] != ("frames",)
+    ):
+        relative = None
+    try:
+        if relative is None:
+            raise FileNotFoundError(file)
+        with Image.open(run_path / relative) as image:
+            if image.width * image.height > _MAX_FRAME_PIXELS:
+                raise ValueError("too many pixels")
+            image.load()
+            height = max(1, round(image.height * width / image.width))
+            return image.convert("RGB").resize((width, height))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return Image.new("RGB", (width, max(1, width * 3 // 4)), (160, 160, 160))
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -605,10 +688,7 @@ def contact_sheet(
     marker = 56
     thumbs: list[tuple[Image.Image, pd.Series]] = []
     for _, row in window.iterrows():
-        with Image.open(run_path / str(row["file"])) as image:
-            image.load()
-            height = max(1, round(image.height * thumb_width / image.width))
-            thumbs.append((image.convert("RGB").resize((thumb_width, height)), row))
+        thumbs.append((_thumbnail(run_path, row.get("file"), thumb_width), row))
     tile_height = max(thumb.height for thumb, _ in thumbs) + label_height
     title_height = 48
     width = pad + len(thumbs) * (thumb_width + pad) + marker
@@ -660,7 +740,4 @@ def contact_sheet(
                 font=small,
             )
             x += marker
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, "PNG")
-    return out
+    return replace_file(out_path, lambda handle: sheet.save(handle, "PNG"))

@@ -19,7 +19,6 @@ the destination running it:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from migration_blackout.analysis.runfolder import RunFolder, RunFormatError, check_schema_version
+from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
 
 # Hyper-V's migration events: 20415 (20417 over the critical level) carries
 # the VM's name, its id and the blackout in seconds as event data
@@ -67,13 +66,8 @@ class HostBlackout:
 
 
 def _read_jsonl(path: Path, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    lines = path.read_text(encoding="utf-8").split("\n")
-    complete = [line for line in lines[:-1] if line.strip()]  # the last may be partial
-    if not complete:
-        raise RunFormatError(f"{path} is empty; expected a header line")
-    header = json.loads(complete[0])
-    check_schema_version(header.get("schema_version"), supported=RAW_SCHEMA_VERSION, what=what)
-    return header, [json.loads(line) for line in complete[1:]]
+    raw = read_jsonl(path, what=what)
+    return raw.header, raw.records
 
 
 def load_host_polls(run: RunFolder) -> pd.DataFrame:

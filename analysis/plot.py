@@ -24,10 +24,10 @@ millions.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,7 @@ from PIL import Image
 
 from migration_blackout.analysis.decompose import Component, Decomposition, Instant, decompose
 from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.timeline import (
     EVENTS_LANE,
     NS_PER_S,
@@ -968,11 +969,17 @@ def plot_timeline(
     decomposition = decompose(timeline)
     whole, zoom = timeline_figures(timeline, decomposition, zoom_s=zoom_s)
     out = Path(run_dir) / "derived" if out_dir is None else Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / OVERVIEW_PNG, out / OVERVIEW_SVG]
-    whole.savefig(written[0], format="png", metadata={"Software": None})
-    whole.savefig(written[1], format="svg", metadata={"Date": None})
+    written = [
+        replace_file(out / OVERVIEW_PNG, _saver(whole, "png", {"Software": None})),
+        replace_file(out / OVERVIEW_SVG, _saver(whole, "svg", {"Date": None})),
+    ]
     if zoom is not None:
-        written.append(out / ZOOM_PNG)
-        zoom.savefig(written[2], format="png", metadata={"Software": None})
+        written.append(replace_file(out / ZOOM_PNG, _saver(zoom, "png", {"Software": None})))
     return written
+
+
+def _saver(figure: Any, fmt: str, metadata: dict[str, Any]) -> Callable[[BinaryIO], None]:
+    def save(handle: BinaryIO) -> None:
+        figure.savefig(handle, format=fmt, metadata=metadata)
+
+    return save

@@ -12,10 +12,9 @@ answering again and the network, not the hypervisor.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from migration_blackout.analysis.runfolder import RunFolder, RunFormatError, check_schema_version
+from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
 
 RAW_SCHEMA_VERSION = 1
 
@@ -24,16 +23,8 @@ def _records(run: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]] | No
     path = run.probe_file("qemu_migration")
     if path is None or not path.exists():
         return None
-    lines = [line for line in path.read_text(encoding="utf-8").split("\n")[:-1] if line.strip()]
-    if not lines:
-        raise RunFormatError(f"{path} is empty; expected a header line")
-    header = json.loads(lines[0])
-    check_schema_version(
-        header.get("schema_version"),
-        supported=RAW_SCHEMA_VERSION,
-        what=f"{path.name} (QEMU migration raw file)",
-    )
-    return header, [json.loads(line) for line in lines[1:]]
+    raw = read_jsonl(path, what=f"{path.name} (QEMU migration raw file)")
+    return raw.header, raw.records
 
 
 def _ms(value: float | None) -> float | None:

@@ -8,13 +8,16 @@ says what is wrong and, for a version it cannot read, what to do.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
 import itertools
 import json
 import math
 import mmap
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -99,6 +102,109 @@ _NAME_COLUMNS = ("target", "from_addr")
 
 class RunFormatError(ValueError):
     """A run folder or one of its files cannot be read by this version."""
+
+
+class RawDataWarning(UserWarning):
+    """Lines of a raw file that are not records (invalid UTF-8, not JSON, a
+    value out of range) were skipped, and counted. The summary lists these
+    warnings; the analysis goes on without those lines."""
+
+
+def warn_skipped(what: str, skipped: int, first: str) -> None:
+    """Say that ``skipped`` lines of ``what`` were left out (``first``: which
+    was the first, and why)."""
+    warnings.warn(
+        RawDataWarning(
+            f"{what}: {skipped} line{'s' if skipped != 1 else ''} skipped, not valid records "
+            f"(first: {first})"
+        ),
+        stacklevel=3,
+    )
+
+
+@contextlib.contextmanager
+def raw_data_warnings() -> Iterator[list[str]]:
+    """Collect the :class:`RawDataWarning` messages raised in the block (each once)."""
+    collected: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RawDataWarning)
+        try:
+            yield collected
+        finally:
+            for item in caught:
+                if issubclass(item.category, RawDataWarning):
+                    text = str(item.message)
+                    if text not in collected:
+                        collected.append(text)
+                else:  # not ours: let it through as it would have gone
+                    warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+@dataclass(frozen=True)
+class JsonlFile:
+    """A raw JSON Lines file: its header and its records (JSON objects)."""
+
+    path: Path
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+    skipped: int  # complete lines that were not a JSON object
+
+
+def read_jsonl(path: str | os.PathLike[str], *, what: str) -> JsonlFile:
+    """Read a raw JSON Lines file: a header object with ``schema_version``, then
+    one object per line.
+
+    A last line without its newline (the writer stopped mid-line) is left out
+    silently; any other line that is not a JSON object (invalid UTF-8, not
+    JSON, an array) is counted and skipped with a :class:`RawDataWarning`.
+    A file that cannot be read at all, or whose header is not a JSON object
+    of a known version, is a :class:`RunFormatError`.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RunFormatError(f"{what} cannot be read: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")[:-1]  # the last piece is empty or a partial line
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise RunFormatError(f"{what} is empty; expected a header line")
+    header = _json_object(numbered[0][1])
+    if header is None:
+        raise RunFormatError(f"{what} does not start with a JSON header line")
+    check_schema_version(header.get("schema_version"), supported=RAW_SCHEMA_VERSION, what=what)
+    records: list[dict[str, Any]] = []
+    skipped, first_bad = 0, None
+    for number, line in numbered[1:]:
+        record = _json_object(line)
+        if record is None:
+            skipped += 1
+            first_bad = first_bad or f"line {number}, {_why_not_a_record(line)}"
+            continue
+        records.append(record)
+    if first_bad is not None:
+        warn_skipped(what, skipped, first_bad)
+    return JsonlFile(path=path, header=header, records=records, skipped=skipped)
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _why_not_a_record(line: bytes) -> str:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return "not JSON"
+    return "not a JSON object"
 
 
 def package_version() -> str:
@@ -214,9 +320,13 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFolder:
         text = manifest_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RunFormatError(f"{path} is not a run folder: it has no manifest.json") from None
+    except UnicodeDecodeError:
+        raise RunFormatError(f"{where} is not UTF-8 text") from None
+    except OSError as exc:
+        raise RunFormatError(f"{where} cannot be read: {exc.strerror or exc}") from None
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise RunFormatError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RunFormatError(f"{where} is not a JSON object")
@@ -418,17 +528,23 @@ def _read_slice(
     path: Path, start: int, end: int, usecols: list[str], dtype: Mapping[str, Any]
 ) -> pd.DataFrame:
     with io.BufferedReader(_FileRange(path, start, end), buffer_size=1 << 20) as source:
-        return pd.read_csv(
-            source,
-            engine="c",
-            header=None,
-            names=list(ICMP_COLUMNS),
-            usecols=usecols,
-            dtype=dict(dtype),
-            keep_default_na=False,
-            na_values=[""],
-            encoding="utf-8",
-        )
+        return _parse_icmp_rows(source, usecols, dtype)
+
+
+def _parse_icmp_rows(
+    source: io.BufferedIOBase, usecols: list[str], dtype: Mapping[str, Any]
+) -> pd.DataFrame:
+    return pd.read_csv(
+        source,
+        engine="c",
+        header=None,
+        names=list(ICMP_COLUMNS),
+        usecols=usecols,
+        dtype=dict(dtype),
+        keep_default_na=False,
+        na_values=[""],
+        encoding="utf-8",
+    )
 
 
 def _concat_slices(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -506,34 +622,77 @@ def read_icmp_csv(
         raise ValueError(f"unknown icmp columns requested: {unknown}")
     usecols = list(dict.fromkeys(columns))
     slices = _row_slices(path, layout)
+    dtypes = {c: _ICMP_DTYPES[c] for c in usecols}
     try:
-        dtypes = {c: _ICMP_DTYPES[c] for c in usecols}
         complete = dtypes | {c: "int64" for c in _SEND_COLUMNS if c in dtypes}
         try:
             frame = _read_columns(path, slices, usecols, complete)
         except ValueError:
             # A send stamp is missing (or the file is broken: then this raises too).
             frame = _read_columns(path, slices, usecols, dtypes)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise RunFormatError(f"{where} cannot be parsed as icmp records: {exc}") from None
+    except (ValueError, OverflowError, UnicodeDecodeError, pd.errors.ParserError):
+        # Some rows are not records (a torn write, a byte flipped): check each
+        # row, skip and count the bad ones, parse the rest.
+        frame = _read_icmp_row_by_row(path, layout, usecols, dtypes, where)
     frame = frame[usecols]
-    if "target" in frame and frame["target"].isna().any():
-        count = int(frame["target"].isna().sum())
-        raise RunFormatError(f"{where} has {count} rows without a target")
+    bad = pd.Series(False, index=frame.index)
+    if "target" in frame:
+        bad |= frame["target"].isna()
     if "outcome" in frame:
         outcome = frame["outcome"]
         known = set(ICMP_OUTCOME_DTYPE.categories)
-        bad = [str(c) for c in outcome.cat.categories if str(c) not in known]
-        if outcome.isna().any():
-            bad.append("(empty)")
-        if bad:
-            raise RunFormatError(
-                f"{where} has outcomes {bad}; schema_version 1 knows {sorted(known)}"
-            )
-        frame["outcome"] = outcome.cat.set_categories(list(ICMP_OUTCOME_DTYPE.categories))
+        unknown = [c for c in outcome.cat.categories if str(c) not in known]
+        bad |= outcome.isna() | (outcome.isin(unknown) if unknown else False)
+    if bad.any():
+        first = frame.index[bad.to_numpy()][0]
+        warn_skipped(where, int(bad.sum()), f"record {first + 1}, no target or an unknown outcome")
+        frame = frame[~bad.to_numpy()].reset_index(drop=True)
+    if "outcome" in frame:
+        frame["outcome"] = frame["outcome"].cat.set_categories(list(ICMP_OUTCOME_DTYPE.categories))
     return IcmpRecords(
         path=path, header=header, frame=frame, dropped_partial_last_line=layout.partial_last_line
     )
+
+
+def _read_icmp_row_by_row(
+    path: Path,
+    layout: _CsvLayout,
+    usecols: list[str],
+    dtypes: Mapping[str, Any],
+    where: str,
+) -> pd.DataFrame:
+    """The slow path for a file with bad rows: each row checked against the
+    column types (integers within 64 bits), bad ones skipped with a warning."""
+    integers = {name for name, kind in _ICMP_DTYPES.items() if kind in ("int64", "Int64", "Int16")}
+    required = {name for name, kind in _ICMP_DTYPES.items() if kind == "int64"}
+    good = io.BytesIO()
+    skipped, first = 0, ""
+    with open(path, "rb") as raw:
+        raw.seek(layout.data_start)
+        data = raw.read(layout.data_end - layout.data_start)
+    for number, line in enumerate(data.split(b"\n")[:-1] if data.endswith(b"\n") else [], 3):
+        try:
+            fields = next(csv.reader([line.decode("utf-8")]))
+            if len(fields) != len(ICMP_COLUMNS):
+                raise ValueError(f"{len(fields)} fields, not {len(ICMP_COLUMNS)}")
+            for name, text in zip(ICMP_COLUMNS, fields, strict=True):
+                if name in integers and (text or name in required):
+                    value = int(text)
+                    limit = 2**15 if _ICMP_DTYPES[name] == "Int16" else 2**63
+                    if not -limit <= value < limit:
+                        raise ValueError(f"{name} out of range")
+        except (UnicodeDecodeError, ValueError, StopIteration, csv.Error) as error:
+            skipped += 1
+            first = first or f"line {number}, {error}"
+            continue
+        good.write(line + b"\n")
+    if skipped:
+        warn_skipped(where, skipped, first)
+    good.seek(0)
+    try:
+        return _parse_icmp_rows(good, usecols, dtypes)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise RunFormatError(f"{where} cannot be parsed as icmp records: {exc}") from None
 
 
 def load_icmp(

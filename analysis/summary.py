@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from migration_blackout.analysis.icmp import (
     analyse_icmp,
     utc_iso,
 )
+from migration_blackout.analysis.outputs import replace_text
 from migration_blackout.analysis.qemu import qemu_summary
 from migration_blackout.analysis.runfolder import (
     RunFolder,
@@ -33,6 +33,7 @@ from migration_blackout.analysis.runfolder import (
     load_icmp,
     load_run,
     package_version,
+    raw_data_warnings,
     requested_icmp_interval_s,
 )
 
@@ -155,7 +156,18 @@ def _guest(run_dir: Path) -> dict[str, Any] | None:
 
 
 def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The summary document of a run folder (nothing is written)."""
+    """The summary document of a run folder (nothing is written).
+
+    Lines of raw files that are not records are skipped; each file's count
+    (a ``RawDataWarning``) lands in ``warnings``.
+    """
+    with raw_data_warnings() as skipped:
+        document = _build_summary(run_dir)
+    document["warnings"].extend(skipped)
+    return document
+
+
+def _build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run = load_run(run_dir)
     warnings: list[str] = []
     icmp = _analyse_run_icmp(run, warnings)
@@ -189,21 +201,8 @@ def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def write_summary(run_dir: str | os.PathLike[str]) -> Path:
     """Build the summary and write it to ``run_dir/derived/summary.json`` (replacing it)."""
     document = build_summary(run_dir)
-    path = Path(run_dir) / SUMMARY_FILE
-    path.parent.mkdir(exist_ok=True)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    # Write aside and rename, so a reader never sees half a file.
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=".summary.", suffix=".tmp", delete=False
-    ) as handle:
-        try:
-            handle.write(text)
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
-    return path
+    return replace_text(Path(run_dir) / SUMMARY_FILE, text)
 
 
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:

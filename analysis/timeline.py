@@ -63,7 +63,6 @@ follows any queueing, as anchor.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -92,12 +91,12 @@ from migration_blackout.analysis.icmp import utc_iso
 from migration_blackout.analysis.runfolder import (
     ICMP_ATTEMPT_OUTCOMES,
     ICMP_OUTCOME_DTYPE,
-    RAW_SCHEMA_VERSION,
     IcmpRecords,
     RunFolder,
-    check_schema_version,
+    RunFormatError,
     load_icmp,
     load_run,
+    read_jsonl,
     requested_icmp_interval_s,
 )
 
@@ -715,15 +714,12 @@ def _hyperv_event_rows(
 
 
 def _read_jsonl_records(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").split("\n")
-    complete = [line for line in lines[:-1] if line.strip()]
-    if not complete:
-        return []
-    header = json.loads(complete[0])
-    check_schema_version(
-        header.get("schema_version"), supported=RAW_SCHEMA_VERSION, what=f"raw file {path}"
-    )
-    return [json.loads(line) for line in complete[1:]]
+    try:
+        return read_jsonl(path, what=f"raw file {path}").records
+    except RunFormatError as exc:
+        if "is empty" in str(exc):
+            return []
+        raise
 
 
 def _harness_rows(run: RunFolder) -> pd.DataFrame:

@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 import click
 
+from migration_blackout.probes.environment import forget_secrets
+
 from . import __version__, exitcodes
 
 
@@ -46,10 +48,15 @@ def _parse_targets(
 ) -> list[str]:
     """Addresses; a host name is resolved once, here, and kept in ``ctx.meta`` for the run
     folder (``target_names``)."""
+    from .config import guest_address_problem
+
     targets = []
     names: dict[str, str] = {}
     for value in values:
         address = _resolve(value)
+        problem = guest_address_problem(address)
+        if problem is not None:
+            raise click.BadParameter(problem if address == value else f"{value!r}: {problem}")
         if address != value:
             names[address] = value
         targets.append(address)
@@ -57,6 +64,12 @@ def _parse_targets(
         raise click.BadParameter(f"the same address is given twice ({', '.join(targets)})")
     ctx.meta["target_names"] = names
     return targets
+
+
+def _parse_vm(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("the VM name is empty")
+    return value
 
 
 _LABEL_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -192,10 +205,25 @@ def _print_summary(summary: dict[str, Any] | None, as_json: bool, run_dir: Path)
         click.echo(format_summary_table(summary))
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning about the user's data is one line on stderr, as an error is."""
+    click.echo(f"measure: warning: {message}", err=True)
+
+
 class _MeasureGroup(click.Group):
     """Usage errors as one line (``measure: error: ...``), exit code 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        import warnings
+
+        warnings.showwarning = _show_warning
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
@@ -307,7 +335,12 @@ def main() -> None:
 
 
 @main.command(cls=_RunCommand, epilog=exitcodes.RUN_EPILOG)
-@click.option("--vm", default=None, help="VM to migrate [default: from the config, HVSW10Home].")
+@click.option(
+    "--vm",
+    default=None,
+    callback=_parse_vm,
+    help="VM to migrate [default: from the config, HVSW10Home].",
+)
 @click.option(
     "--config",
     "config_path",
@@ -403,6 +436,14 @@ def main() -> None:
     help="Seconds to keep probing after Move-VM returns [default: 10].",
 )
 @click.option(
+    "--harvest-timeout",
+    "harvest_timeout_s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds each host has for the clocks and events after the migration [default: 20; "
+    "5 after Ctrl-C].",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("results"),
@@ -488,6 +529,7 @@ def run(
     destination_storage_path: str | None,
     timeout_s: float | None,
     settle_s: float | None,
+    harvest_timeout_s: float | None,
     guest_agent: bool,
     agent_listen: str | None,
     agent_wait: float,
@@ -518,6 +560,7 @@ def run(
         password_from_keyring,
     )
     from .guestagent import GuestAgentSetup, address_towards
+    from .runfolder import OutputFolderError, describe_error
 
     if ping_pong and repeat == 1:
         raise click.UsageError("--ping-pong needs --repeat N (N >= 2 migrations)")
@@ -535,6 +578,7 @@ def run(
             destination_storage_path=destination_storage_path,
             timeout_s=timeout_s,
             settle_s=settle_s,
+            harvest_timeout_s=harvest_timeout_s,
             hypervisor=hypervisor,
             downtime_limit_ms=downtime_limit_ms,
             max_bandwidth_mib_s=max_bandwidth_mib_s,
@@ -546,11 +590,21 @@ def run(
         )
     except ConfigError as exc:
         _fail(str(exc))
+    if lab_config is not None:
+        # A lab.toml that cannot work is a usage error, found before anything starts.
+        from migration_blackout.lab.labconfig import LabConfigError, load_lab_config
+
+        try:
+            load_lab_config(lab_config, seed=seed)
+        except LabConfigError as exc:
+            _fail(str(exc))
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
     qemu_lab = config.hypervisor == "qemu" and use_lab  # its guest answers them itself
     if config.probes.witnesses and not guest_agent and not qemu_lab:
         raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
     witness_port = config.probes.witness_port if config.probes.witnesses else None
+    if use_lab or config.hypervisor == "qemu":
+        forget_secrets()  # no Hyper-V password is read: nothing the run starts inherits one
     listen = None if agent_listen is None else _parse_listen(agent_listen)
     terminal = _Terminal()
     kwargs: dict[str, Any] = {
@@ -573,29 +627,26 @@ def run(
         )
 
     try:
-        if config.hypervisor == "qemu":
-            with lab_command.qemu_run(config, use_lab=use_lab, agent_wait_s=agent_wait) as args:
+        if config.hypervisor == "qemu" and use_lab:
+            result = execute(
+                config=config,
+                environment=lab_command.QemuLabForRun(agent_wait_s=agent_wait),
+                **kwargs,
+            )
+        elif config.hypervisor == "qemu":
+            with lab_command.qemu_configured_run(config) as args:
                 result = execute(**args, **kwargs)
         elif use_lab:
-            with lab_command.lab_for_run(config=lab_config, seed=seed) as state:
-                lab_run_config, lab_passwords = lab_command.run_config_for_lab(config, state, vm=vm)
-                if guest_agent:
-                    kwargs["guest_agent"] = lab_command.guest_agent_setup(
-                        state,
-                        listen=listen,
-                        contact_deadline_s=agent_wait,
-                        interval_s=agent_interval,
-                        witness_port=witness_port,
-                    )
-                result = execute(
-                    config=lab_run_config,
-                    passwords=lab_passwords,
-                    ground_truth=state.ground_truth,
-                    extra_manifest={
-                        "lab": {"state_file": str(state.path), "seed": state.document.get("seed")}
-                    },
-                    **kwargs,
-                )
+            environment = lab_command.HyperVLabForRun(
+                config=lab_config,
+                seed=seed,
+                vm=vm,
+                agent_listen=listen,
+                agent_wait_s=agent_wait if guest_agent else None,
+                agent_interval_s=agent_interval,
+                witness_port=witness_port,
+            )
+            result = execute(config=config, environment=environment, **kwargs)
         else:
             passwords: dict[str, str | None] = {}
             for host in config.hosts:
@@ -613,6 +664,10 @@ def run(
                         f"{host.password_env}"
                     )
                 passwords[host.name] = password
+            # Read once: no process this one starts inherits a password.
+            for host in config.hosts:
+                os.environ.pop(host.password_env, None)
+            forget_secrets()
             if guest_agent:
                 agent_host, agent_port = listen or ("0.0.0.0", 47600)
                 kwargs["guest_agent"] = GuestAgentSetup(
@@ -632,9 +687,12 @@ def run(
     except run_command.PreflightError as exc:
         terminal.discard()
         _fail(str(exc), exitcodes.PREFLIGHT)
-    except PermissionError as exc:
+    except (PermissionError, OutputFolderError) as exc:
         terminal.close()
         _fail(str(exc))
+    except OSError as exc:  # the run folder could not even be finalised (a full disk)
+        terminal.close()
+        _fail(describe_error(exc), exitcodes.MIGRATION_FAILED)
     if result.exit_code == exitcodes.PREFLIGHT and repeat == 1:
         terminal.discard()  # only the one line saying what failed
         _fail(
@@ -804,11 +862,12 @@ def watch(
     from .commands import watch as watch_command
     from .config import ProbeConfig
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
-    from .runfolder import OutputFolderError, RunStatus
+    from .runfolder import OutputFolderError, RunStatus, describe_error
 
     if witnesses and not guest_agent:
         raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
     probes = ProbeConfig(tcp_connect_ports=tuple(tcp_connect), witnesses=witnesses)
+    forget_secrets()  # no password is read here: no child inherits one
     terminal = _Terminal()
     setup = None
     if guest_agent:
@@ -851,11 +910,18 @@ def watch(
     except ValueError as exc:
         terminal.close()
         _fail(str(exc))
+    except OSError as exc:  # the run folder could not even be finalised (a full disk)
+        terminal.close()
+        _fail(describe_error(exc), exitcodes.MIGRATION_FAILED)
     terminal.close()
     _print_summary(result.summary, as_json, result.run_dir)
+    if result.error:
+        click.echo(f"measure: {result.status}: {result.error}", err=True)
     click.echo(f"run folder: {result.run_dir}", err=True)
     if result.status is RunStatus.ABORTED:
         sys.exit(exitcodes.INTERRUPTED)
+    if result.status is RunStatus.FAILED:
+        sys.exit(exitcodes.MIGRATION_FAILED)
 
 
 # -- measure analyze ----------------------------------------------------------
@@ -889,7 +955,10 @@ def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
     except RunFormatError as exc:
         _fail(str(exc))
     good = [a for a in analysed if a.summary is not None]
-    if as_json:
+    if as_json:  # the table shows them; a script reading the JSON gets them on stderr too
+        for entry in good:
+            for warning in (entry.summary or {}).get("warnings", []):
+                click.echo(f"measure: warning: {entry.run_dir}: {warning}", err=True)
         documents = [{**a.summary, "run_dir": str(a.run_dir)} for a in good if a.summary]
         one = len(paths) == 1 and is_run_folder(paths[0])
         if documents:

@@ -33,6 +33,23 @@ class ConfigError(Exception):
     """The configuration file or a flag is invalid; the message says where."""
 
 
+def guest_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be a guest to probe, or None. The unspecified
+    address (0.0.0.0, ::), broadcast and multicast reach no single guest:
+    probing them would measure whoever answers."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if ip.is_unspecified:
+        return f"{ip} is the unspecified address, not a guest"
+    if ip.is_multicast:
+        return f"{ip} is a multicast address, not a guest"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is the broadcast address, not a guest"
+    return None
+
+
 @dataclass(frozen=True)
 class HostConfig:
     """One Hyper-V host reached over WinRM (PowerShell remoting).
@@ -114,6 +131,7 @@ class MigrationConfig:
     timeout_s: float = 600.0
     settle_s: float = 10.0
     settle_quiet_s: float = 2.0
+    harvest_timeout_s: float = 20.0  # clocks and the hypervisor's figures after the migration
 
 
 @dataclass(frozen=True)
@@ -378,10 +396,9 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     if isinstance(addresses, str):
         addresses = [addresses]
     for address in addresses:
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ConfigError(f"{origin}: [guest] {address!r} is not an IP address") from None
+        problem = guest_address_problem(str(address))
+        if problem is not None:
+            raise ConfigError(f"{origin}: [guest] {problem}")
 
     probes_doc = document.get("probes", {})
     _reject_unknown(
@@ -409,7 +426,14 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     where = f"{origin}: [migration]"
     _reject_unknown(
         mig,
-        {"include_storage", "destination_storage_path", "timeout_s", "settle_s", "settle_quiet_s"},
+        {
+            "include_storage",
+            "destination_storage_path",
+            "timeout_s",
+            "settle_s",
+            "settle_quiet_s",
+            "harvest_timeout_s",
+        },
         where,
     )
     migration = MigrationConfig(
@@ -418,6 +442,7 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
         timeout_s=float(mig.get("timeout_s", 600.0)),
         settle_s=float(mig.get("settle_s", 10.0)),
         settle_quiet_s=float(mig.get("settle_quiet_s", 2.0)),
+        harvest_timeout_s=float(mig.get("harvest_timeout_s", 20.0)),
     )
 
     thr = document.get("thresholds", {})
@@ -528,7 +553,14 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
         k: v
         for k, v in overrides.items()
         if v is not None
-        and k in {"include_storage", "destination_storage_path", "timeout_s", "settle_s"}
+        and k
+        in {
+            "include_storage",
+            "destination_storage_path",
+            "timeout_s",
+            "settle_s",
+            "harvest_timeout_s",
+        }
     }
     thresholds = {
         k: v

@@ -943,7 +943,8 @@ def _report_error(report: Any) -> PowerShellError:
 class MoveVmCall:
     """``Move-VM`` on the source host, on a connection of its own.
 
-    ``start()`` sends the pipeline; ``poll(max_wait_s)`` waits for progress
+    ``connect()`` opens the connection; ``start()`` sends the pipeline (the
+    irreversible step); ``poll(max_wait_s)`` waits for progress
     (long-poll) and returns True once the call has ended; ``stop()`` sends
     Ctrl-C. All from one thread: the caller's worker.
     """
@@ -961,15 +962,26 @@ class MoveVmCall:
         self.host = host
         self._wsman = _wsman(host, password, read_timeout_s=30)
         self._pool = RunspacePool(self._wsman)
+        self._connected = False
         self._ps: PowerShell | None = None
         self.vm = vm
         self.destination = destination
         self.include_storage = include_storage
         self.destination_storage_path = destination_storage_path
 
-    def start(self) -> None:
+    def connect(self) -> None:
+        """Open the connection: reversible, nothing is asked of the host yet."""
+        if self._connected:
+            return
         try:
             self._pool.open()
+        except Exception as exc:
+            raise _translate(self.host.name, exc) from None
+        self._connected = True
+
+    def start(self) -> None:
+        self.connect()
+        try:
             ps = PowerShell(self._pool)
             ps.add_cmdlet("Move-VM").add_parameter("Name", self.vm)
             ps.add_parameter("DestinationHost", self.destination)

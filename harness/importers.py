@@ -32,15 +32,18 @@ by ``send_utc_ns``.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import itertools
 import re
 import statistics
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
+from typing import overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from migration_blackout.probes.icmp import (
@@ -83,7 +86,7 @@ class ImportOptionError(ImportFormatError):
 # -- records -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PingRecord:
     """One row of ``raw/icmp.csv`` (an attempt, or a duplicate/late extra row).
 
@@ -139,6 +142,36 @@ class LogLine:
         return {"line": self.line, "text": _quote(self.text), "reason": self.reason}
 
 
+class Records(Sequence[PingRecord]):
+    """The records of an import, made as they are read: iterating streams them
+    from the parsed attempts (memory does not grow with the rows), indexing
+    or ``len`` builds the tuple once (for small logs and tests)."""
+
+    def __init__(self, make: Callable[[], Iterator[PingRecord]]) -> None:
+        self._make = make
+        self._built: tuple[PingRecord, ...] | None = None
+
+    def __iter__(self) -> Iterator[PingRecord]:
+        return iter(self._built) if self._built is not None else self._make()
+
+    def _tuple(self) -> tuple[PingRecord, ...]:
+        if self._built is None:
+            self._built = tuple(self._make())
+        return self._built
+
+    def __len__(self) -> int:
+        return len(self._tuple())
+
+    @overload
+    def __getitem__(self, index: int) -> PingRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[PingRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> PingRecord | Sequence[PingRecord]:
+        return self._tuple()[index]
+
+
 @dataclass(frozen=True)
 class PingLogImport:
     """What a ping log holds, ready to be written as ``raw/icmp.csv``.
@@ -151,7 +184,7 @@ class PingLogImport:
 
     format: str
     encoding: str
-    records: tuple[PingRecord, ...]
+    records: Sequence[PingRecord]  # a Records: streamed when iterated
     targets: tuple[str, ...]
     interval_s: float | None
     interval_source: str
@@ -178,11 +211,18 @@ class PingLogImport:
 
 @dataclass(frozen=True)
 class DecodedLog:
-    lines: tuple[str, ...]
+    lines: Sequence[str]
     encoding: str
 
 
 _LINE_BREAK = re.compile(r"\r*\n|\r")
+# A ping log's lines are short (a Windows loop's joined output of one ping is
+# a few hundred characters): one longer than this is not a ping log, and
+# reading it whole (/dev/zero for one) would never end.
+MAX_LINE_CHARS = 4096
+_SNIFF_CHARS = 256  # enough of a line to tell the formats apart
+_WIN_MAX_LINE_CHARS = 1024  # a stamp and the joined output of one ping fit in a few hundred
+_DETECT_BYTES = 4096
 
 
 def split_lines(text: str) -> list[str]:
@@ -194,51 +234,132 @@ def split_lines(text: str) -> list[str]:
 
 
 def decode_log(data: bytes) -> DecodedLog:
-    """Detect the encoding and split into lines.
+    """Detect the encoding and split into lines (a log held in memory; a file
+    is read in pieces by :class:`LogLines`)."""
+    lines = LogLines(lambda: iter((data,)))
+    return DecodedLog(tuple(lines), lines.encoding)
 
-    A BOM decides (UTF-8, UTF-16 LE as Windows PowerShell 5's ``>`` writes,
-    UTF-16 BE); without one, NUL bytes in every other position mean UTF-16
-    without a BOM; otherwise strict UTF-8, then cp932 (Shift_JIS as Japanese
-    Windows' console and ``Out-File -Encoding default`` write it).
+
+def _too_long(number: int) -> ImportFormatError:
+    return ImportFormatError(
+        f"line {number} is longer than {MAX_LINE_CHARS} characters: this is not a ping log"
+    )
+
+
+class LogLines(Sequence[str]):
+    """The lines of a log read in pieces from ``chunks()`` (called again for
+    each pass; the caller's file is never held whole).
+
+    The encoding is detected once, over the whole log, before the first line
+    is given out: a BOM decides (UTF-8, UTF-16 LE as Windows PowerShell 5's
+    ``>`` writes, UTF-16 BE); without one, NUL bytes in every other position
+    mean UTF-16 without a BOM; NUL bytes otherwise mean it is no text log;
+    else strict UTF-8, then cp932 (Shift_JIS as Japanese Windows' console and
+    ``Out-File -Encoding default`` write it). A line longer than
+    ``MAX_LINE_CHARS`` ends the import: no ping log has one.
     """
-    if not data:
-        raise ImportFormatError("the file is empty (0 bytes)")
-    if data.startswith(codecs.BOM_UTF8):
-        return _decoded(data, "utf-8-sig", "utf-8 (BOM)")
-    if data.startswith(codecs.BOM_UTF16_LE):
-        return _decoded(data, "utf-16", "utf-16-le (BOM)")
-    if data.startswith(codecs.BOM_UTF16_BE):
-        return _decoded(data, "utf-16", "utf-16-be (BOM)")
-    sample = data[:4096]
-    if len(sample) >= 4:
-        odd_nuls = sample[1::2].count(0)
-        even_nuls = sample[0::2].count(0)
-        half = len(sample) // 2
-        # ASCII text in UTF-16 has a NUL in every other byte; CJK text has few.
-        if odd_nuls > 0.3 * half and odd_nuls > 4 * even_nuls:
-            return _decoded(data, "utf-16-le", "utf-16-le (no BOM)")
-        if even_nuls > 0.3 * half and even_nuls > 4 * odd_nuls:
-            return _decoded(data, "utf-16-be", "utf-16-be (no BOM)")
-    try:
-        return DecodedLog(tuple(split_lines(data.decode("utf-8"))), "utf-8")
-    except UnicodeDecodeError as utf8_error:
+
+    def __init__(self, chunks: Callable[[], Iterable[bytes]]) -> None:
+        self._chunks = chunks
+        self.codec, self.encoding = self._detect()
+        self.line_count = 0
+        for number, _ in enumerate(self._iterate(), 1):  # the whole log decodes, or it fails
+            self.line_count = number
+
+    def _detect(self) -> tuple[str, str]:
+        head = b""
+        for chunk in self._chunks():
+            head += chunk
+            if len(head) >= _DETECT_BYTES:
+                break
+        if not head:
+            raise ImportFormatError("the file is empty (0 bytes)")
+        if head.startswith(codecs.BOM_UTF8):
+            return "utf-8-sig", "utf-8 (BOM)"
+        if head.startswith(codecs.BOM_UTF16_LE):
+            return "utf-16", "utf-16-le (BOM)"
+        if head.startswith(codecs.BOM_UTF16_BE):
+            return "utf-16", "utf-16-be (BOM)"
+        sample = head[:_DETECT_BYTES]
+        if len(sample) >= 4:
+            odd_nuls = sample[1::2].count(0)
+            even_nuls = sample[0::2].count(0)
+            half = len(sample) // 2
+            # ASCII text in UTF-16 has a NUL in every other byte; CJK text has few.
+            if odd_nuls > 0.3 * half and odd_nuls > 4 * even_nuls:
+                return "utf-16-le", "utf-16-le (no BOM)"
+            if even_nuls > 0.3 * half and even_nuls > 4 * odd_nuls:
+                return "utf-16-be", "utf-16-be (no BOM)"
+        if 0 in sample:
+            raise ImportFormatError("the file is not a text log: it holds NUL bytes")
         try:
-            return DecodedLog(tuple(split_lines(data.decode("cp932"))), "cp932")
-        except UnicodeDecodeError:
-            raise ImportFormatError(
-                f"cannot decode the file: not UTF-8 (bad byte at offset {utf8_error.start}), "
-                "not UTF-16 with a BOM and not cp932 (Shift_JIS); convert it to UTF-8"
-            ) from None
+            for _ in self._iterate("utf-8"):
+                pass
+        except UnicodeDecodeError as utf8_error:
+            try:
+                for _ in self._iterate("cp932"):
+                    pass
+            except UnicodeDecodeError:
+                raise ImportFormatError(
+                    f"cannot decode the file: not UTF-8 ({utf8_error.reason}), "
+                    "not UTF-16 with a BOM and not cp932 (Shift_JIS); convert it to UTF-8"
+                ) from None
+            return "cp932", "cp932"
+        return "utf-8", "utf-8"
 
+    def _iterate(self, codec: str | None = None) -> Iterator[str]:
+        name = codec or self.codec
+        decoder = codecs.getincrementaldecoder(name)("strict")
+        carry = ""
+        number = 0
+        first = True
+        chunks = iter(self._chunks())
+        while True:
+            chunk = next(chunks, None)
+            try:
+                text = carry + decoder.decode(
+                    chunk if chunk is not None else b"", final=chunk is None
+                )
+            except UnicodeDecodeError as error:
+                if codec is not None:
+                    raise
+                raise ImportFormatError(
+                    f"the file starts like {self.encoding} but is not valid {self.encoding} "
+                    f"after line {number}"
+                ) from error
+            if first and text:
+                text = text.lstrip("\ufeff")
+                first = False
+            pieces = _LINE_BREAK.split(text)
+            carry = pieces.pop()
+            if chunk is not None and carry == "" and text.endswith("\r") and pieces:
+                carry = pieces.pop() + "\r"  # a CR whose LF is in the next piece
+            for line in pieces:
+                number += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise _too_long(number)
+                yield line
+            if len(carry) > MAX_LINE_CHARS:
+                raise _too_long(number + 1)
+            if chunk is None:
+                break
+        if carry:
+            yield carry
 
-def _decoded(data: bytes, codec: str, name: str) -> DecodedLog:
-    try:
-        text = data.decode(codec)
-    except UnicodeDecodeError as exc:
-        raise ImportFormatError(
-            f"the file starts like {name} but byte {exc.start} is not valid {name}"
-        ) from None
-    return DecodedLog(tuple(split_lines(text.lstrip("\ufeff"))), name)
+    def __iter__(self) -> Iterator[str]:
+        return self._iterate()
+
+    def __len__(self) -> int:
+        return self.line_count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return tuple(self)[index]  # not for large logs: iterate them
 
 
 # -- options -------------------------------------------------------------------------
@@ -305,8 +426,15 @@ def _ms_to_ns(text: str) -> int:
         raise ValueError(f"not a number of milliseconds: {text!r}") from None
 
 
+# A stamp must fit the record's signed 64-bit nanoseconds (until the year 2262).
+_MAX_STAMP_NS = 2**63 - 1
+
+
 def _epoch_to_ns(seconds: str, fraction: str) -> int:
-    return int(seconds) * NS_PER_S + int((fraction + "000000000")[:9])
+    stamp = int(seconds) * NS_PER_S + int((fraction + "000000000")[:9])
+    if stamp > _MAX_STAMP_NS:
+        raise ValueError(f"timestamp {seconds} s is out of range")
+    return stamp
 
 
 def _local_to_utc_ns(day: date, time_of_day_ns: int, zone: tzinfo) -> int:
@@ -318,44 +446,65 @@ def _local_to_utc_ns(day: date, time_of_day_ns: int, zone: tzinfo) -> int:
     return (epoch_s - offset // timedelta(seconds=1)) * NS_PER_S + fraction
 
 
-def _median_interval_ns(anchors: Sequence[tuple[int, int]]) -> int | None:
-    """Median send spacing per attempt from ``(n, send_ns)`` pairs sorted by n."""
-    spacings = [
-        (b_send - a_send) / (b_n - a_n)
-        for (a_n, a_send), (b_n, b_send) in itertools.pairwise(anchors)
-        if b_n > a_n
-    ]
+class _Anchors:
+    """``(attempt number, send time)`` of the attempts whose send time the log
+    gives, sorted by number, in two arrays (16 bytes each: a log of millions
+    of replies holds millions of these)."""
+
+    def __init__(self, pairs: Iterable[tuple[int, int]] = (), *, in_order: bool = False) -> None:
+        """``in_order``: the pairs come sorted already (not held to be sorted)."""
+        self.ns = array("q")
+        self.sends = array("q")
+        for n, send in pairs if in_order else sorted(pairs):
+            self.ns.append(n)
+            self.sends.append(send)
+
+    def __len__(self) -> int:
+        return len(self.ns)
+
+    def __bool__(self) -> bool:
+        return len(self.ns) > 0
+
+    def first_send(self) -> int:
+        return self.sends[0]
+
+
+def _median_interval_ns(anchors: _Anchors) -> int | None:
+    """Median send spacing per attempt of the anchors (sorted by n)."""
+    ns, sends = anchors.ns, anchors.sends
+    spacings = array(
+        "d",
+        (
+            (sends[i + 1] - sends[i]) / (ns[i + 1] - ns[i])
+            for i in range(len(ns) - 1)
+            if ns[i + 1] > ns[i]
+        ),
+    )
     if not spacings:
         return None
     return round(statistics.median(spacings))
 
 
-def _interpolate(n: int, anchors: Sequence[tuple[int, int]], interval_ns: int) -> int:
+def _interpolate(n: int, anchors: _Anchors, interval_ns: int) -> int:
     """Send time of attempt ``n`` from the anchors (sorted by n) around it."""
-    lo, hi = 0, len(anchors)
-    while lo < hi:  # first anchor with index >= n
-        mid = (lo + hi) // 2
-        if anchors[mid][0] < n:
-            lo = mid + 1
-        else:
-            hi = mid
-    after = anchors[lo] if lo < len(anchors) else None
-    before = anchors[lo - 1] if lo > 0 else None
-    if after is not None and after[0] == n:
-        return after[1]
-    if before is not None and after is not None:
-        (a_n, a_send), (b_n, b_send) = before, after
+    ns, sends = anchors.ns, anchors.sends
+    lo = bisect.bisect_left(ns, n)  # first anchor with index >= n
+    if lo < len(ns) and ns[lo] == n:
+        return sends[lo]
+    if 0 < lo < len(ns):
+        a_n, a_send, b_n, b_send = ns[lo - 1], sends[lo - 1], ns[lo], sends[lo]
         return a_send + (b_send - a_send) * (n - a_n) // (b_n - a_n)
-    if before is not None:
-        return before[1] + (n - before[0]) * interval_ns
-    if after is not None:
-        return after[1] - (after[0] - n) * interval_ns
+    if lo > 0:
+        return sends[lo - 1] + (n - ns[lo - 1]) * interval_ns
+    if lo < len(ns):
+        return sends[lo] - (ns[lo] - n) * interval_ns
     raise ImportFormatError("no line gives a time to place the attempts on")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Draft:
-    """An attempt while its log is read; frozen into a PingRecord at the end."""
+    """An attempt while its log is read; frozen into a PingRecord at the end.
+    (Slots: a large log holds millions of these.)"""
 
     n: int
     outcome: str
@@ -368,8 +517,180 @@ class _Draft:
     icmp_code: int | None = None
     from_addr: str | None = None
     detail: str | None = None
-    extras: list[_Draft] = field(default_factory=list)
+    extras: list[_Draft] | None = None  # duplicate / late answers, made when there is one
     annotated: bool = False
+
+    def add_extra(self, extra: _Draft) -> None:
+        if self.extras is None:
+            self.extras = []
+        self.extras.append(extra)
+
+
+class _DraftTable(MutableMapping[int, _Draft]):
+    """The attempts of one target, by attempt number: a dict of drafts for
+    everything but plain replies, which are kept in arrays (about 45 bytes
+    each instead of a few hundred). A plain reply read back for a change
+    (``[n]``, ``get``) becomes a draft of its own; reading them all in order
+    (``items()``) hands out short-lived drafts. Replies go to the arrays only
+    in increasing attempt order (the usual one); any other goes to the dict.
+    """
+
+    _NONE = -(2**63)  # an absent stamp in the arrays
+
+    def __init__(self) -> None:
+        self._drafts: dict[int, _Draft] = {}
+        self._ns = array("q")
+        self._sends = array("q")
+        self._recvs = array("q")
+        self._rtts = array("q")
+        self._lines = array("q")
+        self._froms = array("l")
+        self._gone = bytearray()  # 1: the row became a draft of its own
+        self._addresses: list[str | None] = []
+        self._address_index: dict[str | None, int] = {}
+        self._rows = 0  # rows not gone
+
+    @staticmethod
+    def _plain(draft: _Draft) -> bool:
+        return (
+            draft.outcome == REPLY
+            and draft.extras is None
+            and draft.detail is None
+            and not draft.annotated
+            and draft.fallback_send_ns is None
+            and draft.icmp_type == 0
+            and draft.icmp_code == 0
+            and draft.line is not None
+        )
+
+    def _row(self, n: int) -> int | None:
+        i = bisect.bisect_left(self._ns, n)
+        if i < len(self._ns) and self._ns[i] == n and not self._gone[i]:
+            return i
+        return None
+
+    def _draft_of(self, i: int) -> _Draft:
+        none = self._NONE
+        send, recv, rtt = self._sends[i], self._recvs[i], self._rtts[i]
+        return _Draft(
+            n=self._ns[i],
+            outcome=REPLY,
+            line=self._lines[i],
+            send_ns=None if send == none else send,
+            recv_ns=None if recv == none else recv,
+            rtt_ns=None if rtt == none else rtt,
+            icmp_type=0,
+            icmp_code=0,
+            from_addr=self._addresses[self._froms[i]],
+        )
+
+    def __setitem__(self, n: int, draft: _Draft) -> None:
+        # A plain reply after every row (n above the last: not a row already) is a row.
+        in_order = not self._ns or n > self._ns[-1]
+        if in_order and n not in self._drafts and self._plain(draft):
+            none = self._NONE
+            index = self._address_index.get(draft.from_addr)
+            if index is None:
+                index = self._address_index[draft.from_addr] = len(self._addresses)
+                self._addresses.append(draft.from_addr)
+            self._ns.append(n)
+            self._sends.append(none if draft.send_ns is None else draft.send_ns)
+            self._recvs.append(none if draft.recv_ns is None else draft.recv_ns)
+            self._rtts.append(none if draft.rtt_ns is None else draft.rtt_ns)
+            self._lines.append(draft.line if draft.line is not None else 0)
+            self._froms.append(index)
+            self._gone.append(0)
+            self._rows += 1
+            return
+        i = self._row(n)
+        if i is not None:
+            self._gone[i] = 1
+            self._rows -= 1
+        self._drafts[n] = draft
+
+    def __getitem__(self, n: int) -> _Draft:
+        draft = self._drafts.get(n)
+        if draft is not None:
+            return draft
+        i = self._row(n)
+        if i is None:
+            raise KeyError(n)
+        draft = self._draft_of(i)  # to be changed: a draft of its own from now on
+        self._gone[i] = 1
+        self._rows -= 1
+        self._drafts[n] = draft
+        return draft
+
+    def __delitem__(self, n: int) -> None:
+        if n in self._drafts:
+            del self._drafts[n]
+            return
+        i = self._row(n)
+        if i is None:
+            raise KeyError(n)
+        self._gone[i] = 1
+        self._rows -= 1
+
+    def __contains__(self, n: object) -> bool:
+        return n in self._drafts or (isinstance(n, int) and self._row(n) is not None)
+
+    def __len__(self) -> int:
+        return len(self._drafts) + self._rows
+
+    def __iter__(self) -> Iterator[int]:
+        for i, n in enumerate(self._ns):
+            if not self._gone[i]:
+                yield n
+        yield from self._drafts
+
+    def items_in_order(self) -> Iterator[tuple[int, _Draft]]:
+        """Every attempt by increasing number, without turning rows into drafts."""
+        rows = ((n, i) for i, n in enumerate(self._ns) if not self._gone[i])
+        others = iter(sorted(self._drafts))
+        row = next(rows, None)
+        other = next(others, None)
+        while row is not None or other is not None:
+            if other is None or (row is not None and row[0] < other):
+                assert row is not None
+                yield row[0], self._draft_of(row[1])
+                row = next(rows, None)
+            else:
+                yield other, self._drafts[other]
+                other = next(others, None)
+
+    def drafts_in_order(self) -> Iterator[tuple[int, _Draft]]:
+        """The attempts held as drafts (everything but plain replies), by number."""
+        for n in sorted(self._drafts):
+            yield n, self._drafts[n]
+
+    def values(self) -> Iterator[_Draft]:  # type: ignore[override]
+        """Read-only: rows are handed out as copies (change one through ``[n]``)."""
+        return (draft for _, draft in self.items_in_order())
+
+    def items(self) -> Iterator[tuple[int, _Draft]]:  # type: ignore[override]
+        """Read-only, by number: rows are handed out as copies."""
+        return self.items_in_order()
+
+    def anchors(self) -> _Anchors:
+        """The attempts whose send time the log gives, as :class:`_Anchors`."""
+        return _Anchors(
+            ((n, d.send_ns) for n, d in self.items_in_order() if d.send_ns is not None),
+            in_order=True,
+        )
+
+
+def _in_order(drafts: Mapping[int, _Draft]) -> Iterator[tuple[int, _Draft]]:
+    """Every attempt by number (rows of a :class:`_DraftTable` as read-only copies)."""
+    if isinstance(drafts, _DraftTable):
+        return drafts.items_in_order()
+    return iter(sorted(drafts.items()))
+
+
+def _drafts_in_order(drafts: Mapping[int, _Draft]) -> Iterator[tuple[int, _Draft]]:
+    """The attempts that are not plain replies (every one of a plain dict), by number."""
+    if isinstance(drafts, _DraftTable):
+        return drafts.drafts_in_order()
+    return iter(sorted(drafts.items()))
 
 
 @dataclass(frozen=True)
@@ -386,31 +707,42 @@ class _Annotation:
 
 
 def _attach_annotations(
-    drafts: Mapping[str, dict[int, _Draft]], annotations: Sequence[_Annotation]
+    drafts: Mapping[str, MutableMapping[int, _Draft]],
+    annotations: Sequence[_Annotation],
+    *,
+    implicit: Mapping[str, range] | None = None,
 ) -> list[LogLine]:
     """Mark timed-out attempts with the ICMP errors that answered them.
 
     Each error goes to the first not yet marked timeout of its target after
     the last attempt logged before the error's line (an error that comes back
     within the timeout is printed before its attempt's "timed out"); if there
-    is none, to the latest unmarked timeout before it. Returns the errors no
-    timeout was left for.
+    is none, to the latest unmarked timeout before it. Attempts in
+    ``implicit[target]`` without a draft are timeouts too (made here when an
+    error is attached to one). Returns the errors no timeout was left for.
     """
     unmatched = []
     for note in annotations:
-        attempts = drafts.get(note.target, {})
-        free = sorted(n for n, d in attempts.items() if d.outcome == TIMEOUT and not d.annotated)
+        attempts: MutableMapping[int, _Draft] = drafts.get(note.target, {})
+        numbers = (implicit or {}).get(note.target, range(0))
+        free = [
+            n for n, d in _drafts_in_order(attempts) if d.outcome == TIMEOUT and not d.annotated
+        ]
         after = note.after_n if note.after_n is not None else -1
-        later = [n for n in free if n > after]
-        earlier = [n for n in free if n <= after]
+        later = [n for n in free if n > after][:1] + _first_without(numbers, attempts, after + 1, 1)
+        earlier = [n for n in free if n <= after][-1:] + _first_without(
+            numbers, attempts, after, -1
+        )
         if later:
-            chosen = later[0]
+            chosen = min(later)
         elif earlier:
-            chosen = earlier[-1]
+            chosen = max(earlier)
         else:
             unmatched.append(note.line)
             continue
-        draft = attempts[chosen]
+        draft = attempts.get(chosen)
+        if draft is None:
+            draft = attempts[chosen] = _Draft(n=chosen, outcome=TIMEOUT, line=None)
         draft.outcome = note.outcome
         draft.icmp_type = note.icmp_type
         draft.icmp_code = note.icmp_code
@@ -420,66 +752,107 @@ def _attach_annotations(
     return unmatched
 
 
+def _first_without(numbers: range, taken: Mapping[int, _Draft], start: int, step: int) -> list[int]:
+    """The first number of ``numbers`` from ``start`` (going ``step``) with no draft."""
+    n = start
+    while numbers and numbers.start <= n < numbers.stop:
+        if n not in taken:
+            return [n]
+        n += step
+    return []
+
+
 def _freeze(
     target: str,
     drafts: Mapping[int, _Draft],
-    anchors: Sequence[tuple[int, int]],
+    anchors: _Anchors,
     interval_ns: int,
-    seq_of: Mapping[int, int] | None = None,
-) -> list[PingRecord]:
-    """PingRecords of one target, sends filled in from the anchors."""
+    *,
+    offset: int = 0,
+    implicit: range | None = None,
+) -> Iterator[PingRecord]:
+    """PingRecords of one target in attempt order, sends filled in from the anchors.
+
+    ``implicit``: every attempt number from the first to the last; those
+    without a line are implicit timeouts, made one at a time here (a log
+    whose summary counts millions of them never holds them all). ``offset``
+    is subtracted from every attempt number (the first logged one becomes 0).
+    """
     if not anchors:
-        fallback = sorted(
-            (n, d.fallback_send_ns) for n, d in drafts.items() if d.fallback_send_ns is not None
-        )
-        anchors = fallback
-    records = []
-    for n in sorted(drafts):
-        draft = drafts[n]
+        anchors = _fallback_anchors(drafts)
+    for n, draft in _with_implicit(_in_order(drafts), implicit):
         estimated = draft.send_ns is None
         send = draft.send_ns if draft.send_ns is not None else _interpolate(n, anchors, interval_ns)
-        seq = seq_of[n] if seq_of is not None and n in seq_of else n % _SEQ_MOD
-        detail = draft.detail
-        records.append(
-            PingRecord(
-                target=target,
-                n=n,
-                seq=seq,
-                outcome=draft.outcome,
-                send_utc_ns=send,
-                recv_utc_ns=draft.recv_ns,
-                rtt_ns=draft.rtt_ns,
-                icmp_type=draft.icmp_type,
-                icmp_code=draft.icmp_code,
-                from_addr=draft.from_addr,
-                detail=detail,
-                send_estimated=estimated,
-                line=draft.line,
-            )
+        # The wire's 16-bit icmp_seq (iputils' unwrapped numbers keep it modulo 65536).
+        seq = n % _SEQ_MOD
+        yield PingRecord(
+            target=target,
+            n=n - offset,
+            seq=seq,
+            outcome=draft.outcome,
+            send_utc_ns=send,
+            recv_utc_ns=draft.recv_ns,
+            rtt_ns=draft.rtt_ns,
+            icmp_type=draft.icmp_type,
+            icmp_code=draft.icmp_code,
+            from_addr=draft.from_addr,
+            detail=draft.detail,
+            send_estimated=estimated,
+            line=draft.line,
         )
-        for extra in draft.extras:
+        for extra in draft.extras or ():
             rtt = extra.recv_ns - send if extra.recv_ns is not None else extra.rtt_ns
-            records.append(
-                PingRecord(
-                    target=target,
-                    n=n,
-                    seq=seq,
-                    outcome=extra.outcome,
-                    send_utc_ns=send,
-                    recv_utc_ns=extra.recv_ns,
-                    rtt_ns=extra.rtt_ns if extra.rtt_ns is not None else rtt,
-                    icmp_type=extra.icmp_type,
-                    icmp_code=extra.icmp_code,
-                    from_addr=extra.from_addr,
-                    detail=extra.detail,
-                    send_estimated=estimated,
-                    line=extra.line,
-                )
+            yield PingRecord(
+                target=target,
+                n=n - offset,
+                seq=seq,
+                outcome=extra.outcome,
+                send_utc_ns=send,
+                recv_utc_ns=extra.recv_ns,
+                rtt_ns=extra.rtt_ns if extra.rtt_ns is not None else rtt,
+                icmp_type=extra.icmp_type,
+                icmp_code=extra.icmp_code,
+                from_addr=extra.from_addr,
+                detail=extra.detail,
+                send_estimated=estimated,
+                line=extra.line,
             )
-    return records
 
 
-def _add_answer(drafts: dict[int, _Draft], answer: _Draft) -> None:
+def _fallback_anchors(drafts: Mapping[int, _Draft]) -> _Anchors:
+    """Rough send times (from an attempt's own stamp) when no reply gives one."""
+    return _Anchors(
+        (n, d.fallback_send_ns) for n, d in _in_order(drafts) if d.fallback_send_ns is not None
+    )
+
+
+def _with_implicit(
+    drafts: Iterator[tuple[int, _Draft]], implicit: range | None
+) -> Iterator[tuple[int, _Draft]]:
+    """``drafts`` (in order) and, with ``implicit``, a timeout for every number
+    of it that has no draft, made one at a time."""
+    if implicit is None:
+        yield from drafts
+        return
+    pending = next(drafts, None)
+    for n in implicit:
+        while pending is not None and pending[0] < n:
+            pending = next(drafts, None)
+        if pending is not None and pending[0] == n:
+            yield pending
+            continue
+        yield (
+            n,
+            _Draft(
+                n=n,
+                outcome=TIMEOUT,
+                line=None,
+                detail=f"no line for icmp_seq={n % _SEQ_MOD}: implicit timeout",
+            ),
+        )
+
+
+def _add_answer(drafts: MutableMapping[int, _Draft], answer: _Draft) -> None:
     """Record a reply; a second answer to an attempt becomes a late or duplicate row."""
     existing = drafts.get(answer.n)
     if existing is None:
@@ -490,35 +863,41 @@ def _add_answer(drafts: dict[int, _Draft], answer: _Draft) -> None:
         # A late reply carries its rtt: the attempt's send time is known after all.
         existing.send_ns = answer.send_ns
     answer.send_ns = None
-    existing.extras.append(answer)
+    existing.add_extra(answer)
 
 
 class _Lines:
-    """Counts every line by kind and keeps the unrecognised ones."""
+    """Counts every line by kind and keeps the first unrecognised ones (a log
+    of nothing but garbage must not be held line by line) and their reasons."""
+
+    KEPT = 100
 
     def __init__(self) -> None:
         self.kinds: Counter[str] = Counter()
         self.unrecognised: list[LogLine] = []
+        self.reasons: Counter[str] = Counter()
 
     def count(self, kind: str) -> None:
         self.kinds[kind] += 1
 
     def reject(self, number: int, text: str, reason: str) -> None:
         self.kinds["unrecognised"] += 1
-        self.unrecognised.append(LogLine(number, text, reason))
+        self.reasons[reason] += 1
+        if len(self.unrecognised) < self.KEPT:
+            self.unrecognised.append(LogLine(number, _quote(text), reason))
 
     def summary(self) -> dict[str, int]:
         kinds = ("result", "icmp_error", "banner", "blank", "notice", "unrecognised")
         return {kind: self.kinds[kind] for kind in kinds}
 
 
-def _nothing_found(fmt: str, lines: Sequence[str], seen: _Lines, hint: str) -> ImportFormatError:
+def _nothing_found(fmt: str, line_count: int, seen: _Lines, hint: str) -> ImportFormatError:
     first = seen.unrecognised[0] if seen.unrecognised else None
     detail = ""
     if first is not None:
         detail = f"; first unrecognised: line {first.line} {_quote(first.text)[:80]!r}"
     return ImportFormatError(
-        f"no {fmt} ping result in its {len(lines)} lines "
+        f"no {fmt} ping result in its {line_count} lines "
         f"({seen.kinds['banner']} banner, {seen.kinds['blank']} blank, "
         f"{seen.kinds['unrecognised']} unrecognised{detail}){hint}"
     )
@@ -665,10 +1044,15 @@ def parse_windows(
         for line in lines
     )
 
+    number = 0
     for number, raw in enumerate(lines, start=1):
         text = raw.rstrip()
         if not text.strip():
             seen.count("blank")
+            continue
+        if len(text) > _WIN_MAX_LINE_CHARS:
+            # The result patterns search the whole line: a long one costs its square.
+            seen.reject(number, text, f"longer than {_WIN_MAX_LINE_CHARS} characters")
             continue
         stamp_match = _WIN_STAMP.match(text)
         send_ns: int | None = None
@@ -736,7 +1120,7 @@ def parse_windows(
 
     if not drafts:
         stamped = seen.kinds["unrecognised"] and any(
-            u.reason == "ping result without a timestamp" for u in seen.unrecognised
+            reason == "ping result without a timestamp" for reason in seen.reasons
         )
         hint = (
             "; its ping results carry no timestamp: the windows format needs the loop's "
@@ -744,30 +1128,17 @@ def parse_windows(
             if stamped
             else _format_hint("windows", lines)
         )
-        raise _nothing_found("windows", lines, seen, hint)
+        raise _nothing_found("windows", number, seen, hint)
 
     name = _single_target(target, addresses + reply_addresses, "windows")
-    records = []
-    for draft in drafts:
-        assert draft.send_ns is not None
-        records.append(
-            PingRecord(
-                target=name,
-                n=draft.n,
-                seq=draft.n % _SEQ_MOD,
-                outcome=draft.outcome,
-                send_utc_ns=draft.send_ns,
-                recv_utc_ns=draft.recv_ns,
-                rtt_ns=draft.rtt_ns,
-                icmp_type=draft.icmp_type,
-                icmp_code=draft.icmp_code,
-                from_addr=draft.from_addr,
-                detail=draft.detail,
-                send_estimated=False,
-                line=draft.line,
-            )
-        )
-    sends = sorted(r.send_utc_ns for r in records)
+
+    by_number = {draft.n: draft for draft in drafts}  # every one has its send time
+    sent = _Anchors(((d.n, d.send_ns) for d in drafts if d.send_ns is not None), in_order=True)
+
+    def frozen() -> Iterator[PingRecord]:
+        return _freeze(name, by_number, sent, NS_PER_S)
+
+    sends = sorted(d.send_ns for d in drafts if d.send_ns is not None)
     spacing = [b - a for a, b in itertools.pairwise(sends)]
     interval_ns = round(statistics.median(spacing)) if spacing else None
     notes = []
@@ -781,16 +1152,16 @@ def parse_windows(
     return PingLogImport(
         format="windows",
         encoding=encoding,
-        records=tuple(sorted(records, key=lambda r: r.n)),
+        records=Records(frozen),
         targets=(name,),
         interval_s=None if interval_ns is None else interval_ns / NS_PER_S,
         interval_source="median spacing of the logged send times",
-        line_count=len(lines),
+        line_count=number,
         line_kinds=seen.summary(),
         unrecognised=tuple(seen.unrecognised),
         local_time_used=local_used,
         date_source=(
-            "; ".join(time_only_sources) if time_only_sources else "stamps" if records else None
+            "; ".join(time_only_sources) if time_only_sources else "stamps" if drafts else None
         ),
         send_times=(
             "the loop's timestamp before each result is the send time; ping.exe starts "
@@ -961,8 +1332,7 @@ def parse_iputils(
 ) -> PingLogImport:
     """Linux iputils ``ping -D [-O]`` output (docs/importers.md)."""
     seen = _Lines()
-    drafts: dict[int, _Draft] = {}
-    seq_of: dict[int, int] = {}
+    drafts = _DraftTable()
     annotations: list[_Annotation] = []
     frontier: int | None = None  # highest unwrapped icmp_seq so far
     banner_target: str | None = None
@@ -983,6 +1353,7 @@ def parse_iputils(
         frontier = max(frontier, value)
         return value
 
+    number = 0
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
         if not text:
@@ -992,13 +1363,16 @@ def parse_iputils(
         stamp = _EPOCH_STAMP.match(text)
         body = text
         if stamp:
-            stamp_ns = _epoch_to_ns(stamp["s"], stamp["f"] or "")
+            try:
+                stamp_ns = _epoch_to_ns(stamp["s"], stamp["f"] or "")
+            except ValueError as exc:
+                seen.reject(number, text, f"bad timestamp: {exc}")
+                continue
             body = text[stamp.end() :]
         if reply := _IPU_REPLY.match(body):
             seen.count("result")
             seq = int(reply["seq"])
             n = unwrap(seq)
-            seq_of[n] = seq
             source = _address(reply["from"])
             rtt = _ms_to_ns(reply["rtt"]) if reply["rtt"] else None
             draft = _Draft(
@@ -1015,7 +1389,7 @@ def parse_iputils(
                 draft.send_ns = stamp_ns - rtt
             if "DUP!" in reply["rest"] and n in drafts:
                 draft.outcome = DUPLICATE
-                drafts[n].extras.append(draft)
+                drafts[n].add_extra(draft)
                 continue
             reply_sources[source] += 1
             _add_answer(drafts, draft)
@@ -1027,7 +1401,6 @@ def parse_iputils(
             seen.count("icmp_error")
             seq = int(error["seq"])
             n = unwrap(seq)
-            seq_of[n] = seq
             outcome, icmp_type, code = _ipu_icmp(error["what"], source)
             draft = _Draft(
                 n=n,
@@ -1045,7 +1418,6 @@ def parse_iputils(
             seen.count("result")
             seq = int(no_answer["seq"])
             n = unwrap(seq)
-            seq_of[n] = seq
             fallback = None
             if stamp_ns is not None:
                 # Printed when the next echo goes out: one interval after this one's send.
@@ -1085,7 +1457,7 @@ def parse_iputils(
             seen.reject(number, text, "not an iputils ping line")
 
     if not drafts:
-        raise _nothing_found("iputils", lines, seen, _format_hint("iputils", lines))
+        raise _nothing_found("iputils", number, seen, _format_hint("iputils", lines))
 
     name = target or banner_target
     if name is None:
@@ -1105,7 +1477,7 @@ def parse_iputils(
             "have no line and are not imported"
         )
     # Replies give exact sends; with them, the interval.
-    anchors = sorted((n, d.send_ns) for n, d in drafts.items() if d.send_ns is not None)
+    anchors = drafts.anchors()
     detected_ns = _median_interval_ns(anchors)
     interval_source = "median spacing of the replies' send times (stamp - rtt) per icmp_seq"
     if interval_s is not None:
@@ -1119,17 +1491,20 @@ def parse_iputils(
 
     last_n = max(drafts)
     if transmitted is not None and whole_log:
-        last_n = max(last_n, base + transmitted - 1)
-    implicit = 0
-    for n in range(base, last_n + 1):
-        if n not in drafts:
-            drafts[n] = _Draft(
-                n=n,
-                outcome=TIMEOUT,
-                line=None,
-                detail=f"no line for icmp_seq={n % _SEQ_MOD}: implicit timeout",
-            )
-            implicit += 1
+        claimed = transmitted
+        if elapsed_ms is not None:
+            # No more echoes can have gone out than the elapsed time allows at this
+            # interval: a summary that claims more is not evidence of sends.
+            fits = elapsed_ms * NS_PER_MS // max(1, interval_ns) + 1
+            if transmitted > fits * 3 // 2 + 10:
+                claimed = max(fits, last_n - base + 1)
+                notes.append(
+                    f"the summary says {transmitted} packets transmitted, but {elapsed_ms} ms "
+                    f"at {interval_ns / NS_PER_MS:g} ms allow about {fits}: {claimed} imported"
+                )
+        last_n = max(last_n, base + claimed - 1)
+    attempts = range(base, last_n + 1)
+    implicit = len(attempts) - len(drafts)
     if implicit:
         notes.append(f"{implicit} implicit timeouts (icmp_seq numbers with no line)")
 
@@ -1139,28 +1514,27 @@ def parse_iputils(
             _Annotation(name, a.after_n, a.outcome, a.icmp_type, a.icmp_code, a.from_addr, a.line)
             for a in annotations
         ],
+        implicit={name: attempts},
     )
-    if not anchors and all(d.fallback_send_ns is None for d in drafts.values()):
+    if not anchors and not _fallback_anchors(drafts):
         raise ImportFormatError(
             "no iputils line carries a [epoch] timestamp; run ping with -D (docs/importers.md)"
         )
-    records = _freeze(
-        name,
-        {n - base: _renumber(d, n - base) for n, d in drafts.items()},
-        [(n - base, send) for n, send in anchors],
-        interval_ns,
-        {n - base: seq for n, seq in seq_of.items()}
-        | {n - base: n % _SEQ_MOD for n in drafts if n not in seq_of},
-    )
-    records = _resolve_tail(records, transmitted, elapsed_ms, interval_ns, whole_log)
+
+    def frozen() -> Iterator[PingRecord]:
+        records = _freeze(name, drafts, anchors, interval_ns, offset=base, implicit=attempts)
+        if transmitted is None or not whole_log:
+            return records
+        return _resolve_tail(records, drafts, anchors, elapsed_ms, interval_ns, base, attempts)
+
     return PingLogImport(
         format="iputils",
         encoding=encoding,
-        records=tuple(records),
+        records=Records(frozen),
         targets=(name,),
         interval_s=interval_ns / NS_PER_S,
         interval_source=interval_source,
-        line_count=len(lines),
+        line_count=number,
         line_kinds=seen.summary(),
         unrecognised=tuple(seen.unrecognised),
         local_time_used=False,
@@ -1175,34 +1549,32 @@ def parse_iputils(
     )
 
 
-def _renumber(draft: _Draft, n: int) -> _Draft:
-    draft.n = n
-    return draft
-
-
 def _resolve_tail(
-    records: list[PingRecord],
-    transmitted: int | None,
+    records: Iterator[PingRecord],
+    drafts: Mapping[int, _Draft],
+    anchors: _Anchors,
     elapsed_ms: int | None,
     interval_ns: int,
-    whole_log: bool,
-) -> list[PingRecord]:
+    offset: int,
+    attempts: range,
+) -> Iterator[PingRecord]:
     """Implicit timeouts at the very end: unresolved if ping stopped before their deadline.
 
     ping's summary says how many echoes went out; those after the last logged
     line never got an answer while ping ran. One sent less than the prober's
     default timeout (max(1 s, 3 intervals)) before ping ended is ``unresolved``.
     """
-    if transmitted is None or not whole_log or not records:
-        return records
-    first_send = min(r.send_utc_ns for r in records)
-    last_logged = max((r.n for r in records if r.line is not None), default=-1)
+    if not drafts:
+        yield from records
+        return
+    points = anchors or _fallback_anchors(drafts)
+    first_send = min(_interpolate(attempts.start, points, interval_ns), points.first_send())
+    last_logged = max((n for n, d in _in_order(drafts) if d.line is not None), default=-1) - offset
     if elapsed_ms is not None:
         end = first_send + elapsed_ms * NS_PER_MS
     else:
-        end = max(r.send_utc_ns for r in records) + interval_ns
+        end = _interpolate(attempts.stop - 1, points, interval_ns) + interval_ns
     deadline_ns = round(_default_timeout_s(interval_ns / NS_PER_S) * NS_PER_S)
-    result = []
     for record in records:
         if (
             record.line is None
@@ -1214,8 +1586,7 @@ def _resolve_tail(
                 outcome=UNRESOLVED,
                 detail=f"no line for icmp_seq={record.seq}: ping ended before its deadline",
             )
-        result.append(record)
-    return result
+        yield record
 
 
 # -- fping ---------------------------------------------------------------------------
@@ -1303,7 +1674,7 @@ def parse_fping(
 ) -> PingLogImport:
     """``fping -D -l [-p ms]`` output, one or several targets (docs/importers.md)."""
     seen = _Lines()
-    drafts: dict[str, dict[int, _Draft]] = {}
+    drafts: dict[str, _DraftTable] = {}
     last_index: dict[str, int] = {}
     annotations: list[_Annotation] = []
     local_used = False
@@ -1315,6 +1686,7 @@ def parse_fping(
         other_targets[host] += 1
         return False
 
+    number = 0
     for number, raw in enumerate(lines, start=1):
         text = raw.rstrip()
         if not text.strip():
@@ -1350,7 +1722,7 @@ def parse_fping(
             )
             if stamp_ns is not None:
                 draft.send_ns = stamp_ns - rtt
-            _add_answer(drafts.setdefault(host, {}), draft)
+            _add_answer(drafts.setdefault(host, _DraftTable()), draft)
             last_index[host] = max(last_index.get(host, n), n)
         elif timeout := _FPING_TIMEOUT.match(body):
             seen.count("result")
@@ -1358,7 +1730,7 @@ def parse_fping(
             if not keep(host):
                 continue
             n = int(timeout["idx"])
-            attempts = drafts.setdefault(host, {})
+            attempts = drafts.setdefault(host, _DraftTable())
             if n not in attempts:
                 attempts[n] = _Draft(
                     n=n,
@@ -1387,9 +1759,9 @@ def parse_fping(
                 icmp_code=0,
                 from_addr=host,
             )
-            attempts = drafts.setdefault(host, {})
+            attempts = drafts.setdefault(host, _DraftTable())
             if n in attempts:
-                attempts[n].extras.append(extra)
+                attempts[n].add_extra(extra)
             else:
                 extra.outcome = REPLY
                 if stamp_ns is not None and extra.rtt_ns is not None:
@@ -1447,15 +1819,12 @@ def parse_fping(
             f"{', '.join(sorted(other_targets))}"
         )
     if not drafts:
-        raise _nothing_found("fping", lines, seen, _format_hint("fping", lines))
+        raise _nothing_found("fping", number, seen, _format_hint("fping", lines))
 
     unmatched = _attach_annotations(drafts, annotations)
-    anchors_of = {
-        host: sorted((n, d.send_ns) for n, d in attempts.items() if d.send_ns is not None)
-        for host, attempts in drafts.items()
-    }
-    if not any(anchors_of.values()) and all(
-        d.fallback_send_ns is None for attempts in drafts.values() for d in attempts.values()
+    anchors_of = {host: attempts.anchors() for host, attempts in drafts.items()}
+    if not any(anchors_of.values()) and not any(
+        _fallback_anchors(attempts) for attempts in drafts.values()
     ):
         raise ImportFormatError(
             "no fping line carries a [timestamp]; run fping with -D (docs/importers.md)"
@@ -1471,9 +1840,10 @@ def parse_fping(
         interval_ns = NS_PER_S
         interval_source = "fping -l's default period 1 s (fewer than two replies to measure it)"
 
-    records: list[PingRecord] = []
-    for host in drafts:
-        records.extend(_freeze(host, drafts[host], anchors_of[host], interval_ns))
+    def frozen() -> Iterator[PingRecord]:
+        for host in drafts:
+            yield from _freeze(host, drafts[host], anchors_of[host], interval_ns)
+
     notes = []
     if other_targets:
         notes.append(
@@ -1486,11 +1856,11 @@ def parse_fping(
     return PingLogImport(
         format="fping",
         encoding=encoding,
-        records=tuple(records),
+        records=Records(frozen),
         targets=tuple(drafts),
         interval_s=interval_ns / NS_PER_S,
         interval_source=interval_source,
-        line_count=len(lines),
+        line_count=number,
         line_kinds=seen.summary(),
         unrecognised=tuple(seen.unrecognised),
         local_time_used=local_used,
@@ -1522,8 +1892,9 @@ def _format_hint(fmt: str, lines: Iterable[str]) -> str:
     for number, line in enumerate(lines):
         if number >= 2000:
             break
+        head = line[:_SNIFF_CHARS]  # searching all of a long line costs its square
         for name, pattern in _SNIFF.items():
-            if name != fmt and pattern.search(line):
+            if name != fmt and pattern.search(head):
                 hits[name] += 1
     if not hits:
         return ""
@@ -1532,7 +1903,7 @@ def _format_hint(fmt: str, lines: Iterable[str]) -> str:
 
 
 def parse_ping_log(
-    data: bytes,
+    data: bytes | LogLines,
     *,
     fmt: str,
     zone: tzinfo | None = None,
@@ -1540,28 +1911,23 @@ def parse_ping_log(
     target: str | None = None,
     interval_s: float | None = None,
 ) -> PingLogImport:
-    """Decode ``data`` and parse it as ``fmt`` (one of ``FORMATS``)."""
+    """Decode ``data`` (the log's bytes, or a :class:`LogLines` over a file
+    read in pieces) and parse it as ``fmt`` (one of ``FORMATS``)."""
     if fmt not in FORMATS:
         raise ImportOptionError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if interval_s is not None and not interval_s > 0:
         raise ImportOptionError(f"interval {interval_s} s is not positive")
-    decoded = decode_log(data)
-    if not any(line.strip() for line in decoded.lines):
-        raise ImportFormatError(f"the file holds no text ({len(decoded.lines)} blank lines)")
+    lines = data if isinstance(data, LogLines) else LogLines(lambda: iter((data,)))
+    if not any(line.strip() for line in lines):
+        raise ImportFormatError(f"the file holds no text ({len(lines)} blank lines)")
     if fmt == "windows":
         if zone is None:
             raise ImportOptionError("the windows format needs a time zone for its local stamps")
         return parse_windows(
-            decoded.lines,
-            zone=zone,
-            start_date=start_date,
-            target=target,
-            encoding=decoded.encoding,
+            lines, zone=zone, start_date=start_date, target=target, encoding=lines.encoding
         )
     if fmt == "iputils":
-        return parse_iputils(
-            decoded.lines, target=target, interval_s=interval_s, encoding=decoded.encoding
-        )
+        return parse_iputils(lines, target=target, interval_s=interval_s, encoding=lines.encoding)
     return parse_fping(
-        decoded.lines, zone=zone, target=target, interval_s=interval_s, encoding=decoded.encoding
+        lines, zone=zone, target=target, interval_s=interval_s, encoding=lines.encoding
     )

@@ -9,6 +9,8 @@ final status and error, after every probe has flushed.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import platform
@@ -20,7 +22,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from migration_blackout.analysis.outputs import replace_text
 from migration_blackout.probes.clock import ClockPair, clock_pair, utc_iso
 
 from . import __version__
@@ -44,6 +48,15 @@ class OutputFolderError(Exception):
     """The parent folder for run folders cannot be created or written."""
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for an error: an OSError by its file and reason (``raw/icmp.csv:
+    No space left on device``), anything else by its message."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    return str(error) or type(error).__name__
+
+
 def new_run_id(kind: str, now: ClockPair | None = None) -> str:
     """``20261125T130238Z-watch-3fa2``: sortable by start time, unique per run."""
     now = now or clock_pair()
@@ -65,14 +78,81 @@ def redact(config: Any) -> Any:
     return config
 
 
+def host_file_name(host: str) -> str:
+    """``host_<name>.jsonl`` for a host's poll record. A name from a
+    configuration file is never trusted as a path: anything but letters,
+    digits, ``.``, ``_`` and ``-`` is percent-encoded (``/`` is ``%2F``), so
+    the file stays in ``raw/`` whatever the name; a very long name is cut and
+    told apart by a hash of the whole."""
+    encoded = quote(host, safe="")
+    if len(encoded) > _MAX_ENCODED_NAME:
+        digest = hashlib.blake2b(host.encode("utf-8"), digest_size=6).hexdigest()
+        encoded = f"{encoded[: _MAX_ENCODED_NAME - 13]}~{digest}"
+    return f"host_{encoded}.jsonl"
+
+
+_MAX_ENCODED_NAME = 160  # a file name is at most 255 bytes
+
+
 def _write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Replace ``path`` with ``document``; never leaves a temporary file.
+
+    When the disk is full, the document is written in place instead, compact
+    (the previous file's blocks are reused: a manifest written at the start
+    with indentation is larger than the same one compact), and at last only
+    the fields that say how the run ended: the folder must never be left at
+    ``running`` because the end did not fit.
+    """
+    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    try:
+        replace_text(path, text)
+        return
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
+            raise
+        full = error
+    compact = dict(document)
+    for attempt in (compact, _essentials(compact)):
+        try:
+            _overwrite_in_place(path, json.dumps(attempt, separators=(",", ":")) + "\n")
+            return
+        except OSError:
+            continue
+    raise full
+
+
+def _essentials(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest cut to what a reader needs, for a disk with no room for more."""
+    keep = (
+        "schema_version",
+        "kind",
+        "run_id",
+        "run_kind",
+        "status",
+        "error",
+        "started_utc",
+        "ended_utc",
+        "targets",
+        "probes",
+        "clock",
+    )
+    cut = {key: document[key] for key in keep if key in document}
+    cut["config"] = {}
+    cut["truncated"] = "the disk was full: the rest of the manifest did not fit"
+    return cut
+
+
+def _overwrite_in_place(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if len(data) > os.fstat(fd).st_size:
+            raise OSError(errno.ENOSPC, "does not fit in the previous file's space")
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -82,6 +82,15 @@ class Witnesses:
     def ready(self) -> list[asyncio.Event]:
         return [probe.ready for probe in self.probes]
 
+    def not_ready(self) -> list[str]:
+        """The names of the witness probes not ready yet (for the error)."""
+        named = (
+            ("tcp_connect", self.connect),
+            ("udp_direction", self.direction),
+            ("tcp_stream", self.stream),
+        )
+        return [name for name, probe in named if probe is not None and not probe.ready.is_set()]
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop``; the agent's witnesses from ``agent_ready`` until
         ``stop`` or ``finish_agent_witnesses()``."""

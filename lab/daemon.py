@@ -1,10 +1,15 @@
 """The lab as a background process: ``python -m migration_blackout.lab.daemon --state-dir DIR``.
 
-Starts the guest namespace, the lab's KDC (in ``DIR/kerberos``) and both
-emulated hosts, writes ``DIR/lab.json`` (endpoints, credentials, guest
-address, ground-truth path, the Kerberos realm) once everything listens, and
-runs until SIGTERM or SIGINT; then it stops the hosts and the KDC, removes the
-namespace and the state file. ``lab.control`` starts and stops it.
+Starts the guest namespace and both emulated hosts, writes ``DIR/lab.json``
+(endpoints, credentials, guest address, ground-truth path) once everything
+listens, and runs until SIGTERM or SIGINT; then it stops the hosts, removes
+the namespace and the state file. ``lab.control`` starts and stops it.
+
+With ``--owner-pid`` (a lab started for one ``measure run``) it also stops
+when that process is gone, however it ended. SIGUSR1 fires the faults whose
+``unresponsive_after`` is ``"signal"``: tests time a host's failure to a
+phase of the run that way.
+            realm = lab.realm
 """
 
 from __future__ import annotations
@@ -38,7 +43,42 @@ def _write_state(path: Path, state: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> None:
+FAULT_SIGNAL_EVENT = "signal"  # unresponsive_after = "signal": fired by SIGUSR1
+OWNER_POLL_S = 0.5
+
+
+async def _watch_owner(owner_pid: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once ``owner_pid`` is gone (a pidfd where the kernel has them)."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(owner_pid)
+    except ProcessLookupError:
+        stop.set()
+        return
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        loop.add_reader(pidfd, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return
+    while not stop.is_set():
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            stop.set()
+            return
+        except PermissionError:
+            pass
+        await asyncio.sleep(OWNER_POLL_S)  # a periodic check: no pidfd to wait on
+
+
+async def serve(
+    state_dir: Path, config_path: Path | None, seed: int | None, owner_pid: int | None = None
+) -> None:
     config = load_lab_config(config_path, seed=seed)
     started = clock_pair()
     stamp = utc_iso(started.utc_ns).replace(":", "").replace("-", "")[:15]
@@ -52,7 +92,16 @@ async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> 
     state_path = state_dir / STATE_FILE
     guest.create()
     try:
-        async with LabHosts(config, guest=guest) as lab:
+        async with LabHosts(config, guest=guest) as lab, asyncio.TaskGroup() as tasks:
+
+            def fire_signal_faults() -> None:
+                for fault in config.faults.unresponsive:
+                    if fault.after_event == FAULT_SIGNAL_EVENT:
+                        lab.set_unresponsive(fault.host, fault.mode)
+
+            loop.add_signal_handler(signal.SIGUSR1, fire_signal_faults)
+            if owner_pid is not None:
+                tasks.create_task(_watch_owner(owner_pid, stop))
             realm = lab.realm
             state = {
                 "schema_version": STATE_SCHEMA_VERSION,
@@ -94,6 +143,7 @@ async def serve(state_dir: Path, config_path: Path | None, seed: int | None) -> 
             }
             _write_state(state_path, state)
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGUSR1)
     finally:
         guest.destroy()
         state_path.unlink(missing_ok=True)
@@ -106,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--owner-pid", type=int, default=None)
     args = parser.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(serve(args.state_dir, args.config, args.seed))
+        asyncio.run(serve(args.state_dir, args.config, args.seed, args.owner_pid))
     except LabConfigError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2

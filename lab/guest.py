@@ -162,13 +162,19 @@ class NetnsGuest:
         return self
 
     def destroy(self) -> None:
-        """Continue whatever the guest froze, then remove the namespace (the
-        processes started inside it belong to whoever started them). Idempotent."""
+        """Continue whatever the guest froze, end what still runs inside (the
+        guest goes away: an agent left by a harness that died must not
+        outlive it), then remove the namespace. Idempotent."""
         if self.frozen:
             self._continue_all()
         for proc in (self._dirtier, self._services):
             stop_guest_service(proc)
         self._dirtier = self._services = None
+        spared = {os.getpid()} | ({self._injector.pid} if self._injector is not None else set())
+        for pid in namespace_pids(self.namespace.name):
+            if pid not in spared:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self._injector = None
         self.namespace.destroy()
 

@@ -168,6 +168,7 @@ class ConsoleViewProbe:
         black_max_luma: float = DEFAULT_BLACK_MAX_LUMA,
         pixel_tolerance: int = DEFAULT_PIXEL_TOLERANCE,
         unchanged_max_fraction: float = DEFAULT_UNCHANGED_MAX_FRACTION,
+        stop_grace_s: float | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -180,6 +181,7 @@ class ConsoleViewProbe:
         self.unchanged_max_fraction = unchanged_max_fraction
         self._poll = poll
         self._sink = sink
+        self.stop_grace_s = stop_grace_s  # as HostStatePoller's
         self._image_dir = Path(image_dir)
         self.ready = asyncio.Event()
         self._polls = 0
@@ -204,6 +206,7 @@ class ConsoleViewProbe:
         height: int,
         interval_s: float = DEFAULT_INTERVAL_S,
         keep_around: int = DEFAULT_KEEP_AROUND,
+        stop_grace_s: float | None = None,
     ) -> ConsoleViewProbe:
         """A probe writing ``raw/console.jsonl`` and ``console/`` in ``run_dir``."""
         settings = {
@@ -225,6 +228,7 @@ class ConsoleViewProbe:
             image_dir=Path(run_dir) / IMAGE_DIR,
             interval_s=interval_s,
             keep_around=keep_around,
+            stop_grace_s=stop_grace_s,
         )
 
     @property
@@ -254,7 +258,13 @@ class ConsoleViewProbe:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; the poll in flight then completes and is recorded."""
         try:
-            await poll_on_schedule(self.interval_s, stop, self._poll_once, self._note_skipped)
+            await poll_on_schedule(
+                self.interval_s,
+                stop,
+                self._poll_once,
+                self._note_skipped,
+                stop_grace_s=self.stop_grace_s,
+            )
         finally:
             self._sink.flush()
 
@@ -265,10 +275,13 @@ class ConsoleViewProbe:
         send = clock_pair()
         frame: ConsoleFrame | None = None
         error: str | None = None
+        abandoned = False
         try:
             frame = await asyncio.to_thread(self._poll)
         except Exception as exc:  # a failed poll is an event, never the end of the run
             error = str(exc) or type(exc).__name__
+        except asyncio.CancelledError:
+            error, abandoned = "abandoned: no answer when the probes stopped", True
         recv = clock_pair()
         self._polls += 1
         record: dict[str, Any] = {
@@ -295,6 +308,8 @@ class ConsoleViewProbe:
         self._last_class = record["classification"]
         self._last_host = record.get("host")
         self._sink.write(record)
+        if abandoned:
+            raise asyncio.CancelledError
 
     def _unavailable_fields(self, error: str | None) -> dict[str, Any]:
         if self._last_class is not None and self._last_class != UNAVAILABLE:
@@ -369,8 +384,12 @@ class ConsoleViewProbe:
         final = self._image_dir / file_name
         partial = self._image_dir / f".{file_name}.part"
         # Named from the slot number alone; "x": never overwrite an image.
-        with open(partial, "xb") as handle:
-            kept.image.save(handle, format="PNG")
+        try:
+            with open(partial, "xb") as handle:
+                kept.image.save(handle, format="PNG")
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk leaves nothing behind
+            raise
         if final.exists():
             partial.unlink()
             raise FileExistsError(f"{final} exists already")

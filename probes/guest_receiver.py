@@ -20,15 +20,23 @@ time (HTTP bearer token; HMAC-SHA256 of each datagram), the body size is
 capped before and while reading, an image must decode with Pillow within a
 pixel limit checked from its header before decoding, and nothing the client
 sends becomes part of a path except the validated integer sequence number.
+
+Nothing the guest sends may slow another witness: images are decoded in a
+child process of their own, one at a time, each within a time limit, with a
+bounded queue (``probes.image_check``); a malformed request is a one-line,
+rate-limited entry in ``raw/guest_rejects.jsonl``, never a traceback; a full
+disk is a refusal (507) that the same sequence number may retry once there
+is room again; and once ``run`` returned nothing more is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import hmac
-import io
+import logging
 import math
 import os
 import re
@@ -44,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from PIL import Image
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .clock import ClockPair, clock_pair
 from .guest_agent import (
@@ -58,6 +66,7 @@ from .guest_agent import (
     HEARTBEAT_VERSION,
     bind_tcp_and_udp,
 )
+from .image_check import FrameRefused, ImageChecker
 from .sink import CsvSink, JsonlSink
 
 FRAMES_FILE = "raw/guest_frames.jsonl"
@@ -85,8 +94,11 @@ MAX_SEQ_DIGITS = 9  # seq < 10**9
 _SEQ_RE = re.compile(rf"[0-9]{{1,{MAX_SEQ_DIGITS}}}")
 _INT_RE = re.compile(r"-?[0-9]{1,19}")
 _AGENT_ID_RE = re.compile(r"[0-9a-f]{16}")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+# Heartbeat sequence numbers travel as u64; the record keeps signed 64-bit integers.
+MAX_HEARTBEAT_SEQ = 2**63 - 1
+# The image decoder's budget (probes/image_check.py): per image, and images waiting.
+DEFAULT_DECODE_TIME_LIMIT_S = 2.0
+DEFAULT_DECODE_QUEUE_LIMIT = 4
 # Linux: SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) gives each datagram's kernel arrival time.
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
 # When the request being handled arrived (set by the middleware, read by the handler).
@@ -140,20 +152,11 @@ class GuestReceiverStats:
     heartbeats: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     rejects_logged: int = 0
+    write_errors: int = 0  # records that could not be written (a full disk)
 
     @property
     def rejected(self) -> int:
         return sum(self.rejects.values())
-
-
-class FrameRefused(Exception):
-    """A frame upload refused: the HTTP ``status`` and the ``reason`` logged in guest_rejects."""
-
-    def __init__(self, status: int, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -164,76 +167,30 @@ class _StoredImage:
     file: str
 
 
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    # Signature, then the IHDR chunk: length (13), "IHDR", width, height.
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
+class _RejectsFromServerLog(logging.Handler):
+    """aiohttp's log of a request it could not handle (a malformed request
+    line or header, a handler that failed) as a rate-limited reject entry."""
 
+    def __init__(self, receiver: GuestReceiver) -> None:
+        super().__init__(logging.DEBUG)
+        self._receiver = receiver
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from the first SOF segment, without decoding anything."""
-    pos = 2
-    end = len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if length < 2:
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 9 > end:
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
-        if marker in (0xD9, 0xDA):  # end of image or start of scan before any SOF
-            return None
-        pos += 2 + length
-    return None
-
-
-def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """``("png" | "jpeg", width, height)`` of a complete, decodable image; else ``FrameRefused``.
-
-    The pixel count is checked from the header before Pillow decodes anything
-    (decompression bombs); then the image is verified (PNG chunk CRCs) and
-    fully decoded, so a truncated or corrupt file is refused.
-    """
-    if data.startswith(_PNG_MAGIC):
-        image_format, size = "png", _png_size(data)
-    elif data.startswith(_JPEG_MAGIC):
-        image_format, size = "jpeg", _jpeg_size(data)
-    else:
-        raise FrameRefused(415, "not_an_image", "neither PNG nor JPEG")
-    if size is None:
-        raise FrameRefused(400, "bad_image", "no image size in the header")
-    width, height = size
-    if width == 0 or height == 0:
-        raise FrameRefused(400, "bad_image", f"empty image {width}x{height}")
-    if width * height > max_pixels:
-        raise FrameRefused(413, "too_many_pixels", f"{width}x{height} > {max_pixels} pixels")
-    pil_format = image_format.upper()
-    try:
-        if image_format == "png":
-            with Image.open(io.BytesIO(data), formats=[pil_format]) as image:
-                image.verify()
-        with Image.open(io.BytesIO(data), formats=[pil_format]) as image:
-            if image.size != (width, height):
-                raise FrameRefused(400, "bad_image", f"size {image.size} != header {size}")
-            image.load()
-    except FrameRefused:
-        raise
-    except Exception as error:  # any decoder failure on untrusted input is a refusal
-        raise FrameRefused(400, "bad_image", f"{type(error).__name__}: {error}"[:300]) from None
-    return image_format, width, height
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info is None or record.exc_info[1] is None:
+            return  # aiohttp's notes on clients going away: nothing refused
+        error = record.exc_info[1]
+        malformed = isinstance(error, HttpProcessingError)
+        reason = "malformed_request" if malformed else "server_error"
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else ""
+        with contextlib.suppress(Exception):  # a log handler must never raise
+            self._receiver._reject(
+                "http",
+                reason,
+                self._receiver._clock(),
+                str(remote or ""),
+                status=400 if malformed else 500,
+                detail=f"{type(error).__name__}: {error}"[:300],
+            )
 
 
 class GuestReceiver:
@@ -261,8 +218,12 @@ class GuestReceiver:
         unauthorized_rate: RateLimit = RateLimit(per_s=20.0, burst=50),
         reject_log_rate: RateLimit = RateLimit(per_s=2.0, burst=50),
         shutdown_timeout_s: float = 5.0,
+        decode_time_limit_s: float = DEFAULT_DECODE_TIME_LIMIT_S,
+        decode_queue_limit: int = DEFAULT_DECODE_QUEUE_LIMIT,
         clock: Callable[[], ClockPair] = clock_pair,
     ) -> None:
+        """``decode_time_limit_s`` and ``decode_queue_limit``: the budget of
+        the child process that decodes images (``probes.image_check``)."""
         if not token or not token.isascii() or not token.isprintable() or " " in token:
             raise ValueError("the token must be non-empty printable ASCII without spaces")
         self.run_dir = Path(run_dir)
@@ -292,6 +253,21 @@ class GuestReceiver:
         self._frames: JsonlSink | None = None
         self._heartbeats: CsvSink | None = None
         self._rejects: JsonlSink | None = None
+        self._checker = ImageChecker(
+            max_pixels=max_pixels,
+            time_limit_s=decode_time_limit_s,
+            queue_limit=decode_queue_limit,
+        )
+        self._accepting = False  # False once stopping: nothing is stored or written after
+        # aiohttp's own errors (a malformed request line, a handler that
+        # failed) land here as rejects instead of tracebacks on stderr.
+        self._server_log = logging.Logger(f"guest-receiver-{id(self):x}", logging.DEBUG)
+        self._server_log.addHandler(_RejectsFromServerLog(self))
+
+    @property
+    def image_checker(self) -> ImageChecker:
+        """The child process that decodes images, and its queue."""
+        return self._checker
 
     @property
     def address(self) -> tuple[str, int]:
@@ -325,11 +301,13 @@ class GuestReceiver:
                     self._kernel_stamps = True
             self._open_files(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
             (self.run_dir / FRAMES_DIR).mkdir(exist_ok=True)
-            app = web.Application(middlewares=[self._guard])
+            await self._checker.start()
+            app = web.Application(middlewares=[self._guard], logger=self._server_log)
             app.router.add_post("/frames", self._post_frame)
             runner = web.AppRunner(
                 app,
                 access_log=None,
+                logger=self._server_log,
                 shutdown_timeout=self._shutdown_timeout_s,
                 auto_decompress=False,  # a gzip body is not an image: no inflating on our side
                 lingering_time=1.0,
@@ -339,9 +317,12 @@ class GuestReceiver:
             await site.start()
             loop.add_reader(udp.fileno(), self._drain_udp, udp)
             reading_udp = True
+            self._accepting = True
             self.ready.set()
             await stop.wait()
         finally:
+            self._accepting = False
+            self._checker.close()  # a decode in progress is refused at once
             if reading_udp:
                 loop.remove_reader(udp.fileno())
             udp.close()
@@ -378,18 +359,21 @@ class GuestReceiver:
 
     def _close_files(self) -> None:
         if self._rejects is not None:
-            self._rejects.write(
-                {
-                    "totals": True,
-                    "by_reason": dict(sorted(self.stats.rejects.items())),
-                    "logged": self.stats.rejects_logged,
-                    "frames_stored": self.stats.frames_stored,
-                    "heartbeats": self.stats.heartbeats,
-                }
-            )
+            with contextlib.suppress(OSError):  # a full disk: the totals are lost, not the run
+                self._rejects.write(
+                    {
+                        "totals": True,
+                        "by_reason": dict(sorted(self.stats.rejects.items())),
+                        "logged": self.stats.rejects_logged,
+                        "frames_stored": self.stats.frames_stored,
+                        "heartbeats": self.stats.heartbeats,
+                        "write_errors": self.stats.write_errors,
+                    }
+                )
         for sink in (self._frames, self._heartbeats, self._rejects):
             if sink is not None:
-                sink.close()
+                with contextlib.suppress(OSError):
+                    sink.close()
 
     def _notify_progress(self) -> None:
         self._progress.set()
@@ -421,7 +405,11 @@ class GuestReceiver:
         }
         self._suppressed = 0
         assert self._rejects is not None
-        self._rejects.write(record)
+        try:
+            self._rejects.write(record)
+        except OSError:
+            self.stats.write_errors += 1  # the refusal stands and is counted
+            return
         self.stats.rejects_logged += 1
 
     # -- HTTP ----------------------------------------------------------------
@@ -519,16 +507,21 @@ class GuestReceiver:
             raise FrameRefused(400, "incomplete_body", f"{type(error).__name__}: {error}") from None
         return bytes(body)
 
-    def _check_and_store(self, seq: int, data: bytes) -> _StoredImage:
-        """Runs in a worker thread: decode the image, then write it under its seq name."""
-        image_format, width, height = inspect_image(data, self.max_pixels)
+    def _store(self, seq: int, data: bytes, image_format: str) -> str:
+        """Write the checked image under its seq name (a temporary name, then
+        renamed); on any failure nothing is left behind."""
         name = f"seq_{seq:06d}{'.png' if image_format == 'png' else '.jpg'}"
         folder = self.run_dir / FRAMES_DIR
         tmp = folder / f".{name}.part"
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, folder / name)
-        return _StoredImage(image_format, width, height, f"{FRAMES_DIR}/{name}")
+        try:
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+            os.replace(tmp, folder / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return f"{FRAMES_DIR}/{name}"
 
     async def _post_frame(self, request: web.Request) -> web.StreamResponse:
         at = _ARRIVAL.get()
@@ -555,45 +548,61 @@ class GuestReceiver:
         self._seqs.add(seq)
         self.stats.uploads_in_progress += 1
         self._notify_progress()
+        stored = False
         try:
             data = await self._read_body(request)
-            stored = await asyncio.to_thread(self._check_and_store, seq, data)
+            checked = await self._checker.check(data)
+            if not self._accepting:
+                raise FrameRefused(503, "shutting_down", "the receiver is closing")
+            done = self._clock()
+            file = self._store(seq, data, checked.image_format)
+            assert self._frames is not None
+            try:
+                self._frames.write(
+                    {
+                        "seq": seq,
+                        "file": file,
+                        "format": checked.image_format,
+                        "width": checked.width,
+                        "height": checked.height,
+                        "bytes": len(data),
+                        **stamps,
+                        "recv_mono_ns": at.mono_ns,
+                        "recv_utc_ns": at.utc_ns,
+                        "stored_mono_ns": done.mono_ns,
+                        "from_addr": request.remote or "",
+                    }
+                )
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    (self.run_dir / file).unlink()  # a frame without its record is no frame
+                raise
+            stored = True
         except FrameRefused as refusal:
-            self._seqs.discard(seq)
             return self._refuse(request, at, refusal.status, refusal.reason, refusal.detail)
-        except BaseException:
-            self._seqs.discard(seq)
-            raise
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.stats.write_errors += 1
+            # The same seq may come again once there is room: it is not stored.
+            return self._refuse(request, at, 507, "storage_full", os.strerror(error.errno))
         finally:
+            if not stored:
+                self._seqs.discard(seq)
             self.stats.uploads_in_progress -= 1
             self._notify_progress()
-        done = self._clock()
-        assert self._frames is not None
-        self._frames.write(
-            {
-                "seq": seq,
-                "file": stored.file,
-                "format": stored.image_format,
-                "width": stored.width,
-                "height": stored.height,
-                "bytes": len(data),
-                **stamps,
-                "recv_mono_ns": at.mono_ns,
-                "recv_utc_ns": at.utc_ns,
-                "stored_mono_ns": done.mono_ns,
-                "from_addr": request.remote or "",
-            }
-        )
         self.stats.frames_stored += 1
         self.stats.frame_bytes += len(data)
         self._note_first(self.first_frame)
         self._notify_progress()
-        return web.json_response({"seq": seq, "file": stored.file}, status=201)
+        return web.json_response({"seq": seq, "file": file}, status=201)
 
     # -- UDP -----------------------------------------------------------------
 
     def _drain_udp(self, sock: socket.socket) -> None:
         """Read what is queued (up to a batch), validate, record; called by the loop."""
+        if not self._accepting:
+            return
         received: list[tuple[bytes, int, Any, int | None]] = []
         for _ in range(_UDP_BATCH):
             try:
@@ -627,25 +636,36 @@ class GuestReceiver:
             _, _, _, _, agent_id, seq, utc_ns, mono_ns, interval_us = HEARTBEAT_BODY.unpack_from(
                 data
             )
+            if seq > MAX_HEARTBEAT_SEQ:
+                # Authenticated, but not a number the record (signed 64-bit) can hold.
+                self._reject("udp", "bad_seq", at, from_addr, size=len(data))
+                continue
             late_ns = work_ns = None
             if data[4] == HEARTBEAT_V2_VERSION:
                 late_ns, work_ns = HEARTBEAT_V2_BODY.unpack_from(data)[-2:]
-            self._heartbeats.write_row(
-                (
-                    f"{agent_id:016x}",
-                    seq,
-                    utc_ns,
-                    mono_ns,
-                    interval_us,
-                    at.mono_ns,
-                    at.utc_ns,
-                    from_addr,
-                    late_ns,
-                    work_ns or None,
+            try:
+                self._heartbeats.write_row(
+                    (
+                        f"{agent_id:016x}",
+                        seq,
+                        utc_ns,
+                        mono_ns,
+                        interval_us,
+                        at.mono_ns,
+                        at.utc_ns,
+                        from_addr,
+                        late_ns,
+                        work_ns or None,
+                    )
                 )
-            )
+            except OSError:
+                self.stats.write_errors += 1
+                continue
             accepted += 1
-        self._heartbeats.flush()
+        try:
+            self._heartbeats.flush()
+        except OSError:
+            self.stats.write_errors += 1
         if accepted:
             self.stats.heartbeats += accepted
             self._note_first(self.first_heartbeat)

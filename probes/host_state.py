@@ -62,7 +62,10 @@ class HostStatePoller:
         interval_s: float,
         sink: JsonlSink,
         role: str | None = None,
+        stop_grace_s: float | None = None,
     ) -> None:
+        """``stop_grace_s``: how long a poll in flight at the stop may still
+        take before it is recorded as abandoned (None: wait for it)."""
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.host = host
@@ -70,6 +73,7 @@ class HostStatePoller:
         self.interval_s = interval_s
         self._poll = poll
         self._sink = sink
+        self.stop_grace_s = stop_grace_s
         self.ready = asyncio.Event()
         self._polls = 0
         self._failures = 0
@@ -92,7 +96,13 @@ class HostStatePoller:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; the poll in flight then completes and is recorded."""
         try:
-            await poll_on_schedule(self.interval_s, stop, self._poll_once, self._note_skipped)
+            await poll_on_schedule(
+                self.interval_s,
+                stop,
+                self._poll_once,
+                self._note_skipped,
+                stop_grace_s=self.stop_grace_s,
+            )
         finally:
             self._sink.flush()
 
@@ -103,6 +113,7 @@ class HostStatePoller:
         send = clock_pair()
         observation: HostObservation | None = None
         error: str | None = None
+        abandoned = False
         try:
             if inspect.iscoroutinefunction(self._poll):
                 observation = await self._poll()
@@ -110,6 +121,10 @@ class HostStatePoller:
                 observation = await asyncio.to_thread(self._poll)  # type: ignore[arg-type]
         except Exception as exc:  # a failed poll is an event, never the end of the run
             error = str(exc) or type(exc).__name__
+        except asyncio.CancelledError:
+            # The probes stopped and the host had not answered within the grace.
+            error = "abandoned: no answer when the probes stopped"
+            abandoned = True
         recv = clock_pair()
         self._polls += 1
         record: dict[str, object] = {
@@ -133,3 +148,5 @@ class HostStatePoller:
         else:
             self._failures += 1
         self._sink.write(record)
+        if abandoned:
+            raise asyncio.CancelledError

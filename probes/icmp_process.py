@@ -23,15 +23,22 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import migration_blackout
+
+from .environment import child_environment
 from .icmp import IcmpPermissionError, IcmpProbe, IcmpTargetStats
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The folder that holds the migration_blackout package (not resolved: in a
+# checkout the package's folders are symbolic links).
+IMPORT_ROOT = Path(migration_blackout.__file__).parent.parent
 STATS_PERIOD_S = 0.1
 START_DEADLINE_S = 20.0
 
@@ -49,7 +56,8 @@ class IcmpProbeProcess:
         privileged: bool | None = None,
         realtime_priority: int | None = None,
     ) -> None:
-        self.path = Path(path)
+        # Absolute: the child runs in another folder (never the caller's).
+        self.path = Path(os.path.abspath(path))
         self.targets = list(targets)
         self.interval_s = interval_s
         self.requested_timeout_s = timeout_s
@@ -88,13 +96,24 @@ class IcmpProbeProcess:
         return argv
 
     async def start(self) -> None:
-        """Start the child and wait until it probes (or raise its error)."""
+        """Start the child and wait until it probes (or raise its error).
+
+        The child runs in ``/`` with an environment without secrets, in a
+        process group of its own: a terminal's Ctrl-C (SIGINT to the
+        foreground group) reaches the harness, which stops the child through
+        its stdin once the last attempts are resolved.
+        """
+        python_path = os.pathsep.join(
+            p for p in (str(IMPORT_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
         self._process = await asyncio.create_subprocess_exec(
             *self._argv(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=PROJECT_ROOT,
+            cwd="/",
+            env=child_environment({"PYTHONPATH": python_path}),
+            process_group=0,
         )
         async with asyncio.timeout(START_DEADLINE_S):
             message = await self._next_message()
@@ -239,6 +258,10 @@ async def _child(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The parent ends the probing (a line "stop", or end of input when it is
+    # gone): signals meant for it must not cut the record short.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="python -m migration_blackout.probes.icmp_process")
     parser.add_argument("--path", required=True)
     parser.add_argument("--target", action="append", required=True)

@@ -10,22 +10,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 
 async def poll_on_schedule(
     interval_s: float,
     stop: asyncio.Event,
-    poll_once: Callable[[int], Awaitable[None]],
+    poll_once: Callable[[int], Coroutine[Any, Any, None]],
     on_skipped: Callable[[int], None],
+    *,
+    stop_grace_s: float | None = None,
 ) -> None:
     """Call ``poll_once(k)`` for slot k until ``stop`` is set; the poll in
-    flight completes. ``on_skipped(n)`` hears of every run of overrun slots."""
+    flight completes. ``on_skipped(n)`` hears of every run of overrun slots.
+
+    With ``stop_grace_s``, a poll still in flight that long after ``stop`` is
+    cancelled (``poll_once`` sees ``CancelledError`` and records the poll as
+    abandoned): a host that hangs cannot hold the end of the run.
+    """
     interval_ns = int(interval_s * 1e9)
     start_ns = time.monotonic_ns()
     k = 0
     while not stop.is_set():
-        await poll_once(k)
+        if stop_grace_s is None:
+            await poll_once(k)
+        else:
+            await _poll_with_grace(poll_once(k), stop, stop_grace_s)
         k += 1
         now = time.monotonic_ns()
         due = start_ns + k * interval_ns
@@ -63,3 +74,21 @@ async def send_on_schedule(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await stop.wait()
+
+
+async def _poll_with_grace(
+    poll: Coroutine[Any, Any, None], stop: asyncio.Event, grace_s: float
+) -> None:
+    task = asyncio.ensure_future(poll)  # owned here: awaited or cancelled below
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace_s)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if not task.cancelled():
+        task.result()

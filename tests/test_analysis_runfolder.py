@@ -16,6 +16,7 @@ from migration_blackout.analysis import runfolder
 from migration_blackout.analysis.icmp import analyse_icmp
 from migration_blackout.analysis.runfolder import (
     ICMP_COLUMNS,
+    RawDataWarning,
     RunFormatError,
     check_schema_version,
     load_icmp,
@@ -228,20 +229,33 @@ def test_a_partial_last_line_is_dropped_and_reported(tmp_path: Path, partial: st
     assert records.frame["n"].tolist() == [0, 1, 2]
 
 
-def test_an_empty_attempt_counter_is_refused(tmp_path: Path) -> None:
-    path = write_run(tmp_path, [row(REPLY, 0).replace("guest,0,", "guest,,", 1)])
-    with pytest.raises(RunFormatError, match="cannot be parsed"):
-        read_icmp_csv(path)
+def test_a_row_without_its_attempt_counter_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    lines = [row(REPLY, 0), row(REPLY, 1).replace("guest,1,", "guest,,", 1), row(REPLY, 2)]
+    path = write_run(tmp_path, lines)
+    with pytest.warns(RawDataWarning, match=r"1 line skipped.*first: line 4"):
+        records = read_icmp_csv(path)
+    assert records.frame["n"].tolist() == [0, 2]
 
 
-def test_unknown_and_empty_outcomes_are_refused(tmp_path: Path) -> None:
+def test_rows_with_unknown_or_empty_outcomes_are_skipped_with_a_warning(tmp_path: Path) -> None:
     path = write_run(tmp_path, [row(REPLY, 0), row(REPLY, 1).replace("reply", "pong")])
-    with pytest.raises(RunFormatError, match=r"outcomes \['pong'\]"):
-        read_icmp_csv(path)
-    empty_outcome = row(TIMEOUT, 0).replace("timeout", "")
+    with pytest.warns(RawDataWarning, match="unknown outcome"):
+        records = read_icmp_csv(path)
+    assert records.frame["n"].tolist() == [0]
+    empty_outcome = row(TIMEOUT, 1).replace("timeout", "")
     path = write_run(tmp_path / "second", [row(REPLY, 0), empty_outcome])
-    with pytest.raises(RunFormatError, match="empty"):
-        read_icmp_csv(path)
+    with pytest.warns(RawDataWarning, match="1 line skipped"):
+        records = read_icmp_csv(path)
+    assert records.frame["outcome"].tolist() == ["reply"]
+
+
+def test_bad_bytes_and_torn_rows_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    lines = [row(REPLY, 0), "NOT-UTF-8,garbage", row(REPLY, 1)[:20], row(REPLY, 2)]
+    path = write_run(tmp_path, lines)
+    path.write_bytes(path.read_bytes().replace(b"NOT-UTF-8", b"\xff\xfe"))
+    with pytest.warns(RawDataWarning, match="2 lines skipped"):
+        records = read_icmp_csv(path)
+    assert records.frame["n"].tolist() == [0, 2]
 
 
 def test_numeric_looking_target_names_stay_text(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from migration_blackout.lab.hyperv import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
@@ -108,6 +110,130 @@ def test_a_password_in_the_config_file_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "passwords do not belong in the config file" in last_line(proc)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_host_names_never_become_paths(tmp_path: Path) -> None:
+    """Host names from measure.toml name the poll records only percent-encoded:
+    ``/`` and ``..`` in them create nothing outside raw/."""
+    lab_dir = tmp_path / "lab-state"
+    environment = {**os.environ, "MEASURE_LAB_DIR": str(lab_dir)}
+    cli = [sys.executable, "-m", "migration_blackout.harness.cli"]
+    up = subprocess.run([*cli, "lab", "up"], capture_output=True, text=True, env=environment)
+    assert up.returncode == 0, up.stderr
+    try:
+        status = json.loads(
+            subprocess.run(
+                [*cli, "lab", "status", "--json"], capture_output=True, text=True, env=environment
+            ).stdout
+        )
+        names = ["../../escaped", "a/b"]
+        hosts = "".join(
+            f'[[hosts]]\nname = "{name}"\naddress = "127.0.0.1"\n'
+            f"port = {host['url'].rsplit(':', 1)[1].split('/')[0]}\n"
+            f'transport = "http"\nauth = "negotiate"\nusername = "{host["username"]}"\n'
+            f'computer_name = "{host["name"]}"\npassword_env = "MB_TEST_PASSWORD"\n'
+            for name, host in zip(names, status["hosts"], strict=True)
+        )
+        config = f'{hosts}\n[guest]\naddresses = ["{status["guest"]["address"]}"]\n'
+        proc = measure(
+            tmp_path,
+            "--settle",
+            "0",
+            "--timeout",
+            "20",
+            config=config,
+            env={"MB_TEST_PASSWORD": status["hosts"][0]["password"]},
+        )
+    finally:
+        subprocess.run([*cli, "lab", "down"], capture_output=True, env=environment)
+    runs = list((tmp_path / "results").glob("*-run-*"))
+    assert len(runs) == 1, proc.stderr
+    (run_dir,) = runs
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] != "running", proc.stderr
+    files = {manifest["probes"][f"host:{name}"]["file"] for name in names}
+    assert files == {"raw/host_..%2F..%2Fescaped.jsonl", "raw/host_a%2Fb.jsonl"}
+    for file in files:
+        assert (run_dir / file).is_file()
+    assert not (tmp_path / "escaped.jsonl").exists() and not (run_dir / "raw" / "host_a").exists()
+    outside = [p for p in tmp_path.rglob("*escaped*") if run_dir not in p.parents]
+    assert outside == []
+
+
+@pytest.mark.parametrize("target", ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1"])
+@pytest.mark.parametrize("command", ["run", "watch"])
+def test_a_target_that_is_no_guest_is_refused_before_anything_starts(
+    tmp_path: Path, command: str, target: str
+) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "migration_blackout.harness.cli",
+            command,
+            "--target",
+            target,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert last_line(proc).startswith("measure: error: ")
+    assert not out.exists() or not list(out.iterdir())  # no run folder for a refused target
+
+
+def test_an_empty_vm_name_is_refused(tmp_path: Path) -> None:
+    proc = measure(tmp_path, "--vm", "", env={"MB_TEST_PASSWORD": "x"})
+    assert proc.returncode == 2
+    assert "the VM name is empty" in last_line(proc)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.root
+def test_an_output_folder_on_a_read_only_disk_is_one_line(tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)], check=True
+    )
+    try:
+        proc = measure(tmp_path, "--out", str(read_only / "results"), env={"MB_TEST_PASSWORD": "x"})
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc).startswith("measure: error: cannot create output folder")
+
+
+def test_a_lab_config_that_cannot_work_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "lab.toml").write_text("[timing]\nwarp_factor = 9\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "migration_blackout.harness.cli",
+            "run",
+            "--lab-config",
+            str(tmp_path / "lab.toml"),
+            "--out",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "warp_factor" in last_line(proc)
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_missing_optional_auth_package_is_a_preflight_line(tmp_path: Path) -> None:

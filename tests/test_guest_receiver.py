@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_netns import until
 from PIL import Image
 
 from migration_blackout.probes.guest_agent import HEARTBEAT_BODY, heartbeat_datagram
@@ -73,7 +75,8 @@ async def http(
     content_length: int | None = None,
     chunked: bool = False,
 ) -> int:
-    """Send one request on a new connection; the response's status code."""
+    """Send one request on a new connection; the response's status code (0: the
+    connection closed without one)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         lines = [f"{method} {path} HTTP/1.1", "Host: guest-receiver"]
@@ -96,7 +99,7 @@ async def http(
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         status_line = await reader.readline()
-        return int(status_line.split()[1])
+        return int(status_line.split()[1]) if status_line else 0
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
@@ -426,3 +429,199 @@ def test_tcp_and_udp_share_one_port_and_the_token_is_checked(tmp_path: Path) -> 
                 probe.bind(("127.0.0.1", port))
 
     asyncio.run(scenario())
+
+
+# -- a hostile or unlucky guest -------------------------------------------------
+
+
+def expensive_png(side: int = 5000) -> bytes:
+    """Cheap to send (about 100 KB), expensive to decode: 25 Mpixel of RGBA,
+    within the size and pixel caps."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (side, side), (1, 2, 3, 4)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_heartbeats_are_recorded_while_an_expensive_image_decodes(tmp_path: Path) -> None:
+    """The decoder is a child process: while it works on an image that is cheap
+    to send and expensive to decode, the receiver's loop records heartbeats."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        async with receiving(run_dir, decode_time_limit_s=60) as receiver:
+            host, port = receiver.address
+            decoder = receiver.image_checker
+            assert decoder.pid is not None and decoder.pid != os.getpid()
+            upload = asyncio.ensure_future(
+                http(port, headers=frame_headers(1), body=expensive_png(6000))
+            )
+            await until(lambda: decoder.waiting == 1, timeout_s=DEADLINE_S, what="the decode")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                for seq in range(5):
+                    datagram = heartbeat_datagram(TOKEN.encode(), 0xAB, seq, 1, 2, 10_000)
+                    udp.sendto(datagram, (host, port))
+                await receiver.wait_until(lambda stats: stats.heartbeats == 5)
+            assert not upload.done()  # still decoding: it held nothing up
+            assert await upload == 201
+
+    asyncio.run(scenario())
+
+
+def test_an_image_over_its_decode_budget_is_refused_and_the_decoder_replaced(
+    tmp_path: Path,
+) -> None:
+    """A time limit per image: a late one is refused (decode_timeout), the child
+    replaced, and the next frame accepted."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        async with receiving(run_dir, decode_time_limit_s=0.05) as receiver:
+            port = receiver.address[1]
+            decoder = receiver.image_checker
+            first_child = decoder.pid
+            assert await http(port, headers=frame_headers(1), body=expensive_png()) == 503
+            assert receiver.stats.rejects["decode_timeout"] == 1
+            assert await http(port, headers=frame_headers(1), body=png()) == 201
+            assert decoder.pid != first_child and decoder.children_started == 2
+
+    asyncio.run(scenario())
+    frames = read_jsonl(run_dir / FRAMES_FILE)
+    assert [f["seq"] for f in frames[1:]] == [1]
+    assert not list(run_dir.rglob("*.part"))
+
+
+def test_a_full_decode_queue_refuses_at_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bomb = expensive_png(3000)
+
+    async def scenario() -> None:
+        async with receiving(run_dir, decode_queue_limit=2, decode_time_limit_s=60) as receiver:
+            port = receiver.address[1]
+            decoder = receiver.image_checker
+            slow = [
+                asyncio.ensure_future(http(port, headers=frame_headers(seq), body=bomb))
+                for seq in (1, 2)
+            ]
+            await until(lambda: decoder.waiting == 2, timeout_s=DEADLINE_S, what="two decodes")
+            assert await http(port, headers=frame_headers(3), body=png()) == 503
+            assert receiver.stats.rejects["decode_busy"] == 1
+            assert sorted(await asyncio.gather(*slow)) == [201, 201]
+
+    asyncio.run(scenario())
+
+
+def test_nothing_is_written_once_the_receiver_stopped(tmp_path: Path) -> None:
+    """A frame still decoding when the probes stop is refused, and once run()
+    returned no handler is alive and the decoder is gone: nothing can land
+    after the manifest is final."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        receiver = GuestReceiver(run_dir, token=TOKEN, decode_time_limit_s=30)
+        stop = asyncio.Event()
+        async with asyncio.timeout(DEADLINE_S), asyncio.TaskGroup() as tasks:
+            serving = tasks.create_task(receiver.run(stop))
+            await receiver.ready.wait()
+            upload = tasks.create_task(
+                http(receiver.address[1], headers=frame_headers(7), body=expensive_png())
+            )
+            await receiver.wait_until(lambda stats: stats.uploads_in_progress == 1)
+            stop.set()
+            await serving
+            assert receiver.stats.uploads_in_progress == 0
+            assert receiver.image_checker.pid is None
+            # Refused, or cut off while its body was still being read.
+            assert await upload in (503, 0)
+
+    asyncio.run(scenario())
+    assert not list((run_dir / "frames").iterdir())
+    totals = read_jsonl(run_dir / REJECTS_FILE)[-1]
+    assert totals["totals"] and totals["frames_stored"] == 0
+
+
+def test_an_out_of_range_heartbeat_seq_is_refused(tmp_path: Path) -> None:
+    """The wire allows any u64; the record keeps signed 64-bit integers."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        async with receiving(run_dir) as receiver:
+            host, port = receiver.address
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                for seq in (2**63 - 1, 2**63, 2**64 - 1):
+                    udp.sendto(
+                        heartbeat_datagram(TOKEN.encode(), 1, seq, 1, 2, 10_000), (host, port)
+                    )
+                await receiver.wait_until(lambda stats: stats.heartbeats + stats.rejected == 3)
+            assert receiver.stats.heartbeats == 1
+            assert receiver.stats.rejects["bad_seq"] == 2
+
+    asyncio.run(scenario())
+    rows = (run_dir / HEARTBEAT_FILE).read_text().splitlines()[2:]
+    assert [row.split(",")[1] for row in rows] == [str(2**63 - 1)]
+
+
+def test_malformed_requests_are_one_line_rejects_not_tracebacks(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    garbage = [
+        b"GARBAGE\r\n\r\n",
+        b"POST /frames HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        b"POST /frames HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /frames HTTP/9.9\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello
+    ] * 40
+
+    async def send(raw: bytes, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            await reader.read()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def scenario() -> None:
+        async with receiving(run_dir) as receiver:
+            port = receiver.address[1]
+            for raw in garbage:
+                await send(raw, port)
+            await receiver.wait_until(lambda stats: stats.rejected >= len(garbage) - 40)
+            assert await http(port, headers=frame_headers(1), body=png()) == 201
+
+    asyncio.run(scenario())
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err and captured.err == ""
+    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    logged = [r for r in rejects[1:-1] if r["reason"] == "malformed_request"]
+    assert logged and all(len(json.dumps(r)) < 1000 for r in logged)
+    assert rejects[-1]["by_reason"]["malformed_request"] >= len(logged)
+
+
+def test_a_full_disk_is_a_refusal_and_the_same_seq_is_taken_later(
+    tmp_path: Path, full_disk: Any
+) -> None:
+    run_dir = full_disk.path / "run"
+    run_dir.mkdir()
+
+    async def scenario() -> None:
+        async with receiving(run_dir) as receiver:
+            port = receiver.address[1]
+            full_disk.fill()
+            assert await http(port, headers=frame_headers(5), body=png(300, 200)) == 507
+            assert receiver.stats.rejects["storage_full"] == 1
+            assert not list((run_dir / "frames").iterdir())
+            full_disk.free()
+            assert await http(port, headers=frame_headers(5), body=png(300, 200)) == 201
+
+    asyncio.run(scenario())
+    frames = read_jsonl(run_dir / FRAMES_FILE)
+    assert [f["seq"] for f in frames[1:]] == [5]
+    assert sorted(p.name for p in (run_dir / "frames").iterdir()) == ["seq_000005.png"]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import resource
+import subprocess
+import sys
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -610,3 +614,107 @@ def test_make_samples_reproduces_the_frozen_logs(tmp_path: Path) -> None:
     assert written == sorted(path.name for path in LOGS.glob("*.log"))
     for name in written:
         assert (tmp_path / name).read_bytes() == (LOGS / name).read_bytes(), name
+
+
+# -- hostile or huge logs: streamed, bounded, one line when refused --------------------
+
+
+def import_cli(
+    tmp_path: Path, log: Path, *, address_space: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real ``measure import ping-log``, optionally in a limited address space."""
+
+    def limit() -> None:
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "migration_blackout.harness.cli",
+            "import",
+            "ping-log",
+            str(log),
+            "--format",
+            "iputils",
+            "--out",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+
+
+def test_a_summary_claiming_more_sends_than_the_elapsed_time_allows(tmp_path: Path) -> None:
+    """Four lines whose summary says 100000000 packets: neither 100 million rows nor
+    5 GB of memory (run in a 2 GiB address space), and the manifest says why."""
+    log = tmp_path / "claims.log"
+    log.write_text(
+        "PING 10.0.0.5 (10.0.0.5) 56(84) bytes of data.\n"
+        "[1700000000.000400] 64 bytes from 10.0.0.5: icmp_seq=1 ttl=64 time=0.4 ms\n"
+        "[1700000001.000400] 64 bytes from 10.0.0.5: icmp_seq=2 ttl=64 time=0.4 ms\n"
+        "100000000 packets transmitted, 2 received, 99% packet loss, time 2000ms\n"
+    )
+    proc = import_cli(tmp_path, log, address_space=2 << 30)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "results").glob("*-import-*")
+    _header, rows = read_rows(run_dir)
+    assert len(rows) == 3  # two replies, and the one more echo 2000 ms allow at 1 s
+    notes = json.loads((run_dir / "manifest.json").read_text())["config"]["import"]["notes"]
+    assert any("100000000 packets transmitted" in note for note in notes)
+
+
+def test_a_summary_counting_many_implicit_timeouts_is_streamed() -> None:
+    """A long outage after the last line (consistent with the elapsed time) is
+    made one row at a time: the records are iterated, never all held."""
+    lines = [
+        "PING 10.0.0.5 (10.0.0.5) 56(84) bytes of data.",
+        "[1700000000.000400] 64 bytes from 10.0.0.5: icmp_seq=1 ttl=64 time=0.4 ms",
+        "[1700000000.001400] 64 bytes from 10.0.0.5: icmp_seq=2 ttl=64 time=0.4 ms",
+        "1000000 packets transmitted, 2 received, 99% packet loss, time 1000000ms",
+    ]
+    parsed = parse_iputils(lines)
+    counts = Counter(record.outcome for record in parsed.records)  # streamed, not kept
+    assert counts["reply"] == 2 and counts["timeout"] + counts["unresolved"] == 999_998
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not a text log: it holds NUL bytes"),  # /dev/zero
+        (b"x" * 200_000 + b"\n", "longer than 4096 characters"),
+        (b"", "the file is empty"),
+    ],
+)
+def test_a_file_that_is_no_ping_log_is_refused_in_one_line(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    if content is None:
+        log = Path("/dev/zero")
+    else:
+        log = tmp_path / "not-a-log"
+        log.write_bytes(content)
+    proc = import_cli(tmp_path, log, address_space=2 << 30)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_out_of_range_timestamp_is_an_unrecognised_line(tmp_path: Path) -> None:
+    log = tmp_path / "far.log"
+    log.write_text(
+        "[99999999999999999999.123456] 64 bytes from 10.0.0.5: icmp_seq=1 ttl=64 time=0.4 ms\n"
+        "[1700000000.000400] 64 bytes from 10.0.0.5: icmp_seq=2 ttl=64 time=0.4 ms\n"
+        "[1700000001.000400] 64 bytes from 10.0.0.5: icmp_seq=3 ttl=64 time=0.4 ms\n"
+    )
+    proc = import_cli(tmp_path, log)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (run_dir,) = (tmp_path / "results").glob("*-import-*")
+    config = json.loads((run_dir / "manifest.json").read_text())["config"]["import"]
+    assert config["unrecognised"] == 1
+    assert "out of range" in config["unrecognised_first"][0]["reason"]

@@ -68,9 +68,16 @@ class HypervisorBackend(Protocol):
         ``error`` text. Never fails the run."""
 
     async def align_clocks(
-        self, phase: str, sink: JsonlSink, record: Recorder, *, tolerate_failures: bool
+        self,
+        phase: str,
+        sink: JsonlSink,
+        record: Recorder,
+        *,
+        tolerate_failures: bool,
+        deadline_s: float | None = None,
     ) -> dict[str, ClockOffset | None]:
-        """Each side's clock against the harness's ({} when they share its clock)."""
+        """Each side's clock against the harness's ({} when they share its clock);
+        a side that does not answer within ``deadline_s`` counts as failed."""
 
     def polled_sides(self, source: str, destination: str) -> list[PolledSide]:
         """Sides polled by the host-state poller during the run (may be empty)."""
@@ -89,10 +96,13 @@ class HypervisorBackend(Protocol):
         record: Recorder,
         tick: Callable[[], None],
     ) -> MigrationOutcome:
-        """Migrate; stop it on ``interrupted`` or when later than ``timeout_s``."""
+        """Migrate; stop it on ``interrupted`` or when later than ``timeout_s``.
 
-    async def harvest(self, run: RunFolder, record: Recorder) -> None:
-        """Store the hypervisor's own figures in ``raw/``."""
+        ``interrupted`` is read right before the irreversible step (Move-VM,
+        QMP ``migrate``): when it is set, the migration is not started."""
+
+    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+        """Store the hypervisor's own figures in ``raw/``, within ``deadline_s``."""
 
     async def close(self) -> None: ...
 

@@ -275,23 +275,39 @@ class HyperVBackend:
     # -- clocks ---------------------------------------------------------------
 
     async def align_clocks(
-        self, phase: str, sink: JsonlSink, record: Recorder, *, tolerate_failures: bool
+        self,
+        phase: str,
+        sink: JsonlSink,
+        record: Recorder,
+        *,
+        tolerate_failures: bool,
+        deadline_s: float | None = None,
     ) -> dict[str, ClockOffset | None]:
         names = list(self.sessions)
-        results = await asyncio.gather(
-            *(
-                asyncio.to_thread(
-                    sample_clock,
-                    n,
-                    self.sessions[n].get_date,
-                    phase=phase,
-                    count=CLOCK_SAMPLES,
-                    sink=sink,
-                )
-                for n in names
-            ),
-            return_exceptions=True,
-        )
+
+        async def one_host(name: str) -> ClockOffset:
+            sampling = asyncio.to_thread(
+                sample_clock,
+                name,
+                self.sessions[name].get_date,
+                phase=phase,
+                count=CLOCK_SAMPLES,
+                sink=sink,
+            )
+            try:
+                return await asyncio.wait_for(sampling, deadline_s)
+            except TimeoutError:
+                raise HostError(name, f"Get-Date: no answer within {deadline_s:g} s") from None
+
+        async def kept(name: str) -> ClockOffset | BaseException:
+            try:
+                return await one_host(name)
+            except Exception as error:
+                return error
+
+        async with asyncio.TaskGroup() as hosts:
+            tasks = [hosts.create_task(kept(n)) for n in names]
+        results: list[ClockOffset | BaseException] = [task.result() for task in tasks]
         offsets: dict[str, ClockOffset | None] = {}
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
@@ -348,6 +364,10 @@ class HyperVBackend:
 
         def blocking() -> MigrationOutcome:
             try:
+                call.connect()  # nothing asked of the host yet: still reversible
+                if interrupted.is_set():
+                    record("move_vm_not_started", host=source, reason="interrupted")
+                    return MigrationOutcome("interrupted", "interrupted: Move-VM was not started")
                 record(
                     "move_vm_start",
                     host=source,
@@ -426,8 +446,10 @@ class HyperVBackend:
 
     # -- afterwards -----------------------------------------------------------
 
-    async def harvest(self, run: RunFolder, record: Recorder) -> None:
-        """Hyper-V's own migration events from both hosts, stored raw."""
+    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+        """Hyper-V's own migration events from both hosts, stored raw; the
+        hosts are asked at the same time, each within ``deadline_s`` (a host
+        that does not answer gets a ``harvest_failed`` line)."""
         # Only this migration's events: an earlier migration of the same VM (a
         # ping-pong session) wrote the same event IDs minutes ago. The margin
         # covers the clock offsets' uncertainty.
@@ -438,37 +460,42 @@ class HyperVBackend:
             meta={"vm": self.config.vm, "vm_id": self.vm_id, "since": since.isoformat()},
         )
         run.register_probe("hyperv_events", "raw/hyperv_events.jsonl", format="jsonl")
+
+        async def one_host(name: str, session: HostSession) -> None:
+            # Ask in the host's own time: its clock may be off by seconds.
+            query_since = since + timedelta(microseconds=self._offsets.get(name, 0) / 1000)
+            for log_name, ids in HARVESTED_EVENTS:
+                try:
+                    found = await asyncio.to_thread(
+                        session.migration_events, log_name, ids, query_since
+                    )
+                except HostError as exc:
+                    sink.write(_harvest_failed(name, log_name, str(exc)))
+                    continue
+                received = clock_pair()
+                for item in found:
+                    sink.write(
+                        {
+                            "event": "win_event",
+                            "host": name,
+                            "received_mono_ns": received.mono_ns,
+                            "received_utc_ns": received.utc_ns,
+                            "matches_vm": self._is_about_the_vm(item),
+                            **item.to_json(),
+                        }
+                    )
+
+        async def bounded(name: str, session: HostSession) -> None:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    await one_host(name, session)
+            except TimeoutError:
+                sink.write(_harvest_failed(name, None, f"no answer within {deadline_s:g} s"))
+
         try:
-            for name, session in self.sessions.items():
-                # Ask in the host's own time: its clock may be off by seconds.
-                query_since = since + timedelta(microseconds=self._offsets.get(name, 0) / 1000)
-                for log_name, ids in HARVESTED_EVENTS:
-                    try:
-                        found = await asyncio.to_thread(
-                            session.migration_events, log_name, ids, query_since
-                        )
-                    except HostError as exc:
-                        sink.write(
-                            {
-                                "event": "harvest_failed",
-                                "host": name,
-                                "log_name": log_name,
-                                "error": str(exc),
-                            }
-                        )
-                        continue
-                    received = clock_pair()
-                    for item in found:
-                        sink.write(
-                            {
-                                "event": "win_event",
-                                "host": name,
-                                "received_mono_ns": received.mono_ns,
-                                "received_utc_ns": received.utc_ns,
-                                "matches_vm": self._is_about_the_vm(item),
-                                **item.to_json(),
-                            }
-                        )
+            async with asyncio.TaskGroup() as hosts:
+                for name, session in self.sessions.items():
+                    hosts.create_task(bounded(name, session))
         finally:
             sink.close()
 
@@ -487,6 +514,10 @@ class HyperVBackend:
             *(asyncio.to_thread(s.close) for s in self.sessions.values()), return_exceptions=True
         )
         self._environment.close()
+
+
+def _harvest_failed(host: str, log_name: str | None, error: str) -> dict[str, Any]:
+    return {"event": "harvest_failed", "host": host, "log_name": log_name, "error": error}
 
 
 def _state_poll(session: HostSession, vm: str, vm_id: str | None) -> Callable[[], HostObservation]:

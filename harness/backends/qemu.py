@@ -154,7 +154,13 @@ class QemuBackend:
         }
 
     async def align_clocks(
-        self, phase: str, sink: JsonlSink, record: Recorder, *, tolerate_failures: bool
+        self,
+        phase: str,
+        sink: JsonlSink,
+        record: Recorder,
+        *,
+        tolerate_failures: bool,
+        deadline_s: float | None = None,
     ) -> dict[str, ClockOffset | None]:
         # Local QEMUs stamp events with this machine's clock (see the module doc).
         return {}
@@ -207,6 +213,10 @@ class QemuBackend:
         def on_poll(poll: Any) -> None:
             sink.write({"event": "migrate_poll", **poll.to_json()})
 
+        if interrupted.is_set():
+            sink.close()
+            record("migrate_not_started", host=source, reason="interrupted")
+            return MigrationOutcome("interrupted", "interrupted: the migration was not started")
         record("migrate_start", host=source, destination=destination, uri=uri)
         try:
             async with asyncio.TaskGroup() as group:
@@ -266,7 +276,7 @@ class QemuBackend:
         record("migrate_error", host=source, error=result.error)
         return MigrationOutcome("failed", f"{source}: migration failed: {result.error}")
 
-    async def harvest(self, run: RunFolder, record: Recorder) -> None:
+    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
         """QEMU's own figures were stored with the migration (``raw/qemu_migration.jsonl``)."""
 
     async def close(self) -> None:

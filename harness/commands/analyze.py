@@ -16,6 +16,8 @@ from migration_blackout.analysis.derive import rebuild_derived
 from migration_blackout.analysis.report import find_run_folders
 from migration_blackout.analysis.runfolder import RunFormatError
 
+from ..runfolder import describe_error
+
 
 @dataclass(frozen=True)
 class Analysed:
@@ -42,4 +44,13 @@ def run_many(*, paths: Sequence[Path]) -> list[Analysed]:
             analysed.append(Analysed(run_dir, run(run_dir=run_dir)))
         except RunFormatError as exc:
             analysed.append(Analysed(run_dir, None, str(exc)))
+        except OSError as exc:  # derived/ is not a folder of its own, or the disk is full
+            error = f"cannot rebuild {run_dir / 'derived'}: {describe_error(exc)}"
+            analysed.append(Analysed(run_dir, None, error))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            error = (
+                f"run folder {run_dir}: a raw record this version cannot read "
+                f"({type(exc).__name__}: {exc})"
+            )
+            analysed.append(Analysed(run_dir, None, error))
     return analysed

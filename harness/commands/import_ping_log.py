@@ -1,10 +1,13 @@
 """``measure import ping-log``: a ping log from another tool becomes a run folder.
 
-The log is read and parsed completely first (``harness.importers``, pure), so
-a file that cannot be imported leaves no run folder behind. Then the run
-folder is created (``run_kind`` ``import``), ``raw/icmp.csv`` written once
-through ``CsvSink``, the manifest finalised (``completed``, or ``failed`` with
-the error if writing fails) and ``derived/summary.json`` built.
+The log is read in pieces and parsed completely first (``harness.importers``,
+pure), so a file that cannot be imported leaves no run folder behind. Then
+the run folder is created (``run_kind`` ``import``), ``raw/icmp.csv`` written
+once through ``CsvSink`` as the records are made (never all held at once),
+the manifest finalised (``completed``, or ``failed`` with the error if writing
+fails) and ``derived/summary.json`` built. Memory holds the log's attempts
+that have a line, not the file, not the rows, not the implicit timeouts a
+summary counts (bench/bench_import.py).
 
 What the import had to assume is recorded in the manifest's config: the time
 zone of local stamps, where the date of time-of-day stamps came from, the
@@ -15,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
@@ -30,17 +36,20 @@ from ..importers import (
     UNRECOGNISED_QUOTED,
     ImportFormatError,
     ImportOptionError,
+    LogLines,
     PingLogFileError,
     PingLogImport,
+    PingRecord,
     parse_date,
     parse_ping_log,
     parse_timezone,
     utc_offset_name,
 )
-from ..runfolder import RunStatus, create_run_folder
+from ..runfolder import RunStatus, create_run_folder, redact
 
 RUN_KIND = "import"
 RAW_FILE = "raw/icmp.csv"
+WRITE_BATCH = 10_000  # rows handed to the CSV writer at a time
 
 
 class _SystemLocalZone(tzinfo):
@@ -93,34 +102,72 @@ def machine_timezone() -> tuple[tzinfo, str, str]:
     return _SystemLocalZone(), "system local time", "machine local zone (C library, no name)"
 
 
-def _read(file: Path) -> bytes:
+READ_CHUNK_BYTES = 1 << 20
+
+
+def _log_lines(file: Path) -> tuple[LogLines, str, int]:
+    """The log's lines, read in pieces (never whole), its SHA-256 and size."""
+
+    def chunks() -> Iterator[bytes]:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(READ_CHUNK_BYTES):
+                yield chunk
+
     try:
-        return file.read_bytes()
+        # First, what it is: a binary file or one endless line fails here, early.
+        lines = LogLines(chunks)
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in chunks():
+            digest.update(chunk)
+            size += len(chunk)
     except FileNotFoundError:
         raise PingLogFileError(f"ping log {file} does not exist") from None
     except IsADirectoryError:
         raise PingLogFileError(f"ping log {file} is a folder, not a file") from None
     except OSError as exc:
         raise PingLogFileError(f"cannot read ping log {file}: {exc.strerror}") from None
+    except ImportFormatError as exc:
+        raise type(exc)(f"ping log {file.name}: {exc}") from None
+    return lines, digest.hexdigest(), size
+
+
+@dataclass
+class _RecordStats:
+    """What the manifest says about the records, counted as they are written."""
+
+    records: int = 0
+    first_send: int | None = None
+    last_send: int | None = None
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, record: PingRecord) -> None:
+        self.records += 1
+        send = record.send_utc_ns
+        self.first_send = send if self.first_send is None else min(self.first_send, send)
+        self.last_send = send if self.last_send is None else max(self.last_send, send)
+        self.outcomes[record.outcome] += 1
 
 
 def import_config(
     parsed: PingLogImport,
     *,
     file: Path,
-    data: bytes,
+    sha256: str,
+    size: int,
     zone_name: str,
     zone_source: str,
     zone: tzinfo,
+    stats: _RecordStats,
 ) -> dict[str, Any]:
     """The manifest ``config`` of an import: source, assumptions and line counts."""
     kinds = parsed.line_kinds
-    first_send = min(r.send_utc_ns for r in parsed.records)
+    first_send = stats.first_send
     return {
         "import": {
             "source_file": file.name,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
+            "sha256": sha256,
+            "bytes": size,
             "format": parsed.format,
             "encoding": parsed.encoding,
             "lines": parsed.line_count,
@@ -135,16 +182,18 @@ def import_config(
             "unmatched_icmp_errors_first": [
                 line.to_json() for line in parsed.unmatched_icmp_errors[:UNRECOGNISED_QUOTED]
             ],
-            "records": len(parsed.records),
-            "first_send_utc": utc_iso(first_send),
-            "last_send_utc": utc_iso(max(r.send_utc_ns for r in parsed.records)),
-            "outcomes": parsed.outcome_counts(),
+            "records": stats.records,
+            "first_send_utc": None if first_send is None else utc_iso(first_send),
+            "last_send_utc": None if stats.last_send is None else utc_iso(stats.last_send),
+            "outcomes": {outcome: stats.outcomes[outcome] for outcome in sorted(stats.outcomes)},
             "timezone": zone_name if parsed.local_time_used else None,
             "timezone_source": (
                 zone_source if parsed.local_time_used else "not used: the stamps are UTC-based"
             ),
             "utc_offset_at_first_send": (
-                utc_offset_name(zone, first_send) if parsed.local_time_used else None
+                utc_offset_name(zone, first_send)
+                if parsed.local_time_used and first_send is not None
+                else None
             ),
             "date_source": parsed.date_source,
             "send_times": parsed.send_times,
@@ -186,21 +235,32 @@ def run(
         zone, zone_name = parse_timezone(timezone)
         zone_source = "option --timezone"
     day = parse_date(start_date) if isinstance(start_date, str) else start_date
-    data = _read(file)
+    lines, sha256, size = _log_lines(file)
     try:
         parsed = parse_ping_log(
-            data, fmt=fmt, zone=zone, start_date=day, target=target, interval_s=interval_s
+            lines, fmt=fmt, zone=zone, start_date=day, target=target, interval_s=interval_s
         )
     except ImportOptionError:
         raise
     except ImportFormatError as exc:
         raise type(exc)(f"ping log {file.name}: {exc}") from None
 
-    config = import_config(
-        parsed, file=file, data=data, zone_name=zone_name, zone_source=zone_source, zone=zone
-    )
+    stats = _RecordStats()
+
+    def config() -> dict[str, Any]:
+        return import_config(
+            parsed,
+            file=file,
+            sha256=sha256,
+            size=size,
+            zone_name=zone_name,
+            zone_source=zone_source,
+            zone=zone,
+            stats=stats,
+        )
+
     folder = create_run_folder(
-        out, kind=RUN_KIND, command=command, config=config, targets=list(parsed.targets)
+        out, kind=RUN_KIND, command=command, config=config(), targets=list(parsed.targets)
     )
     status = RunStatus.FAILED
     error: BaseException | None = None
@@ -220,16 +280,30 @@ def run(
         )
         try:
             folder.register_probe(PROBE_NAME, RAW_FILE, format="csv", imported=True)
-            sink.write_rows(record.csv_row() for record in parsed.records)
+            # Streamed: the records are made, counted and written a batch at a time.
+            batch: list[tuple[object, ...]] = []
+            for record in parsed.records:
+                stats.add(record)
+                batch.append(record.csv_row())
+                if len(batch) >= WRITE_BATCH:
+                    sink.write_rows(batch)
+                    batch = []
+            sink.write_rows(batch)
         finally:
             sink.close()
+        folder.manifest["config"] = redact(config())
         status = RunStatus.COMPLETED
+    except ImportFormatError:
+        # Found only while the records were made: nothing is left behind either.
+        shutil.rmtree(folder.path, ignore_errors=True)
+        raise
     except BaseException as exc:
         error = exc
         if isinstance(exc, KeyboardInterrupt):
             status = RunStatus.ABORTED
         raise
     finally:
-        folder.finalize(status, error)
+        if folder.path.exists():
+            folder.finalize(status, error)
     write_summary(folder.path)
     return folder.path

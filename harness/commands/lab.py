@@ -4,16 +4,26 @@ When no hosts are configured (or ``--lab`` is given), ``measure run`` uses
 the emulated lab: a lab already started with ``measure lab up`` when one
 runs and no lab settings were asked for, otherwise a lab of its own, started
 for the run in a private state folder and stopped afterwards.
+
+A lab for a run is a run environment (:class:`HyperVLabForRun`,
+:class:`QemuLabForRun`): the run starts it once its run folder exists and
+inside its own signal handling, and stops it at the end, whatever happened.
+A lab whose run was killed outright is found by the next ``measure lab down``
+or lab start (``lab.control.reap_orphans``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from migration_blackout.lab import control
 from migration_blackout.lab.control import LabError, LabState
@@ -21,9 +31,15 @@ from migration_blackout.lab.qemu import control as qemu_control
 from migration_blackout.lab.qemu.control import QemuLabState
 from migration_blackout.lab.qemu.migration import MigrationSettings
 
+from ..backends import PreflightError
 from ..backends.qemu import QemuBackend, QemuSide
 from ..config import HostConfig, RunConfig
+from ..deadlines import Interrupt
 from ..guestagent import GuestAgentSetup
+from .run import PreparedRun
+
+T = TypeVar("T")
+LAB_STOP_DEADLINE_S = 30.0
 
 
 def up(
@@ -139,36 +155,165 @@ def guest_agent_setup(
     )
 
 
-@contextlib.contextmanager
-def lab_for_run(*, config: Path | None = None, seed: int | None = None) -> Iterator[LabState]:
-    """The running lab if there is one and no settings were asked for; else a
-    private lab for the duration of the ``with`` block."""
-    if config is None and seed is None:
-        running = control.read_state()
-        if running is not None:
-            yield running
-            return
-    with tempfile.TemporaryDirectory(prefix="measure-lab-") as state_dir:
-        state, _ = control.up(state_dir=Path(state_dir), config=config, seed=seed)
+class _PrivateLab:
+    """A lab started (once) in a worker thread for this process, and stopped
+    by :meth:`close` even while it is still starting (``cancel``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()  # held while starting
+        self.state_dir: Path | None = None
+
+    async def start(self, start: Callable[[Path, threading.Event], T]) -> T:
+        """Start the lab; a lab that cannot start fails the run's preflight
+        (nothing was migrated: exit 3), with the reason."""
+
+        def blocking() -> T:
+            with self._lock:
+                if self._cancel.is_set():
+                    raise LabError("the lab start was cancelled")
+                self.state_dir = Path(tempfile.mkdtemp(prefix=self._prefix))
+                return start(self.state_dir, self._cancel)
+
         try:
-            yield state
-        finally:
-            control.down(state_dir=Path(state_dir))
+            return await asyncio.to_thread(blocking)
+        except (LabError, PermissionError) as exc:
+            raise PreflightError(str(exc)) from None
+
+    async def close(self, stop: Callable[[Path], object]) -> None:
+        self._cancel.set()
+
+        def blocking() -> None:
+            # A start in progress sees the cancel within 50 ms and stops its daemon.
+            if not self._lock.acquire(timeout=LAB_STOP_DEADLINE_S):
+                return
+            try:
+                if self.state_dir is not None:
+                    stop(self.state_dir)
+                    shutil.rmtree(self.state_dir, ignore_errors=True)
+                    self.state_dir = None
+            finally:
+                self._lock.release()
+
+        await asyncio.to_thread(blocking)
 
 
-@contextlib.contextmanager
-def qemu_lab_for_run() -> Iterator[QemuLabState]:
-    """The running QEMU lab, or one started for the ``with`` block."""
-    running = qemu_control.read_state()
-    if running is not None:
-        yield running
-        return
-    with tempfile.TemporaryDirectory(prefix="measure-qemu-lab-") as state_dir:
-        state, _ = qemu_control.up(state_dir=Path(state_dir))
+class HyperVLabForRun:
+    """The emulated Hyper-V lab as a run environment.
+
+    The running lab (``measure lab up``) when one runs and no lab settings
+    were asked for; else a private lab, started by the first :meth:`prepare`
+    and stopped by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Path | None = None,
+        seed: int | None = None,
+        vm: str | None = None,
+        agent_listen: tuple[str, int] | None = None,
+        agent_wait_s: float | None = None,
+        agent_interval_s: float = 1.0,
+        witness_port: int | None = None,
+    ) -> None:
+        self._config = config
+        self._seed = seed
+        self._vm = vm
+        self._agent_listen = agent_listen
+        self._agent_wait_s = agent_wait_s
+        self._agent_interval_s = agent_interval_s
+        self._witness_port = witness_port  # the agent answers the witnesses there
+        self._state: LabState | None = None
+        self._private = _PrivateLab("measure-lab-")
+
+    async def prepare(self, config: RunConfig, interrupt: Interrupt) -> PreparedRun:
+        if self._state is None:
+            if self._config is None and self._seed is None:
+                self._state = control.read_state()
+            if self._state is None:
+                self._state = await self._private.start(self._start)
+        state = self._state
+        lab_config, passwords = run_config_for_lab(config, state, vm=self._vm)
+        agent = None
+        if self._agent_wait_s is not None:
+            agent = guest_agent_setup(
+                state,
+                listen=self._agent_listen,
+                contact_deadline_s=self._agent_wait_s,
+                interval_s=self._agent_interval_s,
+                witness_port=self._witness_port,
+            )
+        return PreparedRun(
+            config=lab_config,
+            passwords=passwords,
+            ground_truth=state.ground_truth,
+            extra_manifest={
+                "lab": {"state_file": str(state.path), "seed": state.document.get("seed")}
+            },
+            guest_agent=agent,
+        )
+
+    def _start(self, state_dir: Path, cancel: threading.Event) -> LabState:
+        state, _ = control.up(
+            state_dir=state_dir,
+            config=self._config,
+            seed=self._seed,
+            owner_pid=os.getpid(),
+            private=True,
+            cancel=cancel,
+        )
+        return state
+
+    async def close(self) -> None:
+        await self._private.close(lambda state_dir: control.down(state_dir=state_dir))
+
+
+class QemuLabForRun:
+    """The QEMU lab as a run environment: the running one, or one started for
+    this process; each run gets a fresh backend (after a migration the
+    lab's standby is new)."""
+
+    def __init__(self, *, agent_wait_s: float) -> None:
+        self._agent_wait_s = agent_wait_s
+        self._state: QemuLabState | None = None
+        self._serial: int | None = None
+        self._private = _PrivateLab("measure-qemu-lab-")
+        self._ram_dumps = tempfile.TemporaryDirectory(
+            prefix="mb-ram-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+        )
+
+    async def prepare(self, config: RunConfig, interrupt: Interrupt) -> PreparedRun:
+        if self._state is None:
+            self._state = qemu_control.read_state()
+            if self._state is None:
+                self._state = await self._private.start(self._start)
+        backend, current = await qemu_lab_backend(
+            config,
+            self._state,
+            after_serial=self._serial,
+            verify_dir=Path(self._ram_dumps.name),
+        )
+        self._serial = current.serial
+        return PreparedRun(
+            config=qemu_run_config(config, current),
+            backend=backend,
+            guest_agent=qemu_guest_agent_setup(current, contact_deadline_s=self._agent_wait_s),
+            extra_manifest={"lab": {"kind": "qemu", "state_file": str(current.path)}},
+        )
+
+    def _start(self, state_dir: Path, cancel: threading.Event) -> QemuLabState:
+        state, _ = qemu_control.up(
+            state_dir=state_dir, owner_pid=os.getpid(), private=True, cancel=cancel
+        )
+        return state
+
+    async def close(self) -> None:
         try:
-            yield state
+            await self._private.close(lambda state_dir: qemu_control.down(state_dir=state_dir))
         finally:
-            qemu_control.down(state_dir=Path(state_dir))
+            self._ram_dumps.cleanup()
 
 
 def qemu_settings(config: RunConfig) -> MigrationSettings:
@@ -235,49 +380,30 @@ def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) ->
 
 
 @contextlib.contextmanager
-def qemu_run(config: RunConfig, *, use_lab: bool, agent_wait_s: float) -> Iterator[dict[str, Any]]:
-    """The arguments of a QEMU run (or session): the QEMU lab (the running one,
-    or one for the ``with`` block), or the QMP endpoints of ``[qemu]``. Each
-    run gets a fresh backend (after a migration the lab's standby is new)."""
+def qemu_configured_run(config: RunConfig) -> Iterator[dict[str, Any]]:
+    """The arguments of a QEMU run (or session) on the QMP endpoints of ``[qemu]``."""
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(
         prefix="mb-ram-", dir=shm if shm.is_dir() else None
     ) as ram_dumps:
         verify_dir = Path(ram_dumps) if config.qemu.verify_memory else None
-        if not use_lab:
-            first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
-            backend = QemuBackend(
-                (first, second), settings=qemu_settings(config), verify_memory=verify_dir
-            )
+        first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
+        backend = QemuBackend(
+            (first, second), settings=qemu_settings(config), verify_memory=verify_dir
+        )
 
-            async def configured() -> QemuBackend:
-                return backend
+        async def configured() -> QemuBackend:
+            return backend
 
-            yield {"config": config, "backend_factory": configured}
-            return
-        with qemu_lab_for_run() as state:
-            serial: list[int | None] = [None]
-
-            async def next_backend() -> QemuBackend:
-                backend, current = await qemu_lab_backend(
-                    config, state, after_serial=serial[0], verify_dir=Path(ram_dumps)
-                )
-                serial[0] = current.serial
-                return backend
-
-            yield {
-                "config": qemu_run_config(config, state),
-                "backend_factory": next_backend,
-                "guest_agent": qemu_guest_agent_setup(state, contact_deadline_s=agent_wait_s),
-                "extra_manifest": {"lab": {"kind": "qemu", "state_file": str(state.path)}},
-            }
+        yield {"config": config, "backend_factory": configured}
 
 
 __all__ = [
+    "HyperVLabForRun",
     "LabError",
+    "QemuLabForRun",
     "down",
-    "lab_for_run",
-    "qemu_run",
+    "qemu_configured_run",
     "run_config_for_lab",
     "status",
     "up",

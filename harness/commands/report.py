@@ -29,6 +29,7 @@ from migration_blackout.analysis.report import (
 from migration_blackout.analysis.runfolder import RunFormatError
 
 from .. import exitcodes
+from ..runfolder import describe_error
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ def run(
         )
     except RunFormatError as exc:
         return _bad_input(str(exc))
+    except OSError as exc:  # derived/ could not be rebuilt (not a folder, a full disk)
+        return _bad_input(f"cannot rebuild a run's derived files: {describe_error(exc)}")
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        return _bad_input(f"a raw record this version cannot read: {type(exc).__name__}: {exc}")
 
     # Render everything before writing anything, so a failure leaves no partial set.
     markdown_text = render_markdown(report)

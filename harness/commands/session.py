@@ -33,8 +33,9 @@ from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .. import exitcodes
 from ..config import RunConfig
+from ..deadlines import Interrupt
 from ..runfolder import OutputFolderError, new_run_id
-from .run import PreflightError, RunResult, measure_run
+from .run import PreflightError, RunResult, measure_run, with_environment
 
 # Version history of session.json:
 #   1 (0.1.0): first version.
@@ -87,11 +88,13 @@ async def measure_session(
     ping_pong: bool,
     out: Path,
     command: list[str],
+    interrupt: Interrupt | None = None,
     on_run_start: Callable[[int, int], None] | None = None,
     labels: Mapping[str, str] | None = None,
     **run_kwargs: Any,
 ) -> SessionResult:
     """Run ``repeat`` migrations; every run folder is complete whatever happens.
+    An interrupt ends the run in progress (aborted) and the session.
 
     ``on_run_start(number, repeat)`` is called before each migration (number
     from 1), for a "run 2/3" header. ``labels`` go to every run's manifest
@@ -134,6 +137,7 @@ async def measure_session(
                     config=run_config,
                     out=session_dir,
                     command=command,
+                    interrupt=interrupt,
                     labels=labels,
                     **run_kwargs,
                 )
@@ -156,6 +160,8 @@ async def measure_session(
             _write(path, document)
             if result.exit_code in (exitcodes.INTERRUPTED, exitcodes.PREFLIGHT):
                 break
+            if interrupt is not None and interrupt.is_set():
+                break
             if ping_pong and result.source and result.destination:
                 run_config = replace(
                     run_config, source=result.destination, destination=result.source
@@ -177,5 +183,5 @@ async def measure_session(
     )
 
 
-def run(**kwargs: Any) -> SessionResult:
-    return asyncio.run(measure_session(**kwargs))
+def run(*, environment: Any = None, **kwargs: Any) -> SessionResult:
+    return asyncio.run(with_environment(measure_session, environment, **kwargs))

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from migration_blackout.analysis.derive import rebuild_derived
+from migration_blackout.analysis.runfolder import RunFormatError
 from migration_blackout.probes.clock import clock_pair
-from migration_blackout.probes.icmp import IcmpProbe, IcmpTargetStats
+from migration_blackout.probes.icmp import IcmpPermissionError, IcmpProbe, IcmpTargetStats
 
 from ..config import ProbeConfig
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..machine import MachineWatch
-from ..runfolder import RunStatus, create_run_folder
+from ..runfolder import OutputFolderError, RunStatus, create_run_folder, describe_error
 from ..witnesses import Witnesses
 
 # How long the probe may take to open its sockets and send its first probe.
@@ -151,6 +152,16 @@ async def watch_async(
         status = RunStatus.COMPLETED if measuring.is_set() else RunStatus.ABORTED
         if not ended_by:
             ended_by.append("duration")
+    except Exception as exc:
+        # A probe or the disk failed: the folder is finalised as failed and
+        # the caller gets a result that says why (never a traceback).
+        error = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc
+        status = RunStatus.FAILED
+        ended_by[:] = ["error"]
+        if isinstance(
+            error, ProbesNotReadyError | OutputFolderError | IcmpPermissionError | ValueError
+        ):
+            raise error from None
     except BaseException as exc:
         error = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
         cancelled = isinstance(error, KeyboardInterrupt | asyncio.CancelledError)
@@ -169,9 +180,14 @@ async def watch_async(
                 "message": f"stopped by {ended_by[0]} before the probes were measuring",
             }
             run.save()
-    summary_path = rebuild_derived(run.path)[0]
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    return WatchResult(run_dir=run.path, status=status, summary=summary, error=None)
+    message = None if error is None else describe_error(error)
+    summary = None
+    try:
+        summary_path = rebuild_derived(run.path)[0]
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, RunFormatError) as exc:
+        message = (message + "; " if message else "") + f"analysis failed: {describe_error(exc)}"
+    return WatchResult(run_dir=run.path, status=status, summary=summary, error=message)
 
 
 async def _supervise(

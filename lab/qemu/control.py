@@ -15,17 +15,29 @@ a new standby destination (see ``lab.qemu.lab`` for the ping-pong).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.lab.control import LabError, spawn_daemon
+from migration_blackout.lab.control import (
+    LabError,
+    process_start,
+    reap,
+    reap_orphans,
+    register,
+    registered_labs,
+    spawn_daemon,
+    stop_daemon,
+    unregister,
+)
 from migration_blackout.lab.control import default_state_dir as hyperv_state_dir
 from migration_blackout.lab.netns import require_netns_privileges
 
@@ -206,11 +218,15 @@ def up(
     state_dir: Path | None = None,
     config: QemuLabConfig | None = None,
     deadline_s: float = UP_DEADLINE_S,
+    owner_pid: int | None = None,
+    private: bool = False,
+    cancel: threading.Event | None = None,
 ) -> tuple[QemuLabState, bool]:
     """Start the QEMU lab unless one runs. Returns (state, started_now).
 
     Runs ``lab/qemu/setup.sh`` first if the guest images are missing (as
-    root; see docs/qemu.md). Raises ``LabError`` with the reason.
+    root; see docs/qemu.md). Raises ``LabError`` with the reason. ``owner_pid``,
+    ``private`` and ``cancel`` as for the Hyper-V lab (``lab.control.up``).
     """
     require_netns_privileges()
     state_dir = state_dir or default_state_dir()
@@ -224,6 +240,7 @@ def up(
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     config = config or QemuLabConfig()
+    reap_orphans("qemu")
     cleanup_stale_labs(config.prefix)
     log_path = state_dir / "daemon.log"
     argv = [
@@ -237,30 +254,34 @@ def up(
     ]
     proc = spawn_daemon(argv, log_path)
     _STARTED[proc.pid] = proc
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            _STARTED.pop(proc.pid, None)
-            detail = log_path.read_text(encoding="utf-8", errors="replace").strip()
-            last = detail.splitlines()[-1] if detail else f"exit code {code}"
-            raise LabError(f"the QEMU lab failed to start: {last} (log: {log_path})")
-        state = read_state(state_dir)
-        if state is not None and state.pid == proc.pid:
-            if state.status == STATUS_READY:
-                return state, True
-            if state.status == STATUS_FAILED:
-                break
-        time.sleep(0.05)
-    proc.terminate()
+    entry = register("qemu", proc.pid, state_dir, owner_pid=owner_pid, private=private)
+    where = "" if private else f" (log: {log_path})"
     try:
-        proc.wait(timeout=DOWN_DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    _STARTED.pop(proc.pid, None)
-    cleanup_stale_labs(config.prefix)
-    raise LabError(f"the QEMU lab did not become ready within {deadline_s:.0f} s (log: {log_path})")
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                raise LabError("the QEMU lab start was cancelled")
+            code = proc.poll()
+            if code is not None:
+                detail = log_path.read_text(encoding="utf-8", errors="replace").strip()
+                last = detail.splitlines()[-1] if detail else f"exit code {code}"
+                raise LabError(f"the QEMU lab failed to start: {last}{where}")
+            state = read_state(state_dir)
+            if state is not None and state.pid == proc.pid:
+                if state.status == STATUS_READY:
+                    return state, True
+                if state.status == STATUS_FAILED:
+                    raise LabError(f"the QEMU lab failed to start: {state.error}{where}")
+            time.sleep(0.05)
+        raise LabError(f"the QEMU lab did not become ready within {deadline_s:.0f} s{where}")
+    except BaseException:
+        stop_daemon(proc.pid, process_start(proc.pid), DOWN_DEADLINE_S)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
+        _STARTED.pop(proc.pid, None)
+        unregister(entry)
+        cleanup_stale_labs(config.prefix)
+        raise
 
 
 async def wait_ready(
@@ -293,9 +314,13 @@ def down(
     deadline_s: float = DOWN_DEADLINE_S,
     prefix: str = DEFAULT_PREFIX,
 ) -> list[str]:
-    """Stop the QEMU lab and clean up after it; returns what was removed. Idempotent."""
-    state_dir = state_dir or default_state_dir()
+    """Stop the QEMU lab at ``state_dir`` and every orphaned QEMU lab; returns
+    what was removed. Idempotent."""
+    state_dir = (state_dir or default_state_dir()).resolve()
     removed: list[str] = []
+    for record in registered_labs("qemu"):
+        if record.state_dir == state_dir:
+            removed += reap(record, deadline_s=deadline_s)
     path = state_dir / STATE_FILE
     try:
         document = _load(path)
@@ -322,6 +347,7 @@ def down(
         if leftover.exists():
             leftover.unlink()
             removed.append(str(leftover))
+    removed += reap_orphans("qemu")
     if os.geteuid() == 0:
         removed += cleanup_stale_labs(prefix)
     return removed
