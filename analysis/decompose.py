@@ -8,7 +8,7 @@ the ``decomposition`` block of summary.json that ``decomposition_summary``
 returns. The components:
 
 * **hypervisor blackout** (``host-polls``): source paused -> destination
-  running, from ``analysis.hyperv.host_blackout`` (harness clock only);
+  running, from ``analysis.hyperv_figures.host_blackout`` (harness clock only);
 * **reported blackout** (``hyperv-event:20415``): Hyper-V's own figure,
   printed to 0.1 s; whether it rounds or truncates is not documented, so
   ``[value - 0.05 s, value + 0.1 s]`` covers both;
@@ -49,7 +49,7 @@ from migration_blackout.analysis.guest import (
     ExecutionGap,
     execution_gaps,
 )
-from migration_blackout.analysis.hyperv import (
+from migration_blackout.analysis.hyperv_figures import (
     HostBlackout,
     StateEdge,
     host_blackout,
@@ -273,7 +273,7 @@ def _find_edge(
 ) -> _Edge | None:
     """The first change on ``host`` away from ``leaving`` (or into ``entering``).
 
-    The same rule as ``analysis.hyperv.host_blackout``: failed polls observed
+    The same rule as ``analysis.hyperv_figures.host_blackout``: failed polls observed
     nothing and are skipped; with ``after_mono_ns`` only polls received after it count.
     """
     if not len(polls):

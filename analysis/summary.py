@@ -15,7 +15,11 @@ from typing import Any
 from migration_blackout.analysis.console import console_summary
 from migration_blackout.analysis.decompose import decomposition_summary
 from migration_blackout.analysis.guest import analyse_guest, guest_summary
-from migration_blackout.analysis.hyperv import hyperv_summary, load_ground_truth, truth_summary
+from migration_blackout.analysis.hyperv_figures import (
+    hyperv_summary,
+    load_ground_truth,
+    truth_summary,
+)
 from migration_blackout.analysis.icmp import (
     BlackoutWindow,
     IcmpAnalysis,

@@ -82,7 +82,7 @@ from migration_blackout.analysis.guest import (
     load_frames,
     load_heartbeats,
 )
-from migration_blackout.analysis.hyperv import (
+from migration_blackout.analysis.hyperv_figures import (
     load_ground_truth,
     load_host_polls,
     load_hyperv_events,
@@ -239,7 +239,7 @@ class Timeline:
       ``analysis.console``): ``k``, ``host``, ``classification``, ``view``,
       ``send_mono_ns``, ``recv_mono_ns``, ``t_mono_ns`` (the middle),
       ``mean_luma``, ``dark_fraction``, ``image``; also in ``events``;
-    * ``polls``: ``analysis.hyperv.load_host_polls`` plus ``t_mono_ns`` (the
+    * ``polls``: ``analysis.hyperv_figures.load_host_polls`` plus ``t_mono_ns`` (the
       host's Get-Date mapped, kept inside the poll's send..recv),
       ``host_mono_ns`` and ``host_uncertainty_ns`` (the mapping itself; -1 and
       0 where the host has no clock estimate or the poll no ``host_time``).

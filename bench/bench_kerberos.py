@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from migration_blackout.lab import control  # noqa: E402
-from migration_blackout.lab.hyperv import LabConfig, LabThread  # noqa: E402
+from migration_blackout.lab.hyperv_emulator import LabConfig, LabThread  # noqa: E402
 from migration_blackout.lab.kerberos import KerberosSettings  # noqa: E402
 
 # A ~1 s migration: the run's wall time is mostly the harness, not the lab.

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from migration_blackout.harness.config import HostConfig  # noqa: E402
-from migration_blackout.harness.hyperv import HostSession, MoveVmCall  # noqa: E402
+from migration_blackout.harness.psrp_session import HostSession, MoveVmCall  # noqa: E402
 from migration_blackout.lab import control  # noqa: E402
 
 # Pre-copy of about 2 s, a blackout of about 1 s, reconvergence 0.5 s.

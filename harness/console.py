@@ -24,7 +24,7 @@ from typing import Any
 from migration_blackout.probes.console_view import ConsoleFrame
 
 from . import scripts
-from .hyperv import HostError, HostSession, _is_vm_not_found, _prop, parse_host_datetime
+from .psrp_session import HostError, HostSession, _is_vm_not_found, _prop, parse_host_datetime
 
 SCRIPT_RESOURCE = "scripts/Get-VMThumbnail.ps1"
 SCRIPT_NAME = "Get-VMThumbnail.ps1"

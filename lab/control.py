@@ -37,7 +37,7 @@ from migration_blackout.probes.environment import child_environment
 from . import kerberos
 from .daemon import KERBEROS_DIR, STATE_FILE, STATE_SCHEMA_VERSION
 from .guest import LAB_PREFIX
-from .netns import require_netns_privileges
+from .netns import process_runs, require_netns_privileges
 
 UP_DEADLINE_S = 20.0
 DOWN_DEADLINE_S = 10.0
@@ -120,18 +120,10 @@ class LabState:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        # A zombie child of ours counts as gone.
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
+    """``pid`` runs (not a zombie); a zombie child of ours is reaped on the way."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return process_runs(pid)
 
 
 def read_state(state_dir: Path | None = None) -> LabState | None:

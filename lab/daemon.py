@@ -26,7 +26,7 @@ from pathlib import Path
 from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .guest import NetnsGuest
-from .hyperv import LabHosts
+from .hyperv_emulator import LabHosts
 from .labconfig import LabConfigError, load_lab_config
 
 STATE_FILE = "lab.json"

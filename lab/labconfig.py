@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .hyperv import (
+from .hyperv_emulator import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
     FaultConfig,

@@ -147,14 +147,16 @@ def _links() -> list[str]:
     return names
 
 
-def _pid_alive(pid: int) -> bool:
+def process_runs(pid: int) -> bool:
+    """``pid`` exists and is not a zombie. A zombie holds no namespace, socket or
+    file any more, and in a container whose first process is slow to reap (or
+    never reaps) a killed daemon stays one: it is gone for every purpose here."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    fields = text[text.rfind(")") + 2 :].split()
+    return bool(fields) and fields[0] != "Z"
 
 
 def _name_pattern(prefix: str) -> re.Pattern[str]:
@@ -175,7 +177,7 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
         if not match:
             continue
         index, pid = int(match[1]), int(match[2])
-        if _pid_alive(pid):
+        if process_runs(pid):
             live_indexes.add(index)
             continue
         _ip("link", "del", f"{prefix}{index}h", check=False)

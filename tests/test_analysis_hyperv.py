@@ -1,11 +1,11 @@
-"""Hyper-V's own blackout figure from harvested events (analysis/hyperv.py):
+"""Hyper-V's own blackout figure from harvested events (analysis/hyperv_figures.py):
 read from the event data, whatever the host's language; the English message
 only for events harvested before the data was kept."""
 
 from __future__ import annotations
 
-from migration_blackout.analysis.hyperv import reported_blackout
-from migration_blackout.harness.hyperv import PowerShellError, _is_vm_not_found, event_data
+from migration_blackout.analysis.hyperv_figures import reported_blackout
+from migration_blackout.harness.psrp_session import PowerShellError, _is_vm_not_found, event_data
 
 VM = "HVSW10Home"
 VM_ID = "6E5F1B0C-98A0-4A3B-9F2B-3C6C0AD1E7A4"

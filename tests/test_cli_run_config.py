@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from migration_blackout.lab.hyperv import (
+from migration_blackout.lab.hyperv_emulator import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
     LabConfig,

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from migration_blackout.lab.hyperv.thumbnail import encode_rgb565, render_connecting, render_desktop
+from migration_blackout.lab.hyperv_emulator.screen import (
+    encode_rgb565,
+    render_connecting,
+    render_desktop,
+)
 from migration_blackout.probes.console_view import (
     BLACK,
     CHANGED,

@@ -19,11 +19,11 @@ from test_lab_hyperv_support import DST, SRC, VM, fast_config, fast_timing
 from migration_blackout.analysis.console import console_summary, load_console
 from migration_blackout.harness.config import HostConfig
 from migration_blackout.harness.console import console_poll_function
-from migration_blackout.harness.hyperv import HostSession, MoveVmCall
+from migration_blackout.harness.psrp_session import HostSession, MoveVmCall
 from migration_blackout.harness.runfolder import create_run_folder
-from migration_blackout.lab.hyperv import LabThread, Span, read_ground_truth
-from migration_blackout.lab.hyperv import groundtruth as gt
-from migration_blackout.lab.hyperv.thumbnail import encode_rgb565, render_desktop
+from migration_blackout.lab.hyperv_emulator import LabThread, Span, read_ground_truth
+from migration_blackout.lab.hyperv_emulator import groundtruth as gt
+from migration_blackout.lab.hyperv_emulator.screen import encode_rgb565, render_desktop
 from migration_blackout.probes.console_view import CONSOLE_FILE, ConsoleFrame, ConsoleViewProbe
 
 INTERVAL_S = 0.1

@@ -18,10 +18,10 @@ from migration_blackout.harness.console import (
     fetch_thumbnail,
     thumbnail_script,
 )
-from migration_blackout.harness.hyperv import HostCallError, HostSession
-from migration_blackout.lab.hyperv import HostConfig as LabHostConfig
-from migration_blackout.lab.hyperv import LabThread, read_ground_truth
-from migration_blackout.lab.hyperv.thumbnail import THUMBNAIL_SCRIPT
+from migration_blackout.harness.psrp_session import HostCallError, HostSession
+from migration_blackout.lab.hyperv_emulator import HostConfig as LabHostConfig
+from migration_blackout.lab.hyperv_emulator import LabThread, read_ground_truth
+from migration_blackout.lab.hyperv_emulator.thumbnail import THUMBNAIL_SCRIPT
 
 HOSTILE = "x'; Remove-VM *"
 

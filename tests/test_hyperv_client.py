@@ -1,4 +1,4 @@
-"""The harness's Hyper-V client (harness.hyperv) against the emulated hosts,
+"""The harness's Hyper-V client (harness.psrp_session) against the emulated hosts,
 through the unmodified pypsrp client over real HTTP."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pypsrp.exceptions import WinRMTransportError
 from pypsrp.powershell import PowerShell, RunspacePool
 
 from migration_blackout.harness.config import HostConfig
-from migration_blackout.harness.hyperv import (
+from migration_blackout.harness.psrp_session import (
     HostAuthError,
     HostCallError,
     HostSession,
@@ -27,7 +27,7 @@ from migration_blackout.harness.hyperv import (
     missing_auth_support,
     parse_host_datetime,
 )
-from migration_blackout.lab.hyperv import (
+from migration_blackout.lab.hyperv_emulator import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
     DEFAULT_VM_NAME,
@@ -37,7 +37,7 @@ from migration_blackout.lab.hyperv import (
     Span,
     read_ground_truth,
 )
-from migration_blackout.lab.hyperv import HostConfig as LabHostConfig
+from migration_blackout.lab.hyperv_emulator import HostConfig as LabHostConfig
 
 FAST = MigrationTiming(
     precopy_overhead=Span(0.3),

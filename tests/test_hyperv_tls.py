@@ -8,8 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from migration_blackout.harness.config import HostConfig
-from migration_blackout.harness.hyperv import HostSession, HostUnreachableError
-from migration_blackout.lab.hyperv import DEFAULT_SOURCE_HOST, DEFAULT_VM_NAME, LabConfig, LabThread
+from migration_blackout.harness.psrp_session import HostSession, HostUnreachableError
+from migration_blackout.lab.hyperv_emulator import (
+    DEFAULT_SOURCE_HOST,
+    DEFAULT_VM_NAME,
+    LabConfig,
+    LabThread,
+)
 
 
 @pytest.fixture(scope="module")

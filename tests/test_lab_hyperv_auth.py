@@ -10,7 +10,7 @@ from pypsrp.powershell import RunspacePool
 from pypsrp.wsman import WSMan
 from test_lab_hyperv_support import SRC, VM, fast_config, open_pool, run, wsman_for
 
-from migration_blackout.lab.hyperv import LabThread
+from migration_blackout.lab.hyperv_emulator import LabThread
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from test_lab_hyperv_support import (
     wsman_for,
 )
 
-from migration_blackout.lab.hyperv import (
+from migration_blackout.lab.hyperv_emulator import (
     FaultConfig,
     HostConfig,
     LabThread,
@@ -32,8 +32,8 @@ from migration_blackout.lab.hyperv import (
     UnresponsiveFault,
     read_ground_truth,
 )
-from migration_blackout.lab.hyperv import groundtruth as gt
-from migration_blackout.lab.hyperv.model import MigrationFailedError
+from migration_blackout.lab.hyperv_emulator import groundtruth as gt
+from migration_blackout.lab.hyperv_emulator.model import MigrationFailedError
 
 MOVE_FAILED_ID = "OperationFailed,Microsoft.HyperV.PowerShell.Commands.MoveVM"
 

@@ -27,14 +27,14 @@ from test_lab_hyperv_support import (
     wait_until,
 )
 
-from migration_blackout.lab.hyperv import (
+from migration_blackout.lab.hyperv_emulator import (
     HostConfig,
     InMemoryGuest,
     LabThread,
     Span,
     read_ground_truth,
 )
-from migration_blackout.lab.hyperv import groundtruth as gt
+from migration_blackout.lab.hyperv_emulator import groundtruth as gt
 
 VMMS_LOG = "Microsoft-Windows-Hyper-V-VMMS-Admin"
 WORKER_LOG = "Microsoft-Windows-Hyper-V-Worker-Admin"

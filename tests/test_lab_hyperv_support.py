@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
-from migration_blackout.lab.hyperv import (
+from migration_blackout.lab.hyperv_emulator import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
     DEFAULT_VM_NAME,
@@ -25,7 +25,7 @@ from migration_blackout.lab.hyperv import (
     Span,
     VmConfig,
 )
-from migration_blackout.lab.hyperv.model import MIB
+from migration_blackout.lab.hyperv_emulator.model import MIB
 
 SRC = DEFAULT_SOURCE_HOST
 DST = DEFAULT_DESTINATION_HOST

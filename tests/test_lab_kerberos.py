@@ -23,8 +23,8 @@ from pypsrp.powershell import RunspacePool
 from pypsrp.wsman import WSMan
 from test_lab_hyperv_support import DST, SRC, VM, error_texts, fast_config, run, vm_state
 
-from migration_blackout.lab.hyperv import HostConfig, LabThread, read_ground_truth
-from migration_blackout.lab.hyperv.gss import (
+from migration_blackout.lab.hyperv_emulator import HostConfig, LabThread, read_ground_truth
+from migration_blackout.lab.hyperv_emulator.gss import (
     NO_CREDENTIALS,
     HopRefused,
     SecondHop,

@@ -25,7 +25,7 @@ from test_run_lab import FAST_LAB
 
 from migration_blackout.lab import control
 from migration_blackout.lab.control import LabState
-from migration_blackout.lab.hyperv import read_ground_truth
+from migration_blackout.lab.hyperv_emulator import read_ground_truth
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -207,8 +207,11 @@ def test_lab_run_over_kerberos_with_the_labs_password(tmp_path: Path) -> None:
 
 def preflight_error(proc: subprocess.CompletedProcess[str], run_dir: Path | None) -> str:
     assert proc.returncode == 3, proc.stderr
-    # One line, naming the host and the fix (and where the run folder is).
-    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    # One error line, naming the host and the fix (and where the run folder is); the
+    # rest is progress ("[   0.0 s] lab: starting the lab"), never a traceback.
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    (line,) = [line for line in lines if line.startswith("measure:")]
+    assert all(other == line or other.startswith("[") for other in lines), lines
     assert line.startswith("measure: error: ") and line.endswith(f"(run folder {run_dir})")
     assert run_dir is not None
     manifest = json.loads((run_dir / "manifest.json").read_text())

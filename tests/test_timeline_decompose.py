@@ -20,7 +20,7 @@ from migration_blackout.analysis.decompose import (
     decompose_run,
     decomposition_summary,
 )
-from migration_blackout.analysis.hyperv import host_blackout
+from migration_blackout.analysis.hyperv_figures import host_blackout
 from migration_blackout.analysis.timeline import build_timeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def test_without_a_guest_agent_each_component_holds_the_truth(tmp_path: Path) ->
     assert hypervisor is not None and hypervisor.source == "host-polls"
     assert contains(hypervisor, truth.pause_to_resume_ms)
     assert within(hypervisor.start, truth.pause) and within(hypervisor.end, truth.resume)
-    # It is analysis.hyperv.host_blackout's window, unchanged.
+    # It is analysis.hyperv_figures.host_blackout's window, unchanged.
     window = host_blackout(timeline.polls, SOURCE, DESTINATION)
     assert window is not None
     assert (hypervisor.lower_ms, hypervisor.upper_ms) == (window.lower_ms, window.upper_ms)

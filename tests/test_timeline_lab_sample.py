@@ -18,7 +18,7 @@ from migration_blackout.analysis.decompose import (
     decompose,
     decomposition_summary,
 )
-from migration_blackout.analysis.hyperv import load_ground_truth, truth_summary
+from migration_blackout.analysis.hyperv_figures import load_ground_truth, truth_summary
 from migration_blackout.analysis.runfolder import load_run
 from migration_blackout.analysis.timeline import Timeline, build_timeline
 

@@ -27,13 +27,13 @@ from pypsrp.serializer import Serializer
 from pypsrp.wsman import WSMan
 from test_lab_hyperv_support import DST, SRC, VM, cmdlet, fast_config, fast_timing, open_pool, run
 
-from migration_blackout.harness.hyperv import (
+from migration_blackout.harness.psrp_session import (
     PowerShellError,
     _find_vm,
     _is_vm_not_found,
     parse_host_datetime,
 )
-from migration_blackout.lab.hyperv import HostConfig, LabThread, Span
+from migration_blackout.lab.hyperv_emulator import HostConfig, LabThread, Span
 
 SHAPES = Path(__file__).parent / "data" / "winrm-shapes"
 

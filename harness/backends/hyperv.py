@@ -1,6 +1,6 @@
 """Hyper-V over PowerShell remoting (pypsrp): real hosts and the emulated lab.
 
-One :class:`~harness.hyperv.HostSession` per host for the whole run (polls,
+One :class:`~harness.psrp_session.HostSession` per host for the whole run (polls,
 Get-Date, events); Move-VM on a connection of its own on the source host,
 the write-up's rule. Everything blocking runs in worker threads.
 """
@@ -24,7 +24,7 @@ from .. import kerberos
 from ..clocksync import ClockOffset, sample_clock
 from ..config import HostConfig, RunConfig
 from ..console import console_poll_function
-from ..hyperv import (
+from ..psrp_session import (
     HostAuthError,
     HostCallError,
     HostError,

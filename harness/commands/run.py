@@ -68,8 +68,8 @@ from ..deadlines import (
     within,
 )
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
-from ..hyperv import HostError
 from ..machine import MachineWatch
+from ..psrp_session import HostError
 from ..runfolder import RunFolder, RunStatus, create_run_folder, host_file_name
 from ..witnesses import Witnesses
 

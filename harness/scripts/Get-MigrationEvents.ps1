@@ -28,8 +28,8 @@
     events is no output and no error. Other failures of Get-WinEvent (no
     such log, access denied) are written as non-terminating errors.
 
-    The harness sends this file unchanged (harness/hyperv.py); the emulated
-    lab recognises it by its text (lab/hyperv/eventlog.py).
+    The harness sends this file unchanged (harness/psrp_session.py); the emulated
+    lab recognises it by its text (lab/hyperv_emulator/eventlog.py).
 #>
 [CmdletBinding()]
 param(

@@ -23,7 +23,7 @@
     (access denied, the service not running) terminate the script.
 
     The harness sends this file unchanged (harness/console.py); the emulated
-    lab recognises it by its text (lab/hyperv/thumbnail.py).
+    lab recognises it by its text (lab/hyperv_emulator/thumbnail.py).
 #>
 [CmdletBinding()]
 param(

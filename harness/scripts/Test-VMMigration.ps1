@@ -17,8 +17,8 @@
     serialisation depth and would arrive as type names; flattened here they
     arrive as text. No incompatibilities: an empty list.
 
-    The harness sends this file unchanged (harness/hyperv.py); the emulated
-    lab recognises it by its text (lab/hyperv/preflight.py).
+    The harness sends this file unchanged (harness/psrp_session.py); the emulated
+    lab recognises it by its text (lab/hyperv_emulator/preflight.py).
 #>
 [CmdletBinding()]
 param(

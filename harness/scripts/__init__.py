@@ -6,7 +6,7 @@ as script text. The emulated lab recognises each by its text.
 
 - ``Get-VMThumbnail.ps1``: the VM's console screen (harness/console.py).
 - ``Get-MigrationEvents.ps1``: Hyper-V's migration events with their event
-  data as XML (the harvest, harness/hyperv.py).
+  data as XML (the harvest, harness/psrp_session.py).
 - ``Test-VMMigration.ps1``: Compare-VM on the source, flattened (preflight).
 """
 

@@ -41,6 +41,7 @@ from migration_blackout.lab.control import (
 from migration_blackout.lab.control import default_state_dir as hyperv_state_dir
 from migration_blackout.lab.netns import require_netns_privileges
 
+from ..netns import process_runs
 from .artefacts import QemuSetupError, ensure_artefacts
 from .daemon import STATE_FILE, STATE_SCHEMA_VERSION
 from .lab import STATUS_FAILED, STATUS_READY, QemuLabConfig
@@ -176,17 +177,10 @@ class QemuLabState:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # a zombie child of ours counts as gone
-        return done == 0
-    except ChildProcessError:
-        return True
+    """``pid`` runs (not a zombie); a zombie child of ours is reaped on the way."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return process_runs(pid)
 
 
 def _load(path: Path) -> dict[str, Any] | None:

@@ -43,8 +43,8 @@ from migration_blackout.lab.netns import (
     _ip,
     _ip_batch,
     _namespaces,
-    _pid_alive,
     cleanup_stale,
+    process_runs,
     require_netns_privileges,
 )
 
@@ -65,7 +65,7 @@ def _kill_namespace_processes(namespace: str, timeout_s: float = 5.0) -> list[in
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout_s
-    while any(_pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_runs(pid) for pid in pids) and time.monotonic() < deadline:
         for pid in pids:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
@@ -80,7 +80,7 @@ def cleanup_stale_labs(prefix: str = DEFAULT_PREFIX) -> list[str]:
     pattern = re.compile(rf"^{re.escape(prefix)}(\d+)-(\d+)$")
     for name in _namespaces():
         match = pattern.match(name)
-        if match and not _pid_alive(int(match[2])):
+        if match and not process_runs(int(match[2])):
             removed += [f"process {pid} in {name}" for pid in _kill_namespace_processes(name)]
     return removed + cleanup_stale(prefix)
 

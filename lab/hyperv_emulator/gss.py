@@ -203,7 +203,7 @@ class KerberosAcceptor:
 # The second hop
 
 
-# Windows' failure for each kind of hop, as keys of lab.hyperv.messages (the
+# Windows' failure for each kind of hop, as keys of lab.hyperv_emulator.messages (the
 # same texts as the lab's rule without a KDC, Lab.second_hop_failure): CredSSP
 # without delegated credentials and Kerberos refused both 0x8009030E (docs/lab.md);
 # a destination with no account in the realm 0x8009030D (not verified).
@@ -214,7 +214,7 @@ UNKNOWN_CREDENTIALS = "unknown_credentials"
 class HopRefused(Exception):
     """The source host could not authenticate to the destination for the user.
 
-    ``message_key``: Windows' failure (lab.hyperv.messages); ``detail``: what
+    ``message_key``: Windows' failure (lab.hyperv_emulator.messages); ``detail``: what
     the KDC or the destination said.
     """
 

@@ -45,7 +45,7 @@ from psrpcore.types import (
     add_note_property,
 )
 
-from migration_blackout.lab.hyperv.model import (
+from migration_blackout.lab.hyperv_emulator.model import (
     VM_VERSION,
     EventLevel,
     HostConfig,

@@ -16,7 +16,7 @@ from typing import Any
 
 from psrpcore.types import PSCustomObject, PSList
 
-from migration_blackout.lab.hyperv import cmdlets, model
+from migration_blackout.lab.hyperv_emulator import cmdlets, model, scripts
 
 SCRIPT_RESOURCE = "scripts/Test-VMMigration.ps1"
 SCRIPT_NAME = "Test-VMMigration.ps1"
@@ -46,14 +46,17 @@ async def _test_migration(ctx: cmdlets.CmdletContext, params: dict[str, Any]) ->
     )
 
 
-COMPARE_SCRIPT = cmdlets.Cmdlet(
-    SCRIPT_NAME,
-    SCRIPT_NAME,
-    (
-        cmdlets.Parameter("VMName", position=0, mandatory=True),
-        cmdlets.Parameter("DestinationHost", position=1, mandatory=True),
-        cmdlets.Parameter("IncludeStorage", switch=True),
-        cmdlets.Parameter("DestinationStoragePath", position=2),
+COMPARE_SCRIPT = scripts.register_shipped(
+    SCRIPT_RESOURCE,
+    cmdlets.Cmdlet(
+        SCRIPT_NAME,
+        SCRIPT_NAME,
+        (
+            cmdlets.Parameter("VMName", position=0, mandatory=True),
+            cmdlets.Parameter("DestinationHost", position=1, mandatory=True),
+            cmdlets.Parameter("IncludeStorage", switch=True),
+            cmdlets.Parameter("DestinationStoragePath", position=2),
+        ),
+        _test_migration,
     ),
-    _test_migration,
 )

@@ -25,12 +25,12 @@ from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
-from migration_blackout.lab.hyperv import groundtruth as gt
-from migration_blackout.lab.hyperv.auth import Credentials, NtlmUserFile
-from migration_blackout.lab.hyperv.gss import KerberosAcceptor, SecondHop, require_gssapi
-from migration_blackout.lab.hyperv.model import GuestControl, InMemoryGuest, Lab, LabConfig
-from migration_blackout.lab.hyperv.server import HostServer
-from migration_blackout.lab.hyperv.tls import make_self_signed
+from migration_blackout.lab.hyperv_emulator import groundtruth as gt
+from migration_blackout.lab.hyperv_emulator.auth import Credentials, NtlmUserFile
+from migration_blackout.lab.hyperv_emulator.gss import KerberosAcceptor, SecondHop, require_gssapi
+from migration_blackout.lab.hyperv_emulator.model import GuestControl, InMemoryGuest, Lab, LabConfig
+from migration_blackout.lab.hyperv_emulator.server import HostServer
+from migration_blackout.lab.hyperv_emulator.tls import make_self_signed
 from migration_blackout.lab.kerberos import HostAccount, LabKdc, LabRealm, ProcessKrb5Config
 
 T = TypeVar("T")

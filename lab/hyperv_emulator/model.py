@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from migration_blackout.lab.hyperv import groundtruth as gt
-from migration_blackout.lab.hyperv import messages
+from migration_blackout.lab.hyperv_emulator import groundtruth as gt
+from migration_blackout.lab.hyperv_emulator import messages
+from migration_blackout.lab.hyperv_emulator.screen import ConsoleScreen
 from migration_blackout.lab.kerberos import KerberosSettings
 from migration_blackout.probes.clock import ClockPair, clock_pair
 
@@ -181,7 +182,7 @@ class MigrationTiming:
     negotiation: Span = Span(0.2, 0.5)
     # Hyper-V writes 20417 instead of a plain 20415 above this blackout.
     critical_blackout_s: float = 5.0
-    # The console after resume (the write-up's F-H, lab/hyperv/thumbnail.py):
+    # The console after resume (the write-up's F-H, lab/hyperv_emulator/thumbnail.py):
     # "Connecting to <vm>..." this long, then black this long, then the desktop.
     console_connecting: Span = Span(0.5, 1.5)
     console_black_after_connecting: Span = Span(0.5, 1.5)
@@ -616,12 +617,10 @@ class Lab:
         self._fired_faults: set[UnresponsiveFault] = set()
         self._jobs: list[_Job] = []
         self._brownout = False  # the guest is slowed by pre-copy now
-        # Imported here: the console module builds on this one.
-        from migration_blackout.lab.hyperv.thumbnail import ConsoleScreen
-
         self.console = ConsoleScreen(
             vm_name=config.vm.name,
-            timing=config.timing,
+            connecting=config.timing.console_connecting,
+            black_after_connecting=config.timing.console_black_after_connecting,
             seed=config.seed,
             clock=self._clock,
             record=self._record,
@@ -960,7 +959,7 @@ class Lab:
 
         With the lab's KDC (``reach``) real tickets decide: the source gets one
         for the destination's migration service on the user's behalf, or the
-        KDC refuses (lab.hyperv.gss). Without it, :meth:`second_hop_failure`
+        KDC refuses (lab.hyperv_emulator.gss). Without it, :meth:`second_hop_failure`
         decides from lab.toml.
         """
         if reach is None:

@@ -3,7 +3,7 @@
 Authentication (Basic, or Negotiate with message encryption: NTLM, and
 Kerberos with the host's keytab when the lab has a KDC) happens first, then
 the WS-Man action is dispatched to the host's shells
-(:class:`~lab.hyperv.psrp.PoolSession`), each of which remembers who opened it.
+(:class:`~lab.hyperv_emulator.psrp.PoolSession`), each of which remembers who opened it.
 A Move-VM in such a shell reaches the destination only as far as that
 identity and the lab's KDC allow (:meth:`HostServer.reach_for`). A host the
 lab has made unresponsive either holds every request unanswered or closes the
@@ -23,8 +23,8 @@ from typing import Any
 from aiohttp import web
 from psrpcore import PSRPCoreError
 
-from migration_blackout.lab.hyperv import wsman
-from migration_blackout.lab.hyperv.auth import (
+from migration_blackout.lab.hyperv_emulator import wsman
+from migration_blackout.lab.hyperv_emulator.auth import (
     AuthenticationRefused,
     ConnectionRegistry,
     ConnectionSecurity,
@@ -33,10 +33,15 @@ from migration_blackout.lab.hyperv.auth import (
     parse_basic,
     parse_negotiate,
 )
-from migration_blackout.lab.hyperv.gss import GSSError, HopRefused, KerberosAcceptor, SecondHop
-from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
-from migration_blackout.lab.hyperv.model import Lab, ReachDestination, SecondHopRefused
-from migration_blackout.lab.hyperv.psrp import PoolSession, Spawn, UnknownCommandError
+from migration_blackout.lab.hyperv_emulator.gss import (
+    GSSError,
+    HopRefused,
+    KerberosAcceptor,
+    SecondHop,
+)
+from migration_blackout.lab.hyperv_emulator.identity import ANONYMOUS, SessionIdentity
+from migration_blackout.lab.hyperv_emulator.model import Lab, ReachDestination, SecondHopRefused
+from migration_blackout.lab.hyperv_emulator.psrp import PoolSession, Spawn, UnknownCommandError
 
 log = logging.getLogger(__name__)
 

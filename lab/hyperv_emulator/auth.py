@@ -8,7 +8,7 @@
 - Negotiate: one security context per TCP connection (as on Windows, the
   client authenticates once per connection and later requests carry no
   Authorization header). Kerberos (a raw Kerberos token, or SPNEGO preferring
-  Kerberos) goes to the host's GSSAPI acceptor (:mod:`lab.hyperv.gss`, the
+  Kerberos) goes to the host's GSSAPI acceptor (:mod:`lab.hyperv_emulator.gss`, the
   host's keytab from the lab's KDC) when the lab has one; everything else to
   pyspnego's NTLM acceptor. Bodies are then wrapped in the
   ``multipart/encrypted`` envelope of [MS-WSMV] 2.2.9.1.
@@ -16,7 +16,7 @@
   ``NTLM_USER_FILE`` environment variable (lines ``DOMAIN:user:password``);
   :class:`NtlmUserFile` writes that file and points the variable at it.
 
-Whoever authenticated is a :class:`~lab.hyperv.identity.SessionIdentity`,
+Whoever authenticated is a :class:`~lab.hyperv_emulator.identity.SessionIdentity`,
 which the shells keep.
 """
 
@@ -35,8 +35,8 @@ from typing import Any, Literal
 import spnego
 from spnego.exceptions import SpnegoError
 
-from migration_blackout.lab.hyperv.gss import GSSError, KerberosAcceptor, token_kind
-from migration_blackout.lab.hyperv.identity import SessionIdentity
+from migration_blackout.lab.hyperv_emulator.gss import GSSError, KerberosAcceptor, token_kind
+from migration_blackout.lab.hyperv_emulator.identity import SessionIdentity
 
 SPNEGO_ENCRYPTED = "application/HTTP-SPNEGO-session-encrypted"
 CREDSSP_ENCRYPTED = "application/HTTP-CredSSP-session-encrypted"

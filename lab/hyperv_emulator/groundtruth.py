@@ -64,7 +64,7 @@ class GroundTruthLog:
         header = {
             "kind": "header",
             "schema_version": SCHEMA_VERSION,
-            "writer": "lab.hyperv",
+            "writer": "lab.hyperv_emulator",
             "created": clock_pair().to_json(),
             "lab": lab_description,
         }
@@ -105,8 +105,8 @@ def read_ground_truth(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     if version != SCHEMA_VERSION:
         raise ValueError(
             f"{path} has ground-truth schema_version {version!r}; this reader understands "
-            f"only {SCHEMA_VERSION}. Re-run the lab with this version of lab.hyperv, or read "
-            "it with the version that wrote it."
+            f"only {SCHEMA_VERSION}. Re-run the lab with this version of lab.hyperv_emulator, "
+            "or read it with the version that wrote it."
         )
     events = [json.loads(line) for line in lines[1:] if line.strip()]
     return header, events

@@ -1,16 +1,4 @@
-"""The VM's console screen on the emulated hosts, and the one script that reads it.
-
-On a real host, ``Msvm_VirtualSystemManagementService.GetVirtualSystemThumbnailImage``
-returns the VM's screen as raw RGB565: the host-side twin of the VM Connection
-window the write-up watched. The harness reads it with
-``harness/scripts/Get-VMThumbnail.ps1``, sent unchanged with ``AddScript`` and
-the VM name, width and height as parameters. The lab does not interpret
-PowerShell: it recognises that script by its text (loaded from the same package
-path the harness sends it from) and answers what the script answers on a real
-host: one object with ``VMName``, ``VMId``, ``ComputerName``, ``Width``,
-``Height``, ``ImageData`` and ``HostTime`` from the host that lists the VM; on a
-host that does not, the script's non-terminating "unable to find a virtual
-machine" error and nothing else. Any other script text is still refused.
+"""The migrated VM's console screen on the emulated hosts: what it shows, and its pixels.
 
 The screen follows the write-up (the shared DOMAIN.md, points A-H):
 
@@ -34,6 +22,10 @@ before.
 RGB565 here is what Windows' ``Format16bppRgb565`` holds and what every
 published reader of this method decodes: one little-endian 16-bit word per
 pixel, red in bits 15-11, green in 10-5, blue in 4-0, rows top to bottom.
+
+The migration model (``model.Lab``) drives the screen and the thumbnail script
+(``thumbnail``) reads it; this module imports neither, and takes the durations
+and the clock it needs as values.
 """
 
 from __future__ import annotations
@@ -41,26 +33,14 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import functools
-import pkgutil
 import random
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from psrpcore.types import ErrorCategory, ErrorRecord, PSByteArray, PSCustomObject, PSInt
 
-from migration_blackout.lab.hyperv import cmdlets, model, pstypes
-from migration_blackout.lab.hyperv.cmdlets import CmdletContext, Parameter, TerminatingError
 from migration_blackout.probes.clock import ClockPair
-
-SCRIPT_PACKAGE = "migration_blackout.harness"
-SCRIPT_RESOURCE = "scripts/Get-VMThumbnail.ps1"
-SCRIPT_NAME = "Get-VMThumbnail.ps1"
-
-# The script's [ValidateRange(1, 4096)] on Width and Height.
-MIN_PIXELS = 1
-MAX_PIXELS = 4096
 
 CONSOLE_DESKTOP = "console_desktop"
 CONSOLE_BLACK = "console_black"
@@ -86,6 +66,18 @@ class ScreenPhase(enum.StrEnum):
         return f"console_{self.value}"
 
 
+class Duration(Protocol):
+    """A duration in seconds drawn from ``rng`` (``model.Span``)."""
+
+    def draw(self, rng: random.Random) -> float: ...
+
+
+class Sleeper(Protocol):
+    """The lab's clock, for waiting (``model.LabClock``)."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
 # ---- the screen ---------------------------------------------------------------
 
 Record = Callable[..., ClockPair]
@@ -104,14 +96,16 @@ class ConsoleScreen:
         self,
         *,
         vm_name: str,
-        timing: model.MigrationTiming,
+        connecting: Duration,
+        black_after_connecting: Duration,
         seed: int,
-        clock: model.LabClock,
+        clock: Sleeper,
         record: Record,
         spawn: Spawn,
     ) -> None:
         self.vm_name = vm_name
-        self._timing = timing
+        self._connecting = connecting
+        self._black_after_connecting = black_after_connecting
         self._clock = clock
         self._record = record
         self._spawn = spawn
@@ -142,8 +136,8 @@ class ConsoleScreen:
     def resume(self, *, host: str) -> None:
         """The VM runs on ``host`` again: Connecting..., black, then the desktop."""
         self._generation += 1
-        connecting_s = self._timing.console_connecting.draw(self._rng)
-        black_s = self._timing.console_black_after_connecting.draw(self._rng)
+        connecting_s = self._connecting.draw(self._rng)
+        black_s = self._black_after_connecting.draw(self._rng)
         if connecting_s > 0:
             self._switch(ScreenPhase.CONNECTING, host=host, reason="resume")
         self._spawn(self._reconnect(self._generation, host, connecting_s, black_s))
@@ -171,18 +165,19 @@ class ConsoleScreen:
     def frame(
         self,
         *,
-        state: model.VmState,
+        running: bool,
         host: str,
         width: int,
         height: int,
         host_time_ns: int,
         utc_offset: dt.timedelta,
     ) -> bytes:
-        """The screen as ``host`` renders it now, ``width`` x ``height`` RGB565."""
+        """The screen as ``host`` renders it now, ``width`` x ``height`` RGB565 (black
+        unless the VM is ``running`` there)."""
         if not self._watched:
             self._watched = True
             self._record(self._phase.event, vm=self.vm_name, host=host, reason="first_request")
-        phase = self._phase if state == model.VmState.Running else ScreenPhase.BLACK
+        phase = self._phase if running else ScreenPhase.BLACK
         self._frames += 1
         if phase == ScreenPhase.BLACK:
             return bytes(width * height * 2)
@@ -254,171 +249,3 @@ def encode_rgb565(image: Image.Image) -> bytes:
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint16)
     words = ((rgb[..., 0] >> 3) << 11) | ((rgb[..., 1] >> 2) << 5) | (rgb[..., 2] >> 3)
     return words.astype("<u2").tobytes()
-
-
-# ---- the script -----------------------------------------------------------------
-
-
-def _normalise(text: str) -> str:
-    return text.replace("\r\n", "\n").strip()
-
-
-@functools.cache
-def shipped_script() -> str:
-    """The thumbnail script as the harness ships it (normalised line ends)."""
-    data = pkgutil.get_data(SCRIPT_PACKAGE, SCRIPT_RESOURCE)
-    if data is None:
-        raise FileNotFoundError(f"{SCRIPT_PACKAGE}/{SCRIPT_RESOURCE} is not installed")
-    return _normalise(data.decode("utf-8-sig"))
-
-
-async def _thumbnail(ctx: CmdletContext, params: dict[str, Any]) -> None:
-    vm_name = _string_argument(params["VMName"])
-    width = _int_argument(params, "Width", 320)
-    height = _int_argument(params, "Height", 240)
-    lab = ctx.lab
-    if lab.host(ctx.host).config.access_denied:
-        # Get-CimInstance in root\virtualization\v2 fails; $ErrorActionPreference
-        # = 'Stop' makes that terminating.
-        raise TerminatingError(_cim_access_denied())
-    # ElementName -eq $VMName: literal and case-insensitive, no wildcards.
-    listed = [v for v in lab.vms_on(ctx.host) if v.name.lower() == vm_name.lower()]
-    if not listed:
-        ctx.out.write_error(vm_not_found(vm_name))
-        return
-    offset = lab.host_utc_offset(ctx.host)
-    for vm in listed:
-        image = lab.console.frame(
-            state=vm.state,
-            host=ctx.host,
-            width=width,
-            height=height,
-            host_time_ns=lab.host_time_ns(ctx.host),
-            utc_offset=offset,
-        )
-        ctx.out.write_output(
-            PSCustomObject(
-                VMName=vm.name,
-                VMId=str(vm.vm_id).upper(),
-                ComputerName=ctx.host,
-                Width=PSInt(width),
-                Height=PSInt(height),
-                ImageData=PSByteArray(image),
-                HostTime=pstypes.get_date_output(lab.host_time_ns(ctx.host), utc_offset=offset),
-            )
-        )
-
-
-# The script's param() block: positions in declaration order, as PowerShell
-# gives a script's parameters.
-THUMBNAIL_SCRIPT = cmdlets.Cmdlet(
-    SCRIPT_NAME,
-    SCRIPT_NAME,
-    (
-        Parameter("VMName", position=0, mandatory=True),
-        Parameter("Width", position=1),
-        Parameter("Height", position=2),
-    ),
-    _thumbnail,
-)
-
-
-def _validation_error(parameter: str, message: str, value: Any) -> TerminatingError:
-    return TerminatingError(
-        pstypes.error_record(
-            f"Cannot validate argument on parameter '{parameter}'. {message}",
-            exception_types=[
-                "System.Management.Automation.ParameterBindingValidationException",
-                "System.Management.Automation.ParameterBindingException",
-                "System.Management.Automation.RuntimeException",
-                "System.SystemException",
-            ],
-            fully_qualified_error_id=THUMBNAIL_SCRIPT.error_id("ParameterArgumentValidationError"),
-            category=ErrorCategory.InvalidData,
-            activity=SCRIPT_NAME,
-            reason="ParameterBindingValidationException",
-            target_object=value,
-        )
-    )
-
-
-def _string_argument(value: Any) -> str:
-    text = "" if value is None else str(value)
-    if not text:
-        raise TerminatingError(
-            pstypes.error_record(
-                "Cannot bind argument to parameter 'VMName' because it is an empty string.",
-                exception_types=[
-                    "System.Management.Automation.ParameterBindingValidationException",
-                    "System.Management.Automation.ParameterBindingException",
-                    "System.Management.Automation.RuntimeException",
-                    "System.SystemException",
-                ],
-                fully_qualified_error_id=THUMBNAIL_SCRIPT.error_id(
-                    "ParameterArgumentValidationErrorEmptyStringNotAllowed"
-                ),
-                category=ErrorCategory.InvalidData,
-                activity=SCRIPT_NAME,
-                reason="ParameterBindingValidationException",
-            )
-        )
-    return text
-
-
-def _int_argument(params: dict[str, Any], name: str, default: int) -> int:
-    value = params.get(name, default)
-    try:
-        number = int(str(value).strip()) if not isinstance(value, int) else int(value)
-    except ValueError:
-        raise cmdlets.transformation_error(
-            THUMBNAIL_SCRIPT,
-            name,
-            value,
-            "System.Int32",
-            ' Error: "Input string was not in a correct format."',
-        ) from None
-    if number < MIN_PIXELS:
-        raise _validation_error(
-            name,
-            f"The {number} argument is less than the minimum allowed range of {MIN_PIXELS}. "
-            f"Supply an argument that is greater than or equal to {MIN_PIXELS} and then try the "
-            "command again.",
-            number,
-        )
-    if number > MAX_PIXELS:
-        raise _validation_error(
-            name,
-            f"The {number} argument is greater than the maximum allowed range of {MAX_PIXELS}. "
-            f"Supply an argument that is less than or equal to {MAX_PIXELS} and then try the "
-            "command again.",
-            number,
-        )
-    return number
-
-
-def vm_not_found(name: str) -> ErrorRecord:
-    """The script's Write-Error for a host that does not hold the VM (non-terminating)."""
-    return pstypes.error_record(
-        f'Hyper-V was unable to find a virtual machine with name "{name}".',
-        exception_types=[
-            "Microsoft.PowerShell.Commands.WriteErrorException",
-            "System.SystemException",
-        ],
-        fully_qualified_error_id="VMNotFound",
-        category=ErrorCategory.ObjectNotFound,
-        activity="Write-Error",
-        reason="WriteErrorException",
-        target_object=name,
-    )
-
-
-def _cim_access_denied() -> ErrorRecord:
-    return pstypes.error_record(
-        "Access denied ",
-        exception_types=cmdlets.CIM_EXCEPTION,
-        fully_qualified_error_id=cmdlets.GET_CIMINSTANCE.error_id("HRESULT 0x80041003"),
-        category=ErrorCategory.PermissionDenied,
-        activity=cmdlets.GET_CIMINSTANCE.name,
-        reason="CimException",
-        target_object=cmdlets.VIRTUALIZATION_NAMESPACE,
-    )

@@ -3,28 +3,27 @@
 Each cmdlet binds its parameters the way PowerShell does for a remote
 ``AddCommand`` / ``AddParameter`` pipeline (case-insensitive names, unique
 prefixes, aliases, positional arguments), then reads or drives the
-:class:`~lab.hyperv.model.Lab`. Output objects and error records carry the
+:class:`~lab.hyperv_emulator.model.Lab`. Output objects and error records carry the
 real .NET type names and error ids; whether an error terminates the pipeline
 follows Windows.
 
 Scripts (``AddScript``) are not interpreted: the lab answers them with a
 terminating error that says so, except the harness's thumbnail script, which
-:mod:`lab.hyperv.thumbnail` recognises by its text and answers.
+:mod:`lab.hyperv_emulator.thumbnail` recognises by its text and answers.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from psrpcore import Command
 from psrpcore.types import ErrorCategory, ErrorRecord, PSObject
 
-from migration_blackout.lab.hyperv import model, pstypes
-from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
+from migration_blackout.lab.hyperv_emulator import model, pstypes
+from migration_blackout.lab.hyperv_emulator.identity import ANONYMOUS, SessionIdentity
 
 HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
 PARAMETER_BINDING_EXCEPTION = [
@@ -89,9 +88,7 @@ class Cmdlet:
 # ---- parameter binding --------------------------------------------------------
 
 
-def _binding_error(
-    cmdlet: Cmdlet, message: str, error: str, target: Any = None
-) -> TerminatingError:
+def binding_error(cmdlet: Cmdlet, message: str, error: str, target: Any = None) -> TerminatingError:
     return TerminatingError(
         pstypes.error_record(
             message,
@@ -119,13 +116,13 @@ def _match_parameter(cmdlet: Cmdlet, given: str) -> Parameter:
         return prefixed[0]
     if len(prefixed) > 1:
         names = ", ".join(p.name for p in prefixed)
-        raise _binding_error(
+        raise binding_error(
             cmdlet,
             f"Parameter cannot be processed because the parameter name '{given}' is ambiguous. "
             f"Possible matches include: {names}.",
             "AmbiguousParameter",
         )
-    raise _binding_error(
+    raise binding_error(
         cmdlet,
         f"A parameter cannot be found that matches parameter name '{given}'.",
         "NamedParameterNotFound",
@@ -142,7 +139,7 @@ def bind_parameters(cmdlet: Cmdlet, command: Command) -> dict[str, Any]:
             continue
         parameter = _match_parameter(cmdlet, name)
         if parameter.name in bound:
-            raise _binding_error(
+            raise binding_error(
                 cmdlet,
                 f"Cannot bind parameter because parameter '{parameter.name}' is specified more "
                 "than once.",
@@ -158,7 +155,7 @@ def bind_parameters(cmdlet: Cmdlet, command: Command) -> dict[str, Any]:
     )
     for value in positional:
         if not slots:
-            raise _binding_error(
+            raise binding_error(
                 cmdlet,
                 f"A positional parameter cannot be found that accepts argument '{value}'.",
                 "PositionalParameterNotFound",
@@ -167,7 +164,7 @@ def bind_parameters(cmdlet: Cmdlet, command: Command) -> dict[str, Any]:
         bound[slots.pop(0).name] = value
     missing = [p.name for p in cmdlet.parameters if p.mandatory and p.name not in bound]
     if missing:
-        raise _binding_error(
+        raise binding_error(
             cmdlet,
             "Cannot process command because of one or more missing mandatory parameters: "
             f"{' '.join(missing)}.",
@@ -176,7 +173,7 @@ def bind_parameters(cmdlet: Cmdlet, command: Command) -> dict[str, Any]:
     return bound
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, list | tuple):
@@ -210,7 +207,7 @@ def hyperv_error(cmdlet: Cmdlet, error: model.HyperVError, *, target: Any = None
 
 
 async def _get_vm(ctx: CmdletContext, params: dict[str, Any]) -> None:
-    names = [str(n) for n in _as_list(params.get("Name"))] or None
+    names = [str(n) for n in as_list(params.get("Name"))] or None
     try:
         vms, missing = ctx.lab.get_vms(ctx.host, names)
     except model.AccessDeniedError as error:
@@ -295,227 +292,6 @@ async def _get_date(ctx: CmdletContext, params: dict[str, Any]) -> None:
     now_ns = ctx.lab.host_time_ns(ctx.host)
     offset = ctx.lab.host_utc_offset(ctx.host)
     ctx.out.write_output(pstypes.get_date_output(now_ns, utc_offset=offset))
-
-
-# ---- Get-WinEvent -------------------------------------------------------------
-
-
-def _normalise_log(name: str) -> str:
-    return name.replace("/", "-").lower()
-
-
-def parse_datetime(value: Any, host_offset: dt.timedelta, *, activity: str) -> dt.datetime:
-    """A DateTime argument: a DateTime, or a string PowerShell would cast to one
-    (an ISO 8601 text with or without offset; without: the host's local time)."""
-    if isinstance(value, dt.datetime):
-        stamp = value
-    else:
-        try:
-            stamp = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise TerminatingError(
-                pstypes.error_record(
-                    f'Cannot convert value "{value}" to type "System.DateTime". Error: "String '
-                    'was not recognized as a valid DateTime."',
-                    exception_types=[
-                        "System.Management.Automation.PSInvalidCastException",
-                        "System.InvalidCastException",
-                        "System.SystemException",
-                    ],
-                    fully_qualified_error_id="InvalidCastParseTargetInvocation",
-                    category=ErrorCategory.InvalidArgument,
-                    activity=activity,
-                    reason="PSInvalidCastException",
-                    target_object=str(value),
-                )
-            ) from None
-    if stamp.tzinfo is None:
-        # Unspecified/Local DateTime: the host's local time.
-        stamp = stamp.replace(tzinfo=dt.timezone(host_offset))
-    return stamp
-
-
-def _no_events_error() -> ErrorRecord:
-    return pstypes.error_record(
-        "No events were found that match the specified selection criteria.",
-        exception_types=[],
-        fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingEventsFound"),
-        category=ErrorCategory.ObjectNotFound,
-        activity=GET_WINEVENT.name,
-        reason="Exception",
-    )
-
-
-def _no_log_error(log: str) -> ErrorRecord:
-    return pstypes.error_record(
-        f'There is not an event log on the localhost computer that matches "{log}".',
-        exception_types=[],
-        fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingLogsFound"),
-        category=ErrorCategory.ObjectNotFound,
-        activity=GET_WINEVENT.name,
-        reason="Exception",
-        target_object=log,
-    )
-
-
-KNOWN_LOGS = frozenset(
-    _normalise_log(name)
-    for name in (model.VMMS_LOG, model.WORKER_LOG, model.HA_LOG, "Application", "Security")
-)
-
-EventPredicate = Callable[[model.HostEvent], bool]
-
-
-def query_events(
-    ctx: CmdletContext, log_names: list[str], predicate: EventPredicate
-) -> tuple[list[model.HostEvent], list[ErrorRecord]]:
-    """The host's events in ``log_names`` that ``predicate`` selects, newest
-    first, and the non-terminating errors Get-WinEvent writes on the way
-    (no such log, no events)."""
-    errors = [_no_log_error(log) for log in log_names if _normalise_log(log) not in KNOWN_LOGS]
-    wanted = {_normalise_log(n) for n in log_names} & KNOWN_LOGS
-    if not wanted:
-        return [], errors
-    events = [
-        e
-        for e in ctx.lab.events_on(ctx.host)
-        if _normalise_log(e.log_name) in wanted and predicate(e)
-    ]
-    events.sort(key=lambda e: (e.time_created_ns, e.record_id), reverse=True)
-    if not events:
-        errors.append(_no_events_error())
-    return events, errors
-
-
-async def _get_winevent(ctx: CmdletContext, params: dict[str, Any]) -> None:
-    offset = ctx.lab.host_utc_offset(ctx.host)
-    filters = params.get("FilterHashtable")
-    log_names = [str(n) for n in _as_list(params.get("LogName"))]
-    xpath = params.get("FilterXPath")
-    if filters is not None and (log_names or xpath is not None):
-        raise _binding_error(
-            GET_WINEVENT,
-            "Parameter set cannot be resolved using the specified named parameters.",
-            "AmbiguousParameterSet",
-        )
-    if filters is not None:
-        tables = _as_list(filters)
-        log_names = []
-        for table in tables:
-            log_names += _hashtable_logs(table)
-        if not log_names:
-            # ProviderName alone: the logs its providers write to.
-            log_names = sorted(KNOWN_LOGS)
-        predicates = [_hashtable_predicate(t, offset) for t in tables]
-        predicate: EventPredicate = lambda event: any(p(event) for p in predicates)  # noqa: E731
-    else:
-        try:
-            predicate = eventlog_xpath("*" if xpath is None else str(xpath))
-        except ValueError:
-            # Invalid query: EventLogReader throws, Get-WinEvent fails.
-            from migration_blackout.lab.hyperv import eventlog
-
-            raise TerminatingError(eventlog.invalid_query(GET_WINEVENT.name)) from None
-    events, errors = query_events(ctx, log_names, predicate)
-    for record in errors:
-        ctx.out.write_error(record)
-    if params.get("Oldest"):
-        events.reverse()
-    max_events = params.get("MaxEvents")
-    if max_events is not None:
-        events = events[: int(max_events)]
-    for event in events:
-        ctx.out.write_output(
-            pstypes.event_log_record(
-                event,
-                utc_offset=offset,
-                level_display_name=ctx.lab.text(ctx.host, f"level_{int(event.level)}"),
-            )
-        )
-
-
-def eventlog_xpath(xpath: str) -> EventPredicate:
-    # Imported here: the eventlog module builds on this one.
-    from migration_blackout.lab.hyperv import eventlog
-
-    return eventlog.compile_xpath(xpath)
-
-
-def _as_remote_value(value: Any) -> Any:
-    """A hashtable value as Get-WinEvent sees it when it came over the wire: a
-    list arrives as an ArrayList, which is not an ``Array``, so the query
-    builder pastes its ToString(), the items joined by spaces (PowerShell's
-    GetEventCommand.cs, HandleEventIdHashValue and friends)."""
-    if isinstance(value, list | tuple):
-        return " ".join(str(v) for v in value)
-    return value
-
-
-def _hashtable_logs(table: Any) -> list[str]:
-    if not isinstance(table, Mapping):
-        raise _binding_error(
-            GET_WINEVENT,
-            "Cannot bind parameter 'FilterHashtable'. The value is not a hashtable.",
-            "CannotConvertArgumentNoMessage",
-        )
-    for raw_key, value in table.items():
-        if str(raw_key).lower() == "logname":
-            return [str(_as_remote_value(value))]
-    return []
-
-
-def _event_field(field: Callable[[model.HostEvent], Any], op: str, wanted: Any) -> EventPredicate:
-    def test(event: model.HostEvent) -> bool:
-        actual = field(event)
-        if op == ">=":
-            return bool(actual >= wanted)
-        if op == "<=":
-            return bool(actual <= wanted)
-        return bool(actual == wanted)
-
-    return test
-
-
-def _hashtable_predicate(table: Any, offset: dt.timedelta) -> EventPredicate:
-    """One hashtable's selection, as the XPath Get-WinEvent builds from it."""
-    tests: list[EventPredicate] = []
-    for raw_key, raw_value in table.items():
-        key = str(raw_key).lower()
-        value = _as_remote_value(raw_value)
-        if key == "logname":
-            continue
-        if key == "providername":
-            tests.append(_event_field(lambda e: e.provider_name.lower(), "=", str(value).lower()))
-        elif key in ("id", "level"):
-            text = str(value).strip()
-            if not text.isdigit():
-                # "(System/EventID=20415 20417)": a query that matches nothing
-                # (the hashtable query tolerates query errors).
-                tests.append(lambda event: False)
-                continue
-            field: Callable[[model.HostEvent], Any] = (
-                (lambda e: e.event_id) if key == "id" else (lambda e: int(e.level))
-            )
-            tests.append(_event_field(field, "=", int(text)))
-        elif key in ("starttime", "endtime"):
-            bound = parse_datetime(value, offset, activity=GET_WINEVENT.name)
-            bound_ns = int(bound.timestamp() * 1e9)
-            op = ">=" if key == "starttime" else "<="
-            tests.append(_event_field(lambda e: e.time_created_ns, op, bound_ns))
-        else:
-            raise TerminatingError(
-                pstypes.error_record(
-                    f"The specified key '{raw_key}' is not valid for this filter hashtable; the "
-                    "emulated host supports LogName, ProviderName, Id, Level, StartTime, EndTime.",
-                    exception_types=["System.Exception"],
-                    fully_qualified_error_id=GET_WINEVENT.error_id("InvalidFilterKey"),
-                    category=ErrorCategory.InvalidArgument,
-                    activity=GET_WINEVENT.name,
-                    reason="Exception",
-                    target_object=str(raw_key),
-                )
-            )
-    return lambda event: all(t(event) for t in tests)
 
 
 # ---- Get-CimInstance ----------------------------------------------------------
@@ -631,19 +407,6 @@ MOVE_VM = Cmdlet(
     _move_vm,
 )
 GET_DATE = Cmdlet("Get-Date", "Microsoft.PowerShell.Commands.GetDateCommand", (), _get_date)
-GET_WINEVENT = Cmdlet(
-    "Get-WinEvent",
-    "Microsoft.PowerShell.Commands.GetWinEventCommand",
-    (
-        Parameter("FilterHashtable", position=0),
-        Parameter("LogName"),
-        Parameter("FilterXPath"),
-        Parameter("MaxEvents"),
-        Parameter("Oldest", switch=True),
-        Parameter("ComputerName"),
-    ),
-    _get_winevent,
-)
 GET_CIMINSTANCE = Cmdlet(
     "Get-CimInstance",
     "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
@@ -687,13 +450,17 @@ COMPARE_VM = Cmdlet(
     _compare_vm,
 )
 
+# What a host answers: cmdlets by name (AddCommand), and the scripts the harness
+# ships by their text (AddScript). The modules that emulate more of a host add
+# theirs with register_cmdlet / register_script when they are imported (eventlog:
+# Get-WinEvent and the events script; preflight and thumbnail: scripts); the
+# runspace (psrp) imports them all.
 CMDLETS: dict[str, Cmdlet] = {
     c.name.lower(): c
     for c in (
         GET_VM,
         MOVE_VM,
         GET_DATE,
-        GET_WINEVENT,
         GET_CIMINSTANCE,
         GET_VMHOST,
         GET_VMMIGRATIONNETWORK,
@@ -704,6 +471,26 @@ CMDLETS: dict[str, Cmdlet] = {
 # Cmdlets a host of an older Hyper-V generation does not have
 # (Get-VMHostSupportedVersion came with Windows Server 2016).
 NEWER_CMDLETS = frozenset({GET_VMHOSTSUPPORTEDVERSION.name.lower()})
+
+
+SCRIPTS: dict[str, Cmdlet] = {}
+
+
+def normalise_script(text: str) -> str:
+    """A script's text as it is compared: line ends aside, without surrounding space."""
+    return text.replace("\r\n", "\n").strip()
+
+
+def register_cmdlet(cmdlet: Cmdlet) -> Cmdlet:
+    CMDLETS[cmdlet.name.lower()] = cmdlet
+    return cmdlet
+
+
+def register_script(text: str, script: Cmdlet) -> Cmdlet:
+    """Answer the script whose text is ``text`` with ``script``'s handler, its
+    ``param()`` block as ``script``'s parameters."""
+    SCRIPTS[normalise_script(text)] = script
+    return script
 
 
 def command_not_found(name: str) -> ErrorRecord:
@@ -743,13 +530,10 @@ async def run_statement(ctx: CmdletContext, commands: list[Command]) -> None:
     """Run one statement (commands piped together); the lab runs one command per statement."""
     first = commands[0]
     if first.is_script:
-        # Imported here: the scripts build on this module.
-        from migration_blackout.lab.hyperv import scripts
-
-        runner = scripts.find(first.command_text)
-        if runner is None:
+        script = SCRIPTS.get(normalise_script(first.command_text))
+        if script is None:
             raise TerminatingError(scripts_not_supported())
-        await runner(ctx, commands)
+        await script.handler(ctx, bind_parameters(script, one_command(commands, script.name)))
         return
     # Module-qualified names (Hyper-V\Get-VM) resolve to the cmdlet.
     name = first.command_text.rsplit("\\", 1)[-1]

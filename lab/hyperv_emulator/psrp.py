@@ -39,9 +39,13 @@ from psrpcore.types import (
     RunspacePoolState,
 )
 
-from migration_blackout.lab.hyperv import cmdlets, pstypes
-from migration_blackout.lab.hyperv.identity import ANONYMOUS, SessionIdentity
-from migration_blackout.lab.hyperv.model import Lab, ReachDestination
+# What a host answers beyond cmdlets.py registers with it when imported.
+from migration_blackout.lab.hyperv_emulator import cmdlets, eventlog, preflight, pstypes, thumbnail
+from migration_blackout.lab.hyperv_emulator.identity import ANONYMOUS, SessionIdentity
+from migration_blackout.lab.hyperv_emulator.model import Lab, ReachDestination
+
+# What a host answers beyond cmdlets.py: each registers with it when imported.
+HOST_COMMANDS = (eventlog, preflight, thumbnail)
 
 log = logging.getLogger(__name__)
 

@@ -16,20 +16,22 @@ harness's events script.
   comparisons, ``Provider[@Name='...']``, ``TimeCreated[@SystemTime OP
   '...']``, ``and``, ``or`` and parentheses. Anything else is an invalid
   query, as on Windows.
-- ``Get-MigrationEvents.ps1`` (the harness's harvest) is answered here.
+- ``Get-WinEvent`` (``-FilterHashtable``, ``-LogName`` / ``-FilterXPath``) and
+  ``Get-MigrationEvents.ps1`` (the harness's harvest) are answered here; both
+  register with the cmdlet layer when this module is imported.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from psrpcore.types import ErrorCategory, ErrorRecord, PSCustomObject, PSInt, PSInt64
 
-from migration_blackout.lab.hyperv import cmdlets, model, pstypes
+from migration_blackout.lab.hyperv_emulator import cmdlets, model, pstypes, scripts
 
 SCRIPT_RESOURCE = "scripts/Get-MigrationEvents.ps1"
 SCRIPT_NAME = "Get-MigrationEvents.ps1"
@@ -218,11 +220,238 @@ def invalid_query(activity: str) -> ErrorRecord:
             "System.Diagnostics.Eventing.Reader.EventLogInvalidDataException",
             "System.Diagnostics.Eventing.Reader.EventLogException",
         ],
-        fully_qualified_error_id=cmdlets.GET_WINEVENT.error_id("The specified query is invalid"),
+        fully_qualified_error_id=GET_WINEVENT.error_id("The specified query is invalid"),
         category=ErrorCategory.NotSpecified,
         activity=activity,
         reason="EventLogInvalidDataException",
     )
+
+
+# ---- Get-WinEvent -------------------------------------------------------------
+
+
+def _normalise_log(name: str) -> str:
+    return name.replace("/", "-").lower()
+
+
+def parse_datetime(value: Any, host_offset: dt.timedelta, *, activity: str) -> dt.datetime:
+    """A DateTime argument: a DateTime, or a string PowerShell would cast to one
+    (an ISO 8601 text with or without offset; without: the host's local time)."""
+    if isinstance(value, dt.datetime):
+        stamp = value
+    else:
+        try:
+            stamp = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise cmdlets.TerminatingError(
+                pstypes.error_record(
+                    f'Cannot convert value "{value}" to type "System.DateTime". Error: "String '
+                    'was not recognized as a valid DateTime."',
+                    exception_types=[
+                        "System.Management.Automation.PSInvalidCastException",
+                        "System.InvalidCastException",
+                        "System.SystemException",
+                    ],
+                    fully_qualified_error_id="InvalidCastParseTargetInvocation",
+                    category=ErrorCategory.InvalidArgument,
+                    activity=activity,
+                    reason="PSInvalidCastException",
+                    target_object=str(value),
+                )
+            ) from None
+    if stamp.tzinfo is None:
+        # Unspecified/Local DateTime: the host's local time.
+        stamp = stamp.replace(tzinfo=dt.timezone(host_offset))
+    return stamp
+
+
+def _no_events_error() -> ErrorRecord:
+    return pstypes.error_record(
+        "No events were found that match the specified selection criteria.",
+        exception_types=[],
+        fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingEventsFound"),
+        category=ErrorCategory.ObjectNotFound,
+        activity=GET_WINEVENT.name,
+        reason="Exception",
+    )
+
+
+def _no_log_error(log: str) -> ErrorRecord:
+    return pstypes.error_record(
+        f'There is not an event log on the localhost computer that matches "{log}".',
+        exception_types=[],
+        fully_qualified_error_id=GET_WINEVENT.error_id("NoMatchingLogsFound"),
+        category=ErrorCategory.ObjectNotFound,
+        activity=GET_WINEVENT.name,
+        reason="Exception",
+        target_object=log,
+    )
+
+
+KNOWN_LOGS = frozenset(
+    _normalise_log(name)
+    for name in (model.VMMS_LOG, model.WORKER_LOG, model.HA_LOG, "Application", "Security")
+)
+
+
+def query_events(
+    ctx: cmdlets.CmdletContext, log_names: list[str], predicate: Predicate
+) -> tuple[list[model.HostEvent], list[ErrorRecord]]:
+    """The host's events in ``log_names`` that ``predicate`` selects, newest
+    first, and the non-terminating errors Get-WinEvent writes on the way
+    (no such log, no events)."""
+    errors = [_no_log_error(log) for log in log_names if _normalise_log(log) not in KNOWN_LOGS]
+    wanted = {_normalise_log(n) for n in log_names} & KNOWN_LOGS
+    if not wanted:
+        return [], errors
+    events = [
+        e
+        for e in ctx.lab.events_on(ctx.host)
+        if _normalise_log(e.log_name) in wanted and predicate(e)
+    ]
+    events.sort(key=lambda e: (e.time_created_ns, e.record_id), reverse=True)
+    if not events:
+        errors.append(_no_events_error())
+    return events, errors
+
+
+async def _get_winevent(ctx: cmdlets.CmdletContext, params: dict[str, Any]) -> None:
+    offset = ctx.lab.host_utc_offset(ctx.host)
+    filters = params.get("FilterHashtable")
+    log_names = [str(n) for n in cmdlets.as_list(params.get("LogName"))]
+    xpath = params.get("FilterXPath")
+    if filters is not None and (log_names or xpath is not None):
+        raise cmdlets.binding_error(
+            GET_WINEVENT,
+            "Parameter set cannot be resolved using the specified named parameters.",
+            "AmbiguousParameterSet",
+        )
+    if filters is not None:
+        tables = cmdlets.as_list(filters)
+        log_names = []
+        for table in tables:
+            log_names += _hashtable_logs(table)
+        if not log_names:
+            # ProviderName alone: the logs its providers write to.
+            log_names = sorted(KNOWN_LOGS)
+        predicates = [_hashtable_predicate(t, offset) for t in tables]
+        predicate: Predicate = lambda event: any(p(event) for p in predicates)  # noqa: E731
+    else:
+        try:
+            predicate = compile_xpath("*" if xpath is None else str(xpath))
+        except ValueError:
+            # Invalid query: EventLogReader throws, Get-WinEvent fails.
+            raise cmdlets.TerminatingError(invalid_query(GET_WINEVENT.name)) from None
+    events, errors = query_events(ctx, log_names, predicate)
+    for record in errors:
+        ctx.out.write_error(record)
+    if params.get("Oldest"):
+        events.reverse()
+    max_events = params.get("MaxEvents")
+    if max_events is not None:
+        events = events[: int(max_events)]
+    for event in events:
+        ctx.out.write_output(
+            pstypes.event_log_record(
+                event,
+                utc_offset=offset,
+                level_display_name=ctx.lab.text(ctx.host, f"level_{int(event.level)}"),
+            )
+        )
+
+
+def _as_remote_value(value: Any) -> Any:
+    """A hashtable value as Get-WinEvent sees it when it came over the wire: a
+    list arrives as an ArrayList, which is not an ``Array``, so the query
+    builder pastes its ToString(), the items joined by spaces (PowerShell's
+    GetEventCommand.cs, HandleEventIdHashValue and friends)."""
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return value
+
+
+def _hashtable_logs(table: Any) -> list[str]:
+    if not isinstance(table, Mapping):
+        raise cmdlets.binding_error(
+            GET_WINEVENT,
+            "Cannot bind parameter 'FilterHashtable'. The value is not a hashtable.",
+            "CannotConvertArgumentNoMessage",
+        )
+    for raw_key, value in table.items():
+        if str(raw_key).lower() == "logname":
+            return [str(_as_remote_value(value))]
+    return []
+
+
+def _event_field(field: Callable[[model.HostEvent], Any], op: str, wanted: Any) -> Predicate:
+    def test(event: model.HostEvent) -> bool:
+        actual = field(event)
+        if op == ">=":
+            return bool(actual >= wanted)
+        if op == "<=":
+            return bool(actual <= wanted)
+        return bool(actual == wanted)
+
+    return test
+
+
+def _hashtable_predicate(table: Any, offset: dt.timedelta) -> Predicate:
+    """One hashtable's selection, as the XPath Get-WinEvent builds from it."""
+    tests: list[Predicate] = []
+    for raw_key, raw_value in table.items():
+        key = str(raw_key).lower()
+        value = _as_remote_value(raw_value)
+        if key == "logname":
+            continue
+        if key == "providername":
+            tests.append(_event_field(lambda e: e.provider_name.lower(), "=", str(value).lower()))
+        elif key in ("id", "level"):
+            text = str(value).strip()
+            if not text.isdigit():
+                # "(System/EventID=20415 20417)": a query that matches nothing
+                # (the hashtable query tolerates query errors).
+                tests.append(lambda event: False)
+                continue
+            field: Callable[[model.HostEvent], Any] = (
+                (lambda e: e.event_id) if key == "id" else (lambda e: int(e.level))
+            )
+            tests.append(_event_field(field, "=", int(text)))
+        elif key in ("starttime", "endtime"):
+            bound = parse_datetime(value, offset, activity=GET_WINEVENT.name)
+            bound_ns = int(bound.timestamp() * 1e9)
+            op = ">=" if key == "starttime" else "<="
+            tests.append(_event_field(lambda e: e.time_created_ns, op, bound_ns))
+        else:
+            raise cmdlets.TerminatingError(
+                pstypes.error_record(
+                    f"The specified key '{raw_key}' is not valid for this filter hashtable; the "
+                    "emulated host supports LogName, ProviderName, Id, Level, StartTime, EndTime.",
+                    exception_types=["System.Exception"],
+                    fully_qualified_error_id=GET_WINEVENT.error_id("InvalidFilterKey"),
+                    category=ErrorCategory.InvalidArgument,
+                    activity=GET_WINEVENT.name,
+                    reason="Exception",
+                    target_object=str(raw_key),
+                )
+            )
+    return lambda event: all(t(event) for t in tests)
+
+
+GET_WINEVENT = cmdlets.register_cmdlet(
+    cmdlets.Cmdlet(
+        "Get-WinEvent",
+        "Microsoft.PowerShell.Commands.GetWinEventCommand",
+        (
+            cmdlets.Parameter("FilterHashtable", position=0),
+            cmdlets.Parameter("LogName"),
+            cmdlets.Parameter("FilterXPath"),
+            cmdlets.Parameter("MaxEvents"),
+            cmdlets.Parameter("Oldest", switch=True),
+            cmdlets.Parameter("ComputerName"),
+        ),
+        _get_winevent,
+    )
+)
 
 
 # ---- the harness's events script ---------------------------------------------------
@@ -243,7 +472,7 @@ async def _events_script(ctx: cmdlets.CmdletContext, params: dict[str, Any]) -> 
     offset = lab.host_utc_offset(ctx.host)
     log_name = str(params["LogName"])
     ids = _int_list(params["Id"])
-    since = cmdlets.parse_datetime(params["StartTime"], offset, activity=SCRIPT_NAME)
+    since = parse_datetime(params["StartTime"], offset, activity=SCRIPT_NAME)
     # The script's own XPath: integers and the UTC time, truncated to ms.
     since_utc = since.astimezone(dt.UTC)
     since_text = since_utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{since_utc.microsecond // 1000:03d}Z"
@@ -252,7 +481,7 @@ async def _events_script(ctx: cmdlets.CmdletContext, params: dict[str, Any]) -> 
         + " or ".join(f"EventID={i}" for i in ids)
         + f") and TimeCreated[@SystemTime>='{since_text}']]]"
     )
-    events, errors = cmdlets.query_events(ctx, [log_name], compile_xpath(xpath))
+    events, errors = query_events(ctx, [log_name], compile_xpath(xpath))
     for record in errors:
         if not str(record.FullyQualifiedErrorId).startswith("NoMatchingEventsFound"):
             ctx.out.write_error(record)
@@ -273,13 +502,16 @@ async def _events_script(ctx: cmdlets.CmdletContext, params: dict[str, Any]) -> 
         )
 
 
-EVENTS_SCRIPT = cmdlets.Cmdlet(
-    SCRIPT_NAME,
-    SCRIPT_NAME,
-    (
-        cmdlets.Parameter("LogName", position=0, mandatory=True),
-        cmdlets.Parameter("Id", position=1, mandatory=True),
-        cmdlets.Parameter("StartTime", position=2, mandatory=True),
+EVENTS_SCRIPT = scripts.register_shipped(
+    SCRIPT_RESOURCE,
+    cmdlets.Cmdlet(
+        SCRIPT_NAME,
+        SCRIPT_NAME,
+        (
+            cmdlets.Parameter("LogName", position=0, mandatory=True),
+            cmdlets.Parameter("Id", position=1, mandatory=True),
+            cmdlets.Parameter("StartTime", position=2, mandatory=True),
+        ),
+        _events_script,
     ),
-    _events_script,
 )

@@ -2,13 +2,15 @@
 
 Start them with :class:`LabHosts` (in an event loop) or :class:`LabThread`
 (in a background thread, for blocking clients); configure them with
-:class:`LabConfig`. The migration model lives in :mod:`lab.hyperv.model`, the
-ground-truth file format in :mod:`lab.hyperv.groundtruth`.
+:class:`LabConfig`. The migration model lives in :mod:`lab.hyperv_emulator.model`, the
+ground-truth file format in :mod:`lab.hyperv_emulator.groundtruth`.
 """
 
-from migration_blackout.lab.hyperv.groundtruth import SCHEMA_VERSION as GROUND_TRUTH_SCHEMA_VERSION
-from migration_blackout.lab.hyperv.groundtruth import read_ground_truth
-from migration_blackout.lab.hyperv.model import (
+from migration_blackout.lab.hyperv_emulator.groundtruth import (
+    SCHEMA_VERSION as GROUND_TRUTH_SCHEMA_VERSION,
+)
+from migration_blackout.lab.hyperv_emulator.groundtruth import read_ground_truth
+from migration_blackout.lab.hyperv_emulator.model import (
     DEFAULT_DESTINATION_HOST,
     DEFAULT_SOURCE_HOST,
     DEFAULT_VM_NAME,
@@ -25,7 +27,7 @@ from migration_blackout.lab.hyperv.model import (
     VmConfig,
     VmState,
 )
-from migration_blackout.lab.hyperv.runner import HostEndpoint, LabHosts, LabThread
+from migration_blackout.lab.hyperv_emulator.runner import HostEndpoint, LabHosts, LabThread
 
 __all__ = [
     "DEFAULT_DESTINATION_HOST",
