@@ -104,9 +104,11 @@ class Thresholds:
     max_blackout_ms: float | None = None
     max_timeouts: int | None = None
     max_regression_pct: float | None = None
+    # Each run's TCP stream stall (upper bound, the longer direction), in ms.
+    max_tcp_stall_ms: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_blackout_ms", "max_regression_pct"):
+        for name in ("max_blackout_ms", "max_regression_pct", "max_tcp_stall_ms"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -175,6 +177,37 @@ NO_LOSS = BlackoutFigures(
 
 
 @dataclass(frozen=True)
+class TcpStall:
+    """The TCP stream's longer stall, from summary.json's ``tcp.stream``."""
+
+    stall_ms: float
+    upper_ms: float
+    direction: str
+    survived: bool
+    beyond_ms: float | None  # beyond the ICMP blackout's estimate
+    explanation: str | None  # why it outlasted the blackout, when it surely did
+
+
+def tcp_stall_from_summary(summary: Mapping[str, Any]) -> TcpStall | None:
+    tcp = summary.get("tcp")
+    stream = tcp.get("stream") if isinstance(tcp, Mapping) else None
+    if not isinstance(stream, Mapping) or not _is_number(stream.get("stall_ms")):
+        return None
+    beyond = stream.get("beyond_blackout")
+    beyond_ms = beyond.get("beyond_ms") if isinstance(beyond, Mapping) else None
+    explanation = stream.get("explanation")
+    upper = stream.get("stall_upper_ms")
+    return TcpStall(
+        stall_ms=float(stream["stall_ms"]),
+        upper_ms=float(upper) if isinstance(upper, int | float) else float(stream["stall_ms"]),
+        direction=str(stream.get("stall_direction")),
+        survived=bool(stream.get("survived")),
+        beyond_ms=float(beyond_ms) if isinstance(beyond_ms, int | float) else None,
+        explanation=explanation if isinstance(explanation, str) else None,
+    )
+
+
+@dataclass(frozen=True)
 class ReportedRun:
     """One run folder as the report sees it.
 
@@ -203,6 +236,8 @@ class ReportedRun:
     ended_by: str | None = None
     # The statistics group: the direction, and the grouping labels' values.
     group: str = ""
+    # The TCP stream's stall (runs with --witnesses): summary.json's tcp.stream.
+    tcp_stall: TcpStall | None = None
 
     @property
     def in_group(self) -> str:
@@ -539,6 +574,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
         cpu_steal_pct=_cpu_steal_pct(document),
         ended_by=ended_by,
         group=direction,
+        tcp_stall=tcp_stall_from_summary(summary),
     )
 
 
@@ -775,6 +811,28 @@ def _check_timeouts(run: ReportedRun, blackout: BlackoutFigures, limit: int) -> 
     )
 
 
+def _check_tcp_stall(run: ReportedRun, limit: float) -> Check:
+    name = "max_tcp_stall_ms"
+    stall = run.tcp_stall
+    if stall is None:
+        return Check(
+            name,
+            run.run_id,
+            CheckOutcome.SKIPPED,
+            "not checked: the run has no TCP stream (measure run --witnesses)",
+            skip_reason="no TCP stream",
+        )
+    survived = "survived" if stall.survived else "broke"
+    failed = stall.upper_ms > limit
+    return Check(
+        name,
+        run.run_id,
+        CheckOutcome.FAILED if failed else CheckOutcome.PASSED,
+        f"TCP stall upper bound {format_ms(stall.upper_ms)} ms ({stall.direction}, the stream "
+        f"{survived}) {'>' if failed else '<='} max_tcp_stall_ms {_limit(limit)} ms",
+    )
+
+
 def _check_run(run: ReportedRun, name: str, limit: float) -> Check:
     if run.status != INCLUDED_STATUS:
         message = f"not checked: the run's {run.excluded_because}; it is left out of the statistics"
@@ -786,6 +844,8 @@ def _check_run(run: ReportedRun, name: str, limit: float) -> Check:
         return Check(name, run.run_id, CheckOutcome.ERROR, message)
     if name == "max_blackout_ms":
         return _check_blackout(run, run.blackout, limit)
+    if name == "max_tcp_stall_ms":
+        return _check_tcp_stall(run, limit)
     return _check_timeouts(run, run.blackout, int(limit))
 
 
@@ -796,6 +856,7 @@ def run_checks(runs: Sequence[ReportedRun], thresholds: Thresholds) -> list[Chec
         for name, limit in (
             ("max_blackout_ms", thresholds.max_blackout_ms),
             ("max_timeouts", thresholds.max_timeouts),
+            ("max_tcp_stall_ms", thresholds.max_tcp_stall_ms),
         )
         if limit is not None
     ]
@@ -922,6 +983,8 @@ def build_report(
                     "than any measured blackout"
                 )
             notes.extend(f"{role} {run.run_id}: {warning}" for warning in run.warnings)
+            if run.tcp_stall is not None and run.tcp_stall.explanation:
+                notes.append(f"{role} {run.run_id}: {run.tcp_stall.explanation}")
     # One note per kind of summary rebuild, not one per run: the first report over
     # fresh run folders builds them all.
     rebuilt: dict[str, list[str]] = {}
@@ -1260,9 +1323,14 @@ def _thresholds_text(thresholds: Thresholds, has_baseline: bool) -> str:
         + (" (default)" if thresholds.max_regression_pct is None else "")
         + ("" if has_baseline else ", unused without a baseline")
     )
+    tcp = (
+        ""
+        if thresholds.max_tcp_stall_ms is None
+        else f", max_tcp_stall_ms {show(thresholds.max_tcp_stall_ms)}"
+    )
     return (
         f"Thresholds: max_blackout_ms {show(thresholds.max_blackout_ms)}, "
-        f"max_timeouts {show(thresholds.max_timeouts)}, max_regression_pct {regression}."
+        f"max_timeouts {show(thresholds.max_timeouts)}{tcp}, max_regression_pct {regression}."
     )
 
 
@@ -1304,8 +1372,20 @@ def _checks_by_run(report: Report) -> dict[str, list[Check]]:
     return out
 
 
+def _tcp_cell(run: ReportedRun) -> str:
+    stall = run.tcp_stall
+    if stall is None:
+        return "-"
+    broke = "" if stall.survived else ", broke"
+    return f"{format_ms(stall.upper_ms)} ({stall.direction}{broke})"
+
+
 def _run_rows(
-    runs: Sequence[ReportedRun], checks: Mapping[str, list[Check]], *, with_labels: bool = False
+    runs: Sequence[ReportedRun],
+    checks: Mapping[str, list[Check]],
+    *,
+    with_labels: bool = False,
+    with_tcp: bool = False,
 ) -> list[tuple[str, ...]]:
     rows = []
     for run in runs:
@@ -1342,6 +1422,7 @@ def _run_rows(
                 run.direction,
                 *labels,
                 *figures,
+                *((_tcp_cell(run),) if with_tcp else ()),
                 run.hypervisor_says or "-",
                 verdict,
             )
@@ -1454,10 +1535,15 @@ def _run_blocks(report: Report) -> list[_Block]:
     if with_labels:
         headers = (*_RUN_HEADERS[:3], "labels", *_RUN_HEADERS[3:])
         numeric = frozenset(i + 1 for i in _RUN_NUMERIC)
+    # A column for the TCP stream's stall when a run has one (--witnesses).
+    with_tcp = any(r.tcp_stall for r in (*report.runs, *report.baseline_runs))
+    if with_tcp:
+        at = headers.index("hypervisor says")
+        headers = (*headers[:at], "TCP stall ms", *headers[at:])
     for title, runs in (("Runs", report.runs), ("Baseline runs", report.baseline_runs)):
         if not runs:
             continue
-        rows = _run_rows(runs, checks, with_labels=with_labels)
+        rows = _run_rows(runs, checks, with_labels=with_labels, with_tcp=with_tcp)
         table = _Table(headers, tuple(rows), numeric)
         blocks.append(_Heading(3, title))
         blocks.append(
@@ -1780,6 +1866,16 @@ def _run_json(run: ReportedRun) -> dict[str, Any]:
             "open_end": blackout.open_end,
         },
         "hypervisor_says": run.hypervisor_says,
+        "tcp_stall": None
+        if run.tcp_stall is None
+        else {
+            "stall_ms": _ms_or_none(run.tcp_stall.stall_ms),
+            "upper_ms": _ms_or_none(run.tcp_stall.upper_ms),
+            "direction": run.tcp_stall.direction,
+            "survived": run.tcp_stall.survived,
+            "beyond_blackout_ms": _ms_or_none(run.tcp_stall.beyond_ms),
+            "explanation": run.tcp_stall.explanation,
+        },
         "context": dict(run.context),
         "cpu_steal_pct": run.cpu_steal_pct,
     }
@@ -1824,6 +1920,7 @@ def report_document(report: Report) -> dict[str, Any]:
             "max_blackout_ms": report.thresholds.max_blackout_ms,
             "max_timeouts": report.thresholds.max_timeouts,
             "max_regression_pct": report.thresholds.regression_pct,
+            "max_tcp_stall_ms": report.thresholds.max_tcp_stall_ms,
         },
         "group_by": list(report.group_by),
         "groups": groups,

@@ -40,6 +40,7 @@ from migration_blackout.analysis.runfolder import (
     raw_data_warnings,
     requested_icmp_interval_s,
 )
+from migration_blackout.analysis.witness_summary import tcp_summary
 
 # Version history of derived/summary.json (docs/summary-format.md has the details):
 #   1 (0.1.0): first version.
@@ -198,6 +199,7 @@ def _build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "guest": guest,
         "console": console_summary(run),
         "decomposition": decomposition_summary(run),
+        "tcp": tcp_summary(run.path, blackout=blackout),
         "ground_truth": None if truth is None else truth_summary(truth),
     }
 

@@ -1042,6 +1042,12 @@ def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
     default=None,
     help="Median rise over the baseline that counts as a regression [default: 10].",
 )
+@click.option(
+    "--max-tcp-stall-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Fail a run whose TCP stream stalled longer than this (upper bound; --witnesses runs).",
+)
 def report(
     run_dirs: tuple[Path, ...],
     baseline_dirs: tuple[Path, ...],
@@ -1054,6 +1060,7 @@ def report(
     max_blackout_ms: float | None,
     max_timeouts: int | None,
     max_regression_pct: float | None,
+    max_tcp_stall_ms: float | None,
 ) -> None:
     """Compare runs (against a baseline) and judge them against thresholds.
 
@@ -1084,6 +1091,9 @@ def report(
             max_regression_pct=max_regression_pct
             if max_regression_pct is not None
             else configured.max_regression_pct,
+            max_tcp_stall_ms=max_tcp_stall_ms
+            if max_tcp_stall_ms is not None
+            else configured.max_tcp_stall_ms,
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -157,6 +157,7 @@ class Thresholds:
     max_blackout_ms: float | None = None
     max_timeouts: int | None = None
     max_regression_pct: float | None = None
+    max_tcp_stall_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -447,12 +448,15 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
 
     thr = document.get("thresholds", {})
     _reject_unknown(
-        thr, {"max_blackout_ms", "max_timeouts", "max_regression_pct"}, f"{origin}: [thresholds]"
+        thr,
+        {"max_blackout_ms", "max_timeouts", "max_regression_pct", "max_tcp_stall_ms"},
+        f"{origin}: [thresholds]",
     )
     thresholds = Thresholds(
         max_blackout_ms=thr.get("max_blackout_ms"),
         max_timeouts=thr.get("max_timeouts"),
         max_regression_pct=thr.get("max_regression_pct"),
+        max_tcp_stall_ms=thr.get("max_tcp_stall_ms"),
     )
     qemu_doc = document.get("qemu", {})
     where = f"{origin}: [qemu]"

@@ -14,6 +14,12 @@ from test_run_lab import manifest, measure
 from migration_blackout.analysis.brownout import analyse_work, load_work
 from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
 from migration_blackout.analysis.guest import HEARTBEAT_SOURCE, analyse_stream, load_heartbeats
+from migration_blackout.analysis.report import (
+    CheckOutcome,
+    Thresholds,
+    build_report,
+    render_markdown,
+)
 from migration_blackout.analysis.tcp import (
     analyse_connects,
     load_tcp_connect,
@@ -108,6 +114,47 @@ def test_every_witness_bounds_the_lab_truth(tmp_path: Path) -> None:
         resume - pause["link_after_mono_ns"], link["inbound"]["link_before_mono_ns"] - resume
     )
     assert stream.inbound.upper_ms >= inbound_dark / 1e6 - stream.interval_ms
+
+    # Everywhere a user looks: summary.json's tcp block and the split of the
+    # reconvergence, and the terminal.
+    summary = json.loads((run_dir / "derived" / "summary.json").read_text())
+    tcp = summary["tcp"]
+    assert list(tcp["connect"]) == [f"{port.target}:3389"]
+    (entry,) = tcp["connect"].values()
+    assert entry["longest"]["lower_ms"] == pytest.approx(connect.lower_ms, abs=0.001)
+    assert entry["longest"]["upper_ms"] == pytest.approx(connect.upper_ms, abs=0.001)
+    assert tcp["stream"]["survived"] is True
+    for direction, stall in (("inbound", stream.inbound), ("outbound", stream.outbound)):
+        assert tcp["stream"][direction]["upper_ms"] == pytest.approx(stall.upper_ms, abs=0.001)
+    beyond = tcp["stream"]["beyond_blackout"]
+    assert beyond is not None
+    assert (tcp["stream"]["explanation"] is not None) == (beyond["lower_ms"] > 0)
+    decomposition = summary["decomposition"]
+    for direction in ("inbound", "outbound"):
+        split = decomposition[f"{direction}_reconvergence"]
+        # Its end is the direction's edge, and it holds the link filter's;
+        # its start is the resume network_reconvergence uses.
+        end, event = split["end"], link[direction]
+        assert end["lo_mono_ns"] <= event["link_after_mono_ns"], split
+        assert event["link_before_mono_ns"] <= end["hi_mono_ns"], split
+        assert split["start"] == decomposition["network_reconvergence"]["start"]
+        resume_lo, resume_hi = split["start"]["lo_mono_ns"], split["start"]["hi_mono_ns"]
+        assert split["upper_ms"] == pytest.approx((end["hi_mono_ns"] - resume_lo) / 1e6, abs=0.01)
+        assert split["lower_ms"] == pytest.approx(
+            max(0, end["lo_mono_ns"] - resume_hi) / 1e6, abs=0.01
+        )
+    assert "What applications felt (ms)" in proc.stdout + proc.stderr
+    # The report: a column, the threshold on the stall's upper bound, and the
+    # one-line explanation when the stall surely outlasted the blackout.
+    stall_upper = tcp["stream"]["stall_upper_ms"]
+    for limit, outcome in ((stall_upper - 1, CheckOutcome.FAILED), (stall_upper, "passed")):
+        report = build_report([run_dir], thresholds=Thresholds(max_tcp_stall_ms=limit))
+        (check,) = [c for c in report.checks if c.name == "max_tcp_stall_ms"]
+        assert check.outcome == outcome, check.message
+    markdown = render_markdown(report)
+    assert "TCP stall ms" in markdown
+    explanation = tcp["stream"]["explanation"]
+    assert explanation is None or any(explanation in note for note in report.notes)
 
     gap = analyse_stream(heartbeats, source=HEARTBEAT_SOURCE).execution_gap
     assert gap is not None

@@ -1,0 +1,187 @@
+"""The witnesses no peer has, as summary.json shows them (docs/summary-format.md).
+
+``tcp_summary`` is the ``tcp`` block: the connect outages per port
+(``analysis.tcp.analyse_connects``) and the TCP stream's stall per direction
+and survival (``analysis.tcp.analyse_stream``), with the stall beyond the ICMP
+blackout and, when TCP's backoff made the stall outlast the blackout, the one
+line that says why. ``direction_restored`` gives the direction probe's edges
+(``analysis.direction``): when inbound and outbound came back, for the
+decomposition's split of the reconvergence.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from migration_blackout.analysis.direction import (
+    UDP_DIRECTION_FILE,
+    RestoreEdge,
+    analyse_direction,
+    load_udp_direction,
+)
+from migration_blackout.analysis.guest import HEARTBEAT_FILE, load_heartbeats
+from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.tcp import (
+    TCP_CONNECT_FILE,
+    TCP_STREAM_FILE,
+    ConnectOutage,
+    PortConnects,
+    Stall,
+    StreamAnalysis,
+    analyse_connects,
+    analyse_stream,
+    beyond_blackout,
+    load_tcp_connect,
+    load_tcp_stream,
+)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _port_key(target: str, port: int) -> str:
+    return f"[{target}]:{port}" if ":" in target else f"{target}:{port}"
+
+
+def _connect_outage_json(outage: ConnectOutage) -> dict[str, Any]:
+    after = outage.first_connected_after_end_utc_ns
+    return {
+        "lower_ms": _ms(outage.lower_ms),
+        "upper_ms": _ms(outage.upper_ms),
+        "failed": outage.failed,
+        "outcomes": dict(outage.outcomes),
+        "open_start": outage.open_start,
+        "open_end": outage.open_end,
+        "first_failed_utc": utc_iso(outage.first_failed_start_utc_ns),
+        "first_connected_after_utc": None if after is None else utc_iso(after),
+        "first_failed_start_mono_ns": outage.first_failed_start_mono_ns,
+        "last_failed_start_mono_ns": outage.last_failed_start_mono_ns,
+        "last_connected_before_start_mono_ns": outage.last_connected_before_start_mono_ns,
+        "first_connected_after_end_mono_ns": outage.first_connected_after_end_mono_ns,
+    }
+
+
+def _port_json(port: PortConnects) -> dict[str, Any]:
+    longest = port.longest
+    return {
+        "target": port.target,
+        "port": port.port,
+        "attempts": port.attempts,
+        "outcomes": dict(port.outcomes),
+        "interval_ms": _ms(port.interval_ms),
+        "connect_ms_median": _ms(port.connect_ms_median),
+        "longest": None if longest is None else _connect_outage_json(longest),
+        "outages": [_connect_outage_json(outage) for outage in port.outages],
+    }
+
+
+def _stall_json(stall: Stall | None) -> dict[str, Any] | None:
+    if stall is None:
+        return None
+    return {
+        "stall_ms": _ms(stall.stall_ms),
+        "lower_ms": _ms(stall.lower_ms),
+        "upper_ms": _ms(stall.upper_ms),
+        "open_end": stall.open_end,
+        "same_connection": stall.same_connection,
+        "start_mono_ns": stall.start_mono_ns,
+        "end_mono_ns": stall.end_mono_ns,
+        "before_seq": stall.before_seq,
+        "after_seq": stall.after_seq,
+        "delivered": stall.delivered,
+    }
+
+
+def backoff_explanation(stall_ms: float, direction: str, blackout_ms: float) -> str:
+    """The one line that says why a TCP stall outlasted the ICMP blackout."""
+    sender = "the harness" if direction == "inbound" else "the guest"
+    return (
+        f"The TCP stream stalled {stall_ms:.0f} ms ({direction}), "
+        f"{stall_ms - blackout_ms:.0f} ms longer than the ICMP blackout "
+        f"({blackout_ms:.0f} ms): TCP retransmits what the outage dropped at "
+        f"doubling timeouts (200 ms, 400 ms, 800 ms, ...), so {sender}'s data "
+        "waited for the next retransmission after the network was back."
+    )
+
+
+def _stream_json(stream: StreamAnalysis, blackout: Mapping[str, Any] | None) -> dict[str, Any]:
+    stall = stream.stall
+    beyond = None
+    explanation = None
+    if stall is not None and blackout is not None and blackout.get("lower_ms") is not None:
+        estimate = blackout.get("estimate_ms")
+        figures = beyond_blackout(
+            stall,
+            float(blackout["lower_ms"]),
+            None if blackout.get("upper_ms") is None else float(blackout["upper_ms"]),
+            float(estimate if estimate is not None else blackout["lower_ms"]),
+        )
+        beyond = {
+            "beyond_ms": _ms(figures.beyond_ms),
+            "lower_ms": _ms(figures.lower_ms),
+            "upper_ms": _ms(figures.upper_ms),
+            "blackout_ms": _ms(figures.blackout_ms),
+            "blackout_source": blackout.get("source"),
+        }
+        if figures.lower_ms > 0:  # longer than the blackout whatever the truth in the bounds
+            explanation = backoff_explanation(stall.stall_ms, stall.direction, figures.blackout_ms)
+    return {
+        "interval_ms": _ms(stream.interval_ms),
+        "connections": stream.connections,
+        "survived": stream.survived,
+        "closed_reasons": list(stream.closed_reasons),
+        "failed_connects": stream.failed_connects,
+        "inbound": _stall_json(stream.inbound),
+        "outbound": _stall_json(stream.outbound),
+        "inbound_undelivered": stream.inbound_undelivered,
+        "stall_ms": None if stall is None else _ms(stall.stall_ms),
+        "stall_upper_ms": None if stall is None else _ms(stall.upper_ms),
+        "stall_direction": None if stall is None else stall.direction,
+        "beyond_blackout": beyond,
+        "explanation": explanation,
+    }
+
+
+def tcp_summary(
+    run_dir: str | os.PathLike[str], *, blackout: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The ``tcp`` block of summary.json; None when the run had neither TCP witness.
+    ``blackout``: summary.json's ``blackout`` block (the stall is set beside it)."""
+    path = Path(run_dir)
+    has_connect = (path / TCP_CONNECT_FILE).is_file()
+    has_stream = (path / TCP_STREAM_FILE).is_file()
+    if not has_connect and not has_stream:
+        return None
+    connect = None
+    if has_connect:
+        ports = analyse_connects(load_tcp_connect(path))
+        connect = {_port_key(p.target, p.port): _port_json(p) for p in ports}
+    stream = None
+    if has_stream:
+        header, rows = load_tcp_stream(path)
+        interval_s = header.get("interval_s")
+        if isinstance(interval_s, int | float) and len(rows):
+            stream = _stream_json(analyse_stream(rows, interval_s=float(interval_s)), blackout)
+    return {"connect": connect, "stream": stream}
+
+
+def direction_restored(
+    run_dir: str | os.PathLike[str],
+) -> tuple[RestoreEdge | None, RestoreEdge | None] | None:
+    """When inbound and outbound came back after the direction probe's longest
+    outage (harness clock), or None when the run has no direction probe."""
+    path = Path(run_dir)
+    if not (path / UDP_DIRECTION_FILE).is_file():
+        return None
+    _, rows = load_udp_direction(path)
+    if not len(rows):
+        return None
+    heartbeats = load_heartbeats(path) if (path / HEARTBEAT_FILE).is_file() else None
+    longest = analyse_direction(rows, heartbeats=heartbeats).longest
+    if longest is None:
+        return None
+    return longest.inbound_restored, longest.outbound_restored
