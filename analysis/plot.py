@@ -54,6 +54,7 @@ from migration_blackout.analysis.timeline import (
     build_timeline,
     target_attempts,
 )
+from migration_blackout.analysis.witness_summary import WitnessBar, witness_bars
 
 OVERVIEW_PNG = "timeline.png"
 OVERVIEW_SVG = "timeline.svg"
@@ -797,7 +798,22 @@ def _mark_points(
     return "; ".join(f"{', '.join(letters)} {why}" for why, letters in missing.items())
 
 
-def _lanes(timeline: Timeline) -> list[tuple[str, str, float]]:
+def _draw_witnesses(ax: Axes, view: _View, bars: Sequence[WitnessBar]) -> None:
+    """One row per witness bar: the upper bound light, the lower bound dark."""
+    colour = WINDOW_COLOURS["network_reconvergence"]
+    for row, bar in enumerate(bars):
+        lo, hi = view.visible(bar.upper_start_ns, bar.upper_end_ns)
+        ax.broken_barh([(lo, hi - lo)], (row - 0.3, 0.6), color=colour, alpha=0.3, lw=0)
+        start, end = bar.lower_start_ns, bar.lower_end_ns
+        if start is not None and end is not None and start < end:
+            lo, hi = view.visible(start, end, 1.0)
+            ax.broken_barh([(lo, hi - lo)], (row - 0.3, 0.6), color=colour, alpha=0.8, lw=0)
+    ax.set_yticks(range(len(bars)), [bar.label for bar in bars], fontsize=7)
+    ax.set_ylim(len(bars) - 0.5, -0.5)
+    ax.set_ylabel("what\napplications\nfelt", fontsize=8)
+
+
+def _lanes(timeline: Timeline, bars: Sequence[WitnessBar]) -> list[tuple[str, str, float]]:
     """(kind, name, height) of each lane in order."""
     lanes = [("windows", "", 1.3)]
     polls = timeline.polls
@@ -817,11 +833,19 @@ def _lanes(timeline: Timeline) -> list[tuple[str, str, float]]:
         lanes.append(("frames", "", 1.6))
     if (timeline.events["lane"] == EVENTS_LANE).any():
         lanes.append(("events", "", 2.0))
+    if bars:
+        lanes.append(("witnesses", "", 0.25 + 0.2 * len(bars)))
     return lanes
 
 
-def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title: str) -> Figure:
-    lanes = _lanes(timeline)
+def _figure(
+    timeline: Timeline,
+    decomposition: Decomposition,
+    view: _View,
+    title: str,
+    bars: Sequence[WitnessBar] = (),
+) -> Figure:
+    lanes = _lanes(timeline, bars)
     heights = [h for _, _, h in lanes]
     height_in = 1.75 + 1.05 * sum(heights)
     figure = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
@@ -862,6 +886,9 @@ def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title
             _draw_heartbeat(ax, view, timeline.heartbeats)
         elif kind == "frames":
             _shade(ax, view, guest_or_host, WINDOW_COLOURS["guest_execution_gap"])
+        elif kind == "witnesses":
+            _shade(ax, view, decomp.network_outage, WINDOW_COLOURS["network_outage"])
+            _draw_witnesses(ax, view, bars)
         elif kind == "events":
             _shade(ax, view, decomp.hypervisor_blackout, WINDOW_COLOURS["hypervisor_blackout"])
             labels += [[label] for label in _draw_events(figure, ax, view, timeline.events)]
@@ -932,7 +959,9 @@ def timeline_figures(
         hosts = f"{timeline.source_host} -> {timeline.destination_host}"
     what = " ".join(part for part in (timeline.vm, hosts) if part)
     title = f"{timeline.run.manifest.run_id}: {what}" if what else timeline.run.manifest.run_id
-    whole = _figure(timeline, decomposition, overview, title)
+    # The witnesses no peer has (TCP, direction of loss), one row each.
+    bars = witness_bars(timeline.run.path)
+    whole = _figure(timeline, decomposition, overview, title, bars)
 
     span = _blackout_span(decomposition)
     if span is None:
@@ -951,7 +980,7 @@ def timeline_figures(
         f"{_utc_label(timeline.clock.utc_ns(zoom.x1_ns), 23)} UTC "
         f"({(zoom.x1_ns - zoom.x0_ns) / NS_PER_S:.1f} s)"
     )
-    return whole, _figure(timeline, decomposition, zoom, f"{title}\n{window}")
+    return whole, _figure(timeline, decomposition, zoom, f"{title}\n{window}", bars)
 
 
 def plot_timeline(

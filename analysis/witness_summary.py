@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,62 @@ def direction_restored(
     if longest is None:
         return None
     return longest.inbound_restored, longest.outbound_restored
+
+
+@dataclass(frozen=True)
+class WitnessBar:
+    """One row of the timeline plot's witness lane, on the harness clock: the
+    interval certainly inside (``lower``; None: none proven) and the one that
+    may be (``upper``)."""
+
+    label: str
+    upper_start_ns: int
+    upper_end_ns: int
+    lower_start_ns: int | None = None
+    lower_end_ns: int | None = None
+
+
+def witness_bars(run_dir: str | os.PathLike[str]) -> list[WitnessBar]:
+    """The TCP connect outage per port, the stream's stall per direction and
+    when each direction came back, for the plot (empty without witnesses)."""
+    path = Path(run_dir)
+    bars: list[WitnessBar] = []
+    if (path / TCP_CONNECT_FILE).is_file():
+        for port in analyse_connects(load_tcp_connect(path)):
+            outage = port.longest
+            if outage is None:
+                continue
+            before = outage.last_connected_before_start_mono_ns
+            after = outage.first_connected_after_end_mono_ns
+            bars.append(
+                WitnessBar(
+                    f"connect :{port.port}",
+                    outage.first_failed_start_mono_ns if before is None else before,
+                    outage.last_failed_start_mono_ns if after is None else after,
+                    outage.first_failed_start_mono_ns,
+                    outage.last_failed_start_mono_ns,
+                )
+            )
+    if (path / TCP_STREAM_FILE).is_file():
+        header, rows = load_tcp_stream(path)
+        interval_s = header.get("interval_s")
+        if isinstance(interval_s, int | float) and len(rows):
+            stream = analyse_stream(rows, interval_s=float(interval_s))
+            interval_ns = round(stream.interval_ms * 1e6)
+            for stall in (stream.inbound, stream.outbound):
+                if stall is not None:
+                    bars.append(
+                        WitnessBar(
+                            f"stream {stall.direction[:-5]}",
+                            stall.start_mono_ns,
+                            stall.end_mono_ns,
+                            stall.start_mono_ns + interval_ns,
+                            stall.end_mono_ns,
+                        )
+                    )
+    edges = direction_restored(path)
+    for edge in edges or ():
+        if edge is not None:
+            label = f"{edge.direction[:-5]} back"
+            bars.append(WitnessBar(label, edge.after_mono_ns, edge.by_mono_ns))
+    return bars

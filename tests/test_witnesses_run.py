@@ -28,6 +28,7 @@ from migration_blackout.analysis.tcp import (
 from migration_blackout.analysis.tcp import (
     analyse_stream as analyse_tcp_stream,
 )
+from migration_blackout.analysis.witness_summary import witness_bars
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -144,6 +145,13 @@ def test_every_witness_bounds_the_lab_truth(tmp_path: Path) -> None:
             max(0, end["lo_mono_ns"] - resume_hi) / 1e6, abs=0.01
         )
     assert "What applications felt (ms)" in proc.stdout + proc.stderr
+    # The timeline plot's lane: one row per witness, the stall as long as above.
+    bars = {bar.label: bar for bar in witness_bars(run_dir)}
+    assert set(bars) == {"connect :3389", "stream in", "stream out", "in back", "out back"}
+    inbound_bar = bars["stream in"]
+    assert inbound_bar.upper_end_ns - inbound_bar.upper_start_ns == stream.inbound.end_mono_ns - (
+        stream.inbound.start_mono_ns
+    )
     # The report: a column, the threshold on the stall's upper bound, and the
     # one-line explanation when the stall surely outlasted the blackout.
     stall_upper = tcp["stream"]["stall_upper_ms"]
