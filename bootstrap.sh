@@ -37,9 +37,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # The kerberos extra compiles python-gssapi against the system's libkrb5 (krb5-config).
-extras=dev,credssp,kerberos
+extras=dev,lab,credssp,kerberos
 if ! command -v krb5-config >/dev/null 2>&1; then
-    extras=dev,credssp
+    extras=dev,lab,credssp
     echo "bootstrap: no krb5-config (Debian package libkrb5-dev): installing without the kerberos extra"
 fi
 stamp=.venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)-$extras

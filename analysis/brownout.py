@@ -47,30 +47,16 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from migration_blackout.analysis.witnesses import NS_PER_MS, failure_runs, read_raw_csv
+from migration_blackout.runformat import HEARTBEAT
 
-HEARTBEAT_FILE = Path("raw") / "guest_heartbeat.csv"
 DEFAULT_WINDOW_MS = 400.0
 DEFAULT_FACTOR = 2.5
 DEFAULT_MIN_SHARE = 0.25
-
-_DTYPES = {
-    "agent_id": "str",
-    "seq": "int64",
-    "guest_utc_ns": "int64",
-    "guest_mono_ns": "int64",
-    "interval_us": "int64",
-    "recv_mono_ns": "int64",
-    "recv_utc_ns": "int64",
-    "from_addr": "str",
-    "late_ns": "Int64",
-    "work_ns": "Int64",
-}
 
 
 @dataclass(frozen=True)
@@ -118,9 +104,7 @@ class WorkRate:
 def load_work(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """The heartbeats of ``raw/guest_heartbeat.csv`` that carry a work time
     (version 2), in the columns as written; empty for version 1 only."""
-    rows = read_raw_csv(
-        Path(run_dir) / HEARTBEAT_FILE, probe="guest_heartbeat", dtypes=_DTYPES
-    ).rows
+    rows = read_raw_csv(run_dir, HEARTBEAT).rows
     if "work_ns" not in rows:
         return rows.iloc[0:0]
     return rows[rows["work_ns"].notna() & (rows["work_ns"] > 0)]

@@ -34,9 +34,10 @@ from enum import StrEnum
 
 import numpy as np
 
+from migration_blackout.runformat import DEFAULT_MAX_REGRESSION_PCT
+
 ALPHA = 0.05
 MIN_RUNS = 3
-DEFAULT_MAX_REGRESSION_PCT = 10.0
 # The exact distribution costs about n_candidate x (n_candidate + n_baseline) array
 # operations of length 2 x n_candidate x n_baseline: ~0.1 s at 50 x 50. Beyond that
 # the normal approximation is within ~1e-3 of it.

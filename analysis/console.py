@@ -45,21 +45,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.icmp import utc_iso
-from migration_blackout.analysis.runfolder import (
-    RunFolder,
-    load_run,
-    read_jsonl,
-    warn_skipped,
+from migration_blackout.analysis.rundata import RunData, load_run, read_jsonl, warn_skipped
+from migration_blackout.runformat import (
+    CONSOLE,
+    CONSOLE_BLACK,
+    CONSOLE_UNAVAILABLE,
+    utc_iso,
 )
-
-RAW_SCHEMA_VERSION = 1
-PROBE = "console"
 
 DEFAULT_INTERLUDE_MAX_S = 3.0
 DEFAULT_DIM_DARK_FRACTION = 0.8
 
-ABNORMAL = frozenset({"black", "unavailable"})
+ABNORMAL = frozenset({CONSOLE_BLACK, CONSOLE_UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -298,8 +295,8 @@ def _blackout(
         lower_ms=lower_ms,
         upper_ms=upper_ms,
         estimate_ms=estimate_ms,
-        black_samples=counts["black"],
-        unavailable_samples=counts["unavailable"],
+        black_samples=counts[CONSOLE_BLACK],
+        unavailable_samples=counts[CONSOLE_UNAVAILABLE],
         interlude_samples=sum(1 for s in inside if not s.abnormal),
         host_switch=_host_switch(
             span,
@@ -430,10 +427,14 @@ def console_document(
     file: str,
     interlude_max_s: float = DEFAULT_INTERLUDE_MAX_S,
     dim_dark_fraction: float = DEFAULT_DIM_DARK_FRACTION,
+    analysis: ConsoleAnalysis | None = None,
 ) -> dict[str, Any]:
-    analysis = analyse_console(
-        records.samples, interlude_max_s=interlude_max_s, dim_dark_fraction=dim_dark_fraction
-    )
+    """The ``console`` block of summary.json; ``analysis``: ``analyse_console`` of the
+    records with these settings, where it is made already."""
+    if analysis is None:
+        analysis = analyse_console(
+            records.samples, interlude_max_s=interlude_max_s, dim_dark_fraction=dim_dark_fraction
+        )
     header = records.header
     return {
         "file": file,
@@ -452,10 +453,10 @@ def console_document(
     }
 
 
-def console_summary(run: RunFolder | str | os.PathLike[str]) -> dict[str, Any] | None:
+def console_summary(run: RunData | str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``console`` block of summary.json, or None for a run without the probe."""
-    folder = run if isinstance(run, RunFolder) else load_run(run)
-    path = folder.probe_file(PROBE)
+    folder = run if isinstance(run, RunData) else load_run(run)
+    path = folder.probe_file(CONSOLE.probe)
     if path is None or not path.exists():
         return None
     return console_document(load_console(path), file=str(path.relative_to(folder.path)))

@@ -33,19 +33,19 @@ the point says how many polls failed or were skipped in between.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from migration_blackout.analysis.clocks import NS_PER_MS, HarnessClock, parse_utc_ns
+from migration_blackout.analysis.console import ConsoleAnalysis, analyse_console
 from migration_blackout.analysis.direction import RestoreEdge
 from migration_blackout.analysis.guest import (
-    FRAMES_FILE,
     FRAMES_SOURCE,
-    HEARTBEAT_FILE,
+    GUEST_RECORD_COLUMNS,
     HEARTBEAT_SOURCE,
     ExecutionGap,
     execution_gaps,
@@ -56,39 +56,33 @@ from migration_blackout.analysis.hyperv_figures import (
     host_blackout,
     reported_blackout,
 )
-from migration_blackout.analysis.icmp import BlackoutWindow, analyse_icmp
-from migration_blackout.analysis.runfolder import RunFolder, load_run, read_jsonl
+from migration_blackout.analysis.icmp import BlackoutWindow, IcmpAnalysis
+from migration_blackout.analysis.qemu import QemuRecords
+from migration_blackout.analysis.rundata import RunData
 from migration_blackout.analysis.timeline import (
-    NS_PER_MS,
     OUTCOME_CODE,
     TargetAttempts,
     Timeline,
-    build_timeline,
-    parse_utc_ns,
+    analyse_timeline_icmp,
     target_attempts,
 )
-from migration_blackout.analysis.witness_summary import direction_restored
+from migration_blackout.runformat import (
+    CONSOLE,
+    FRAMES,
+    HEARTBEAT,
+    HOST_PROBE_PREFIX,
+    QEMU_MIGRATION,
+)
 
 # Hyper-V prints its blackout figure to this resolution (seconds).
 REPORTED_RESOLUTION_S = 0.1
 # The counts "around" the blackout reach this far on each side (seconds).
 AROUND_S = 5.0
-CONSOLE_FILE = "raw/console.jsonl"  # where the console-view probe writes (run-format.md)
-_GUEST_FILES = (HEARTBEAT_FILE, FRAMES_FILE)
+_GUEST_FILES = (HEARTBEAT.path, FRAMES.path)
 
 OBSERVED = "observed"
 UNKNOWN = "unknown"
 NOT_OBSERVED = "not_observed"
-
-_GUEST_COLUMNS = (
-    "agent_id",
-    "seq",
-    "guest_utc_ns",
-    "guest_mono_ns",
-    "interval_ns",
-    "recv_mono_ns",
-    "recv_utc_ns",
-)
 
 
 @dataclass(frozen=True)
@@ -341,15 +335,25 @@ def _hypervisor_component(window: HostBlackout) -> Component:
     )
 
 
-def _network_component(blackout: BlackoutWindow) -> Component:
+def _network_component(blackout: BlackoutWindow, clock: HarnessClock) -> Component:
     outage = blackout.outage
-    first_lost = outage.first_lost_send_mono_ns
-    last_lost = outage.last_lost_send_mono_ns
+
+    def mono(mono_ns: int | None, utc_ns: int | None) -> int | None:
+        """The send on the harness clock; a row without its monotonic stamp (an
+        imported log) is placed by its UTC stamp, as the timeline places it."""
+        if mono_ns is not None or utc_ns is None:
+            return mono_ns
+        return utc_ns - clock.utc_minus_mono_ns
+
+    first_lost = mono(outage.first_lost_send_mono_ns, outage.first_lost_send_utc_ns)
+    last_lost = mono(outage.last_lost_send_mono_ns, outage.last_lost_send_utc_ns)
+    before = mono(outage.last_reply_before_send_mono_ns, outage.last_reply_before_send_utc_ns)
+    after = mono(outage.first_reply_after_send_mono_ns, outage.first_reply_after_send_utc_ns)
     start = end = None
     if first_lost is not None:
-        start = Instant.between(outage.last_reply_before_send_mono_ns, first_lost)
+        start = Instant.between(before, first_lost)
     if last_lost is not None:
-        end = Instant.between(last_lost, outage.first_reply_after_send_mono_ns)
+        end = Instant.between(last_lost, after)
     return Component(
         name="network_outage",
         source=blackout.source,
@@ -417,7 +421,7 @@ def _freezes(records: pd.DataFrame, source: str) -> tuple[list[_Placed], str | N
     threshold = None
     if len(stated):
         threshold = _CANDIDATE_INTERVALS * float(stated.median()) / NS_PER_MS
-    gaps = execution_gaps(records[list(_GUEST_COLUMNS)], source=source, min_gap_ms=threshold)
+    gaps = execution_gaps(records[list(GUEST_RECORD_COLUMNS)], source=source, min_gap_ms=threshold)
     consecutive = [g for g in gaps if g.after_seq == g.before_seq + 1]
     if not consecutive:
         why = f"{source}: no freeze between consecutive records"
@@ -583,7 +587,7 @@ def _points(
 ) -> tuple[Point, ...]:
     polls = timeline.polls
     source, destination = timeline.source_host, timeline.destination_host
-    console_reason = f"no console probe in this run ({CONSOLE_FILE} absent)"
+    console_reason = f"no console probe in this run ({CONSOLE.path} absent)"
     no_hosts = "the run has no host polls" if not len(polls) else None
 
     def unknown(letter: str, what: str, reason: str) -> Point:
@@ -699,7 +703,9 @@ CONSOLE_WHAT = {
 }
 
 
-def _console(timeline: Timeline) -> tuple[Component | None, dict[str, Point]]:
+def _console(
+    timeline: Timeline, console: ConsoleAnalysis | None
+) -> tuple[Component | None, dict[str, Point]]:
     """The console blackout (``analysis.console``) and the points D, F, G, H in it.
 
     The episode's ``sequence`` holds runs of one view from one host; a point
@@ -709,12 +715,10 @@ def _console(timeline: Timeline) -> tuple[Component | None, dict[str, Point]]:
     the first ``connecting`` run served by the new host. G: the first
     ``black`` run after F. H: the first ``desktop`` run after that.
     """
-    if not timeline.console_samples:
+    records = timeline.console_records
+    if records is None or not records.samples:
         return None, {}
-    # Imported here: only runs with a console probe need it.
-    from migration_blackout.analysis.console import analyse_console
-
-    episode = analyse_console(timeline.console_samples).blackout
+    episode = (analyse_console(records.samples) if console is None else console).blackout
     if episode is None:
         why = "the console never went black or lost its screen"
         return None, {
@@ -833,23 +837,22 @@ def _counts(
 # -- the decomposition -------------------------------------------------------
 
 
-def qemu_component(run: RunFolder) -> Component | None:
+QEMU_EVENTS_SOURCE = "qemu-events"  # the hypervisor blackout from QEMU's STOP and RESUME
+
+
+def qemu_component(qemu: QemuRecords | None) -> Component | None:
     """QEMU's STOP (source) -> RESUME (destination), from ``raw/qemu_migration.jsonl``.
 
     QEMU stamps its events with this machine's clock to the microsecond, so
     both edges are exact on the harness timeline (see ``analysis.qemu``).
     """
-    path = run.probe_file("qemu_migration")
-    if path is None or not path.exists():
-        return None
-    records = read_jsonl(path, what=f"{path.name} (QEMU migration raw file)").records
-    result = next((r for r in reversed(records) if r.get("event") == "result"), None)
+    result = None if qemu is None else qemu.result
     if not result or not result.get("stop") or not result.get("resume"):
         return None
     stop, resume = int(result["stop"]["qemu_mono_ns"]), int(result["resume"]["qemu_mono_ns"])
     return Component(
         name="hypervisor_blackout",
-        source="qemu-events",
+        source=QEMU_EVENTS_SOURCE,
         lower_ms=(resume - stop) / NS_PER_MS,
         upper_ms=(resume - stop) / NS_PER_MS,
         start=Instant(stop, stop, stop),
@@ -863,11 +866,15 @@ def decompose(
     *,
     around_s: float = AROUND_S,
     hypervisor_events: Component | None = None,
+    icmp: IcmpAnalysis | None = None,
+    console: ConsoleAnalysis | None = None,
 ) -> Decomposition:
     """Split the run's downtime by witness and place the points A-H (module docstring).
 
     ``hypervisor_events``: the hypervisor's own pause and resume (QEMU's STOP
-    and RESUME), used as the hypervisor blackout when no host was polled."""
+    and RESUME), used as the hypervisor blackout when no host was polled.
+    ``icmp`` and ``console``: the run's analyses where they are made already
+    (``analysis.derive``); else they are made here from the timeline."""
     notes: list[str] = list(timeline.warnings)
     source, destination = timeline.source_host, timeline.destination_host
     window = None
@@ -878,13 +885,9 @@ def decompose(
     network = None
     target = timeline.icmp_targets[0] if timeline.icmp_targets else None
     if len(timeline.icmp):
-        analysis = analyse_icmp(
-            timeline.icmp.rename(columns={"t_mono_ns": "send_mono_ns"}),
-            requested_interval_s=timeline.requested_icmp_interval_s,
-            targets=timeline.icmp_targets,
-        )
+        analysis = icmp if icmp is not None else analyse_timeline_icmp(timeline)
         if analysis.blackout is not None:
-            network = _network_component(analysis.blackout)
+            network = _network_component(analysis.blackout, timeline.clock)
             target = analysis.blackout.target
 
     reference = None
@@ -894,7 +897,7 @@ def decompose(
             break
     guest, guest_usable, guest_notes = _guest_component(timeline, reference)
     notes.extend(guest_notes)
-    console, console_points = _console(timeline)
+    console_blackout, console_points = _console(timeline, console)
 
     resume, resume_source = None, None
     if hypervisor is not None and hypervisor is hypervisor_events:
@@ -912,7 +915,7 @@ def decompose(
         guest_execution_gap=guest,
         network_outage=network,
         network_reconvergence=_reconvergence(network, resume, resume_source),
-        console_blackout=console,
+        console_blackout=console_blackout,
         points=_points(timeline, window, console_points),
         icmp_counts=_counts(timeline, target, hypervisor, network, around_s),
         notes=tuple(notes),
@@ -1081,39 +1084,10 @@ def decomposition_to_json(decomposition: Decomposition, timeline: Timeline) -> d
     }
 
 
-def has_witnesses(run: RunFolder) -> bool:
+def has_witnesses(run: RunData) -> bool:
     """Whether the run has more than ICMP to decompose: host polls, guest agent records
     or the console view."""
-    hosts = any(probe.startswith("host:") for probe in run.manifest.probes)
+    hosts = any(probe.startswith(HOST_PROBE_PREFIX) for probe in run.manifest.probes)
     guest = any((run.path / name).is_file() for name in _GUEST_FILES)
     probes = run.manifest.probes
-    return hosts or guest or "console" in probes or "qemu_migration" in probes
-
-
-def decomposition_summary(run: RunFolder | str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``decomposition`` block of summary.json, or None when the run has nothing to
-    decompose (no host polls, guest agent or console view: the ICMP blackout says it all)."""
-    folder = run if isinstance(run, RunFolder) else load_run(run)
-    if not has_witnesses(folder):
-        return None
-    # The RTTs only bound the guest's clock alignment: skip that column without a guest.
-    guest = any((folder.path / name).is_file() for name in _GUEST_FILES)
-    timeline = build_timeline(folder, icmp_rtt=guest)
-    decomposition = decompose(timeline, hypervisor_events=qemu_component(folder))
-    edges = direction_restored(folder.path)
-    if edges is not None:
-        reconvergence = decomposition.network_reconvergence
-        decomposition = replace(
-            decomposition,
-            inbound_reconvergence=direction_reconvergence("inbound", edges[0], reconvergence),
-            outbound_reconvergence=direction_reconvergence("outbound", edges[1], reconvergence),
-        )
-    return decomposition_to_json(decomposition, timeline)
-
-
-def decompose_run(
-    run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = True
-) -> tuple[Timeline, Decomposition]:
-    """``build_timeline`` and ``decompose`` in one call (for notebooks and the plot)."""
-    timeline = build_timeline(run, icmp_rtt=icmp_rtt)
-    return timeline, decompose(timeline)
+    return hosts or guest or CONSOLE.probe in probes or QEMU_MIGRATION.probe in probes

@@ -45,32 +45,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from migration_blackout.analysis.witnesses import NS_PER_MS, failure_runs, read_raw_csv
+from migration_blackout.runformat import UDP_DIRECTION
 
-UDP_DIRECTION_FILE = Path("raw") / "udp_direction.csv"
 ATTEMPTS = ("reply", "timeout", "error")
-
-_DTYPES = {
-    "seq": "int64",
-    "outcome": "str",
-    "send_mono_ns": "int64",
-    "send_utc_ns": "int64",
-    "recv_mono_ns": "Int64",
-    "recv_utc_ns": "Int64",
-    "rtt_ns": "Int64",
-    "guest_recv_mono_ns": "Int64",
-    "guest_recv_utc_ns": "Int64",
-    "received": "Int64",
-    "highest_seq": "Int64",
-    "run_start_seq": "Int64",
-    "agent_id": "str",
-    "detail": "str",
-}
 
 
 @dataclass(frozen=True)
@@ -130,7 +112,7 @@ class DirectionAnalysis:
 
 def load_udp_direction(run_dir: str | os.PathLike[str]) -> tuple[dict[str, object], pd.DataFrame]:
     """``raw/udp_direction.csv``: (its header, its rows)."""
-    raw = read_raw_csv(Path(run_dir) / UDP_DIRECTION_FILE, probe="udp_direction", dtypes=_DTYPES)
+    raw = read_raw_csv(run_dir, UDP_DIRECTION)
     return raw.header, raw.rows
 
 

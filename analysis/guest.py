@@ -51,27 +51,26 @@ import numpy.typing as npt
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from migration_blackout.analysis.icmp import utc_iso
 from migration_blackout.analysis.outputs import replace_file
-from migration_blackout.analysis.runfolder import (
+from migration_blackout.analysis.rundata import read_jsonl, warn_skipped
+from migration_blackout.runformat import (
+    FRAMES,
+    HEARTBEAT,
     RAW_SCHEMA_VERSION,
     RunFormatError,
     check_schema_version,
-    read_jsonl,
-    warn_skipped,
+    utc_iso,
 )
 
-HEARTBEAT_FILE = Path("raw") / "guest_heartbeat.csv"
-FRAMES_FILE = Path("raw") / "guest_frames.jsonl"
-
-HEARTBEAT_SOURCE = "guest_heartbeat"
-FRAMES_SOURCE = "guest_frames"
+# A figure from a guest stream names its probe as its source.
+HEARTBEAT_SOURCE = HEARTBEAT.probe
+FRAMES_SOURCE = FRAMES.probe
 
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
 
 # The columns every analysis needs, as both streams are normalised to them.
-_COLUMNS = (
+GUEST_RECORD_COLUMNS = (
     "agent_id",
     "seq",
     "guest_utc_ns",
@@ -184,25 +183,15 @@ def _normalise(records: pd.DataFrame) -> pd.DataFrame:
             "agent_id": records["agent_id"].fillna("").astype(str),
             **{
                 c: records[c].astype("int64")
-                for c in _COLUMNS
+                for c in GUEST_RECORD_COLUMNS
                 if c not in ("agent_id", "interval_ns")
             },
             "interval_ns": records["interval_ns"].astype("Int64"),
         }
     )
-    return out[list(_COLUMNS)]
+    return out[list(GUEST_RECORD_COLUMNS)]
 
 
-_HEARTBEAT_DTYPES = {
-    "agent_id": "str",
-    "seq": "int64",
-    "guest_utc_ns": "int64",
-    "guest_mono_ns": "int64",
-    "interval_us": "int64",
-    "recv_mono_ns": "int64",
-    "recv_utc_ns": "int64",
-    "from_addr": "str",
-}
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -213,7 +202,7 @@ def load_heartbeats(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     a number that is not a 64-bit integer) is counted and skipped with a
     ``RawDataWarning``; a partial last line is left out.
     """
-    path = Path(run_dir) / HEARTBEAT_FILE
+    path = Path(run_dir) / HEARTBEAT.path
     with open(path, "rb") as handle:
         first = handle.readline().decode("utf-8", errors="replace")
         if not first.startswith("# "):
@@ -227,7 +216,10 @@ def load_heartbeats(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     complete = body[: body.rfind(b"\n") + 1]  # a partial last line is not a record
     try:
         raw = pd.read_csv(
-            io.BytesIO(complete), dtype=_HEARTBEAT_DTYPES, keep_default_na=False, encoding="utf-8"
+            io.BytesIO(complete),
+            dtype=dict(HEARTBEAT.dtypes),
+            keep_default_na=False,
+            encoding="utf-8",
         )
     except (ValueError, OverflowError, UnicodeDecodeError, pd.errors.ParserError):
         raw = _heartbeats_row_by_row(path, complete)
@@ -239,8 +231,9 @@ def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:
     """The slow path for a file with bad rows: each row checked, bad ones skipped."""
     lines = data.split(b"\n")[:-1]
     names = lines[0].decode("utf-8", errors="replace").strip().split(",") if lines else []
-    if names != list(_HEARTBEAT_DTYPES):
-        raise RunFormatError(f"{path} has columns {names}; expected {list(_HEARTBEAT_DTYPES)}")
+    # Files before heartbeat version 2 lack its last two columns (late_ns, work_ns).
+    if names not in (list(HEARTBEAT.columns), list(HEARTBEAT.columns[:-2])):
+        raise RunFormatError(f"{path} has columns {names}; expected {list(HEARTBEAT.columns)}")
     rows: list[list[Any]] = []
     skipped, first = 0, ""
     for number, line in enumerate(lines[1:], 3):
@@ -250,7 +243,10 @@ def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:
                 raise ValueError(f"{len(fields)} fields")
             row: list[Any] = []
             for name, text in zip(names, fields, strict=True):
-                if _HEARTBEAT_DTYPES[name] == "int64":
+                dtype = HEARTBEAT.dtypes[name]
+                if dtype == "Int64" and text == "":
+                    row.append(None)  # a version 1 heartbeat in a version 2 file
+                elif dtype in ("int64", "Int64"):
                     value = int(text)
                     if not _INT64[0] <= value <= _INT64[1]:
                         raise ValueError(f"{name} out of range")
@@ -265,7 +261,7 @@ def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:
     if skipped:
         warn_skipped(str(path), skipped, first)
     frame = pd.DataFrame(rows, columns=names)
-    return frame.astype({k: v for k, v in _HEARTBEAT_DTYPES.items()})
+    return frame.astype({name: HEARTBEAT.dtypes[name] for name in names})
 
 
 def load_frames(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -274,7 +270,7 @@ def load_frames(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     A record without a guest stamp or seq that is a 64-bit integer is counted
     and skipped with a ``RawDataWarning``.
     """
-    path = Path(run_dir) / FRAMES_FILE
+    path = Path(run_dir) / FRAMES.path
     raw_file = read_jsonl(path, what=str(path))
     _check_header(raw_file.header, path, FRAMES_SOURCE)
     rows = []
@@ -290,13 +286,13 @@ def load_frames(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
             first = first or f"seq {record.get('seq')!r}, a stamp missing or out of range"
     if skipped:
         warn_skipped(str(path), skipped, first)
-    raw = pd.DataFrame.from_records(rows, columns=None if rows else [*_COLUMNS, "file"])
+    raw = pd.DataFrame.from_records(rows, columns=None if rows else [*GUEST_RECORD_COLUMNS, "file"])
     if "interval_ns" not in raw:
         raw["interval_ns"] = pd.NA
     if "agent_id" not in raw:
         raw["agent_id"] = ""
     normalised = _normalise(raw)
-    extra = raw.drop(columns=[c for c in _COLUMNS if c in raw.columns])
+    extra = raw.drop(columns=[c for c in GUEST_RECORD_COLUMNS if c in raw.columns])
     return pd.concat([normalised, extra], axis=1)
 
 
@@ -418,9 +414,15 @@ def execution_gaps(
     return sorted(gaps, key=lambda gap: gap.before_guest_mono_ns)
 
 
-def analyse_stream(records: pd.DataFrame, *, source: str) -> StreamAnalysis:
-    """Counts and largest gaps of one stream (``source``: ``guest_heartbeat``, ``guest_frames``)."""
+def analyse_stream(
+    records: pd.DataFrame, *, source: str, duplicates_dropped: int = 0
+) -> StreamAnalysis:
+    """Counts and largest gaps of one stream (``source``: ``guest_heartbeat``, ``guest_frames``).
+
+    ``duplicates_dropped``: duplicate records the caller left out of ``records``
+    already (``Timeline.guest_streams``); they are counted with any left in."""
     ordered, duplicates = _in_send_order(records)
+    duplicates += duplicates_dropped
     positions, steps, lost = _execution_steps(ordered)
     interval_ns = _nominal_interval_ns(ordered, steps)
 
@@ -512,10 +514,10 @@ def analyse_guest(run_dir: str | os.PathLike[str]) -> GuestAnalysis:
     """Both streams of a run folder; a stream whose file is absent is None."""
     path = Path(run_dir)
     heartbeat = None
-    if (path / HEARTBEAT_FILE).is_file():
+    if (path / HEARTBEAT.path).is_file():
         heartbeat = analyse_stream(load_heartbeats(path), source=HEARTBEAT_SOURCE)
     frames = None
-    if (path / FRAMES_FILE).is_file():
+    if (path / FRAMES.path).is_file():
         frames = analyse_stream(load_frames(path), source=FRAMES_SOURCE)
     return GuestAnalysis(heartbeat=heartbeat, frames=frames)
 
@@ -570,12 +572,12 @@ def _delivery_gap_json(gap: DeliveryGap | None) -> dict[str, Any] | None:
     }
 
 
-def _stream_json(stream: StreamAnalysis | None, file: Path) -> dict[str, Any] | None:
+def _stream_json(stream: StreamAnalysis | None, file: str) -> dict[str, Any] | None:
     if stream is None:
         return None
     step = stream.clock_step
     return {
-        "file": file.as_posix(),
+        "file": file,
         "records": stream.records,
         "agents": stream.agents,
         "interval_ms": _ms(stream.interval_ms),
@@ -611,8 +613,8 @@ def guest_summary(analysis: GuestAnalysis) -> dict[str, Any]:
     return {
         "execution_gap": _execution_gap_json(preferred.execution_gap if preferred else None),
         "delivery_gap": _delivery_gap_json(preferred.delivery_gap if preferred else None),
-        "heartbeat": _stream_json(analysis.heartbeat, HEARTBEAT_FILE),
-        "frames": _stream_json(analysis.frames, FRAMES_FILE),
+        "heartbeat": _stream_json(analysis.heartbeat, HEARTBEAT.path),
+        "frames": _stream_json(analysis.frames, FRAMES.path),
     }
 
 
@@ -658,6 +660,7 @@ def contact_sheet(
     run_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
+    frames: pd.DataFrame | None = None,
     around: int = 3,
     thumb_width: int = 320,
 ) -> Path:
@@ -666,14 +669,17 @@ def contact_sheet(
     ``around`` frames on each side of the gap (the last before it and the
     first after it included), each labelled with its sequence number, the
     guest's capture time and the harness's arrival time (UTC), and a marker
-    between the two frames that straddle the gap. Returns ``out_path``.
+    between the two frames that straddle the gap. ``frames``: the run's
+    frames where they are read already (``load_frames``, or the timeline's).
+    Returns ``out_path``.
     """
     run_path = Path(run_dir)
-    frames = load_frames(run_path)
+    if frames is None:
+        frames = load_frames(run_path)
     ordered, _ = _in_send_order(frames)
     positions, steps, _lost = _execution_steps(ordered)
     if not len(steps):
-        raise ValueError(f"{run_path / FRAMES_FILE} has fewer than two frames of one agent")
+        raise ValueError(f"{run_path / FRAMES.path} has fewer than two frames of one agent")
     gap_at = int(positions[int(np.argmax(steps))])
     agent = ordered.iloc[gap_at]["agent_id"]
     lo = max(gap_at - around + 1, 0)

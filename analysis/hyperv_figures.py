@@ -20,14 +20,20 @@ the destination running it:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
+from migration_blackout.analysis.rundata import RunData, read_jsonl
+from migration_blackout.runformat import (
+    GROUND_TRUTH,
+    HOST_PROBE_PREFIX,
+    HYPERV_EVENTS,
+    POLL_OK,
+)
 
 # Hyper-V's migration events: 20415 (20417 over the critical level) carries
 # the VM's name, its id and the blackout in seconds as event data
@@ -38,9 +44,6 @@ _SECONDS = r"([0-9]+(?:[.,][0-9]+)?) seconds"
 _BLACKOUT_RE = re.compile(rf"blackout time of {_SECONDS}|blackout (?:took )?{_SECONDS}", re.I)
 _BROWNOUT_RE = re.compile(rf"brownout[^0-9]*{_SECONDS}", re.I)
 _DIRTY_RE = re.compile(r"([0-9]+) dirty pages", re.I)
-
-RAW_SCHEMA_VERSION = 1
-GROUND_TRUTH_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,11 @@ def _read_jsonl(path: Path, what: str) -> tuple[dict[str, Any], list[dict[str, A
     return raw.header, raw.records
 
 
-def load_host_polls(run: RunFolder) -> pd.DataFrame:
+def load_host_polls(run: RunData) -> pd.DataFrame:
     """Every host poll of the run, one row each, sorted by send time."""
     frames = []
     for probe in run.manifest.probes:
-        if not probe.startswith("host:"):
+        if not probe.startswith(HOST_PROBE_PREFIX):
             continue
         path = run.probe_file(probe)
         if path is None or not path.exists():
@@ -83,7 +86,7 @@ def load_host_polls(run: RunFolder) -> pd.DataFrame:
         frame = pd.DataFrame.from_records([r for r in records if r.get("event") == "poll"])
         if frame.empty:
             continue
-        frame["host"] = header.get("host", probe.removeprefix("host:"))
+        frame["host"] = header.get("host", probe.removeprefix(HOST_PROBE_PREFIX))
         frame["role"] = header.get("role")
         frames.append(frame)
     if not frames:
@@ -91,7 +94,7 @@ def load_host_polls(run: RunFolder) -> pd.DataFrame:
             columns=["host", "role", "send_mono_ns", "recv_mono_ns", "listed", "state"]
         )
     polls = pd.concat(frames, ignore_index=True)
-    ok = polls["outcome"] == "ok"
+    ok = polls["outcome"] == POLL_OK
     polls["seen"] = "error"
     polls.loc[ok & ~polls["listed"].fillna(False).astype(bool), "seen"] = "unlisted"
     listed = ok & polls["listed"].fillna(False).astype(bool)
@@ -147,8 +150,8 @@ def host_blackout(polls: pd.DataFrame, source: str, destination: str) -> HostBla
     return HostBlackout(pause=pause, resume=resume, lower_ms=lower, upper_ms=upper)
 
 
-def load_hyperv_events(run: RunFolder) -> list[dict[str, Any]]:
-    path = run.probe_file("hyperv_events")
+def load_hyperv_events(run: RunData) -> list[dict[str, Any]]:
+    path = run.probe_file(HYPERV_EVENTS.probe)
     if path is None or not path.exists():
         return []
     _header, records = _read_jsonl(path, f"{path.name} (Hyper-V events raw file)")
@@ -195,7 +198,7 @@ def _blackout_s(event: Mapping[str, Any]) -> tuple[float | None, str]:
     return _seconds(_BLACKOUT_RE, event.get("message") or ""), "message"
 
 
-def reported_blackout(events: list[dict[str, Any]], vm: str) -> dict[str, Any] | None:
+def reported_blackout(events: Sequence[Mapping[str, Any]], vm: str) -> dict[str, Any] | None:
     """Hyper-V's own blackout figure (event 20415, or 20417 when over the critical
     level), with the brownout and dirty pages from the Worker-Admin events.
 
@@ -240,18 +243,18 @@ def reported_blackout(events: list[dict[str, Any]], vm: str) -> dict[str, Any] |
     return document
 
 
-def load_ground_truth(run: RunFolder) -> list[dict[str, Any]] | None:
+def load_ground_truth(run: RunData) -> list[dict[str, Any]] | None:
     """The emulated lab's state changes during the run, or None for real hosts."""
-    path = run.probe_file("ground_truth")
+    path = run.probe_file(GROUND_TRUTH.probe)
     if path is None or not path.exists():
         return None
     _header, records = _read_jsonl(path, f"{path.name} (lab ground truth)")
     return [r for r in records if r.get("kind") == "event"]
 
 
-def truth_summary(events: list[dict[str, Any]]) -> dict[str, Any]:
+def truth_summary(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The lab's true intervals of the (first) migration in the run."""
-    first: dict[str, dict[str, Any]] = {}
+    first: dict[str, Mapping[str, Any]] = {}
     for event in events:
         first.setdefault(str(event.get("event")), event)
 
@@ -282,16 +285,20 @@ def _edge_json(edge: StateEdge) -> dict[str, Any]:
     }
 
 
-def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
-    """The ``hyperv`` block of summary.json, or None for runs without hosts."""
+def hyperv_summary(
+    run: RunData, polls: pd.DataFrame, events: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The ``hyperv`` block of summary.json, or None for runs without hosts.
+
+    ``polls`` and ``events``: the run's host polls (``load_host_polls``, or the
+    timeline's, which adds columns) and Hyper-V events (``load_hyperv_events``)."""
     document = run.manifest.document
     hyperv: Mapping[str, Any] = document.get("hyperv") or {}
-    if not hyperv and not any(p.startswith("host:") for p in run.manifest.probes):
+    if not hyperv and not any(p.startswith(HOST_PROBE_PREFIX) for p in run.manifest.probes):
         return None
     config = run.manifest.config
     vm = str(config.get("vm") or "")
     source, destination = hyperv.get("source"), hyperv.get("destination")
-    polls = load_host_polls(run)
     window = (
         None
         if not source or not destination or polls.empty
@@ -301,7 +308,7 @@ def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
     for host, group in polls.groupby("host"):
         per_host[str(host)] = {
             "polls": len(group),
-            "failed": int((group["outcome"] != "ok").sum()),
+            "failed": int((group["outcome"] != POLL_OK).sum()),
             "states_seen": sorted(set(group["seen"].astype(str))),
         }
     return {
@@ -318,6 +325,6 @@ def hyperv_summary(run: RunFolder) -> dict[str, Any] | None:
             "resume": _edge_json(window.resume),
             "source": window.source,
         },
-        "reported": reported_blackout(load_hyperv_events(run), vm),
+        "reported": reported_blackout(events, vm),
         "clock": hyperv.get("clock"),
     }

@@ -1,7 +1,7 @@
 """Outages and the blackout from ICMP probe attempts.
 
 Pure functions from a table of probe records (the frame of
-``runfolder.read_icmp_csv``) to frozen dataclasses. Everything per record is
+``rundata.read_icmp_csv``) to frozen dataclasses. Everything per record is
 vectorised with numpy; Python loops run only over targets and over outages.
 
 Definitions (docs/summary-format.md repeats them for readers of summary.json):
@@ -34,25 +34,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from migration_blackout.analysis.runfolder import (
+from migration_blackout.analysis.rundata import ICMP_OUTCOME_DTYPE
+from migration_blackout.runformat import (
+    DUPLICATE,
+    ERROR,
     ICMP_ATTEMPT_OUTCOMES,
-    ICMP_OUTCOME_DTYPE,
+    LATE,
+    REPLY,
+    TIMEOUT,
+    UNREACHABLE,
+    UNRESOLVED,
     RunFormatError,
+    utc_iso,
 )
 
 # Codes of ICMP_OUTCOME_DTYPE's categories: attempts first, then the extra rows.
 _CODE = {name: code for code, name in enumerate(ICMP_OUTCOME_DTYPE.categories)}
-_REPLY, _TIMEOUT, _UNREACHABLE, _ERROR = (
-    _CODE[n] for n in ("reply", "timeout", "unreachable", "error")
-)
-_UNRESOLVED, _DUPLICATE, _LATE = (_CODE[n] for n in ("unresolved", "duplicate", "late"))
+_REPLY, _TIMEOUT, _UNREACHABLE, _ERROR = (_CODE[n] for n in (REPLY, TIMEOUT, UNREACHABLE, ERROR))
+_UNRESOLVED, _DUPLICATE, _LATE = (_CODE[n] for n in (UNRESOLVED, DUPLICATE, LATE))
 _CODE_COUNT = len(_CODE)
 _FIRST_EXTRA_CODE = len(ICMP_ATTEMPT_OUTCOMES)  # codes at or above it are not attempts
 
@@ -61,13 +66,6 @@ _NS_PER_MS = 1_000_000
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 _Item = TypeVar("_Item", bound=np.generic)
-
-
-def utc_iso(utc_ns: int) -> str:
-    """ISO 8601 UTC with microseconds (truncated) and a ``Z``: ``2026-11-25T13:02:40.123456Z``."""
-    seconds, ns = divmod(utc_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=ns // 1000)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _iso_or_none(utc_ns: int | None) -> str | None:

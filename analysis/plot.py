@@ -43,22 +43,34 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from matplotlib.transforms import Bbox, blended_transform_factory
 from PIL import Image
 
-from migration_blackout.analysis.decompose import Component, Decomposition, Instant, decompose
-from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.clocks import NS_PER_S
+from migration_blackout.analysis.decompose import (
+    QEMU_EVENTS_SOURCE,
+    Component,
+    Decomposition,
+    Instant,
+)
+from migration_blackout.analysis.derive import Derived, derive
 from migration_blackout.analysis.outputs import replace_file
 from migration_blackout.analysis.timeline import (
     EVENTS_LANE,
-    NS_PER_S,
     OUTCOME_CODE,
     Timeline,
-    build_timeline,
     target_attempts,
 )
 from migration_blackout.analysis.witness_summary import WitnessBar, witness_bars
+from migration_blackout.runformat import (
+    DERIVED_DIR,
+    TIMELINE_PNG,
+    TIMELINE_SVG,
+    TIMELINE_ZOOM_PNG,
+    utc_iso,
+)
 
-OVERVIEW_PNG = "timeline.png"
-OVERVIEW_SVG = "timeline.svg"
-ZOOM_PNG = "timeline-zoom.png"
+# The files' names, in ``out_dir`` (``derived/`` of the run folder by default).
+OVERVIEW_PNG = Path(TIMELINE_PNG).name
+OVERVIEW_SVG = Path(TIMELINE_SVG).name
+ZOOM_PNG = Path(TIMELINE_ZOOM_PNG).name
 
 WIDTH_IN = 16.0
 DPI = 100
@@ -282,6 +294,13 @@ def _bounds_text(component: Component) -> str:
     return f"{lower} - {upper} ms"
 
 
+def _window_label(component: Component) -> str:
+    """The row's name; QEMU's own pause and resume stand in for the host polls."""
+    if component.name == "hypervisor_blackout" and component.source == QEMU_EVENTS_SOURCE:
+        return "hypervisor (QEMU events)"
+    return WINDOW_LABELS.get(component.name, component.name)
+
+
 def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> list[list[_Label]]:
     """The window bars; returns each bar's label with its fallback positions."""
     rows = [
@@ -305,7 +324,7 @@ def _draw_windows(ax: Axes, view: _View, decomposition: Decomposition) -> list[l
                 ax, view, y, component.start, component.end, colour, _bounds_text(component)
             )
         )
-        labels.append(WINDOW_LABELS.get(component.name, component.name))
+        labels.append(_window_label(component))
     reported = decomposition.reported_blackout
     if reported is not None and reported.logged is not None:
         y = len(rows)
@@ -945,9 +964,14 @@ def _bins_for(width_in: float) -> int:
 
 
 def timeline_figures(
-    timeline: Timeline, decomposition: Decomposition, *, zoom_s: float = ZOOM_S
+    timeline: Timeline,
+    decomposition: Decomposition,
+    *,
+    zoom_s: float = ZOOM_S,
+    bars: Sequence[WitnessBar] = (),
 ) -> tuple[Figure, Figure | None]:
-    """The whole-run figure and the zoom on the blackout (None without a blackout)."""
+    """The whole-run figure and the zoom on the blackout (None without a blackout);
+    ``bars``: the lane 'what applications felt' (``witness_bars``), none by default."""
     first, last = timeline.span_ns()
     if last <= first:
         last = first + NS_PER_S
@@ -959,8 +983,6 @@ def timeline_figures(
         hosts = f"{timeline.source_host} -> {timeline.destination_host}"
     what = " ".join(part for part in (timeline.vm, hosts) if part)
     title = f"{timeline.run.manifest.run_id}: {what}" if what else timeline.run.manifest.run_id
-    # The witnesses no peer has (TCP, direction of loss), one row each.
-    bars = witness_bars(timeline.run.path)
     whole = _figure(timeline, decomposition, overview, title, bars)
 
     span = _blackout_span(decomposition)
@@ -983,21 +1005,18 @@ def timeline_figures(
     return whole, _figure(timeline, decomposition, zoom, f"{title}\n{window}", bars)
 
 
-def plot_timeline(
-    run_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str] | None = None,
-    *,
-    zoom_s: float = ZOOM_S,
+def write_timeline_figures(
+    derived: Derived, out_dir: str | os.PathLike[str] | None = None, *, zoom_s: float = ZOOM_S
 ) -> list[Path]:
-    """Write ``timeline.png``, ``timeline.svg`` and ``timeline-zoom.png`` into ``out_dir``.
-
-    ``out_dir`` defaults to ``run_dir/derived``. Returns the paths written (no
-    zoom without a blackout).
-    """
-    timeline = build_timeline(run_dir)
-    decomposition = decompose(timeline)
-    whole, zoom = timeline_figures(timeline, decomposition, zoom_s=zoom_s)
-    out = Path(run_dir) / "derived" if out_dir is None else Path(out_dir)
+    """Write ``timeline.png``, ``timeline.svg`` and ``timeline-zoom.png`` of a derived run
+    into ``out_dir`` (default: the run folder's ``derived/``); return the paths written
+    (no zoom without a blackout)."""
+    # The witnesses no peer has (TCP, direction of loss), one row each.
+    bars = witness_bars(derived.witnesses)
+    whole, zoom = timeline_figures(
+        derived.timeline, derived.decomposition, zoom_s=zoom_s, bars=bars
+    )
+    out = derived.run.path / DERIVED_DIR if out_dir is None else Path(out_dir)
     written = [
         replace_file(out / OVERVIEW_PNG, _saver(whole, "png", {"Software": None})),
         replace_file(out / OVERVIEW_SVG, _saver(whole, "svg", {"Date": None})),
@@ -1012,3 +1031,13 @@ def _saver(figure: Any, fmt: str, metadata: dict[str, Any]) -> Callable[[BinaryI
         figure.savefig(handle, format=fmt, metadata=metadata)
 
     return save
+
+
+def plot_timeline(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    zoom_s: float = ZOOM_S,
+) -> list[Path]:
+    """``write_timeline_figures`` of ``derive(run_dir)``: the figures of a run folder."""
+    return write_timeline_figures(derive(run_dir), out_dir, zoom_s=zoom_s)

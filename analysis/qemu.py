@@ -12,19 +12,33 @@ answering again and the network, not the hypervisor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from migration_blackout.analysis.runfolder import RunFolder, read_jsonl
+from migration_blackout.analysis.rundata import RunData, read_jsonl
+from migration_blackout.runformat import QEMU_MIGRATION
 
-RAW_SCHEMA_VERSION = 1
+
+@dataclass(frozen=True)
+class QemuRecords:
+    """``raw/qemu_migration.jsonl``: its header and its records, as QEMU said them."""
+
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The migration's final ``result`` record, None before one was written."""
+        return next((r for r in reversed(self.records) if r.get("event") == "result"), None)
 
 
-def _records(run: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    path = run.probe_file("qemu_migration")
+def load_qemu_records(run: RunData) -> QemuRecords | None:
+    """The run's QEMU migration record, None when QEMU did not run."""
+    path = run.probe_file(QEMU_MIGRATION.probe)
     if path is None or not path.exists():
         return None
     raw = read_jsonl(path, what=f"{path.name} (QEMU migration raw file)")
-    return raw.header, raw.records
+    return QemuRecords(raw.header, raw.records)
 
 
 def _ms(value: float | None) -> float | None:
@@ -44,17 +58,15 @@ def _excess(measured: dict[str, Any] | None, reference_ms: float | None) -> dict
 
 
 def qemu_summary(
-    run: RunFolder,
+    qemu: QemuRecords | None,
     *,
     icmp_blackout: dict[str, Any] | None = None,
     guest_gap: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The ``qemu`` block of summary.json, or None when QEMU did not run."""
-    found = _records(run)
-    if found is None:
+    if qemu is None:
         return None
-    header, records = found
-    result = next((r for r in reversed(records) if r.get("event") == "result"), None)
+    header, records, result = qemu.header, qemu.records, qemu.result
     events = [r for r in records if r.get("event") == "qmp_event"]
     polls = [r for r in records if r.get("event") == "migrate_poll"]
     document: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
 The document is a stable API that scripts and CI parse; docs/summary-format.md
 describes every key. Later versions only add keys; a change that removes or
-redefines one bumps ``SUMMARY_SCHEMA_VERSION``.
+redefines one bumps ``runformat.SUMMARY_SCHEMA_VERSION``.
 """
 
 from __future__ import annotations
@@ -12,41 +12,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.console import console_summary
-from migration_blackout.analysis.decompose import decomposition_summary
-from migration_blackout.analysis.guest import analyse_guest, guest_summary
-from migration_blackout.analysis.hyperv_figures import (
-    hyperv_summary,
-    load_ground_truth,
-    truth_summary,
-)
-from migration_blackout.analysis.icmp import (
-    BlackoutWindow,
-    IcmpAnalysis,
-    Outage,
-    TargetIcmpSummary,
-    analyse_icmp,
-    utc_iso,
-)
+from migration_blackout.analysis.console import console_document
+from migration_blackout.analysis.decompose import decomposition_to_json
+from migration_blackout.analysis.derive import Derived, derive
+from migration_blackout.analysis.guest import guest_summary
+from migration_blackout.analysis.hyperv_figures import hyperv_summary, truth_summary
+from migration_blackout.analysis.icmp import BlackoutWindow, Outage, TargetIcmpSummary
 from migration_blackout.analysis.outputs import replace_text
 from migration_blackout.analysis.qemu import qemu_summary
-from migration_blackout.analysis.runfolder import (
-    RunFolder,
+from migration_blackout.analysis.rundata import manifest_icmp_interval_s
+from migration_blackout.analysis.witness_summary import tcp_summary
+from migration_blackout.runformat import (
+    CONSOLE,
+    SUMMARY_FILE,
+    SUMMARY_SCHEMA_VERSION,
     RunFormatError,
     check_schema_version,
-    load_icmp,
-    load_run,
     package_version,
-    raw_data_warnings,
-    requested_icmp_interval_s,
+    utc_iso,
 )
-from migration_blackout.analysis.witness_summary import tcp_summary
-
-# Version history of derived/summary.json (docs/summary-format.md has the details):
-#   1 (0.1.0): first version.
-SUMMARY_SCHEMA_VERSION = 1
-
-SUMMARY_FILE = Path("derived") / "summary.json"
 
 
 def _ms(value: float | None) -> float | None:
@@ -117,69 +101,42 @@ def _utc(utc_ns: int | None) -> str | None:
     return None if utc_ns is None else utc_iso(utc_ns)
 
 
-def _analyse_run_icmp(run: RunFolder, warnings: list[str]) -> IcmpAnalysis | None:
-    path = run.probe_file("icmp")
-    if path is None:
-        return None
-    if not path.is_file() and run.manifest.status != "completed":
+def _icmp_warnings(derived: Derived) -> list[str]:
+    """What a reader of the ICMP blackout should know about its raw file."""
+    run, source = derived.run, derived.timeline.icmp_source
+    if source is None:
+        return []
+    if not source.present:
         # A run that failed before its probe wrote anything still gets a summary.
+        return [f"the icmp probe file {source.file} does not exist (run {run.manifest.status})"]
+    warnings = []
+    if source.partial_last_line:
         warnings.append(
-            f"the icmp probe file {path.relative_to(run.path)} does not exist "
-            f"(run {run.manifest.status})"
+            f"{source.file} ends in a partial line (the writer stopped mid-row); "
+            "that line was ignored"
         )
-        return None
-    records = load_icmp(run)
-    if records is None:
-        return None
-    if records.dropped_partial_last_line:
+    header_s, manifest_s = source.header_interval_s, manifest_icmp_interval_s(run)
+    if header_s is not None and manifest_s is not None and manifest_s != header_s:
         warnings.append(
-            f"{records.path.relative_to(run.path)} ends in a partial line "
-            "(the writer stopped mid-row); that line was ignored"
+            f"icmp interval_s differs: {header_s} in the raw header, {manifest_s} in the "
+            "manifest; the raw header's is used"
         )
-    header_s = records.interval_s
-    config = run.manifest.config.get("icmp")
-    config_s = config.get("interval_s") if isinstance(config, dict) else None
-    if header_s is not None and isinstance(config_s, int | float) and config_s != header_s:
-        warnings.append(
-            f"icmp interval_s differs: {header_s} in the raw header, {config_s} in the "
-            "manifest config; the raw header's is used"
-        )
-    header_targets = records.targets or tuple(t for t in run.manifest.targets if isinstance(t, str))
-    return analyse_icmp(
-        records.frame,
-        requested_interval_s=requested_icmp_interval_s(run, records),
-        targets=header_targets,
-    )
+    return warnings
 
 
-def _guest(run_dir: Path) -> dict[str, Any] | None:
-    """The in-guest agent's evidence, or None when the run had no agent."""
-    analysis = analyse_guest(run_dir)
-    if analysis.heartbeat is None and analysis.frames is None:
-        return None
-    return guest_summary(analysis)
-
-
-def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The summary document of a run folder (nothing is written).
-
-    Lines of raw files that are not records are skipped; each file's count
-    (a ``RawDataWarning``) lands in ``warnings``.
-    """
-    with raw_data_warnings() as skipped:
-        document = _build_summary(run_dir)
-    document["warnings"].extend(skipped)
-    return document
-
-
-def _build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    run = load_run(run_dir)
-    warnings: list[str] = []
-    icmp = _analyse_run_icmp(run, warnings)
-    truth = load_ground_truth(run)
+def summary_document(derived: Derived) -> dict[str, Any]:
+    """The summary document of a derived run (nothing is written)."""
+    run, timeline, icmp = derived.run, derived.timeline, derived.icmp
     error = run.manifest.error
     blackout = None if icmp is None or icmp.blackout is None else blackout_to_json(icmp.blackout)
-    guest = _guest(run.path)
+    guest_streams = derived.guest
+    guest = (
+        None
+        if guest_streams.heartbeat is None and guest_streams.frames is None
+        else guest_summary(guest_streams)
+    )
+    console = timeline.console_records
+    console_file = run.probe_file(CONSOLE.probe)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "kind": "summary",
@@ -187,28 +144,44 @@ def _build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "status": run.manifest.status,
         "error": None if error is None else {"type": error.type, "message": error.message},
         "generated_by": f"migration-blackout {package_version()}",
-        "warnings": warnings,
+        "warnings": [*_icmp_warnings(derived), *derived.raw_warnings],
         "icmp": {} if icmp is None else {t.target: target_to_json(t) for t in icmp.targets},
         "blackout": blackout,
-        "hyperv": hyperv_summary(run),
+        "hyperv": hyperv_summary(run, timeline.polls, timeline.hyperv_events),
         "qemu": qemu_summary(
-            run,
+            derived.qemu,
             icmp_blackout=blackout,
             guest_gap=None if guest is None else guest.get("execution_gap"),
         ),
         "guest": guest,
-        "console": console_summary(run),
-        "decomposition": decomposition_summary(run),
-        "tcp": tcp_summary(run.path, blackout=blackout),
-        "ground_truth": None if truth is None else truth_summary(truth),
+        "console": None
+        if console is None
+        else console_document(
+            console,
+            file=str(console_file.relative_to(run.path)) if console_file else CONSOLE.path,
+            analysis=derived.console,
+        ),
+        "decomposition": decomposition_to_json(derived.decomposition, timeline)
+        if derived.has_witnesses
+        else None,
+        "tcp": tcp_summary(derived.witnesses, blackout=blackout),
+        "ground_truth": None
+        if timeline.ground_truth is None
+        else truth_summary(timeline.ground_truth),
     }
 
 
-def write_summary(run_dir: str | os.PathLike[str]) -> Path:
-    """Build the summary and write it to ``run_dir/derived/summary.json`` (replacing it)."""
-    document = build_summary(run_dir)
+def build_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The summary document of a run folder (nothing is written)."""
+    return summary_document(derive(run_dir))
+
+
+def write_summary(run: Derived | str | os.PathLike[str]) -> Path:
+    """Write the summary to ``derived/summary.json`` of the run folder (replacing it)."""
+    derived = run if isinstance(run, Derived) else derive(run)
+    document = summary_document(derived)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    return replace_text(Path(run_dir) / SUMMARY_FILE, text)
+    return replace_text(derived.run.path / SUMMARY_FILE, text)
 
 
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -41,42 +41,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from migration_blackout.analysis.witnesses import NS_PER_MS, failure_runs, read_raw_csv
+from migration_blackout.runformat import TCP_CONNECT, TCP_STREAM
 
-TCP_CONNECT_FILE = Path("raw") / "tcp_connect.csv"
-TCP_STREAM_FILE = Path("raw") / "tcp_stream.csv"
 CONNECT_ATTEMPTS = ("connected", "refused", "timeout", "unreachable", "error")
-
-_CONNECT_DTYPES = {
-    "target": "str",
-    "port": "int64",
-    "n": "int64",
-    "outcome": "str",
-    "start_mono_ns": "int64",
-    "start_utc_ns": "int64",
-    "end_mono_ns": "int64",
-    "end_utc_ns": "int64",
-    "connect_ns": "Int64",
-    "errno": "str",
-    "detail": "str",
-}
-_STREAM_DTYPES = {
-    "kind": "str",
-    "conn": "int64",
-    "seq": "Int64",
-    "send_mono_ns": "Int64",
-    "send_utc_ns": "Int64",
-    "guest_mono_ns": "Int64",
-    "guest_utc_ns": "Int64",
-    "recv_mono_ns": "Int64",
-    "recv_utc_ns": "Int64",
-    "detail": "str",
-}
 
 
 # -- connects -------------------------------------------------------------------
@@ -125,9 +97,7 @@ class PortConnects:
 
 def load_tcp_connect(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """``raw/tcp_connect.csv`` as a frame (columns as written)."""
-    return read_raw_csv(
-        Path(run_dir) / TCP_CONNECT_FILE, probe="tcp_connect", dtypes=_CONNECT_DTYPES
-    ).rows
+    return read_raw_csv(run_dir, TCP_CONNECT).rows
 
 
 def analyse_connects(
@@ -249,7 +219,7 @@ class StreamAnalysis:
 
 def load_tcp_stream(run_dir: str | os.PathLike[str]) -> tuple[dict[str, object], pd.DataFrame]:
     """``raw/tcp_stream.csv``: (its header, its rows)."""
-    raw = read_raw_csv(Path(run_dir) / TCP_STREAM_FILE, probe="tcp_stream", dtypes=_STREAM_DTYPES)
+    raw = read_raw_csv(run_dir, TCP_STREAM)
     return raw.header, raw.rows
 
 

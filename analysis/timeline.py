@@ -14,59 +14,18 @@ A run folder holds stamps from three kinds of clock:
 are all harness monotonic nanoseconds, each with bounds ``[t_lo_ns, t_hi_ns]``
 that contain the true instant. UTC, for labels, is ``t + utc_minus_mono_ns``
 from the manifest's ``clock.start`` pair. docs/timeline.md explains every
-column and the reasoning below at more length.
+column and the reasoning at more length.
 
-**Host clocks.** The manifest's ``hyperv.clock.<host>`` gives the host's clock
-minus the harness's UTC, estimated ``before`` and ``after`` the migration,
-each with an uncertainty (half the best Get-Date round trip) and the harness
-monotonic time it was taken at. At harness time ``t`` the offset is
-interpolated linearly, ``w = (t - at_before) / (at_after - at_before)``,
-``offset = (1 - w) before + w after``, and its uncertainty is
-``|1 - w| u_before + |w| u_after``. That is a bound, not a guess, as long as
-the host clock drifts linearly: the interpolated error is the same mix of the
-two estimates' errors. Between the estimates it is the interpolated
-uncertainty (at most the larger of the two); outside them (extrapolation) it
-grows with the distance, as it should. With only one estimate the offset is
-constant and the uncertainty that estimate's. A host stamp maps to
-``mono = host_utc - offset(t) - utc_minus_mono_ns`` (evaluated once at an
-approximate ``t``; the offset changes by parts per million).
-
-**Guest clocks.** Each heartbeat (or frame upload) leaves the guest at
-``g`` on its monotonic clock and arrives at ``recv`` on the harness's, so
-``recv - g = c(g) + delay`` with ``c`` the unknown clock difference (which
-drifts slowly) and ``delay >= 0``. The smallest ``recv - g`` of each block
-(``GUEST_BLOCK_S``, at least ``GUEST_BLOCK_RECORDS`` intervals) is an
-*anchor*: ``c`` plus that block's smallest delay. Between anchors the
-envelope is interpolated linearly; a straight line through points that all lie
-on or above the linear ``c`` stays on or above it, so ``t = g + envelope`` is
-never earlier than the true send (and never later than the arrival: it is
-clamped to it). Beyond a segment's first or last anchor the envelope follows
-the drift fitted through the anchors, plus an allowance for its error
-(``GUEST_DRIFT_MARGIN_PPM``, ``GUEST_DRIFT_UNKNOWN_PPM`` without a fit) times
-the distance. Anchors are taken separately within each *segment*: a new one
-begins wherever the guest's stamps or the arrivals step by more than
-``GUEST_BREAK_INTERVALS`` nominal intervals, because a paused VM may stop its
-clock (``c`` jumps by the pause) or keep it running; the two cases need not be
-told apart then. The true send lies in ``[t - d - allowance, t + allowance]``
-with ``d`` the largest anchor delay, bounded by the smallest ICMP round trip of
-the run (``delay_bound_source = "icmp_min_rtt"``: a datagram that crossed
-faster than the fastest echo round trip; an assumption that each block holds
-one datagram sent on an idle network); for frames ``FRAME_DELAY_RTTS`` of it,
-as an upload's headers follow a connection set-up. Without ICMP replies, the
-99th percentile of how far arrivals lie above the envelope stands in
-(``"arrival_spread"``: an assumption, not a bound). Heartbeats anchor the
-envelope when the agent sent any (they are never queued); frames are mapped
-with it. Frames alone use their upload start (``guest_send_mono_ns``), which
-follows any queueing, as anchor.
+How each clock is mapped (the host clocks from the manifest's estimates,
+the guest clocks through an envelope of arrivals) is ``analysis.clocks``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +33,28 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from migration_blackout.analysis.clocks import (
+    FRAME_DELAY_RTTS,
+    HARNESS_STEP_WARN_NS,
+    NS_PER_MS,
+    FloatArray,
+    GuestClock,
+    GuestEnvelope,
+    HarnessClock,
+    HostClock,
+    IntArray,
+    harness_clock,
+    host_clocks,
+    json_int,
+    parse_utc_ns,
+)
+from migration_blackout.analysis.console import (
+    DEFAULT_DIM_DARK_FRACTION,
+    ConsoleRecords,
+    load_console,
+)
 from migration_blackout.analysis.guest import (
-    FRAMES_FILE,
     FRAMES_SOURCE,
-    HEARTBEAT_FILE,
     HEARTBEAT_SOURCE,
     load_frames,
     load_heartbeats,
@@ -87,21 +64,27 @@ from migration_blackout.analysis.hyperv_figures import (
     load_host_polls,
     load_hyperv_events,
 )
-from migration_blackout.analysis.icmp import utc_iso
-from migration_blackout.analysis.runfolder import (
-    ICMP_ATTEMPT_OUTCOMES,
+from migration_blackout.analysis.icmp import IcmpAnalysis, analyse_icmp
+from migration_blackout.analysis.rundata import (
     ICMP_OUTCOME_DTYPE,
     IcmpRecords,
-    RunFolder,
-    RunFormatError,
+    RunData,
     load_icmp,
     load_run,
     read_jsonl,
     requested_icmp_interval_s,
 )
-
-NS_PER_MS = 1_000_000
-NS_PER_S = 1_000_000_000
+from migration_blackout.runformat import (
+    CONSOLE,
+    FRAMES,
+    HARNESS_EVENTS,
+    HEARTBEAT,
+    HOST_PROBE_PREFIX,
+    ICMP,
+    ICMP_ATTEMPT_OUTCOMES,
+    RunFormatError,
+    RunStatus,
+)
 
 # The columns every row of the tidy table has (``Timeline.tidy()``, ``Timeline.events``).
 TIDY_COLUMNS = ("source", "lane", "kind", "t_mono_ns", "t_lo_ns", "t_hi_ns", "value", "label")
@@ -110,114 +93,41 @@ EVENTS_LANE = "events"
 # Codes of the ICMP outcomes in ``Timeline.icmp["outcome"]`` (attempts first).
 OUTCOME_CODE = {name: code for code, name in enumerate(ICMP_OUTCOME_DTYPE.categories)}
 
-# Guest clock alignment: envelope block length, and the segment break in nominal intervals.
-GUEST_BLOCK_S = 1.0  # at least this long ...
-GUEST_BLOCK_RECORDS = 10  # ... and this many nominal intervals (frames: 10 s)
-GUEST_BREAK_INTERVALS = 3.0
-# Drift allowance beyond a segment's anchors: the fitted drift may be off by the
-# margin; without a fit (segments shorter than the span), by the larger figure.
-GUEST_DRIFT_MIN_SPAN_S = 5.0
-GUEST_DRIFT_MARGIN_PPM = 50.0
-GUEST_DRIFT_UNKNOWN_PPM = 300.0
-# An upload's headers arrive at most this many smallest ICMP round trips after it began.
-FRAME_DELAY_RTTS = 2.0
-
-# A wall-clock step of the harness between clock.start and clock.end beyond this is reported.
-HARNESS_STEP_WARN_NS = 1 * NS_PER_MS
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-
-
-# -- clocks ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HarnessClock:
-    """The harness's clock pairs from the manifest (``clock.start``, ``clock.end``)."""
-
-    start_mono_ns: int
-    start_utc_ns: int
-    end_mono_ns: int | None = None
-    end_utc_ns: int | None = None
-
-    @property
-    def utc_minus_mono_ns(self) -> int:
-        """Harness UTC minus harness monotonic at the start; ``utc = mono + this``."""
-        return self.start_utc_ns - self.start_mono_ns
-
-    @property
-    def step_ns(self) -> int | None:
-        """How much ``utc - mono`` changed from start to end (a wall-clock step or slew)."""
-        if self.end_mono_ns is None or self.end_utc_ns is None:
-            return None
-        return (self.end_utc_ns - self.end_mono_ns) - self.utc_minus_mono_ns
-
-    def utc_ns(self, mono_ns: int) -> int:
-        return mono_ns + self.utc_minus_mono_ns
-
-    def utc_iso(self, mono_ns: int | None) -> str | None:
-        """ISO 8601 UTC (microseconds, ``Z``) of a harness monotonic stamp; None for None."""
-        return None if mono_ns is None else utc_iso(self.utc_ns(mono_ns))
-
-
-@dataclass(frozen=True)
-class ClockEstimate:
-    """One estimate of a host's clock: host clock minus harness UTC, at a harness time."""
-
-    offset_ns: int
-    uncertainty_ns: int
-    at_mono_ns: int
-
-
-@dataclass(frozen=True)
-class HostClock:
-    """Maps one host's wall-clock stamps onto the harness monotonic clock (module docstring)."""
-
-    host: str
-    before: ClockEstimate | None
-    after: ClockEstimate | None
-    utc_minus_mono_ns: int
-
-    def offset_at(self, mono_ns: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
-        """Host clock minus harness UTC (ns) and its uncertainty (ns) at harness times."""
-        at = np.asarray(mono_ns, dtype=np.int64)
-        estimates = [e for e in (self.before, self.after) if e is not None]
-        if not estimates:
-            raise ValueError(f"host {self.host} has no clock estimate")
-        first, last = estimates[0], estimates[-1]
-        if len(estimates) == 1 or first.at_mono_ns == last.at_mono_ns:
-            offset = np.full(at.shape, float(first.offset_ns))
-            return offset, np.full(at.shape, float(max(first.uncertainty_ns, last.uncertainty_ns)))
-        w = (at - first.at_mono_ns).astype(np.float64) / float(last.at_mono_ns - first.at_mono_ns)
-        offset = first.offset_ns + w * float(last.offset_ns - first.offset_ns)
-        uncertainty = np.abs(1.0 - w) * first.uncertainty_ns + np.abs(w) * last.uncertainty_ns
-        return offset, uncertainty
-
-    def to_harness(self, host_utc_ns: npt.ArrayLike) -> tuple[IntArray, IntArray]:
-        """Harness monotonic ns of host wall-clock stamps (ns since 1970), and ± uncertainty."""
-        host = np.asarray(host_utc_ns, dtype=np.int64)
-        estimate = self.before if self.before is not None else self.after
-        assert estimate is not None
-        guess = host - self.utc_minus_mono_ns - estimate.offset_ns
-        offset, uncertainty = self.offset_at(guess)
-        mono = host - self.utc_minus_mono_ns - np.rint(offset).astype(np.int64)
-        return mono, np.ceil(uncertainty).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class GuestClock:
-    """How one guest agent's monotonic stamps were mapped (module docstring)."""
-
-    agent_id: str
-    anchor_source: str  # "guest_heartbeat" or "guest_frames"
-    anchors: int  # envelope points (one per block and segment)
-    segments: int
-    delay_bound_ns: int  # d: the true send time lies in [t - d, t]
-    delay_bound_source: str  # "icmp_min_rtt" or "arrival_spread"
-
 
 # -- the timeline ------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class IcmpSource:
+    """What the raw ICMP file says beside its rows.
+
+    ``present``: the file exists (a run that did not complete may have none).
+    ``send_missing``: for a send column with gaps (``send_mono_ns`` or
+    ``send_utc_ns``: logs imported from other tools), which rows of
+    ``Timeline.icmp`` lack it; columns without gaps are absent.
+    """
+
+    file: str  # relative to the run folder
+    present: bool
+    partial_last_line: bool = False
+    header_interval_s: float | None = None
+    send_missing: Mapping[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GuestStream:
+    """A guest agent's record file of the run: ``duplicates`` records were written
+    twice (same agent and seq: a replayed datagram) and are left out of the timeline."""
+
+    source: str  # "guest_heartbeat" or "guest_frames"
+    duplicates: int
+
+
+def _with_missing(values: pd.Series, missing: npt.NDArray[np.bool_] | None) -> pd.Series:
+    """``values`` as recorded: nullable Int64 with ``missing`` rows empty, else as they are."""
+    if missing is None:
+        return values
+    return pd.Series(pd.arrays.IntegerArray(values.to_numpy(np.int64), missing), copy=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,9 +153,15 @@ class Timeline:
       host's Get-Date mapped, kept inside the poll's send..recv),
       ``host_mono_ns`` and ``host_uncertainty_ns`` (the mapping itself; -1 and
       0 where the host has no clock estimate or the poll no ``host_time``).
+
+    What the raw files say beside their rows is kept too, so that nothing
+    needs to read them again: ``icmp_source`` (the ICMP file's header and
+    which send stamps were missing), ``console_records`` (the console file's
+    header and samples), ``guest_streams`` (the guest files present, and how
+    many duplicate records each had).
     """
 
-    run: RunFolder
+    run: RunData
     clock: HarnessClock
     host_clocks: Mapping[str, HostClock]
     guest_clocks: Mapping[str, GuestClock]
@@ -259,8 +175,28 @@ class Timeline:
     requested_icmp_interval_s: float | None
     icmp_targets: tuple[str, ...]
     console: pd.DataFrame
-    console_samples: tuple[Any, ...]  # analysis.console.ConsoleSample, for analyse_console
+    console_records: ConsoleRecords | None
+    icmp_source: IcmpSource | None = None
+    guest_streams: Mapping[str, GuestStream] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default=())
+
+    def icmp_records(self) -> pd.DataFrame:
+        """The ICMP rows (in send order) as ``analysis.icmp.analyse_icmp`` reads them:
+        ``target``, ``n``, ``outcome`` and the send stamps as recorded, ``send_mono_ns``
+        and ``send_utc_ns`` (nullable where a row lacked one, e.g. an imported log)."""
+        icmp = self.icmp
+        missing = {} if self.icmp_source is None else self.icmp_source.send_missing
+        t_mono = icmp["t_mono_ns"]
+        return pd.DataFrame(
+            {
+                "target": icmp["target"],
+                "n": icmp["n"],
+                "outcome": icmp["outcome"],
+                "send_mono_ns": _with_missing(t_mono, missing.get("send_mono_ns")),
+                "send_utc_ns": _with_missing(icmp["send_utc_ns"], missing.get("send_utc_ns")),
+            },
+            copy=False,
+        )
 
     @property
     def source_host(self) -> str | None:
@@ -353,95 +289,30 @@ def _empty() -> pd.DataFrame:
     )
 
 
-def _hyperv_host(run: RunFolder, role: str) -> str | None:
+def _hyperv_host(run: RunData, role: str) -> str | None:
     hyperv = run.manifest.document.get("hyperv")
     if isinstance(hyperv, Mapping) and isinstance(hyperv.get(role), str):
         return str(hyperv[role])
     for probe, entry in run.manifest.probes.items():
-        if probe.startswith("host:") and isinstance(entry, Mapping) and entry.get("role") == role:
-            return probe.removeprefix("host:")
+        if (
+            probe.startswith(HOST_PROBE_PREFIX)
+            and isinstance(entry, Mapping)
+            and entry.get("role") == role
+        ):
+            return probe.removeprefix(HOST_PROBE_PREFIX)
     return None
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
-def harness_clock(run: RunFolder, fallback_pairs: Sequence[tuple[int, int]] = ()) -> HarnessClock:
-    """The manifest's clock pairs; without ``clock.start``, the first ``(mono, utc)`` fallback."""
-    clock = run.manifest.document.get("clock")
-    start = clock.get("start") if isinstance(clock, Mapping) else None
-    end = clock.get("end") if isinstance(clock, Mapping) else None
-    if isinstance(start, Mapping):
-        mono, utc = _int_or_none(start.get("mono_ns")), _int_or_none(start.get("utc_ns"))
-        if mono is not None and utc is not None:
-            end_mono = _int_or_none(end.get("mono_ns")) if isinstance(end, Mapping) else None
-            end_utc = _int_or_none(end.get("utc_ns")) if isinstance(end, Mapping) else None
-            return HarnessClock(mono, utc, end_mono, end_utc)
-    for mono, utc in fallback_pairs:
-        return HarnessClock(mono, utc)
-    return HarnessClock(0, 0)
-
-
-def host_clocks(run: RunFolder, clock: HarnessClock) -> dict[str, HostClock]:
-    """``hyperv.clock.<host>.before/after`` of the manifest as ``HostClock`` per host."""
-    hyperv = run.manifest.document.get("hyperv")
-    entries = hyperv.get("clock") if isinstance(hyperv, Mapping) else None
-    clocks: dict[str, HostClock] = {}
-    if not isinstance(entries, Mapping):
-        return clocks
-    for host, entry in entries.items():
-        if not isinstance(entry, Mapping):
-            continue
-        estimates = []
-        for phase in ("before", "after"):
-            doc = entry.get(phase)
-            values = (
-                [_int_or_none(doc.get(k)) for k in ("offset_ns", "uncertainty_ns", "at_mono_ns")]
-                if isinstance(doc, Mapping)
-                else [None]
-            )
-            estimates.append(
-                None
-                if any(v is None for v in values)
-                else ClockEstimate(*(int(v) for v in values if v is not None))
-            )
-        if estimates[0] is None and estimates[1] is None:
-            continue
-        before, after = estimates
-        if before is not None and after is not None and after.at_mono_ns < before.at_mono_ns:
-            before, after = after, before
-        clocks[str(host)] = HostClock(str(host), before, after, clock.utc_minus_mono_ns)
-    return clocks
-
-
-def parse_utc_ns(values: Sequence[object] | pd.Series) -> tuple[IntArray, npt.NDArray[np.bool_]]:
-    """ISO 8601 stamps with an offset (any number of fraction digits) to ns since 1970.
-
-    Returns the values (0 where unparseable) and a mask of those that parsed.
-    Stamps without an offset are refused (naive local time is ambiguous).
-    """
-    series = pd.Series(values, dtype=object)
-    text = series.where(series.map(lambda v: isinstance(v, str)), None)
-    has_zone = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False)
-    stamps = pd.to_datetime(text.where(has_zone, None), format="ISO8601", utc=True, errors="coerce")
-    stamps = stamps.dt.as_unit("ns")
-    ok = stamps.notna().to_numpy(dtype=bool)
-    return stamps.to_numpy(dtype=np.int64, na_value=0), ok
 
 
 # -- building ----------------------------------------------------------------
 
 
-def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = True) -> Timeline:
+def build_timeline(run: RunData | str | os.PathLike[str], *, icmp_rtt: bool = True) -> Timeline:
     """Read a run folder and put every record on the harness monotonic clock.
 
     ``icmp_rtt=False`` skips reading the RTT column (the decomposition does
     not need it; the plot does).
     """
-    folder = run if isinstance(run, RunFolder) else load_run(run)
+    folder = run if isinstance(run, RunData) else load_run(run)
     warnings: list[str] = []
 
     icmp_records = _load_icmp(folder, icmp_rtt, warnings)
@@ -462,15 +333,18 @@ def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = 
 
     header_targets = icmp_records.targets if icmp_records is not None else ()
     requested = requested_icmp_interval_s(folder, icmp_records)
+    icmp_source = _icmp_source(folder, icmp_records)
     # The records move column by column into the sorted frame: one copy at a time.
-    icmp = _icmp_frame(icmp_table, clock)
+    icmp, send_missing = _icmp_frame(icmp_table, clock)
+    if icmp_source is not None:
+        icmp_source = replace(icmp_source, send_missing=send_missing)
     del icmp_table, icmp_records
     polls = _map_polls(load_host_polls(folder), hosts, warnings)
     hyperv_events = load_hyperv_events(folder)
     truth = load_ground_truth(folder)
 
-    heartbeats, frames, guest_clocks = _load_guest(folder, icmp, warnings)
-    console, console_samples = _load_console(folder)
+    heartbeats, frames, guest_clocks, guest_streams = _load_guest(folder, icmp, warnings)
+    console, console_records = _load_console(folder)
 
     rows = [
         _poll_rows(polls),
@@ -505,16 +379,30 @@ def build_timeline(run: RunFolder | str | os.PathLike[str], *, icmp_rtt: bool = 
         requested_icmp_interval_s=requested,
         icmp_targets=targets,
         console=console,
-        console_samples=console_samples,
+        console_records=console_records,
+        icmp_source=icmp_source,
+        guest_streams=guest_streams,
         warnings=tuple(warnings),
     )
 
 
-def _load_icmp(run: RunFolder, rtt: bool, warnings: list[str]) -> IcmpRecords | None:
-    path = run.probe_file("icmp")
+def _icmp_source(run: RunData, records: IcmpRecords | None) -> IcmpSource | None:
+    path = run.probe_file(ICMP.probe)
     if path is None:
         return None
-    if not path.is_file() and run.manifest.status != "completed":
+    return IcmpSource(
+        file=str(path.relative_to(run.path)),
+        present=records is not None,
+        partial_last_line=records is not None and records.dropped_partial_last_line,
+        header_interval_s=None if records is None else records.interval_s,
+    )
+
+
+def _load_icmp(run: RunData, rtt: bool, warnings: list[str]) -> IcmpRecords | None:
+    path = run.probe_file(ICMP.probe)
+    if path is None:
+        return None
+    if not path.is_file() and run.manifest.status != RunStatus.COMPLETED:
         warnings.append(f"{path.relative_to(run.path)} does not exist (run {run.manifest.status})")
         return None
     columns = ("target", "n", "outcome", "send_mono_ns", "send_utc_ns")
@@ -524,8 +412,11 @@ def _load_icmp(run: RunFolder, rtt: bool, warnings: list[str]) -> IcmpRecords | 
     return records
 
 
-def _icmp_frame(records: pd.DataFrame | None, clock: HarnessClock) -> pd.DataFrame:
-    """ICMP records in send order on the harness monotonic clock (``Timeline.icmp``).
+def _icmp_frame(
+    records: pd.DataFrame | None, clock: HarnessClock
+) -> tuple[pd.DataFrame, dict[str, npt.NDArray[np.bool_]]]:
+    """ICMP records in send order on the harness monotonic clock (``Timeline.icmp``),
+    and which rows lacked a send stamp (``IcmpSource.send_missing``).
 
     Empties ``records`` as it goes (each column is dropped once its sorted copy
     exists), so an hour at 1 kHz never holds two copies of the table.
@@ -540,20 +431,25 @@ def _icmp_frame(records: pd.DataFrame | None, clock: HarnessClock) -> pd.DataFra
                 "send_utc_ns": pd.Series(dtype=np.int64),
                 "rtt_ms": pd.Series(dtype=np.float64),
             }
-        )
+        ), {}
+    missing: dict[str, npt.NDArray[np.bool_]] = {}
+    for name in ("send_mono_ns", "send_utc_ns"):
+        if records[name].dtype != np.int64:
+            gaps = records[name].isna().to_numpy(dtype=bool)
+            if gaps.any():
+                missing[name] = gaps
     mono = records.pop("send_mono_ns")
-    if mono.dtype == np.int64:
-        t = mono.to_numpy()
+    if "send_mono_ns" not in missing:
+        t = mono.to_numpy(dtype=np.int64)
     else:
         # Imported logs may lack the monotonic stamp: place them by their UTC stamp.
         from_utc = (
             records["send_utc_ns"].to_numpy(dtype=np.int64, na_value=0) - clock.utc_minus_mono_ns
         )
-        t = np.where(
-            mono.isna().to_numpy(dtype=bool), from_utc, mono.to_numpy(dtype=np.int64, na_value=0)
-        )
+        t = np.where(missing["send_mono_ns"], from_utc, mono.to_numpy(dtype=np.int64, na_value=0))
     del mono
     order = np.argsort(t, kind="stable")
+    missing = {name: gaps[order] for name, gaps in missing.items()}
     columns: dict[str, Any] = {}
     for name in ("target", "n", "outcome", "t_mono_ns", "send_utc_ns", "rtt_ms"):
         if name == "t_mono_ns":
@@ -577,7 +473,17 @@ def _icmp_frame(records: pd.DataFrame | None, clock: HarnessClock) -> pd.DataFra
         else:
             columns[name] = column.to_numpy(dtype=np.int64, na_value=0)[order]
         del column
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns), missing
+
+
+def analyse_timeline_icmp(timeline: Timeline) -> IcmpAnalysis:
+    """``analysis.icmp.analyse_icmp`` of the run's ICMP rows (summary.json's ``icmp`` and
+    ``blackout``, the decomposition's network outage)."""
+    return analyse_icmp(
+        timeline.icmp_records(),
+        requested_interval_s=timeline.requested_icmp_interval_s,
+        targets=timeline.icmp_targets,
+    )
 
 
 def outcome_codes(icmp: pd.DataFrame) -> npt.NDArray[np.int8]:
@@ -664,7 +570,7 @@ def _poll_rows(polls: pd.DataFrame) -> pd.DataFrame:
     status = polls["status"] if "status" in polls else pd.Series("", index=polls.index)
     error = polls["error"] if "error" in polls else pd.Series("", index=polls.index)
     label = status.where(polls["seen"] != "error", error).fillna("").astype(str)
-    source = "host:" + polls["host"].astype(str)
+    source = HOST_PROBE_PREFIX + polls["host"].astype(str)
     return pd.DataFrame(
         {
             "source": source,
@@ -722,13 +628,13 @@ def _read_jsonl_records(path: Path) -> list[dict[str, Any]]:
         raise
 
 
-def _harness_rows(run: RunFolder) -> pd.DataFrame:
-    path = run.probe_file("harness")
+def _harness_rows(run: RunData) -> pd.DataFrame:
+    path = run.probe_file(HARNESS_EVENTS.probe)
     if path is None or not path.is_file():
         return _empty()
     rows = []
     for record in _read_jsonl_records(path):
-        mono = _int_or_none(record.get("mono_ns"))
+        mono = json_int(record.get("mono_ns"))
         if mono is None:
             continue
         name = str(record.get("event"))
@@ -752,7 +658,7 @@ def _harness_rows(run: RunFolder) -> pd.DataFrame:
 def _truth_rows(truth: Sequence[Mapping[str, Any]] | None) -> pd.DataFrame:
     rows = []
     for event in truth or ():
-        mono = _int_or_none(event.get("mono_ns"))
+        mono = json_int(event.get("mono_ns"))
         if mono is None:
             continue
         blackout = event.get("blackout_s")
@@ -790,12 +696,11 @@ def _frame_rows(frames: pd.DataFrame) -> pd.DataFrame:
 
 # -- console view ------------------------------------------------------------
 
-CONSOLE_PROBE = "console"
 CONSOLE_LANE = "console"
 
 
-def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
-    """The console-view samples as a frame, and as ``analysis.console`` samples."""
+def _load_console(run: RunData) -> tuple[pd.DataFrame, ConsoleRecords | None]:
+    """The console-view samples as a frame, and the file as ``analysis.console`` reads it."""
     columns = {
         "k": pd.Series(dtype=np.int64),
         "host": pd.Series(dtype=object),
@@ -808,13 +713,11 @@ def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
         "dark_fraction": pd.Series(dtype=np.float64),
         "image": pd.Series(dtype=object),
     }
-    path = run.probe_file(CONSOLE_PROBE)
+    path = run.probe_file(CONSOLE.probe)
     if path is None or not path.is_file():
-        return pd.DataFrame(columns), ()
-    # Imported here: only runs with a console probe need that reader.
-    from migration_blackout.analysis.console import DEFAULT_DIM_DARK_FRACTION, load_console
-
-    samples = load_console(path).samples
+        return pd.DataFrame(columns), None
+    records = load_console(path)
+    samples = records.samples
     frame = pd.DataFrame(
         {
             "k": [s.k for s in samples],
@@ -830,10 +733,10 @@ def _load_console(run: RunFolder) -> tuple[pd.DataFrame, tuple[Any, ...]]:
         }
     )
     if not len(frame):
-        return pd.DataFrame(columns), ()
+        return pd.DataFrame(columns), records
     frame = frame.astype({"k": np.int64, "send_mono_ns": np.int64, "recv_mono_ns": np.int64})
     frame["t_mono_ns"] = frame["t_mono_ns"].astype(np.int64)
-    return frame, tuple(samples)
+    return frame, records
 
 
 def _console_rows(console: pd.DataFrame) -> pd.DataFrame:
@@ -841,7 +744,7 @@ def _console_rows(console: pd.DataFrame) -> pd.DataFrame:
         return _empty()
     return pd.DataFrame(
         {
-            "source": CONSOLE_PROBE,
+            "source": CONSOLE.probe,
             "lane": CONSOLE_LANE,
             "kind": console["view"],
             "t_mono_ns": console["t_mono_ns"],
@@ -869,16 +772,23 @@ def _guest_frame_columns() -> dict[str, pd.Series]:
 
 
 def _load_guest(
-    run: RunFolder, icmp: pd.DataFrame, warnings: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, GuestClock]]:
+    run: RunData, icmp: pd.DataFrame, warnings: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, GuestClock], dict[str, GuestStream]]:
     heartbeats = pd.DataFrame(_guest_frame_columns())
     frames = pd.DataFrame({**_guest_frame_columns(), "file": pd.Series(dtype=str)})
-    if (run.path / HEARTBEAT_FILE).is_file():
-        heartbeats = load_heartbeats(run.path).drop_duplicates(["agent_id", "seq"])
-    if (run.path / FRAMES_FILE).is_file():
-        frames = load_frames(run.path).drop_duplicates(["agent_id", "seq"])
+    streams: dict[str, GuestStream] = {}
+    if (run.path / HEARTBEAT.path).is_file():
+        records = load_heartbeats(run.path)
+        heartbeats = records.drop_duplicates(["agent_id", "seq"])
+        streams[HEARTBEAT_SOURCE] = GuestStream(HEARTBEAT_SOURCE, len(records) - len(heartbeats))
+        del records
+    if (run.path / FRAMES.path).is_file():
+        records = load_frames(run.path)
+        frames = records.drop_duplicates(["agent_id", "seq"])
+        streams[FRAMES_SOURCE] = GuestStream(FRAMES_SOURCE, len(records) - len(frames))
+        del records
     if not len(heartbeats) and not len(frames):
-        return heartbeats, frames, {}
+        return heartbeats, frames, {}, streams
 
     replies = icmp["rtt_ms"].to_numpy() if len(icmp) else np.zeros(0)
     replies = replies[np.isfinite(replies)]
@@ -905,7 +815,7 @@ def _load_guest(
             anchor_recv = frames["recv_mono_ns"].to_numpy(np.int64)[fr_rows]
             stated = frames["interval_ns"].iloc[fr_rows].dropna()
         interval = float(stated.median()) if len(stated) else None
-        envelope = _Envelope.fit(anchor_g, anchor_recv, interval)
+        envelope = GuestEnvelope.fit(anchor_g, anchor_recv, interval)
         if icmp_bound is not None:
             bound, bound_source = icmp_bound, "icmp_min_rtt"
         else:
@@ -940,7 +850,7 @@ def _load_guest(
         )
     heartbeats = heartbeats.sort_values("t_mono_ns", kind="stable").reset_index(drop=True)
     frames = frames.sort_values("t_mono_ns", kind="stable").reset_index(drop=True)
-    return heartbeats, frames, clocks
+    return heartbeats, frames, clocks, streams
 
 
 def _frame_send_mono(frames: pd.DataFrame) -> IntArray:
@@ -951,110 +861,6 @@ def _frame_send_mono(frames: pd.DataFrame) -> IntArray:
     send = pd.to_numeric(frames["guest_send_mono_ns"], errors="coerce")
     missing = send.isna().to_numpy(dtype=bool)
     return np.where(missing, capture, send.to_numpy(dtype=np.float64, na_value=0).astype(np.int64))
-
-
-@dataclass(frozen=True, eq=False)
-class _Envelope:
-    """Lower envelope of ``recv - guest`` per segment (module docstring)."""
-
-    segment_start: IntArray  # guest stamp where each segment begins (sorted)
-    anchor_g: list[IntArray]  # per segment: guest stamps of the envelope points
-    anchor_d: list[IntArray]  # per segment: recv - guest at those points
-    slope: float  # drift of recv - guest per guest ns, for stamps beyond the anchors
-    slope_allowance: float  # how wrong ``slope`` may be (per guest ns)
-    excess: FloatArray  # how far each anchoring record arrived above the envelope
-
-    @property
-    def anchors(self) -> int:
-        return sum(len(a) for a in self.anchor_g)
-
-    @property
-    def segments(self) -> int:
-        return len(self.segment_start)
-
-    @classmethod
-    def fit(cls, guest: IntArray, recv: IntArray, interval_ns: float | None) -> _Envelope:
-        order = np.argsort(guest, kind="stable")
-        g, r = guest[order], recv[order]
-        d = r - g
-        steps_g, steps_r = np.diff(g), np.diff(r)
-        if interval_ns is None or interval_ns <= 0:
-            positive = steps_g[steps_g > 0]
-            interval_ns = float(np.median(positive)) if len(positive) else float(NS_PER_S)
-        limit = GUEST_BREAK_INTERVALS * interval_ns
-        breaks = np.flatnonzero((steps_g > limit) | (steps_r > limit)) + 1
-        bounds = [0, *breaks.tolist(), len(g)]
-        block = max(round(GUEST_BLOCK_S * NS_PER_S), round(GUEST_BLOCK_RECORDS * interval_ns))
-        starts, anchor_g, anchor_d = [], [], []
-        for lo, hi in itertools.pairwise(bounds):
-            sg, sd = g[lo:hi], d[lo:hi]
-            blocks = (sg - sg[0]) // block
-            edges = np.flatnonzero(np.diff(blocks)) + 1
-            first = np.concatenate([[0], edges])
-            last = np.concatenate([edges, [len(sd)]])
-            # Each block's minimum, at the record that has it.
-            at = np.array(
-                [a + int(np.argmin(sd[a:b])) for a, b in zip(first, last, strict=True)],
-                dtype=np.int64,
-            )
-            starts.append(int(sg[0]))
-            anchor_g.append(sg[at])
-            anchor_d.append(sd[at])
-        slope, allowance = _drift(anchor_g, anchor_d)
-        envelope = cls(
-            np.array(starts, dtype=np.int64), anchor_g, anchor_d, slope, allowance, np.zeros(0)
-        )
-        mapped, _ = envelope.map(g)
-        excess = (r - mapped).astype(np.float64)
-        return cls(envelope.segment_start, anchor_g, anchor_d, slope, allowance, excess)
-
-    def map(self, guest: IntArray) -> tuple[IntArray, IntArray]:
-        """Harness monotonic time of guest stamps (before clamping to their arrival), and
-        the allowance for drift where a stamp lies beyond its segment's anchors."""
-        segment = np.clip(np.searchsorted(self.segment_start, guest, side="right") - 1, 0, None)
-        out = np.empty(len(guest), dtype=np.int64)
-        allowance = np.zeros(len(guest), dtype=np.int64)
-        for s in np.unique(segment):
-            mine = segment == s
-            g = guest[mine]
-            xp, fp = self.anchor_g[s], self.anchor_d[s]
-            base, rel = _interp(g, xp, fp)
-            # Beyond the first / last anchor: along the drift, not flat.
-            before = (g - xp[0]).astype(np.float64)
-            after = (g - xp[-1]).astype(np.float64)
-            beyond = np.where(before < 0, before, np.where(after > 0, after, 0.0))
-            rel = rel + self.slope * beyond
-            out[mine] = g + base + np.rint(rel).astype(np.int64)
-            allowance[mine] = np.ceil(np.abs(beyond) * self.slope_allowance).astype(np.int64)
-        return out, allowance
-
-    def arrival_spread_ns(self) -> int:
-        return math.ceil(float(np.percentile(self.excess, 99))) if len(self.excess) else 0
-
-
-def _drift(anchor_g: list[IntArray], anchor_d: list[IntArray]) -> tuple[float, float]:
-    """The guest clock's drift against the harness's (a slope of recv - guest), and its allowance.
-
-    A least-squares line through the anchors of the segment with the longest
-    span; without a span of ``GUEST_DRIFT_MIN_SPAN_S``, no drift and a wider allowance.
-    """
-    spans = [int(g[-1] - g[0]) for g in anchor_g]
-    best = int(np.argmax(spans)) if spans else 0
-    if not spans or spans[best] < GUEST_DRIFT_MIN_SPAN_S * NS_PER_S or len(anchor_g[best]) < 3:
-        return 0.0, GUEST_DRIFT_UNKNOWN_PPM * 1e-6
-    x = (anchor_g[best] - anchor_g[best][0]).astype(np.float64)
-    y = (anchor_d[best] - anchor_d[best][0]).astype(np.float64)
-    slope = float(np.polyfit(x, y, 1)[0])
-    return slope, GUEST_DRIFT_MARGIN_PPM * 1e-6
-
-
-def _interp(x: IntArray, xp: IntArray, fp: IntArray) -> tuple[int, FloatArray]:
-    """``np.interp`` as ``fp[0] + relative``: ns stamps near 2**63 stay exact in the int part."""
-    x0, f0 = int(xp[0]), int(fp[0])
-    relative = np.interp(
-        (x - x0).astype(np.float64), (xp - x0).astype(np.float64), (fp - f0).astype(np.float64)
-    )
-    return f0, relative
 
 
 def icmp_min_rtt_ms(timeline: Timeline) -> float | None:

@@ -4,9 +4,10 @@
 (``analysis.tcp.analyse_connects``) and the TCP stream's stall per direction
 and survival (``analysis.tcp.analyse_stream``), with the stall beyond the ICMP
 blackout and, when TCP's backoff made the stall outlast the blackout, the one
-line that says why. ``direction_restored`` gives the direction probe's edges
-(``analysis.direction``): when inbound and outbound came back, for the
-decomposition's split of the reconvergence.
+line that says why. ``analyse_witnesses`` reads the witness files once (the
+derive pipeline keeps it as ``Derived.witnesses``), with the direction
+probe's edges (``analysis.direction``): when inbound and outbound came back,
+for the decomposition's split of the reconvergence (``analysis.derive``).
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from migration_blackout.analysis.direction import (
-    UDP_DIRECTION_FILE,
     RestoreEdge,
     analyse_direction,
     load_udp_direction,
 )
-from migration_blackout.analysis.guest import HEARTBEAT_FILE, load_heartbeats
-from migration_blackout.analysis.icmp import utc_iso
+from migration_blackout.analysis.guest import load_heartbeats
 from migration_blackout.analysis.tcp import (
-    TCP_CONNECT_FILE,
-    TCP_STREAM_FILE,
     ConnectOutage,
     PortConnects,
     Stall,
@@ -37,6 +34,13 @@ from migration_blackout.analysis.tcp import (
     beyond_blackout,
     load_tcp_connect,
     load_tcp_stream,
+)
+from migration_blackout.runformat import (
+    HEARTBEAT,
+    TCP_CONNECT,
+    TCP_STREAM,
+    UDP_DIRECTION,
+    utc_iso,
 )
 
 
@@ -147,41 +151,65 @@ def _stream_json(stream: StreamAnalysis, blackout: Mapping[str, Any] | None) -> 
     }
 
 
-def tcp_summary(
-    run_dir: str | os.PathLike[str], *, blackout: Mapping[str, Any] | None
-) -> dict[str, Any] | None:
-    """The ``tcp`` block of summary.json; None when the run had neither TCP witness.
-    ``blackout``: summary.json's ``blackout`` block (the stall is set beside it)."""
+@dataclass(frozen=True)
+class WitnessAnalysis:
+    """The witnesses of a run, each raw file read once (the derive pipeline's
+    ``Derived.witnesses``): the TCP connects per port (None without
+    ``--tcp-connect``), the TCP stream (None without one, or with no rows) and
+    when inbound and outbound came back after the direction probe's longest
+    outage (None without a direction probe, or no outage)."""
+
+    connects: list[PortConnects] | None = None
+    stream: StreamAnalysis | None = None
+    has_stream: bool = False  # the run had a TCP stream file (even an empty one)
+    restored: tuple[RestoreEdge | None, RestoreEdge | None] | None = None
+
+
+def analyse_witnesses(run_dir: str | os.PathLike[str]) -> WitnessAnalysis:
+    """Read the run's witness files once and analyse them (the direction
+    probe's inbound edge also reads the guest agent's heartbeats)."""
     path = Path(run_dir)
-    has_connect = (path / TCP_CONNECT_FILE).is_file()
-    has_stream = (path / TCP_STREAM_FILE).is_file()
-    if not has_connect and not has_stream:
-        return None
-    connect = None
-    if has_connect:
-        ports = analyse_connects(load_tcp_connect(path))
-        connect = {_port_key(p.target, p.port): _port_json(p) for p in ports}
+    connects = None
+    if (path / TCP_CONNECT.path).is_file():
+        connects = analyse_connects(load_tcp_connect(path))
     stream = None
+    has_stream = (path / TCP_STREAM.path).is_file()
     if has_stream:
         header, rows = load_tcp_stream(path)
         interval_s = header.get("interval_s")
         if isinstance(interval_s, int | float) and len(rows):
-            stream = _stream_json(analyse_stream(rows, interval_s=float(interval_s)), blackout)
+            stream = analyse_stream(rows, interval_s=float(interval_s))
+    return WitnessAnalysis(
+        connects=connects,
+        stream=stream,
+        has_stream=has_stream,
+        restored=_direction_restored(path),
+    )
+
+
+def tcp_summary(
+    witnesses: WitnessAnalysis, *, blackout: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The ``tcp`` block of summary.json; None when the run had neither TCP witness.
+    ``blackout``: summary.json's ``blackout`` block (the stall is set beside it)."""
+    if witnesses.connects is None and not witnesses.has_stream:
+        return None
+    connect = None
+    if witnesses.connects is not None:
+        connect = {_port_key(p.target, p.port): _port_json(p) for p in witnesses.connects}
+    stream = None if witnesses.stream is None else _stream_json(witnesses.stream, blackout)
     return {"connect": connect, "stream": stream}
 
 
-def direction_restored(
-    run_dir: str | os.PathLike[str],
-) -> tuple[RestoreEdge | None, RestoreEdge | None] | None:
+def _direction_restored(path: Path) -> tuple[RestoreEdge | None, RestoreEdge | None] | None:
     """When inbound and outbound came back after the direction probe's longest
     outage (harness clock), or None when the run has no direction probe."""
-    path = Path(run_dir)
-    if not (path / UDP_DIRECTION_FILE).is_file():
+    if not (path / UDP_DIRECTION.path).is_file():
         return None
     _, rows = load_udp_direction(path)
     if not len(rows):
         return None
-    heartbeats = load_heartbeats(path) if (path / HEARTBEAT_FILE).is_file() else None
+    heartbeats = load_heartbeats(path) if (path / HEARTBEAT.path).is_file() else None
     longest = analyse_direction(rows, heartbeats=heartbeats).longest
     if longest is None:
         return None
@@ -201,46 +229,40 @@ class WitnessBar:
     lower_end_ns: int | None = None
 
 
-def witness_bars(run_dir: str | os.PathLike[str]) -> list[WitnessBar]:
+def witness_bars(witnesses: WitnessAnalysis) -> list[WitnessBar]:
     """The TCP connect outage per port, the stream's stall per direction and
     when each direction came back, for the plot (empty without witnesses)."""
-    path = Path(run_dir)
     bars: list[WitnessBar] = []
-    if (path / TCP_CONNECT_FILE).is_file():
-        for port in analyse_connects(load_tcp_connect(path)):
-            outage = port.longest
-            if outage is None:
-                continue
-            before = outage.last_connected_before_start_mono_ns
-            after = outage.first_connected_after_end_mono_ns
-            bars.append(
-                WitnessBar(
-                    f"connect :{port.port}",
-                    outage.first_failed_start_mono_ns if before is None else before,
-                    outage.last_failed_start_mono_ns if after is None else after,
-                    outage.first_failed_start_mono_ns,
-                    outage.last_failed_start_mono_ns,
-                )
+    for port in witnesses.connects or ():
+        outage = port.longest
+        if outage is None:
+            continue
+        before = outage.last_connected_before_start_mono_ns
+        after = outage.first_connected_after_end_mono_ns
+        bars.append(
+            WitnessBar(
+                f"connect :{port.port}",
+                outage.first_failed_start_mono_ns if before is None else before,
+                outage.last_failed_start_mono_ns if after is None else after,
+                outage.first_failed_start_mono_ns,
+                outage.last_failed_start_mono_ns,
             )
-    if (path / TCP_STREAM_FILE).is_file():
-        header, rows = load_tcp_stream(path)
-        interval_s = header.get("interval_s")
-        if isinstance(interval_s, int | float) and len(rows):
-            stream = analyse_stream(rows, interval_s=float(interval_s))
-            interval_ns = round(stream.interval_ms * 1e6)
-            for stall in (stream.inbound, stream.outbound):
-                if stall is not None:
-                    bars.append(
-                        WitnessBar(
-                            f"stream {stall.direction[:-5]}",
-                            stall.start_mono_ns,
-                            stall.end_mono_ns,
-                            stall.start_mono_ns + interval_ns,
-                            stall.end_mono_ns,
-                        )
+        )
+    stream = witnesses.stream
+    if stream is not None:
+        interval_ns = round(stream.interval_ms * 1e6)
+        for stall in (stream.inbound, stream.outbound):
+            if stall is not None:
+                bars.append(
+                    WitnessBar(
+                        f"stream {stall.direction[:-5]}",
+                        stall.start_mono_ns,
+                        stall.end_mono_ns,
+                        stall.start_mono_ns + interval_ns,
+                        stall.end_mono_ns,
                     )
-    edges = direction_restored(path)
-    for edge in edges or ():
+                )
+    for edge in witnesses.restored or ():
         if edge is not None:
             label = f"{edge.direction[:-5]} back"
             bars.append(WitnessBar(label, edge.after_mono_ns, edge.by_mono_ns))

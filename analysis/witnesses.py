@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,12 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from migration_blackout.analysis.runfolder import RunFormatError, check_schema_version
-from migration_blackout.probes.sink import RAW_SCHEMA_VERSION
+from migration_blackout.runformat import (
+    RAW_SCHEMA_VERSION,
+    RawFile,
+    RunFormatError,
+    check_schema_version,
+)
 
 NS_PER_MS = 1_000_000
 
@@ -35,11 +38,13 @@ class RawCsv:
     rows: pd.DataFrame
 
 
-def read_raw_csv(path: str | os.PathLike[str], *, probe: str, dtypes: Mapping[str, str]) -> RawCsv:
-    """Read ``path``, a raw CSV written by ``probe``; nullable integer columns
-    (``Int64``) stay integers. Raises ``RunFormatError`` for another probe's
-    file or a schema version this version cannot read."""
-    path = Path(path)
+def read_raw_csv(run_dir: str | os.PathLike[str], raw_file: RawFile) -> RawCsv:
+    """Read the run folder's ``raw_file`` (the contract's path, probe and
+    dtypes); nullable integer columns (``Int64``) stay integers. Raises
+    ``RunFormatError`` for another probe's file or a schema version this
+    version cannot read."""
+    path = Path(run_dir) / raw_file.path
+    probe = raw_file.probe
     with open(path, encoding="utf-8") as handle:
         first = handle.readline()
         if not first.startswith("# "):
@@ -53,7 +58,9 @@ def read_raw_csv(path: str | os.PathLike[str], *, probe: str, dtypes: Mapping[st
         check_schema_version(
             header.get("schema_version"), supported=RAW_SCHEMA_VERSION, what=str(path)
         )
-        rows = pd.read_csv(handle, dtype=dict(dtypes), keep_default_na=False, na_values=[""])
+        rows = pd.read_csv(
+            handle, dtype=dict(raw_file.dtypes), keep_default_na=False, na_values=[""]
+        )
     return RawCsv(header, rows)
 
 

@@ -54,7 +54,7 @@ BLACKOUT_AT_S = 1800.0
 
 def generate(run: Path, *, seconds: float, rate_hz: float, seed: int = 20261125) -> dict[str, Any]:
     """Write ``run`` (manifest + raw/icmp.csv); returns what was injected."""
-    from migration_blackout.analysis.runfolder import ICMP_COLUMNS
+    from migration_blackout.runformat import ICMP
 
     rng = np.random.default_rng(seed)
     interval_ns = round(1e9 / rate_hz)
@@ -115,7 +115,7 @@ def generate(run: Path, *, seconds: float, rate_hz: float, seed: int = 20261125)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "x", encoding="utf-8", newline="") as raw:
         raw.write("# " + json.dumps(header, sort_keys=True) + "\n")
-        raw.write(",".join(ICMP_COLUMNS) + "\n")
+        raw.write(",".join(ICMP.columns) + "\n")
         for chunk in np.array_split(order, max(1, len(order) // 200_000)):
             raw.write(
                 _csv_lines(all_n[chunk], all_outcome[chunk], all_send[chunk], all_recv[chunk])
@@ -175,7 +175,7 @@ def measure_stages(run: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     from migration_blackout.analysis.icmp import analyse_icmp
-    from migration_blackout.analysis.runfolder import load_icmp, load_run, requested_icmp_interval_s
+    from migration_blackout.analysis.rundata import load_icmp, load_run, requested_icmp_interval_s
     from migration_blackout.analysis.summary import blackout_to_json, target_to_json
 
     imported = time.perf_counter()
@@ -196,7 +196,7 @@ def measure_stages(run: Path) -> dict[str, Any]:
     }
     json.dumps(document)
     documented = time.perf_counter()
-    from migration_blackout.analysis.runfolder import _read_head, _row_slices
+    from migration_blackout.analysis.rundata import _read_head, _row_slices
 
     return {
         "parser_threads": len(_row_slices(records.path, _read_head(records.path))),
@@ -236,7 +236,7 @@ def measure_build_summary(run: Path, *, trace: bool) -> dict[str, Any]:
 def measure_pyarrow_read(run: Path) -> dict[str, Any]:
     import pandas as pd
 
-    from migration_blackout.analysis.runfolder import _ICMP_DTYPES, ICMP_ANALYSIS_COLUMNS
+    from migration_blackout.analysis.rundata import _ICMP_DTYPES, ICMP_ANALYSIS_COLUMNS
 
     columns = list(ICMP_ANALYSIS_COLUMNS)
     started = time.perf_counter()

@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from migration_blackout.lab.injector import BlackoutInjector, InjectedBlackout
 from migration_blackout.lab.netns import GuestNamespace
-from migration_blackout.probes.icmp import ATTEMPT_OUTCOMES, IcmpProbe
+from migration_blackout.probes.icmp import IcmpProbe
+from migration_blackout.runformat import ICMP_ATTEMPT_OUTCOMES
 
 MS = 1_000_000
 PREFIX = "mbob-"
@@ -145,7 +146,7 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def own_rows(rows: Sequence[dict[str, Any]], target: str) -> list[dict[str, Any]]:
-    own = [r for r in rows if r["target"] == target and r["outcome"] in ATTEMPT_OUTCOMES]
+    own = [r for r in rows if r["target"] == target and r["outcome"] in ICMP_ATTEMPT_OUTCOMES]
     return sorted(own, key=lambda r: r["n"])
 
 

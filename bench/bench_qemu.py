@@ -37,13 +37,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
+from migration_blackout.harness.qemu.migration import MigrationResult, MigrationSettings, migrate  # noqa: E402
+from migration_blackout.harness.qemu.qmp import QmpClient  # noqa: E402
 from migration_blackout.lab.qemu import control  # noqa: E402
 from migration_blackout.lab.qemu.artefacts import ensure_artefacts  # noqa: E402
 from migration_blackout.lab.qemu.guest import GuestControl  # noqa: E402
-from migration_blackout.lab.qemu.migration import MigrationResult, MigrationSettings, migrate  # noqa: E402
-from migration_blackout.lab.qemu.qmp import QmpClient  # noqa: E402
-from migration_blackout.probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver  # noqa: E402
+from migration_blackout.probes.guest_receiver import GuestReceiver  # noqa: E402
 from migration_blackout.probes.icmp import IcmpProbe  # noqa: E402
+from migration_blackout.runformat import HEARTBEAT  # noqa: E402
 
 PING_INTERVAL_S = 0.005
 DIRTY_MIB = 64
@@ -149,7 +150,7 @@ async def run_scenarios(
         icmp.sink.close()
     pings = read_rows(run_dir / "raw" / "icmp.csv")
     replies = sorted(int(r["recv_mono_ns"]) for r in pings if r["outcome"] == "reply")
-    heartbeats = sorted(int(r["recv_mono_ns"]) for r in read_rows(run_dir / HEARTBEAT_FILE))
+    heartbeats = sorted(int(r["recv_mono_ns"]) for r in read_rows(run_dir / HEARTBEAT.path))
     samples = []
     for scenario, result, driver_s, next_ready_s in results:
         ping_gap = hb_gap = None

@@ -89,8 +89,8 @@ def _sets(parent: Path, mode: str) -> tuple[list[Path], list[Path]]:
 def measure_run(mode: str, parent: Path) -> dict[str, Any]:
     """In a fresh interpreter: the imports and run(), as ``measure report`` does them."""
     started = time.perf_counter()
-    from migration_blackout.analysis.report import Thresholds
     from migration_blackout.harness.commands.report import run
+    from migration_blackout.runformat import Thresholds
 
     imported = time.perf_counter()
     candidate, baseline = _sets(parent, mode)

@@ -20,7 +20,7 @@ real ``measure analyze``-style process:
 * figures: ``timeline_figures`` (binning, artists), then the PNG, the SVG and
   the zoom PNG written;
 * then, each in its own process, the two public calls end to end:
-  ``decomposition_summary`` (the summary.json hook) and ``plot_timeline``.
+  ``build_summary`` (summary.json) and ``plot_timeline``.
 
 Prints a Markdown table. Generation (~30 s for an hour) is not timed;
 ``--keep DIR`` keeps the folder and reuses it on the next run.
@@ -84,13 +84,8 @@ def generate(
     """Write ``run``; returns the true instants and sizes."""
     from PIL import Image
 
-    from migration_blackout.analysis.runfolder import ICMP_COLUMNS
-    from migration_blackout.probes.guest_receiver import (
-        FRAMES_FILE,
-        HEARTBEAT_COLUMNS,
-        HEARTBEAT_FILE,
-    )
     from migration_blackout.probes.sink import CsvSink, JsonlSink
+    from migration_blackout.runformat import FRAMES, HEARTBEAT, ICMP
 
     rng = np.random.default_rng(seed)
     utc = UTC0 - MONO0
@@ -114,7 +109,7 @@ def generate(
     icmp = CsvSink(
         run / "raw" / "icmp.csv",
         probe="icmp",
-        columns=ICMP_COLUMNS,
+        columns=ICMP.columns,
         meta={"interval_s": 1 / icmp_hz, "timeout_s": 1.0, "targets": [TARGET]},
     )
     for chunk in np.array_split(order, max(1, count // CHUNK)):
@@ -238,9 +233,9 @@ def generate(
     hb = guest_sends(heartbeat_hz)
     hb_recv = hb + rng.integers(100_000, 500_000, len(hb))
     heartbeats = CsvSink(
-        run / HEARTBEAT_FILE,
+        run / HEARTBEAT.path,
         probe="guest_heartbeat",
-        columns=HEARTBEAT_COLUMNS,
+        columns=HEARTBEAT.columns,
         meta={"listen": "0.0.0.0:9", "heartbeat_version": 1, "recv_stamp": "kernel"},
     )
     g = guest_mono(hb)
@@ -261,7 +256,7 @@ def generate(
     frame_count = 0
     if frames:
         (run / "frames").mkdir(exist_ok=True)
-        sink = JsonlSink(run / FRAMES_FILE, probe="guest_frames", meta={"frames_dir": "frames"})
+        sink = JsonlSink(run / FRAMES.path, probe="guest_frames", meta={"frames_dir": "frames"})
         captures = guest_sends(1.0)
         for seq, capture in enumerate(captures.tolist()):
             upload = capture + 15 * MS
@@ -390,10 +385,10 @@ def measure_stages(run: Path, out: Path) -> dict[str, Any]:
 
 def measure_summary(run: Path, _out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    from migration_blackout.analysis.decompose import decomposition_summary
+    from migration_blackout.analysis.summary import build_summary
 
     imported = time.perf_counter()
-    document = decomposition_summary(run)
+    document = build_summary(run)
     done = time.perf_counter()
     json.dumps(document, allow_nan=False)
     return {"import_s": imported - started, "total_s": done - imported, "peak_rss_mb": _peak_mb()}
@@ -497,7 +492,7 @@ def main() -> None:
         peak = cell(stages, "peak_rss_mb", "MiB") if key == "total_s" else ""
         print(f"| {name} | {cell(stages, key)} | {peak} |")
     print(
-        f"| decomposition_summary (own process) | {cell(summaries, 'total_s')} | "
+        f"| build_summary (own process) | {cell(summaries, 'total_s')} | "
         f"{cell(summaries, 'peak_rss_mb', 'MiB')} |"
     )
     print(

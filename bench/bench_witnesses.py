@@ -38,7 +38,7 @@ from migration_blackout.analysis.brownout import analyse_work, load_work
 from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
 from migration_blackout.analysis.guest import HEARTBEAT_SOURCE, analyse_stream, load_heartbeats
 from migration_blackout.analysis.icmp import analyse_icmp
-from migration_blackout.analysis.runfolder import load_icmp, load_run
+from migration_blackout.analysis.rundata import load_icmp, load_run
 from migration_blackout.analysis.tcp import (
     analyse_connects,
     load_tcp_connect,

@@ -550,7 +550,6 @@ def run(
     MEASURE_PASSWORD), or a prompt on a terminal; never from the command line.
     With auth = kerberos and no password, the ticket cache (after kinit) is used.
     """
-    from .commands import lab as lab_command
     from .commands import run as run_command
     from .config import (
         ConfigError,
@@ -560,7 +559,8 @@ def run(
         password_from_keyring,
     )
     from .guestagent import GuestAgentSetup, address_towards
-    from .runfolder import OutputFolderError, describe_error
+    from .labseam import LabError, LabRequest, load_lab
+    from .runwriter import OutputFolderError, describe_error
 
     if ping_pong and repeat == 1:
         raise click.UsageError("--ping-pong needs --repeat N (N >= 2 migrations)")
@@ -590,14 +590,6 @@ def run(
         )
     except ConfigError as exc:
         _fail(str(exc))
-    if lab_config is not None:
-        # A lab.toml that cannot work is a usage error, found before anything starts.
-        from migration_blackout.lab.labconfig import LabConfigError, load_lab_config
-
-        try:
-            load_lab_config(lab_config, seed=seed)
-        except LabConfigError as exc:
-            _fail(str(exc))
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
     qemu_lab = config.hypervisor == "qemu" and use_lab  # its guest answers them itself
     if config.probes.witnesses and not guest_agent and not qemu_lab:
@@ -627,26 +619,28 @@ def run(
         )
 
     try:
-        if config.hypervisor == "qemu" and use_lab:
-            result = execute(
-                config=config,
-                environment=lab_command.QemuLabForRun(agent_wait_s=agent_wait),
-                **kwargs,
-            )
-        elif config.hypervisor == "qemu":
-            with lab_command.qemu_configured_run(config) as args:
-                result = execute(**args, **kwargs)
-        elif use_lab:
-            environment = lab_command.HyperVLabForRun(
-                config=lab_config,
-                seed=seed,
-                vm=vm,
-                agent_listen=listen,
-                agent_wait_s=agent_wait if guest_agent else None,
-                agent_interval_s=agent_interval,
-                witness_port=witness_port,
+        if use_lab:
+            # The lab plugs in from above (harness.labseam); a lab.toml that cannot
+            # work, or no lab installed, is one line before anything starts.
+            environment = load_lab().environment_for_run(
+                LabRequest(
+                    config=config,
+                    lab_config=lab_config,
+                    seed=seed,
+                    vm=vm,
+                    guest_agent=guest_agent,
+                    agent_listen=listen,
+                    agent_wait_s=agent_wait,
+                    agent_interval_s=agent_interval,
+                    witness_port=witness_port,
+                )
             )
             result = execute(config=config, environment=environment, **kwargs)
+        elif config.hypervisor == "qemu":
+            from .backends.qemu import configured_run
+
+            with configured_run(config) as args:
+                result = execute(**args, **kwargs)
         else:
             passwords: dict[str, str | None] = {}
             for host in config.hosts:
@@ -681,7 +675,7 @@ def run(
                     else None,
                 )
             result = execute(config=config, passwords=passwords, **kwargs)
-    except lab_command.LabError as exc:
+    except LabError as exc:
         terminal.close()
         _fail(str(exc))
     except run_command.PreflightError as exc:
@@ -858,11 +852,12 @@ def watch(
     SIGTERM): either way the run is complete and counts in reports.
     """
     from migration_blackout.probes.icmp import IcmpPermissionError
+    from migration_blackout.runformat import RunStatus
 
     from .commands import watch as watch_command
     from .config import ProbeConfig
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
-    from .runfolder import OutputFolderError, RunStatus, describe_error
+    from .runwriter import OutputFolderError, describe_error
 
     if witnesses and not guest_agent:
         raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
@@ -945,8 +940,8 @@ def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
     holding run folders, a glob ('results/*') or a text file listing any of
     these, one per line.
     """
-    from migration_blackout.analysis.report import is_run_folder
-    from migration_blackout.analysis.runfolder import RunFormatError
+    from migration_blackout.analysis.report.runs import is_run_folder
+    from migration_blackout.runformat import RunFormatError
 
     from .commands import analyze as analyze_command
 
@@ -1073,7 +1068,7 @@ def report(
       measure report results/nightly-*/ --baseline results/release-1.2/
       measure report --baseline base/* -- new/*
     """
-    from migration_blackout.analysis.report import Thresholds
+    from migration_blackout.runformat import Thresholds
 
     from .commands import report as report_command
     from .config import ConfigError, load_config
@@ -1186,7 +1181,7 @@ def import_ping_log(
 
     from .commands import analyze as analyze_command
     from .commands import import_ping_log as import_command
-    from .runfolder import OutputFolderError
+    from .runwriter import OutputFolderError
 
     try:
         run_dir = import_command.run(
@@ -1231,111 +1226,47 @@ def quickstart(directory: Path) -> None:
 # -- measure lab ---------------------------------------------------------------
 
 
-@main.group()
+class _LabGroup(click.Group):
+    """``measure lab``: the commands the lab plug-in hands over (``harness.labseam``),
+    loaded when they are asked for. Without the lab: one line, exit 2."""
+
+    def _lab_commands(self) -> click.Group:
+        from .labseam import LabUnavailableError, load_lab
+
+        try:
+            return load_lab().commands()
+        except LabUnavailableError as exc:
+            _fail(str(exc))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not ctx.resilient_parsing:  # completion asks quietly (list_commands)
+            self._lab_commands()
+        return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from .labseam import LabUnavailableError, load_lab
+
+        try:
+            return load_lab().commands().list_commands(ctx)
+        except LabUnavailableError:
+            return []
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._lab_commands().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .labseam import LabError
+
+        try:
+            return super().invoke(ctx)
+        except (LabError, PermissionError) as exc:
+            _fail(str(exc))
+
+
+@main.group(cls=_LabGroup)
 def lab() -> None:
     """The emulated Hyper-V lab: two hosts speaking WinRM/PSRP and a guest in a
-    network namespace (needs root)."""
-
-
-@lab.command("up", epilog=exitcodes.LAB_EPILOG)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="lab.toml (timing, hosts, faults).",
-)
-@click.option("--seed", type=int, default=None, help="Seed for the random durations.")
-@click.option(
-    "--hypervisor",
-    type=click.Choice(["hyperv", "qemu"]),
-    default="hyperv",
-    show_default=True,
-    help="The emulated Hyper-V lab, or the QEMU lab (a real guest).",
-)
-def lab_up(config_path: Path | None, seed: int | None, hypervisor: str) -> None:
-    """Start the lab in the background and print its endpoints."""
-    from .commands import lab as lab_command
-
-    try:
-        public, started = lab_command.up(config=config_path, seed=seed, hypervisor=hypervisor)
-    except (lab_command.LabError, PermissionError) as exc:
-        _fail(str(exc))
-    click.echo("lab started" if started else "lab already running", err=True)
-    if hypervisor == "qemu":
-        running = public.get("running_qemu") or {}
-        click.echo(f"qemu  running on side {public.get('running_side')}: QMP {running.get('qmp')}")
-        click.echo(
-            f"guest {public['guest']['address']}  heartbeat to "
-            f"{public['heartbeat']['address']}:{public['heartbeat']['port']}"
-        )
-        click.echo(f"state file {public['state_file']}")
-        return
-    for host in public["hosts"]:
-        click.echo(
-            f"host  {host['name']:18} {host['url']}  auth {'/'.join(host['auth'])}  "
-            f"user {host['username']}"
-        )
-    click.echo(f"guest {public['guest']['name']:18} {public['guest']['address']}")
-    _echo_realm(public)
-    click.echo(f"credentials: `measure lab status --json` (state file {public['state_file']})")
-    click.echo(f"ground truth: {public['ground_truth']}")
-
-
-def _echo_realm(public: dict[str, Any]) -> None:
-    realm = public.get("kerberos")
-    if realm:
-        click.echo(
-            f"realm {realm['realm']:18} KDC {realm['kdc']}  user {realm['user_principal']}  "
-            f"KRB5_CONFIG={realm['krb5_config']}"
-        )
-
-
-@lab.command("status", epilog=exitcodes.LAB_EPILOG)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with credentials.")
-@click.option(
-    "--hypervisor", type=click.Choice(["hyperv", "qemu"]), default="hyperv", show_default=True
-)
-def lab_status(as_json: bool, hypervisor: str) -> None:
-    """Show whether the lab runs, its endpoints and its ground-truth file."""
-    from .commands import lab as lab_command
-
-    try:
-        status = lab_command.status(hypervisor)
-    except lab_command.LabError as exc:
-        _fail(str(exc))
-    if as_json:
-        click.echo(json.dumps(status, indent=2))
-        return
-    if not status["running"]:
-        click.echo("lab: not running")
-        sys.exit(1)
-    if hypervisor == "qemu":
-        click.echo(f"qemu  {status['status']}, guest runs on side {status.get('running_side')}")
-        click.echo(f"guest {status['guest']['address']}")
-        return
-    for host in status["hosts"]:
-        click.echo(f"host  {host['name']:18} {host['url']}")
-    click.echo(f"guest {status['guest']['name']:18} {status['guest']['address']}")
-    _echo_realm(status)
-    click.echo(f"ground truth: {status['ground_truth']}")
-
-
-@lab.command("down", epilog=exitcodes.LAB_EPILOG)
-@click.option(
-    "--hypervisor",
-    type=click.Choice(["hyperv", "qemu"]),
-    default=None,
-    help="Stop only this lab [default: both].",
-)
-def lab_down(hypervisor: str | None) -> None:
-    """Stop the lab and remove its namespaces and processes (idempotent)."""
-    from .commands import lab as lab_command
-
-    removed = lab_command.down(hypervisor)
-    click.echo("lab: stopped" if removed else "lab: nothing was running", err=True)
-    for item in removed:
-        click.echo(f"  removed {item}", err=True)
+    network namespace (needs root; the [lab] extra)."""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,9 +13,12 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from migration_blackout.runformat import Thresholds
 
 AUTH_METHODS = ("kerberos", "negotiate", "ntlm", "credssp", "basic")
 # What a stock domain host accepts: Enable-PSRemoting creates an HTTP listener
@@ -27,6 +30,7 @@ DEFAULT_AUTH = "negotiate"
 DEFAULT_PORTS = {"http": 5985, "https": 5986}
 DEFAULT_PASSWORD_ENV = "MEASURE_PASSWORD"
 DEFAULT_CONFIG_NAME = "measure.toml"
+_THRESHOLD_KEYS = frozenset(f.name for f in fields(Thresholds))
 
 
 class ConfigError(Exception):
@@ -153,14 +157,6 @@ class QemuConfig:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    max_blackout_ms: float | None = None
-    max_timeouts: int | None = None
-    max_regression_pct: float | None = None
-    max_tcp_stall_ms: float | None = None
-
-
-@dataclass(frozen=True)
 class RunConfig:
     vm: str = "HVSW10Home"
     hosts: tuple[HostConfig, ...] = ()
@@ -253,7 +249,7 @@ def _expect(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     return value
 
 
-def _reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _reject_unknown(table: Mapping[str, Any], allowed: AbstractSet[str], where: str) -> None:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a table")
     if any("password" in str(key) and key != "password_env" for key in table):
@@ -447,17 +443,11 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
     )
 
     thr = document.get("thresholds", {})
-    _reject_unknown(
-        thr,
-        {"max_blackout_ms", "max_timeouts", "max_regression_pct", "max_tcp_stall_ms"},
-        f"{origin}: [thresholds]",
-    )
-    thresholds = Thresholds(
-        max_blackout_ms=thr.get("max_blackout_ms"),
-        max_timeouts=thr.get("max_timeouts"),
-        max_regression_pct=thr.get("max_regression_pct"),
-        max_tcp_stall_ms=thr.get("max_tcp_stall_ms"),
-    )
+    _reject_unknown(thr, _THRESHOLD_KEYS, f"{origin}: [thresholds]")
+    try:
+        thresholds = Thresholds(**{key: thr.get(key) for key in _THRESHOLD_KEYS})
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: [thresholds] {exc}") from None
     qemu_doc = document.get("qemu", {})
     where = f"{origin}: [qemu]"
     _reject_unknown(
@@ -566,11 +556,7 @@ def apply_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
             "harvest_timeout_s",
         }
     }
-    thresholds = {
-        k: v
-        for k, v in overrides.items()
-        if v is not None and k in {"max_blackout_ms", "max_timeouts", "max_regression_pct"}
-    }
+    thresholds = {k: v for k, v in overrides.items() if v is not None and k in _THRESHOLD_KEYS}
     if "guest_addresses" in top:
         top["guest_addresses"] = tuple(top["guest_addresses"])
     auth = overrides.get("auth")

@@ -61,7 +61,11 @@ IMPORT_EPILOG = epilog(
 LAB_EPILOG = epilog(
     (OK, "done"),
     (MIGRATION_FAILED, "status: the lab is not running"),
-    (USAGE, "the lab could not be started or found (the message says why), or not root"),
+    (
+        USAGE,
+        "the lab could not be started or found (the message says why), not root, or "
+        "not installed (the [lab] extra)",
+    ),
 )
 QUICKSTART_EPILOG = epilog(
     (OK, "written (files already there are kept)"),

@@ -1,11 +1,12 @@
-"""The in-guest agent from the harness's side: its receiver, and in the lab
+"""The in-guest agent from the harness's side: its receiver, and in a lab
 the guest desktop that runs it. Used by ``measure run`` and ``measure watch``.
 
 The receiver listens where the guest can reach it; the token authenticates
 the agent. For a real guest the harness announces the exact command to start
 the agent (token included: it is shown on the console, never written to the
-run folder); in the lab, the agent, a virtual X display and a clock are
-started inside the guest's network namespace, so they freeze with the VM.
+run folder); a lab hands over a ``desktop`` factory instead, which starts the
+agent inside its guest (the emulated lab: with a virtual X display and a
+clock, in the guest's network namespace, so they freeze with the VM).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Protocol
 
 from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
+from migration_blackout.runformat import FRAMES, HEARTBEAT, REJECTS
 
-from .runfolder import RunFolder
+from .runwriter import RunWriter
 
 RECEIVER_READY_DEADLINE_S = 15.0
 
@@ -27,15 +30,39 @@ class ProbesNotReadyError(Exception):
     """A probe (or the guest agent) did not become ready within its deadline."""
 
 
+class GuestDesktop(Protocol):
+    """The agent running inside a lab's guest; ``start`` and ``stop`` block."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class GuestDesktopFactory(Protocol):
+    """How a lab starts the agent in its guest, sending to ``receiver_url``
+    (answering the witnesses on ``witness_port`` when it is set)."""
+
+    def __call__(
+        self,
+        *,
+        receiver_url: str,
+        token: str,
+        log_path: Path,
+        interval_s: float,
+        heartbeat_hz: float,
+        witness_port: int | None,
+    ) -> GuestDesktop: ...
+
+
 @dataclass(frozen=True)
 class GuestAgentSetup:
     """The in-guest agent: where its receiver listens and who starts the agent.
 
-    With ``lab_namespace`` the lab's desktop (Xvfb, a clock, the agent) is
-    started inside that namespace; with ``in_guest`` the guest runs its own
-    heartbeat sender already (the QEMU lab's guest, with ``token``: heartbeats
-    only, no frames); otherwise the user starts the agent in the guest with
-    the command the progress callback announces.
+    With ``desktop`` a lab starts the agent in its guest (the emulated lab:
+    Xvfb, a clock and the agent in the guest's namespace); with ``in_guest``
+    the guest runs its own heartbeat sender already (the QEMU lab's guest,
+    with ``token``: heartbeats only, no frames); otherwise the user starts the
+    agent in the guest with the command the progress callback announces.
     """
 
     listen_host: str
@@ -43,7 +70,7 @@ class GuestAgentSetup:
     contact_deadline_s: float = 60.0
     interval_s: float = 1.0
     heartbeat_hz: float = 100.0
-    lab_namespace: str | None = None
+    desktop: GuestDesktopFactory | None = None
     advertise_host: str | None = None  # the address the guest should send to
     in_guest: bool = False
     token: str | None = None  # a token the guest already has (else a new one)
@@ -68,7 +95,7 @@ class GuestAgentSession:
 
     def __init__(
         self,
-        run: RunFolder,
+        run: RunWriter,
         setup: GuestAgentSetup,
         *,
         record: Callable[..., None],
@@ -82,13 +109,9 @@ class GuestAgentSession:
         self.receiver = GuestReceiver(
             run.path, token=self.token, host=setup.listen_host, port=setup.listen_port
         )
-        self.desktop: Any = None
-        for probe, file in (
-            ("guest_frames", "raw/guest_frames.jsonl"),
-            ("guest_heartbeat", "raw/guest_heartbeat.csv"),
-            ("guest_rejects", "raw/guest_rejects.jsonl"),
-        ):
-            run.register_probe(probe, file)
+        self.desktop: GuestDesktop | None = None
+        for raw_file in (FRAMES, HEARTBEAT, REJECTS):
+            run.register_probe(raw_file.probe, raw_file.path)
 
     def agent_url(self) -> str:
         host, port = self.receiver.address
@@ -102,11 +125,8 @@ class GuestAgentSession:
         self.record("guest_agent_listening", url=url)
         if self.setup.in_guest:
             self.announce("waiting for the guest's heartbeat")
-        elif self.setup.lab_namespace is not None:
-            from migration_blackout.lab.desktop import GuestDesktop
-
-            self.desktop = GuestDesktop(
-                namespace=self.setup.lab_namespace,
+        elif self.setup.desktop is not None:
+            self.desktop = self.setup.desktop(
                 receiver_url=url,
                 token=self.token,
                 log_path=self.run.raw / "guest_agent_output.txt",

@@ -46,7 +46,7 @@ from decimal import Decimal, InvalidOperation
 from typing import overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from migration_blackout.probes.icmp import (
+from migration_blackout.runformat import (
     DUPLICATE,
     ERROR,
     LATE,
@@ -111,7 +111,7 @@ class PingRecord:
     line: int | None
 
     def csv_row(self) -> tuple[object, ...]:
-        """The row in ``probes.icmp.ICMP_COLUMNS`` order (None = empty field)."""
+        """The row in ``runformat.ICMP.columns`` order (None = empty field)."""
         return (
             self.target,
             self.n,

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from migration_blackout.probes.tcp_connect import TCP_CONNECT_FILE, TcpConnectProbe
-from migration_blackout.probes.tcp_stream import TCP_STREAM_FILE, TcpStreamProbe
-from migration_blackout.probes.udp_direction import UDP_DIRECTION_FILE, UdpDirectionProbe
+from migration_blackout.probes.tcp_connect import TcpConnectProbe
+from migration_blackout.probes.tcp_stream import TcpStreamProbe
+from migration_blackout.probes.udp_direction import UdpDirectionProbe
+from migration_blackout.runformat import TCP_CONNECT, TCP_STREAM, UDP_DIRECTION
 
 from .config import ProbeConfig
-from .runfolder import RunFolder
+from .runwriter import RunWriter
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Witnesses:
 
     def __init__(
         self,
-        run: RunFolder,
+        run: RunWriter,
         probes: ProbeConfig,
         *,
         targets: Sequence[str],
@@ -58,7 +59,7 @@ class Witnesses:
                     interval_s=probes.tcp_connect_interval_s,
                     timeout_s=probes.tcp_connect_timeout_s,
                 )
-                run.register_probe("tcp_connect", TCP_CONNECT_FILE, format="csv")
+                run.register_probe(TCP_CONNECT.probe, TCP_CONNECT.path, format="csv")
             if probes.witnesses and token is not None and targets:
                 agent: dict[str, Any] = {
                     "target": targets[0],
@@ -67,9 +68,9 @@ class Witnesses:
                     "interval_s": probes.witness_interval_s,
                 }
                 self.direction = UdpDirectionProbe.create(run.path, **agent)
-                run.register_probe("udp_direction", UDP_DIRECTION_FILE, format="csv")
+                run.register_probe(UDP_DIRECTION.probe, UDP_DIRECTION.path, format="csv")
                 self.stream = TcpStreamProbe.create(run.path, **agent)
-                run.register_probe("tcp_stream", TCP_STREAM_FILE, format="csv")
+                run.register_probe(TCP_STREAM.probe, TCP_STREAM.path, format="csv")
         except BaseException:
             self.close()
             raise

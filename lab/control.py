@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import migration_blackout
+from migration_blackout.harness.labseam import LabError
 from migration_blackout.probes.environment import child_environment
 
 from . import kerberos
@@ -41,10 +42,6 @@ from .netns import process_runs, require_netns_privileges
 
 UP_DEADLINE_S = 20.0
 DOWN_DEADLINE_S = 10.0
-
-
-class LabError(Exception):
-    """The lab could not be started, found or stopped; the message says why."""
 
 
 def default_state_dir() -> Path:

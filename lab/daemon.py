@@ -23,7 +23,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from migration_blackout.probes.clock import clock_pair, utc_iso
+from migration_blackout.probes.clock import clock_pair
+from migration_blackout.runformat import utc_iso
 
 from .guest import NetnsGuest
 from .hyperv_emulator import LabHosts

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+
+from migration_blackout.runformat import utc_iso
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,3 @@ def clock_pair() -> ClockPair:
     utc = time.time_ns()
     after = time.monotonic_ns()
     return ClockPair(mono_ns=(before + after) // 2, utc_ns=utc)
-
-
-def utc_iso(utc_ns: int) -> str:
-    """ISO 8601 UTC with microseconds and a ``Z``: ``2026-11-25T13:02:40.123456Z``."""
-    seconds, ns = divmod(utc_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=ns // 1000)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -48,12 +48,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from migration_blackout.runformat import (
+    CONSOLE,
+    CONSOLE_BLACK,
+    CONSOLE_CHANGED,
+    CONSOLE_IMAGE_DIR,
+    CONSOLE_NOT_LISTED,
+    CONSOLE_UNAVAILABLE,
+    CONSOLE_UNCHANGED,
+    POLL_ERROR,
+    POLL_OK,
+)
+
 from .clock import clock_pair
 from .schedule import poll_on_schedule
 from .sink import JsonlSink
-
-CONSOLE_FILE = "raw/console.jsonl"
-IMAGE_DIR = "console"
 
 DEFAULT_INTERVAL_S = 0.5
 DEFAULT_KEEP_AROUND = 3
@@ -69,11 +78,6 @@ DEFAULT_UNCHANGED_MAX_FRACTION = 0.002
 DARK_LUMA = 32.0
 
 _LUMA = np.array([0.299, 0.587, 0.114])
-
-BLACK = "black"
-UNCHANGED = "unchanged"
-CHANGED = "changed"
-UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -139,10 +143,10 @@ def screen_stats(
 
 def classify(stats: ScreenStats, *, black_max_luma: float, unchanged_max_fraction: float) -> str:
     if stats.mean_luma < black_max_luma:
-        return BLACK
+        return CONSOLE_BLACK
     if stats.changed_fraction is not None and stats.changed_fraction <= unchanged_max_fraction:
-        return UNCHANGED
-    return CHANGED
+        return CONSOLE_UNCHANGED
+    return CONSOLE_CHANGED
 
 
 @dataclass
@@ -215,17 +219,17 @@ class ConsoleViewProbe:
             "height": height,
             "interval_s": interval_s,
             "keep_around": keep_around,
-            "image_dir": IMAGE_DIR,
+            "image_dir": CONSOLE_IMAGE_DIR,
             "black_max_luma": DEFAULT_BLACK_MAX_LUMA,
             "pixel_tolerance": DEFAULT_PIXEL_TOLERANCE,
             "unchanged_max_fraction": DEFAULT_UNCHANGED_MAX_FRACTION,
             "dark_luma": DARK_LUMA,
         }
-        sink = JsonlSink(Path(run_dir) / CONSOLE_FILE, probe="console", meta=settings)
+        sink = JsonlSink(Path(run_dir) / CONSOLE.path, probe=CONSOLE.probe, meta=settings)
         return cls(
             poll=poll,
             sink=sink,
-            image_dir=Path(run_dir) / IMAGE_DIR,
+            image_dir=Path(run_dir) / CONSOLE_IMAGE_DIR,
             interval_s=interval_s,
             keep_around=keep_around,
             stop_grace_s=stop_grace_s,
@@ -312,14 +316,14 @@ class ConsoleViewProbe:
             raise asyncio.CancelledError
 
     def _unavailable_fields(self, error: str | None) -> dict[str, Any]:
-        if self._last_class is not None and self._last_class != UNAVAILABLE:
+        if self._last_class is not None and self._last_class != CONSOLE_UNAVAILABLE:
             self._save_recent()
             self._save_after = self.keep_around
         return {
-            "outcome": "not_listed" if error is None else "error",
+            "outcome": CONSOLE_NOT_LISTED if error is None else POLL_ERROR,
             "error": error,
             "host": None,
-            "classification": UNAVAILABLE,
+            "classification": CONSOLE_UNAVAILABLE,
             "image": None,
         }
 
@@ -347,7 +351,7 @@ class ConsoleViewProbe:
         if self.keep_around:
             self._recent.append(kept)
         return {
-            "outcome": "ok",
+            "outcome": POLL_OK,
             "error": None,
             "host": frame.host,
             "host_time": frame.host_time,

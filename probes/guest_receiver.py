@@ -54,6 +54,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from migration_blackout.runformat import FRAMES, FRAMES_DIR, HEARTBEAT, REJECTS
+
 from .clock import ClockPair, clock_pair
 from .guest_agent import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -68,24 +70,6 @@ from .guest_agent import (
 )
 from .image_check import FrameRefused, ImageChecker
 from .sink import CsvSink, JsonlSink
-
-FRAMES_FILE = "raw/guest_frames.jsonl"
-HEARTBEAT_FILE = "raw/guest_heartbeat.csv"
-REJECTS_FILE = "raw/guest_rejects.jsonl"
-FRAMES_DIR = "frames"
-
-HEARTBEAT_COLUMNS = (
-    "agent_id",
-    "seq",
-    "guest_utc_ns",
-    "guest_mono_ns",
-    "interval_us",
-    "recv_mono_ns",
-    "recv_utc_ns",
-    "from_addr",
-    "late_ns",
-    "work_ns",
-)
 
 # 8K UHD is 33 Mpixel; Pillow's own bomb warning starts at 89 Mpixel, so an
 # image that passes this check never triggers it.
@@ -336,8 +320,8 @@ class GuestReceiver:
     def _open_files(self, listen: str) -> None:
         meta = {"listen": listen}
         self._frames = JsonlSink(
-            self.run_dir / FRAMES_FILE,
-            probe="guest_frames",
+            self.run_dir / FRAMES.path,
+            probe=FRAMES.probe,
             meta={
                 **meta,
                 "max_frame_bytes": self.max_frame_bytes,
@@ -346,16 +330,16 @@ class GuestReceiver:
             },
         )
         self._heartbeats = CsvSink(
-            self.run_dir / HEARTBEAT_FILE,
-            probe="guest_heartbeat",
-            columns=HEARTBEAT_COLUMNS,
+            self.run_dir / HEARTBEAT.path,
+            probe=HEARTBEAT.probe,
+            columns=HEARTBEAT.columns,
             meta={
                 **meta,
                 "heartbeat_version": HEARTBEAT_V2_VERSION,
                 "recv_stamp": "kernel" if self._kernel_stamps else "event_loop",
             },
         )
-        self._rejects = JsonlSink(self.run_dir / REJECTS_FILE, probe="guest_rejects", meta=meta)
+        self._rejects = JsonlSink(self.run_dir / REJECTS.path, probe=REJECTS.probe, meta=meta)
 
     def _close_files(self) -> None:
         if self._rejects is not None:

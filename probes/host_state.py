@@ -20,6 +20,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
+from migration_blackout.runformat import POLL_ERROR, POLL_OK
+
 from .clock import clock_pair
 from .schedule import poll_on_schedule
 from .sink import JsonlSink
@@ -136,7 +138,7 @@ class HostStatePoller:
             "send_utc_ns": send.utc_ns,
             "recv_mono_ns": recv.mono_ns,
             "recv_utc_ns": recv.utc_ns,
-            "outcome": "ok" if error is None else "error",
+            "outcome": POLL_OK if error is None else POLL_ERROR,
             "error": error,
         }
         if observation is not None:

@@ -34,6 +34,10 @@ How it works
   and replies that arrive after the 16-bit sequence wrapped are never
   confused. A raw socket additionally filters ICMP types in the kernel.
 
+The bytes on the wire (requests built, answers parsed) are
+``probes/icmp_wire.py``; the timer is ``probes/timerfd.py``. This module owns
+the sockets, the schedule and the table of attempts.
+
 Why the hot path bypasses icmplib's ``send()`` / ``receive()``
 ---------------------------------------------------------------
 Measured on this project's machines (shared notes "icmp-probing"):
@@ -57,8 +61,8 @@ All stamps are integers in nanoseconds: ``*_mono_ns`` on
 never appear to precede its request); ``recv_*`` is the kernel's arrival
 stamp. ``rtt_ns = recv_mono_ns - send_mono_ns``.
 
-Rows (run format v1, ``raw/icmp.csv``; columns ``ICMP_COLUMNS``)
-----------------------------------------------------------------
+Rows (run format v1, ``raw/icmp.csv``; columns ``runformat.ICMP.columns``)
+-------------------------------------------------------------------------
 One row per attempt, written when it resolves (so rows are not in send order;
 sort by ``target, n``):
 
@@ -95,12 +99,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import random
 import socket
-import struct
 import sys
 import time
 from collections import deque
@@ -110,40 +112,44 @@ from pathlib import Path
 from typing import Any
 
 import icmplib
-from icmplib.exceptions import ICMPError, ICMPLibError, SocketPermissionError
+from icmplib.exceptions import ICMPLibError, SocketPermissionError
 
+from migration_blackout.probes.icmp_wire import (
+    ERRORS_V4,
+    ERRORS_V6,
+    ID_SEQ,
+    MIN_PAYLOAD,
+    PAYLOAD_TAG,
+    REPLY_FIELDS,
+    SEND_FIELDS,
+    SO_TIMESTAMPNS,
+    TIMESPEC,
+    Answer,
+    echo_checksum,
+    echo_request,
+    icmp_error_text,
+    kernel_stamp_ns,
+    ones_sum,
+    parse_ping_reply,
+    parse_queued_error,
+    parse_raw_v4,
+    parse_raw_v6,
+    raw_socket_filter,
+)
 from migration_blackout.probes.sink import CsvSink
-
-PROBE_NAME = "icmp"
-ICMP_COLUMNS = (
-    "target",
-    "n",
-    "seq",
-    "ident",
-    "outcome",
-    "send_mono_ns",
-    "send_utc_ns",
-    "recv_mono_ns",
-    "recv_utc_ns",
-    "rtt_ns",
-    "icmp_type",
-    "icmp_code",
-    "from_addr",
-    "detail",
+from migration_blackout.probes.timerfd import PeriodicTimer
+from migration_blackout.runformat import (
+    DUPLICATE,
+    ERROR,
+    ICMP,
+    LATE,
+    REPLY,
+    TIMEOUT,
+    UNREACHABLE,
+    UNRESOLVED,
 )
 
-REPLY = "reply"
-TIMEOUT = "timeout"
-UNREACHABLE = "unreachable"
-ERROR = "error"
-UNRESOLVED = "unresolved"
-DUPLICATE = "duplicate"
-LATE = "late"
-#: Outcomes of an attempt's own row; ``DUPLICATE`` and ``LATE`` rows come on top.
-ATTEMPT_OUTCOMES = (REPLY, TIMEOUT, UNREACHABLE, ERROR, UNRESOLVED)
-
 # Linux constants the socket module does not export.
-_SO_TIMESTAMPNS = 35  # == SCM_TIMESTAMPNS (asm-generic; differs on parisc/sparc)
 _SO_SNDBUFFORCE = 32
 _SO_RCVBUFFORCE = 33
 _SOL_IP = 0
@@ -152,17 +158,6 @@ _IPV6_RECVERR = 25
 _SOL_RAW = 255
 _ICMP_FILTER = 1
 _ICMP6_FILTER = 1
-_SO_EE_ORIGIN_LOCAL = 1
-_CLOCK_MONOTONIC = 1
-_TFD_NONBLOCK = os.O_NONBLOCK
-_TFD_CLOEXEC = os.O_CLOEXEC
-_TFD_TIMER_ABSTIME = 1
-
-_ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}
-_ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
-# ICMP errors that quote an echo request and mean it did not get through.
-_ERRORS_V4 = {3: UNREACHABLE, 11: ERROR, 12: ERROR}
-_ERRORS_V6 = {1: UNREACHABLE, 2: ERROR, 3: ERROR, 4: ERROR}
 
 _SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 _RECV_BUFFER_BYTES = 2048
@@ -180,7 +175,6 @@ _OFFSET_MAX_BRACKET_NS = 20_000
 _COALESCE_BELOW_S = 0.002
 _HISTORY_S = 30.0  # how far back a late or duplicate answer can still be matched
 _MAX_OUTSTANDING = 30000  # timeout_s / interval_s; the attempt table holds 65536
-_MIN_PAYLOAD = 12  # 8 bytes attempt number + 4 bytes run cookie
 
 # Per-slot states of the attempt table.
 _FREE, _PENDING, _S_REPLY, _S_TIMEOUT, _S_UNREACHABLE, _S_ERROR, _S_UNRESOLVED = range(7)
@@ -192,14 +186,7 @@ _STATE_OF = {
     UNRESOLVED: _S_UNRESOLVED,
 }
 
-_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
-_SEND_FIELDS = struct.Struct("!HHHQ")  # checksum, identifier, sequence, attempt n (offset 2)
-_ID_SEQ = struct.Struct("!HH")
-_REPLY_FIELDS = struct.Struct("!HHQI")  # identifier, sequence, attempt n, run cookie
-_PAYLOAD_TAG = struct.Struct("!QI")  # attempt n, run cookie
-_TIMESPEC = struct.Struct("@ll")
-_TIMESPEC_UNPACK = _TIMESPEC.unpack_from
-_EXTENDED_ERR = struct.Struct("@IBBBBII")
+_TIMESPEC_UNPACK = TIMESPEC.unpack_from
 
 
 class IcmpPermissionError(PermissionError):
@@ -230,69 +217,6 @@ class IcmpTargetStats:
     current_loss_streak: int
     longest_loss_streak: int
     last_rtt_ns: int | None
-
-
-# --------------------------------------------------------------------------
-# timerfd through ctypes (os.timerfd_* only arrives in Python 3.13)
-# --------------------------------------------------------------------------
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.timerfd_create.argtypes = (ctypes.c_int, ctypes.c_int)
-_libc.timerfd_create.restype = ctypes.c_int
-_libc.timerfd_settime.argtypes = (
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.POINTER(_Itimerspec),
-    ctypes.POINTER(_Itimerspec),
-)
-_libc.timerfd_settime.restype = ctypes.c_int
-
-
-def _timespec(ns: int) -> _Timespec:
-    return _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
-
-
-class _PeriodicTimer:
-    """A non-blocking CLOCK_MONOTONIC timerfd firing at ``first_ns + k * period_ns``."""
-
-    def __init__(self) -> None:
-        fd = _libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
-        self.fd: int = fd
-
-    def arm(self, first_ns: int, period_ns: int) -> None:
-        spec = _Itimerspec(_timespec(period_ns), _timespec(first_ns))
-        if _libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
-
-    def disarm(self) -> None:
-        if self.fd >= 0:
-            spec = _Itimerspec(_timespec(0), _timespec(0))
-            _libc.timerfd_settime(self.fd, 0, ctypes.byref(spec), None)
-
-    def expirations(self) -> int:
-        """Expiries since the last call (0 if none)."""
-        try:
-            return int.from_bytes(os.read(self.fd, 8), sys.byteorder)
-        except BlockingIOError:
-            return 0
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # --------------------------------------------------------------------------
@@ -403,35 +327,6 @@ def _resolve_targets(targets: Sequence[str]) -> list[tuple[str, str, int]]:
     return resolved
 
 
-def _ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-_ERROR_TEXT: dict[tuple[int, int, int], str] = {}
-
-
-def _icmp_error_text(family: int, icmp_type: int, code: int) -> str:
-    """icmplib's text for an ICMP error type/code (cached)."""
-    key = (family, icmp_type, code)
-    text = _ERROR_TEXT.get(key)
-    if text is None:
-        reply = icmplib.ICMPReply(
-            None, 6 if family == socket.AF_INET6 else 4, 0, 0, icmp_type, code, 0, 0.0
-        )
-        try:
-            reply.raise_for_status()
-            text = f"ICMP type {icmp_type} code {code}"
-        except ICMPError as exc:
-            text = str(exc)
-        _ERROR_TEXT[key] = text
-    return text
-
-
 def _errno_text(exc: OSError) -> str:
     name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     return f"sendto: {name} {exc.strerror or exc}"
@@ -501,16 +396,13 @@ class _Target:
         self.sockaddr: tuple[Any, ...] = (
             (address, 0) if family == socket.AF_INET else (address, 0, 0, 0)
         )
-        header = _HEADER.pack(_ECHO_REQUEST[family], 0, 0, ident, 0)
-        filler = bytes((0x20 + i % 64) for i in range(size - _MIN_PAYLOAD))
-        payload = _PAYLOAD_TAG.pack(0, cookie) + filler
-        self.packet = bytearray(header + payload)
+        self.packet = echo_request(family, ident, size, cookie)
         # Both set when the probe opens its sockets. Only a raw IPv4 socket
         # sends our checksum: the kernel fills it in for ICMPv6 and ping sockets.
         self.sendto: Any = None
         self.checksummed = False
         # One's-complement sum of everything but sequence and n, which vary.
-        self.base_sum = _ones_sum(bytes(self.packet))
+        self.base_sum = ones_sum(bytes(self.packet))
         self.mask = ring_size - 1
         self.ring_n = [-1] * ring_size
         self.ring_state = [_FREE] * ring_size
@@ -566,7 +458,7 @@ class IcmpProbe:
     Args:
         targets: IPv4/IPv6 addresses or host names (resolved once, here).
         interval_s: seconds between attempts to each target (>= 20 us).
-        sink: where rows go (columns ``ICMP_COLUMNS``); flushed, not closed.
+        sink: where rows go (columns ``runformat.ICMP.columns``); flushed, not closed.
         timeout_s: seconds after its send at which an unanswered attempt is a
             ``timeout``; default ``default_timeout_s(interval_s)``. At most
             30000 intervals (ValueError otherwise), so the 16-bit sequence
@@ -614,10 +506,10 @@ class IcmpProbe:
                 f"{_MAX_OUTSTANDING} intervals so a wrapped 16-bit sequence cannot meet an "
                 "outstanding attempt"
             )
-        if not _MIN_PAYLOAD <= size <= 65000:
-            raise ValueError(f"size={size}: payload must be {_MIN_PAYLOAD}..65000 bytes")
-        if tuple(sink.columns) != ICMP_COLUMNS:
-            raise ValueError("the sink's columns must be ICMP_COLUMNS")
+        if not MIN_PAYLOAD <= size <= 65000:
+            raise ValueError(f"size={size}: payload must be {MIN_PAYLOAD}..65000 bytes")
+        if tuple(sink.columns) != ICMP.columns:
+            raise ValueError("the sink's columns must be runformat.ICMP.columns")
         resolved = _resolve_targets(targets)
         families = sorted({family for _, _, family in resolved})
         self.interval_s = float(interval_s)
@@ -644,7 +536,7 @@ class IcmpProbe:
         self._families = families
         self.ready = asyncio.Event()
         self._endpoints: dict[int, _Endpoint] = {}
-        self._timer: _PeriodicTimer | None = None
+        self._timer: PeriodicTimer | None = None
         self._deadlines: deque[tuple[int, _Target, int]] = deque()
         self._rows: list[tuple[Any, ...]] = []
         self._dirty = False
@@ -694,7 +586,7 @@ class IcmpProbe:
             identifier_base=base,
         )
         meta.update(extra_meta or {})
-        sink = CsvSink(Path(path), probe=PROBE_NAME, columns=ICMP_COLUMNS, meta=meta)
+        sink = CsvSink(Path(path), probe=ICMP.probe, columns=ICMP.columns, meta=meta)
         try:
             return cls(
                 targets=targets,
@@ -852,7 +744,7 @@ class IcmpProbe:
     # -- sockets ---------------------------------------------------------------
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = _PeriodicTimer()
+        self._timer = PeriodicTimer()
         for family in self._families:
             try:
                 sock = _open_icmp_socket(family, self.privileged)
@@ -881,18 +773,13 @@ class IcmpProbe:
                 sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER_BYTES)
             except OSError:  # not root: capped by net.core.[rw]mem_max
                 sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER_BYTES)
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         v6 = endpoint.family == socket.AF_INET6
         if endpoint.privileged:
-            if v6:
-                # struct icmp6_filter: a set bit blocks that type.
-                words = [0xFFFFFFFF] * 8
-                for icmp_type in (_ECHO_REPLY[socket.AF_INET6], *_ERRORS_V6):
-                    words[icmp_type >> 5] &= ~(1 << (icmp_type & 31)) & 0xFFFFFFFF
-                sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("@8I", *words))
-            else:
-                allowed = (1 << _ECHO_REPLY[socket.AF_INET]) | sum(1 << t for t in _ERRORS_V4)
-                sock.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("@I", ~allowed & 0xFFFFFFFF))
+            level, option = (
+                (socket.IPPROTO_ICMPV6, _ICMP6_FILTER) if v6 else (_SOL_RAW, _ICMP_FILTER)
+            )
+            sock.setsockopt(level, option, raw_socket_filter(endpoint.family))
         else:
             # ICMP errors for a ping socket only arrive through the error queue.
             if v6:
@@ -971,7 +858,7 @@ class IcmpProbe:
     def _send_all(self, rounds: int) -> None:
         mono = time.monotonic_ns
         utc = time.time_ns
-        pack_into = _SEND_FIELDS.pack_into
+        pack_into = SEND_FIELDS.pack_into
         deadlines_append = self._deadlines.append
         timeout_ns = self._timeout_ns
         targets = self._targets
@@ -980,13 +867,7 @@ class IcmpProbe:
                 n = target.next_n
                 target.next_n = n + 1
                 seq = n & 0xFFFF
-                checksum = 0
-                if target.checksummed:
-                    # Incremental RFC 1071 sum: only the sequence and n change.
-                    total = target.base_sum + seq + (n >> 48) + ((n >> 32) & 0xFFFF)
-                    total += ((n >> 16) & 0xFFFF) + seq
-                    total = (total & 0xFFFF) + (total >> 16)
-                    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+                checksum = echo_checksum(target.base_sum, seq, n) if target.checksummed else 0
                 packet = target.packet
                 pack_into(packet, 2, checksum, target.ident, seq, n)
                 slot = n & target.mask
@@ -1036,12 +917,13 @@ class IcmpProbe:
         if not endpoint.privileged:
             handled += self._drain_error_queue(endpoint, offset)
         recvmsg = sock.recvmsg
-        parse = self._parse_raw_v4 if endpoint.family == socket.AF_INET else self._parse_raw_v6
+        parse = parse_raw_v4 if endpoint.family == socket.AF_INET else parse_raw_v6
+        on_packet = self._on_packet
         fast_v4 = endpoint.privileged and endpoint.family == socket.AF_INET
         by_ident = endpoint.by_ident
         cookie = self._cookie
         rows_append = self._rows.append
-        reply_fields = _REPLY_FIELDS.unpack_from
+        reply_fields = REPLY_FIELDS.unpack_from
         while handled < _MAX_PACKETS_PER_DRAIN:
             try:
                 data, ancdata, _flags, source = recvmsg(_RECV_BUFFER_BYTES, _ANC_BUFFER_BYTES)
@@ -1053,11 +935,11 @@ class IcmpProbe:
                 handled += 1
                 continue
             handled += 1
-            if ancdata and ancdata[0][1] == _SO_TIMESTAMPNS:
+            if ancdata and ancdata[0][1] == SO_TIMESTAMPNS:
                 seconds, nanoseconds = _TIMESPEC_UNPACK(ancdata[0][2])
                 recv_utc = seconds * 1_000_000_000 + nanoseconds
             else:
-                recv_utc = self._kernel_stamp(ancdata)
+                recv_utc = kernel_stamp_ns(ancdata) or time.time_ns()
             recv_mono = recv_utc - offset
             if fast_v4:
                 ihl = (data[0] & 0x0F) << 2
@@ -1096,11 +978,11 @@ class IcmpProbe:
                                 )
                             )
                             continue
-                parse(endpoint, data, source[0], recv_utc, recv_mono)
+                on_packet(endpoint, parse(data), data, source[0], recv_utc, recv_mono)
             elif endpoint.privileged:
-                parse(endpoint, data, source[0], recv_utc, recv_mono)
+                on_packet(endpoint, parse(data), data, source[0], recv_utc, recv_mono)
             else:
-                self._parse_dgram_reply(endpoint, data, source[0], recv_utc, recv_mono)
+                self._on_ping_reply(endpoint, data, source[0], recv_utc, recv_mono)
         if self._drained is not None and not self._outstanding:
             self._drained.set()
         self._flush_rows()
@@ -1131,87 +1013,59 @@ class IcmpProbe:
             self._offset_read_ns = now
         return self._offset_ns
 
-    @staticmethod
-    def _kernel_stamp(ancdata: list[tuple[int, int, bytes]]) -> int:
-        for level, kind, value in ancdata:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
-                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
-                return seconds * 1_000_000_000 + nanoseconds
-        return time.time_ns()
-
-    def _parse_raw_v4(
-        self, endpoint: _Endpoint, data: bytes, source: str, utc: int, mono: int
+    def _on_packet(
+        self,
+        endpoint: _Endpoint,
+        answer: Answer | None,
+        data: bytes,
+        source: str,
+        utc: int,
+        mono: int,
     ) -> None:
-        ihl = (data[0] & 0x0F) << 2
-        if len(data) < ihl + 8:
+        """Hand a parsed packet from a raw socket to its attempt (by our identifier)."""
+        if answer is None:
             return
-        icmp_type = data[ihl]
-        if icmp_type == 0:
-            ident, seq = _ID_SEQ.unpack_from(data, ihl + 4)
-            target = endpoint.by_ident.get(ident)
-            if target is not None:
-                self._on_answer(
-                    target, seq, data, ihl + 8, REPLY, utc, mono, 0, data[ihl + 1], source
-                )
-            return
-        outcome = _ERRORS_V4.get(icmp_type)
-        inner = ihl + 8
-        if outcome is None or len(data) < inner + 20 or data[inner + 9] != socket.IPPROTO_ICMP:
-            return
-        quoted = inner + ((data[inner] & 0x0F) << 2)
-        if len(data) < quoted + 8 or data[quoted] != 8:
-            return
-        ident, seq = _ID_SEQ.unpack_from(data, quoted + 4)
-        target = endpoint.by_ident.get(ident)
-        if (
-            target is None
-            or socket.inet_ntop(socket.AF_INET, data[inner + 16 : inner + 20]) != target.address
-        ):
+        target = endpoint.by_ident.get(answer.ident)
+        if target is None or (answer.quoted_to is not None and answer.quoted_to != target.address):
             return
         self._on_answer(
-            target, seq, data, quoted + 8, outcome, utc, mono, icmp_type, data[ihl + 1], source
+            target,
+            answer.seq,
+            data,
+            answer.payload_at,
+            answer.outcome,
+            utc,
+            mono,
+            answer.icmp_type,
+            answer.icmp_code,
+            source,
         )
 
-    def _parse_raw_v6(
+    def _on_ping_reply(
         self, endpoint: _Endpoint, data: bytes, source: str, utc: int, mono: int
     ) -> None:
-        if len(data) < 8:
-            return
-        icmp_type = data[0]
-        if icmp_type == 129:
-            ident, seq = _ID_SEQ.unpack_from(data, 4)
-            target = endpoint.by_ident.get(ident)
-            if target is not None:
-                self._on_answer(target, seq, data, 8, REPLY, utc, mono, 129, data[1], source)
-            return
-        outcome = _ERRORS_V6.get(icmp_type)
-        # Quoted packet: the IPv6 header (40 bytes, next header 58) then our request.
-        if outcome is None or len(data) < 8 + 40 + 8 or data[8 + 6] != socket.IPPROTO_ICMPV6:
-            return
-        if data[48] != 128:
-            return
-        ident, seq = _ID_SEQ.unpack_from(data, 52)
-        target = endpoint.by_ident.get(ident)
-        if target is None or socket.inet_ntop(socket.AF_INET6, data[32:48]) != target.address:
-            return
-        self._on_answer(target, seq, data, 56, outcome, utc, mono, icmp_type, data[1], source)
-
-    def _parse_dgram_reply(
-        self, endpoint: _Endpoint, data: bytes, source: str, utc: int, mono: int
-    ) -> None:
-        # A ping socket delivers only echo replies to our identifier, from the ICMP header on.
-        if len(data) < 8 or data[0] != _ECHO_REPLY[endpoint.family]:
-            return
+        """A reply on a ping socket: the kernel chose the identifier, so match by address."""
+        answer = parse_ping_reply(data, endpoint.family)
         target = endpoint.by_address.get(source.split("%")[0])
-        if target is None:
+        if answer is None or target is None:
             return
-        _ident, seq = _ID_SEQ.unpack_from(data, 4)
-        self._on_answer(target, seq, data, 8, REPLY, utc, mono, data[0], data[1], source)
+        self._on_answer(
+            target,
+            answer.seq,
+            data,
+            answer.payload_at,
+            REPLY,
+            utc,
+            mono,
+            answer.icmp_type,
+            answer.icmp_code,
+            source,
+        )
 
     def _drain_error_queue(self, endpoint: _Endpoint, offset: int) -> int:
         handled = 0
         sock = endpoint.sock
-        errors = _ERRORS_V6 if endpoint.family == socket.AF_INET6 else _ERRORS_V4
+        errors = ERRORS_V6 if endpoint.family == socket.AF_INET6 else ERRORS_V4
         level = socket.IPPROTO_IPV6 if endpoint.family == socket.AF_INET6 else _SOL_IP
         kind = _IPV6_RECVERR if endpoint.family == socket.AF_INET6 else _IP_RECVERR
         while handled < _MAX_PACKETS_PER_DRAIN:
@@ -1222,21 +1076,21 @@ class IcmpProbe:
             except (BlockingIOError, InterruptedError):
                 break
             handled += 1
-            recv_utc = self._kernel_stamp(ancdata)
+            recv_utc = kernel_stamp_ns(ancdata) or time.time_ns()
             extended = next((v for lv, k, v in ancdata if lv == level and k == kind), None)
             if extended is None or len(data) < 8:
                 continue
-            err_no, origin, icmp_type, code, _pad, _info, _data = _EXTENDED_ERR.unpack_from(
-                extended
-            )
+            queued = parse_queued_error(extended, endpoint.family)
             # Data is our own request as sent (kernel identifier); destination is where it went.
             target = endpoint.by_address.get(destination[0].split("%")[0]) if destination else None
             if target is None:
                 continue
-            _ident, seq = _ID_SEQ.unpack_from(data, 4)
-            offender = self._offender(extended, endpoint.family)
-            if origin == _SO_EE_ORIGIN_LOCAL:
-                detail = f"local error: {errno.errorcode.get(err_no, err_no)} {os.strerror(err_no)}"
+            _ident, seq = ID_SEQ.unpack_from(data, 4)
+            if queued.local:
+                detail = (
+                    f"local error: {errno.errorcode.get(queued.errno, queued.errno)} "
+                    f"{os.strerror(queued.errno)}"
+                )
                 self._on_answer(
                     target,
                     seq,
@@ -1251,7 +1105,7 @@ class IcmpProbe:
                     detail,
                 )
                 continue
-            outcome = errors.get(icmp_type)
+            outcome = errors.get(queued.icmp_type)
             if outcome is None:
                 continue
             self._on_answer(
@@ -1262,24 +1116,11 @@ class IcmpProbe:
                 outcome,
                 recv_utc,
                 recv_utc - offset,
-                icmp_type,
-                code,
-                offender,
+                queued.icmp_type,
+                queued.icmp_code,
+                queued.offender,
             )
         return handled
-
-    @staticmethod
-    def _offender(extended: bytes, family: int) -> str | None:
-        """The address that sent the ICMP error (SO_EE_OFFENDER after the struct)."""
-        raw = extended[_EXTENDED_ERR.size :]
-        try:
-            if family == socket.AF_INET and len(raw) >= 8:
-                return socket.inet_ntop(socket.AF_INET, raw[4:8])
-            if family == socket.AF_INET6 and len(raw) >= 24:
-                return socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        except ValueError:
-            return None
-        return None
 
     # -- matching answers to attempts ---------------------------------------------
 
@@ -1298,8 +1139,8 @@ class IcmpProbe:
         detail: str = "",
     ) -> None:
         last = target.next_n - 1
-        if len(data) >= payload_at + _PAYLOAD_TAG.size:
-            n, cookie = _PAYLOAD_TAG.unpack_from(data, payload_at)
+        if len(data) >= payload_at + PAYLOAD_TAG.size:
+            n, cookie = PAYLOAD_TAG.unpack_from(data, payload_at)
             if cookie != self._cookie or n > last or (n & 0xFFFF) != seq:
                 return  # not one of ours (another process, an earlier run)
         else:
@@ -1308,7 +1149,7 @@ class IcmpProbe:
             if n < 0:
                 return
         if not detail and outcome != REPLY and icmp_type is not None and icmp_code is not None:
-            detail = _icmp_error_text(target.family, icmp_type, icmp_code)
+            detail = icmp_error_text(target.family, icmp_type, icmp_code)
         slot = n & target.mask
         if target.ring_n[slot] != n:
             # Older than the table: the attempt's own row was written long ago.

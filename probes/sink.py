@@ -9,6 +9,8 @@ Two formats, both starting with one header line that names the schema version:
   ``{"schema_version": 1, "probe": ..., "header": true, ...}``, then one JSON
   object per line.
 
+The version and its history: ``runformat.RAW_SCHEMA_VERSION``.
+
 A sink refuses to open an existing file: raw data is written once. Writes go
 to a buffer; callers call ``flush()`` after each batch (the ICMP receiver
 flushes once per drained batch), so a crash loses at most the batch in hand.
@@ -23,9 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-# Version history of raw record files (docs/run-format.md has the details):
-#   1 (0.1.0): first version.
-RAW_SCHEMA_VERSION = 1
+from migration_blackout.runformat import RAW_SCHEMA_VERSION
 
 _Built = TypeVar("_Built")
 

@@ -12,7 +12,7 @@ An attempt that is not established within ``timeout_s`` (default 0.5 s) is a
 so an attempt stands for the network at the moment it began: a SYN lost in
 an outage is not rescued by a retransmission that happens to fall after it.
 
-Rows (``raw/tcp_connect.csv``; columns ``TCP_CONNECT_COLUMNS``), written when
+Rows (``raw/tcp_connect.csv``; columns ``TCP_CONNECT.columns``), written when
 the attempt resolves (not in start order; sort by ``target, port, n``):
 
 ``connected``   the handshake completed (``connect_ns`` after the start)
@@ -36,25 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migration_blackout.runformat import TCP_CONNECT
+
 from .clock import ClockPair, clock_pair
 from .schedule import send_on_schedule
 from .sink import CsvSink, with_new_csv
 
-PROBE_NAME = "tcp_connect"
-TCP_CONNECT_FILE = "raw/tcp_connect.csv"
-TCP_CONNECT_COLUMNS = (
-    "target",
-    "port",
-    "n",
-    "outcome",
-    "start_mono_ns",
-    "start_utc_ns",
-    "end_mono_ns",
-    "end_utc_ns",
-    "connect_ns",
-    "errno",
-    "detail",
-)
 DEFAULT_TIMEOUT_S = 0.5
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH}
 
@@ -82,7 +69,7 @@ class _Attempt:
 
 class TcpConnectProbe:
     """Connect to every ``ports`` of every ``targets`` every ``interval_s``; one
-    row per attempt into ``sink`` (columns ``TCP_CONNECT_COLUMNS``). Same shape
+    row per attempt into ``sink`` (columns ``TCP_CONNECT.columns``). Same shape
     as every probe: ``ready``, ``run(stop)``; ``stats()`` per (target, port)."""
 
     def __init__(
@@ -102,8 +89,8 @@ class TcpConnectProbe:
             raise ValueError(f"interval_s={interval_s!r}: at least 1 ms")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be positive")
-        if tuple(sink.columns) != TCP_CONNECT_COLUMNS:
-            raise ValueError("the sink's columns must be TCP_CONNECT_COLUMNS")
+        if tuple(sink.columns) != TCP_CONNECT.columns:
+            raise ValueError("the sink's columns must be TCP_CONNECT.columns")
         self.targets = [_resolve(target) for target in targets]
         self.ports = list(dict.fromkeys(int(port) for port in ports))
         self.interval_s = float(interval_s)
@@ -130,10 +117,10 @@ class TcpConnectProbe:
             **(extra_meta or {}),
         }
         return with_new_csv(
-            Path(run_dir) / TCP_CONNECT_FILE,
+            Path(run_dir) / TCP_CONNECT.path,
             lambda sink: cls(sink=sink, **settings),
-            probe=PROBE_NAME,
-            columns=TCP_CONNECT_COLUMNS,
+            probe=TCP_CONNECT.probe,
+            columns=TCP_CONNECT.columns,
             meta=meta,
         )
 

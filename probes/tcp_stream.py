@@ -15,7 +15,7 @@ an application feels, often longer than the outage itself.
 When the connection breaks the probe records why and connects again every
 ``reconnect_s``; a connection that lasts the whole run *survived*.
 
-Rows (``raw/tcp_stream.csv``; columns ``TCP_STREAM_COLUMNS``), by ``kind``:
+Rows (``raw/tcp_stream.csv``; columns ``TCP_STREAM.columns``), by ``kind``:
 
 ``in``        a data frame: ``seq``, ``send_*`` (harness), ``guest_mono_ns`` (when
               the agent read it, guest clock), ``recv_*`` (when the tick that
@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from migration_blackout.runformat import TCP_STREAM
+
 from .clock import ClockPair, clock_pair
 from .guest_agent import (
     STREAM_DATA,
@@ -64,20 +66,6 @@ from .guest_agent import (
 from .schedule import send_on_schedule
 from .sink import CsvSink, with_new_csv
 
-PROBE_NAME = "tcp_stream"
-TCP_STREAM_FILE = "raw/tcp_stream.csv"
-TCP_STREAM_COLUMNS = (
-    "kind",
-    "conn",
-    "seq",
-    "send_mono_ns",
-    "send_utc_ns",
-    "guest_mono_ns",
-    "guest_utc_ns",
-    "recv_mono_ns",
-    "recv_utc_ns",
-    "detail",
-)
 CONNECT_TIMEOUT_S = 3.0
 WELCOME_TIMEOUT_S = 5.0
 
@@ -103,7 +91,7 @@ class _Connection:
 
 class TcpStreamProbe:
     """One stream to the agent at ``target``:``port``; one row per frame and
-    connection event into ``sink`` (columns ``TCP_STREAM_COLUMNS``).
+    connection event into ``sink`` (columns ``TCP_STREAM.columns``).
     ``ready`` is set once the agent has welcomed the first connection."""
 
     def __init__(
@@ -118,8 +106,8 @@ class TcpStreamProbe:
     ) -> None:
         if not interval_s >= 0.001:
             raise ValueError(f"interval_s={interval_s!r}: at least 1 ms")
-        if tuple(sink.columns) != TCP_STREAM_COLUMNS:
-            raise ValueError("the sink's columns must be TCP_STREAM_COLUMNS")
+        if tuple(sink.columns) != TCP_STREAM.columns:
+            raise ValueError("the sink's columns must be TCP_STREAM.columns")
         self.target = target
         self.port = port
         self.interval_s = float(interval_s)
@@ -149,10 +137,10 @@ class TcpStreamProbe:
             **(extra_meta or {}),
         }
         return with_new_csv(
-            Path(run_dir) / TCP_STREAM_FILE,
+            Path(run_dir) / TCP_STREAM.path,
             lambda sink: cls(sink=sink, **settings),
-            probe=PROBE_NAME,
-            columns=TCP_STREAM_COLUMNS,
+            probe=TCP_STREAM.probe,
+            columns=TCP_STREAM.columns,
             meta=meta,
         )
 

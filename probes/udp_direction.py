@@ -13,7 +13,7 @@ says how many of those n reached the guest (their answers were lost on the
 way out), the others were lost on the way in, and from which probe on the
 guest received every probe again.
 
-Rows (``raw/udp_direction.csv``; columns ``UDP_DIRECTION_COLUMNS``), one per
+Rows (``raw/udp_direction.csv``; columns ``UDP_DIRECTION.columns``), one per
 attempt, written when it resolves (rows are not in send order; sort by
 ``seq``):
 
@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from migration_blackout.runformat import UDP_DIRECTION
+
 from .clock import clock_pair
 from .guest_agent import (
     ANSWER_BODY,
@@ -64,24 +66,6 @@ from .guest_agent import (
 from .schedule import send_on_schedule
 from .sink import CsvSink, with_new_csv
 
-PROBE_NAME = "udp_direction"
-UDP_DIRECTION_FILE = "raw/udp_direction.csv"
-UDP_DIRECTION_COLUMNS = (
-    "seq",
-    "outcome",
-    "send_mono_ns",
-    "send_utc_ns",
-    "recv_mono_ns",
-    "recv_utc_ns",
-    "rtt_ns",
-    "guest_recv_mono_ns",
-    "guest_recv_utc_ns",
-    "received",
-    "highest_seq",
-    "run_start_seq",
-    "agent_id",
-    "detail",
-)
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
 _DRAIN_BATCH = 256
 
@@ -110,7 +94,7 @@ class DirectionStats:
 
 class UdpDirectionProbe:
     """Probe the agent at ``target``:``port`` every ``interval_s``; one row per
-    attempt into ``sink`` (columns ``UDP_DIRECTION_COLUMNS``). Same shape as
+    attempt into ``sink`` (columns ``UDP_DIRECTION.columns``). Same shape as
     every probe: ``ready``, ``run(stop)``; ``stats()`` for progress lines."""
 
     def __init__(
@@ -126,8 +110,8 @@ class UdpDirectionProbe:
     ) -> None:
         if not interval_s >= 0.0005:
             raise ValueError(f"interval_s={interval_s!r}: at least 0.5 ms")
-        if tuple(sink.columns) != UDP_DIRECTION_COLUMNS:
-            raise ValueError("the sink's columns must be UDP_DIRECTION_COLUMNS")
+        if tuple(sink.columns) != UDP_DIRECTION.columns:
+            raise ValueError("the sink's columns must be UDP_DIRECTION.columns")
         self.target = target
         self.port = port
         self.interval_s = float(interval_s)
@@ -168,10 +152,10 @@ class UdpDirectionProbe:
             **(extra_meta or {}),
         }
         return with_new_csv(
-            Path(run_dir) / UDP_DIRECTION_FILE,
+            Path(run_dir) / UDP_DIRECTION.path,
             lambda sink: cls(sink=sink, session=session, **{**settings, "timeout_s": timeout_s}),
-            probe=PROBE_NAME,
-            columns=UDP_DIRECTION_COLUMNS,
+            probe=UDP_DIRECTION.probe,
+            columns=UDP_DIRECTION.columns,
             meta=meta,
         )
 

@@ -19,9 +19,8 @@ from migration_blackout.analysis.icmp import (
     TargetIcmpSummary,
     analyse_icmp,
     select_blackout,
-    utc_iso,
 )
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.runformat import RunFormatError, utc_iso
 
 MS = 1_000_000
 MONO0 = 7_000_000 * MS

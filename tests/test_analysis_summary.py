@@ -9,14 +9,9 @@ from typing import Any
 
 import pytest
 
-from migration_blackout.analysis.runfolder import ICMP_COLUMNS, RunFormatError
-from migration_blackout.analysis.summary import (
-    SUMMARY_FILE,
-    build_summary,
-    read_summary,
-    write_summary,
-)
+from migration_blackout.analysis.summary import build_summary, read_summary, write_summary
 from migration_blackout.probes.sink import CsvSink
+from migration_blackout.runformat import ICMP, SUMMARY_FILE, RunFormatError
 
 V1_SMALL = Path(__file__).parent / "data" / "runs" / "v1-small"
 MONO0 = 9_000_000_000_000
@@ -50,7 +45,7 @@ def make_run(
     sink = CsvSink(
         run / "raw" / "icmp.csv",
         probe="icmp",
-        columns=ICMP_COLUMNS,
+        columns=ICMP.columns,
         meta={"interval_s": interval_s, "timeout_s": 0.5, "targets": ["guest"]},
     )
     for target, n, outcome, offset in attempts:
@@ -60,7 +55,7 @@ def make_run(
         if outcome == "reply":
             fields |= {"recv_mono_ns": send + 300_000, "rtt_ns": 300_000, "icmp_type": 0}
             fields |= {"recv_utc_ns": send + 300_000 - MONO0 + UTC0, "from_addr": target}
-        sink.write_row([fields.get(column) for column in ICMP_COLUMNS])
+        sink.write_row([fields.get(column) for column in ICMP.columns])
     sink.close()
     manifest = {
         "schema_version": 1,
@@ -304,6 +299,24 @@ def test_warnings_for_a_partial_line_and_disagreeing_intervals(tmp_path: Path) -
     assert summary["icmp"]["guest"]["interval_ms"]["requested"] == 10.0
 
 
+def test_disagreeing_intervals_are_found_in_a_measure_run_manifest(tmp_path: Path) -> None:
+    """``measure run`` keeps the requested interval in the probe's own manifest entry
+    (``probes.icmp``) and its configuration under ``config.probes``, not ``config.icmp``."""
+    make_run(tmp_path, [("guest", 0, "reply", 0), ("guest", 1, "reply", 10_000_000)])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["config"] = {"probes": {"icmp_interval_s": 0.005}}
+    manifest["probes"]["icmp"] |= {"format": "csv", "interval_s": 0.005, "process": True}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    warnings = build_summary(tmp_path)["warnings"]
+    assert warnings == [
+        "icmp interval_s differs: 0.01 in the raw header, 0.005 in the manifest; "
+        "the raw header's is used"
+    ]
+    manifest["probes"]["icmp"]["interval_s"] = 0.01
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert build_summary(tmp_path)["warnings"] == []
+
+
 def test_summary_is_strict_json(tmp_path: Path) -> None:
     make_run(tmp_path, [("guest", 0, "timeout", 0)])
     text = json.dumps(build_summary(tmp_path), allow_nan=False)
@@ -324,3 +337,16 @@ def test_read_summary_refuses_a_newer_version(tmp_path: Path) -> None:
     path.write_text(json.dumps({"schema_version": 1}))
     with pytest.raises(RunFormatError, match="not a migration-blackout summary"):
         read_summary(path)
+
+
+@pytest.mark.parametrize("name", ["v1-small", "lab-v1-sample"])
+def test_the_frozen_runs_analyse_as_they_did_before_one_derive(name: str) -> None:
+    """tests/data/summaries/<name>.json: the summary of the frozen run made by
+    63b306f, before the run format moved into one contract and the derive
+    pipeline read each run once (generated_by left out). Every key and value
+    is still there (later versions only add keys)."""
+    data = Path(__file__).parent / "data"
+    expected = json.loads((data / "summaries" / f"{name}.json").read_text(encoding="utf-8"))
+    actual = build_summary(data / "runs" / name)
+    assert "generated_by" not in expected
+    assert_contains(actual, expected)

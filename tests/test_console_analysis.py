@@ -14,7 +14,7 @@ from migration_blackout.analysis.console import (
     console_document,
     load_console,
 )
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.runformat import RunFormatError
 
 MS = 1_000_000
 EPOCH_NS = 1_795_000_000 * 10**9

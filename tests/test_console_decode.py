@@ -12,16 +12,14 @@ from migration_blackout.lab.hyperv_emulator.screen import (
     render_desktop,
 )
 from migration_blackout.probes.console_view import (
-    BLACK,
-    CHANGED,
     DEFAULT_BLACK_MAX_LUMA,
     DEFAULT_PIXEL_TOLERANCE,
     DEFAULT_UNCHANGED_MAX_FRACTION,
-    UNCHANGED,
     classify,
     decode_rgb565,
     screen_stats,
 )
+from migration_blackout.runformat import CONSOLE_BLACK, CONSOLE_CHANGED, CONSOLE_UNCHANGED
 
 # 100% colour bars: white, yellow, cyan, green, magenta, red, blue, black.
 BARS = [
@@ -90,13 +88,13 @@ def test_classification_of_the_lab_screens() -> None:
     second = screen(render_desktop(160, 120, frame_number=2, clock_text="13:02:46.100"))
     connecting = screen(render_connecting(160, 120, "HVSW10Home"))
 
-    assert _classify(first, None) == CHANGED
-    assert _classify(second, first) == CHANGED, "the desktop differs on every request"
-    assert _classify(second, second) == UNCHANGED
-    assert _classify(black, second) == BLACK
-    assert _classify(black, black) == BLACK
-    assert _classify(connecting, black) == CHANGED
-    assert _classify(connecting, connecting) == UNCHANGED
+    assert _classify(first, None) == CONSOLE_CHANGED
+    assert _classify(second, first) == CONSOLE_CHANGED, "the desktop differs on every request"
+    assert _classify(second, second) == CONSOLE_UNCHANGED
+    assert _classify(black, second) == CONSOLE_BLACK
+    assert _classify(black, black) == CONSOLE_BLACK
+    assert _classify(connecting, black) == CONSOLE_CHANGED
+    assert _classify(connecting, connecting) == CONSOLE_UNCHANGED
     stats = screen_stats(connecting, None, pixel_tolerance=DEFAULT_PIXEL_TOLERANCE)
     assert stats.mean_luma > 2 * DEFAULT_BLACK_MAX_LUMA, "Connecting... is not black"
     assert stats.dark_fraction > 0.8, "... but mostly dark"
@@ -108,6 +106,6 @@ def test_a_few_pixels_are_the_same_screen() -> None:
     base = colour_bars()
     caret = base.copy()
     caret[10:15, 100] = 255 - caret[10:15, 100]  # 5 pixels of 19 200
-    assert _classify(caret, base) == UNCHANGED
+    assert _classify(caret, base) == CONSOLE_UNCHANGED
     noisy = base.astype(np.int16) + 8  # scaler noise below the tolerance
-    assert _classify(np.clip(noisy, 0, 255).astype(np.uint8), base) == UNCHANGED
+    assert _classify(np.clip(noisy, 0, 255).astype(np.uint8), base) == CONSOLE_UNCHANGED

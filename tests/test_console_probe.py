@@ -20,11 +20,12 @@ from migration_blackout.analysis.console import console_summary, load_console
 from migration_blackout.harness.config import HostConfig
 from migration_blackout.harness.console import console_poll_function
 from migration_blackout.harness.psrp_session import HostSession, MoveVmCall
-from migration_blackout.harness.runfolder import create_run_folder
+from migration_blackout.harness.runwriter import create_run_folder
 from migration_blackout.lab.hyperv_emulator import LabThread, Span, read_ground_truth
 from migration_blackout.lab.hyperv_emulator import groundtruth as gt
 from migration_blackout.lab.hyperv_emulator.screen import encode_rgb565, render_desktop
-from migration_blackout.probes.console_view import CONSOLE_FILE, ConsoleFrame, ConsoleViewProbe
+from migration_blackout.probes.console_view import ConsoleFrame, ConsoleViewProbe
+from migration_blackout.runformat import CONSOLE
 
 INTERVAL_S = 0.1
 KEEP_AROUND = 3
@@ -90,7 +91,7 @@ def migrated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             interval_s=INTERVAL_S,
             keep_around=KEEP_AROUND,
         )
-        run.register_probe("console", CONSOLE_FILE, format="jsonl", **probe.meta)
+        run.register_probe("console", CONSOLE.path, format="jsonl", **probe.meta)
 
         def desktop_back_and_kept() -> bool:
             events = _console_events(lab)
@@ -118,12 +119,12 @@ def migrated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         finally:
             probe.sink.close()
         _, truth = read_ground_truth(lab.ground_truth_path)
-    records = load_console(run.path / CONSOLE_FILE)
+    records = load_console(run.path / CONSOLE.path)
     return {"run": run.path, "truth": truth, "records": records, "stats": probe.stats()}
 
 
 def _polls_after(run_path: Path, event: dict[str, Any]) -> int:
-    lines = (run_path / CONSOLE_FILE).read_text(encoding="utf-8").splitlines()[1:]
+    lines = (run_path / CONSOLE.path).read_text(encoding="utf-8").splitlines()[1:]
     polls = [json.loads(line) for line in lines]
     return sum(1 for p in polls if p["event"] == "poll" and p["send_mono_ns"] > event["mono_ns"])
 
@@ -231,7 +232,7 @@ def test_images_around_every_change_are_saved_and_decode(migrated: dict[str, Any
 def test_analysis_brackets_the_true_console_blackout(migrated: dict[str, Any]) -> None:
     document = console_summary(migrated["run"])
     assert document is not None
-    assert document["file"] == CONSOLE_FILE
+    assert document["file"] == CONSOLE.path
     blackout = document["blackout"]
     assert blackout is not None and document["episodes"] == 1
     reasons = _by_reason(migrated["truth"])
@@ -304,7 +305,7 @@ def test_failed_and_odd_polls_are_recorded_not_fatal(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         probe.sink.close()
-    lines = (tmp_path / CONSOLE_FILE).read_text(encoding="utf-8").splitlines()
+    lines = (tmp_path / CONSOLE.path).read_text(encoding="utf-8").splitlines()
     header = json.loads(lines[0])
     assert header["probe"] == "console" and header["schema_version"] == 1
     assert (header["width"], header["height"], header["image_dir"]) == (32, 24, "console")

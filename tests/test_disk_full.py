@@ -20,7 +20,7 @@ import pytest
 from fixtures_netns import wait_until
 from test_run_faults import SLOW_LAB, start_run
 
-from migration_blackout.harness.runfolder import RunStatus, create_run_folder
+from migration_blackout.harness.runwriter import RunStatus, create_run_folder
 from migration_blackout.lab.netns import GuestNamespace
 
 pytestmark = pytest.mark.root

@@ -20,9 +20,8 @@ from migration_blackout.analysis.guest import (
     load_frames,
     load_heartbeats,
 )
-from migration_blackout.analysis.runfolder import RunFormatError
-from migration_blackout.probes.guest_receiver import FRAMES_FILE, HEARTBEAT_COLUMNS, HEARTBEAT_FILE
 from migration_blackout.probes.sink import CsvSink, JsonlSink
+from migration_blackout.runformat import FRAMES, HEARTBEAT, RunFormatError
 
 MS = 1_000_000
 UTC0 = 1_795_000_000_000_000_000  # guest wall clock at mono 0
@@ -34,7 +33,7 @@ Row = tuple[str, int, int, int, int, int, int, str]
 
 
 def write_heartbeats(run_dir: Path, rows: list[Row]) -> None:
-    sink = CsvSink(run_dir / HEARTBEAT_FILE, probe="guest_heartbeat", columns=HEARTBEAT_COLUMNS)
+    sink = CsvSink(run_dir / HEARTBEAT.path, probe="guest_heartbeat", columns=HEARTBEAT.columns)
     sink.write_rows(rows)
     sink.close()
 
@@ -174,7 +173,7 @@ def write_frames(
 ) -> None:
     """Frames every 1000 ms, real PNGs; ``queued_ms`` delays arrivals after the freeze."""
     (run_dir / "frames").mkdir(parents=True)
-    sink = JsonlSink(run_dir / FRAMES_FILE, probe="guest_frames", meta={"frames_dir": "frames"})
+    sink = JsonlSink(run_dir / FRAMES.path, probe="guest_frames", meta={"frames_dir": "frames"})
     for seq in range(count):
         mono = MONO0 + seq * 1000 * MS + (freeze_ms * MS if seq > freeze_after else 0)
         recv = mono + HARNESS_OFFSET + 3 * MS + (queued_ms * MS if seq > freeze_after else 0)
@@ -242,7 +241,7 @@ def test_a_run_without_guest_files_has_an_empty_block(tmp_path: Path) -> None:
 
 def test_a_raw_file_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     write_heartbeats(tmp_path, heartbeat_rows(10))
-    path = tmp_path / HEARTBEAT_FILE
+    path = tmp_path / HEARTBEAT.path
     text = path.read_text().replace('"schema_version": 1', '"schema_version": 2')
     path.write_text(text)
     with pytest.raises(RunFormatError, match=r"schema_version 2.*upgrade"):

@@ -26,14 +26,8 @@ from fixtures_netns import until
 from PIL import Image
 
 from migration_blackout.probes.guest_agent import HEARTBEAT_BODY, heartbeat_datagram
-from migration_blackout.probes.guest_receiver import (
-    FRAMES_FILE,
-    HEARTBEAT_FILE,
-    REJECTS_FILE,
-    GuestReceiver,
-    RateLimit,
-    new_token,
-)
+from migration_blackout.probes.guest_receiver import GuestReceiver, RateLimit, new_token
+from migration_blackout.runformat import FRAMES, HEARTBEAT, REJECTS
 
 TOKEN = new_token()
 DEADLINE_S = 20
@@ -142,7 +136,7 @@ def test_a_valid_frame_is_stored_under_its_seq_and_recorded(tmp_path: Path) -> N
             assert receiver.first_frame.is_set() and not receiver.contact.is_set()
 
     asyncio.run(scenario())
-    records = read_jsonl(run_dir / FRAMES_FILE)
+    records = read_jsonl(run_dir / FRAMES.path)
     assert records[0]["header"] is True and records[0]["schema_version"] == 1
     first, second = records[1], records[2]
     assert first["seq"] == 795 and first["file"] == "frames/seq_000795.png"
@@ -238,7 +232,7 @@ def test_bad_requests_get_their_status_and_nothing_lands_outside_the_run(tmp_pat
         "run/raw/guest_rejects.jsonl",
     }
     assert not Path("/etc/x").exists()
-    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    rejects = read_jsonl(run_dir / REJECTS.path)
     logged = [(r["reason"], r["status"]) for r in rejects[1:-1]]
     assert logged == expected
     assert all(r["channel"] == "http" and r["from_addr"] == "127.0.0.1" for r in rejects[1:-1])
@@ -273,7 +267,7 @@ def test_a_flood_is_rate_limited_and_its_log_stays_small(tmp_path: Path) -> None
     assert set(statuses) == {401, 429}
     assert statuses.count(401) >= 50  # the burst allowance of unauthorised requests
     assert statuses.count(429) >= 300
-    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    rejects = read_jsonl(run_dir / REJECTS.path)
     assert len(rejects) < 80  # header + at most the log's burst and refill + totals
     assert rejects[-1]["by_reason"] == {
         "unauthorized": statuses.count(401),
@@ -383,7 +377,7 @@ def test_heartbeats_are_authenticated_and_bad_datagrams_counted(tmp_path: Path) 
             assert receiver.contact.is_set()
 
     asyncio.run(scenario())
-    lines = (run_dir / HEARTBEAT_FILE).read_text().splitlines()
+    lines = (run_dir / HEARTBEAT.path).read_text().splitlines()
     header = json.loads(lines[0][2:])
     assert header["probe"] == "guest_heartbeat" and header["schema_version"] == 1
     assert header["recv_stamp"] == "kernel"  # Linux
@@ -406,7 +400,7 @@ def test_heartbeats_are_authenticated_and_bad_datagrams_counted(tmp_path: Path) 
     row = lines[3].split(",")
     assert row[:2] == ["00000000000000aa", "42"]
     assert row[7:] == ["127.0.0.1", "120000", "345000"]
-    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    rejects = read_jsonl(run_dir / REJECTS.path)
     assert {r["reason"] for r in rejects[1:-1]} == set(bad)
     assert all(r["channel"] == "udp" for r in rejects[1:-1])
 
@@ -487,7 +481,7 @@ def test_an_image_over_its_decode_budget_is_refused_and_the_decoder_replaced(
             assert decoder.pid != first_child and decoder.children_started == 2
 
     asyncio.run(scenario())
-    frames = read_jsonl(run_dir / FRAMES_FILE)
+    frames = read_jsonl(run_dir / FRAMES.path)
     assert [f["seq"] for f in frames[1:]] == [1]
     assert not list(run_dir.rglob("*.part"))
 
@@ -539,7 +533,7 @@ def test_nothing_is_written_once_the_receiver_stopped(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert not list((run_dir / "frames").iterdir())
-    totals = read_jsonl(run_dir / REJECTS_FILE)[-1]
+    totals = read_jsonl(run_dir / REJECTS.path)[-1]
     assert totals["totals"] and totals["frames_stored"] == 0
 
 
@@ -561,7 +555,7 @@ def test_an_out_of_range_heartbeat_seq_is_refused(tmp_path: Path) -> None:
             assert receiver.stats.rejects["bad_seq"] == 2
 
     asyncio.run(scenario())
-    rows = (run_dir / HEARTBEAT_FILE).read_text().splitlines()[2:]
+    rows = (run_dir / HEARTBEAT.path).read_text().splitlines()[2:]
     assert [row.split(",")[1] for row in rows] == [str(2**63 - 1)]
 
 
@@ -599,7 +593,7 @@ def test_malformed_requests_are_one_line_rejects_not_tracebacks(
     asyncio.run(scenario())
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err and captured.err == ""
-    rejects = read_jsonl(run_dir / REJECTS_FILE)
+    rejects = read_jsonl(run_dir / REJECTS.path)
     logged = [r for r in rejects[1:-1] if r["reason"] == "malformed_request"]
     assert logged and all(len(json.dumps(r)) < 1000 for r in logged)
     assert rejects[-1]["by_reason"]["malformed_request"] >= len(logged)
@@ -622,6 +616,6 @@ def test_a_full_disk_is_a_refusal_and_the_same_seq_is_taken_later(
             assert await http(port, headers=frame_headers(5), body=png(300, 200)) == 201
 
     asyncio.run(scenario())
-    frames = read_jsonl(run_dir / FRAMES_FILE)
+    frames = read_jsonl(run_dir / FRAMES.path)
     assert [f["seq"] for f in frames[1:]] == [5]
     assert sorted(p.name for p in (run_dir / "frames").iterdir()) == ["seq_000005.png"]

@@ -33,12 +33,8 @@ from fixtures_netns import ping_group_range, until
 
 from migration_blackout.lab.injector import BlackoutInjector, InjectedBlackout
 from migration_blackout.lab.netns import GuestNamespace
-from migration_blackout.probes.icmp import (
-    ATTEMPT_OUTCOMES,
-    ICMP_COLUMNS,
-    IcmpPermissionError,
-    IcmpProbe,
-)
+from migration_blackout.probes.icmp import IcmpPermissionError, IcmpProbe
+from migration_blackout.runformat import ICMP, ICMP_ATTEMPT_OUTCOMES
 
 SEED = int(os.environ.get("MBO_TEST_SEED", "20261125"))
 MS = 1_000_000
@@ -76,11 +72,11 @@ def read_rows(path: Path) -> tuple[dict[str, Any], list[Row]]:
         assert first.startswith("# ")
         meta = json.loads(first[2:])
         reader = csv.reader(handle)
-        assert tuple(next(reader)) == ICMP_COLUMNS
+        assert tuple(next(reader)) == ICMP.columns
         rows = []
         for fields in reader:
             values: list[Any] = []
-            for column, field in zip(ICMP_COLUMNS, fields, strict=True):
+            for column, field in zip(ICMP.columns, fields, strict=True):
                 if field == "":
                     values.append(None)
                 elif column in ("target", "outcome", "from_addr", "detail"):
@@ -94,7 +90,8 @@ def read_rows(path: Path) -> tuple[dict[str, Any], list[Row]]:
 def attempts(rows: Sequence[Row], target: str) -> list[Row]:
     """Each attempt's own row (no duplicate / late extras), by attempt number."""
     own = sorted(
-        (r for r in rows if r.target == target and r.outcome in ATTEMPT_OUTCOMES), key=lambda r: r.n
+        (r for r in rows if r.target == target and r.outcome in ICMP_ATTEMPT_OUTCOMES),
+        key=lambda r: r.n,
     )
     assert [r.n for r in own] == list(range(len(own))), "every attempt has exactly one row"
     return own

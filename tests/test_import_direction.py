@@ -1,16 +1,88 @@
-"""The house's imports, read from the source: every import statement (those inside
-functions included, since a lazy import is still a dependency) resolved to the module
-it names.
+"""The house's import direction: the product (harness, probes, analysis) stands on its
+own, the lab plugs in from above (harness/labseam.py), and no module is on an import
+circle.
+
+Two ways of looking, because each misses what the other sees: every product module is
+imported in a fresh interpreter in which the lab package and psrpcore cannot be
+imported (a module that needs them at import time fails there), and every import
+statement of the source, those inside functions included, is read and resolved (a
+lazy import fails only when its line runs). Without the lab, the lab's commands and
+``measure run --lab`` say what to install, in one line.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+import pytest
+
+from migration_blackout.harness.labseam import LAB_NEEDS
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "migration_blackout"
 ROOMS = ("harness", "probes", "analysis", "lab")
+
+# What each room may never import: the lab (and what only the lab needs), or a room
+# above its own (lab > harness > analysis > probes).
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "harness": (f"{PACKAGE}.lab", "psrpcore"),
+    "analysis": (f"{PACKAGE}.lab", f"{PACKAGE}.harness", "psrpcore"),
+    "probes": (f"{PACKAGE}.lab", f"{PACKAGE}.harness", f"{PACKAGE}.analysis", "psrpcore"),
+}
+
+# Run in a fresh interpreter: the lab and psrpcore unimportable, then every product
+# module imported. Prints the modules it imported, one per line; given arguments, it
+# then runs `measure` with them.
+WITHOUT_THE_LAB = textwrap.dedent(
+    """
+    import importlib
+    import importlib.abc
+    import pkgutil
+    import sys
+
+    BLOCKED = ("migration_blackout.lab", "psrpcore")
+
+
+    class NoLab(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+
+    sys.meta_path.insert(0, NoLab())
+    import migration_blackout
+
+    for room in ("harness", "probes", "analysis"):
+        package = importlib.import_module(f"migration_blackout.{room}")
+        print(package.__name__)
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            importlib.import_module(module.name)
+            print(module.name)
+    if len(sys.argv) > 1:
+        from migration_blackout.harness.cli import main
+
+        sys.argv = ["measure", *sys.argv[1:]]
+        main()
+    """
+)
+
+
+def _without_the_lab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_THE_LAB, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def _module_name(path: Path) -> str:
@@ -123,6 +195,50 @@ def test_the_static_check_resolves_what_the_rooms_write(tmp_path: Path) -> None:
         "migration_blackout.lab.plugin",
         "psrpcore.types",
     } <= names
+
+
+def test_the_rooms_import_only_downwards() -> None:
+    """No import statement anywhere in a product module (lazy ones included) reaches the
+    lab, psrpcore, or a room above its own."""
+    broken = []
+    checked = set()
+    for room, forbidden in FORBIDDEN.items():
+        for path in sorted((REPO / room).rglob("*.py")):
+            checked.add(path.relative_to(REPO).as_posix())
+            for line, name in _imports(path, _module_name(path)):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
+                    broken.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert {"harness/cli.py", "harness/backends/qemu.py", "probes/icmp.py"} <= checked
+    assert len(checked) > 40
+    assert not broken, "\n".join(broken)
+
+
+def test_every_product_module_imports_without_the_lab() -> None:
+    imported = _without_the_lab().stdout.split()
+    product = [
+        _module_name(path)
+        for room in ("harness", "probes", "analysis")
+        for path in (REPO / room).rglob("*.py")
+    ]
+    assert len(product) > 40
+    assert sorted(set(imported) & set(product)) == sorted(product)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("lab", "up"), id="lab-up"),
+        pytest.param(("lab", "status", "--json"), id="lab-status"),
+        pytest.param(("lab",), id="lab"),
+        pytest.param(("run", "--lab", "--out", "/nonexistent/never-written"), id="run-lab"),
+    ],
+)
+def test_without_the_lab_its_commands_say_what_to_install(args: tuple[str, ...]) -> None:
+    proc = _without_the_lab(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"measure: error: {LAB_NEEDS} (")
+    assert not Path("/nonexistent/never-written").exists()
 
 
 def test_the_circle_finder_finds_a_circle() -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from migration_blackout.analysis.runfolder import ICMP_COLUMNS
 from migration_blackout.analysis.summary import build_summary
 from migration_blackout.harness.commands import import_ping_log
 from migration_blackout.harness.importers import (
@@ -34,6 +33,7 @@ from migration_blackout.harness.importers import (
     parse_windows,
     split_lines,
 )
+from migration_blackout.runformat import ICMP
 
 LOGS = Path(__file__).parent / "data" / "ping-logs"
 JST = timezone(timedelta(hours=9))
@@ -85,7 +85,7 @@ def test_japanese_windows_log_reproduces_the_write_up(tmp_path: Path, name: str)
 
     header, rows = read_rows(run_dir)
     assert header["probe"] == "icmp" and header["schema_version"] == 1
-    assert list(rows[0]) == list(ICMP_COLUMNS)
+    assert list(rows[0]) == list(ICMP.columns)
     assert header["targets"] == ["192.168.1.5"]
     assert outcomes(rows) == {"reply": 18, "timeout": 3}
     timeouts = [row for row in rows if row["outcome"] == "timeout"]

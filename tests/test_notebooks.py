@@ -11,15 +11,22 @@ in-guest agent, the QEMU lab and an imported ping log (tests/fixtures_workflow.p
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
+import matplotlib
 import nbformat
 import pytest
 from fixtures_workflow import OtherRuns, Workflow
 from jupyter_client.manager import KernelManager
+from matplotlib.text import Text
 from notebook_runner import execute, outputs
+
+from migration_blackout.analysis.derive import derive
+from migration_blackout.analysis.plot import timeline_figures
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -122,3 +129,92 @@ def test_the_comparison_notebook_on_runs_of_every_kind(
     )
     text = "".join(o.get("text", "") for o in outputs(done, "stream"))
     assert "7 runs, 3 baseline runs" in text
+
+
+COMPONENTS = (
+    "hypervisor_blackout",
+    "guest_execution_gap",
+    "network_outage",
+    "network_reconvergence",
+    "console_blackout",
+)
+
+
+def _notebook_components(done: nbformat.NotebookNode) -> dict[str, tuple[str, ...]]:
+    """The timeline notebook's table of the downtime split by witness, as shown:
+    component -> (source, lower ms, upper ms, estimate ms)."""
+    [cell] = [c for c in done.cells if '"estimate ms": c.estimate_ms' in c.get("source", "")]
+    [html] = [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", html, flags=re.S):
+        cells = re.findall(r"<td>(.*?)</td>", row, flags=re.S)
+        if cells:
+            rows[cells[0]] = tuple(cells[1:5])
+    return rows
+
+
+def _shown(value: float | None) -> str:
+    return "None" if value is None else f"{value:.3f}"
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lab_with_agent", "qemu"])
+def test_plots_notebooks_and_summary_agree(
+    other_runs: OtherRuns, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One derive feeds them all: every component of the downtime in the
+    summary.json that ``measure run`` wrote is the one the timeline notebook
+    shows and the one the timeline plot draws (its bar's label and its row),
+    the hypervisor blackout of a QEMU run (QEMU's STOP -> RESUME) included."""
+    run_dir = getattr(other_runs, kind)
+    summary = json.loads((run_dir / "derived" / "summary.json").read_text(encoding="utf-8"))
+    decomposition = summary["decomposition"]
+    expected = {
+        name: (
+            decomposition[name]["source"],
+            _shown(decomposition[name]["lower_ms"]),
+            _shown(decomposition[name]["upper_ms"]),
+            _shown(decomposition[name]["estimate_ms"]),
+        )
+        for name in COMPONENTS
+        if decomposition[name] is not None
+    }
+    assert "hypervisor_blackout" in expected and "network_outage" in expected
+
+    done = _run(TIMELINE, tmp_path, monkeypatch, MB_RUN=str(run_dir), MB_OUT=str(tmp_path))
+    shown = {
+        name: (source, *(_shown(None if v in ("NaN", "None") else float(v)) for v in values))
+        for name, (source, *values) in _notebook_components(done).items()
+    }
+    assert shown == expected
+
+    # The figures the run wrote come from the same objects (analysis.rebuild):
+    # the plot is drawn again here to read its texts.
+    matplotlib.use("Agg")
+    derived = derive(run_dir)
+    whole, _zoom = timeline_figures(derived.timeline, derived.decomposition)
+    texts = {text.get_text() for text in whole.findobj(Text)}
+    # Each bar's label: its bounds to 0.1 ms ("?" and "open" for a missing one).
+    bars = [
+        (None if lo == "?" else float(lo), None if hi == "open" else float(hi))
+        for lo, hi in (
+            match.groups()
+            for match in map(re.compile(r"([\d.]+|\?) - ([\d.]+|open) ms").fullmatch, texts)
+            if match
+        )
+    ]
+
+    def same(shown: float | None, summary: float | None) -> bool:
+        if shown is None or summary is None:
+            return shown is summary
+        return abs(shown - summary) <= 0.0505  # summary: to 0.001 ms; the bar: to 0.1
+
+    for name in expected:
+        component = decomposition[name]
+        if component["start"] is None or component["end"] is None:
+            continue  # no bar without both edges
+        lower, upper = component["lower_ms"], component["upper_ms"]
+        assert any(same(lo, lower) and same(hi, upper) for lo, hi in bars), (name, bars)
+    row = "hypervisor (QEMU events)" if kind == "qemu" else "hypervisor (host polls)"
+    assert row in texts

@@ -33,20 +33,21 @@ from typing import Any, TypeVar
 
 import pytest
 
-from migration_blackout.lab.qemu import control
-from migration_blackout.lab.qemu.artefacts import ensure_artefacts
-from migration_blackout.lab.qemu.control import QemuLabState
-from migration_blackout.lab.qemu.guest import GuestControl
-from migration_blackout.lab.qemu.migration import (
+from migration_blackout.harness.qemu.migration import (
     OUTCOME_CANCELLED,
     OUTCOME_COMPLETED,
     MigrationResult,
     MigrationSettings,
     migrate,
 )
-from migration_blackout.lab.qemu.qmp import QmpClient
-from migration_blackout.probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver
+from migration_blackout.harness.qemu.qmp import QmpClient
+from migration_blackout.lab.qemu import control
+from migration_blackout.lab.qemu.artefacts import ensure_artefacts
+from migration_blackout.lab.qemu.control import QemuLabState
+from migration_blackout.lab.qemu.guest import GuestControl
+from migration_blackout.probes.guest_receiver import GuestReceiver
 from migration_blackout.probes.icmp import IcmpProbe
+from migration_blackout.runformat import HEARTBEAT
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -255,7 +256,7 @@ def test_ping_pong_blackout_contains_qemu_stop_to_resume(
 
     with_probes(ready, tmp_path, body)
     pings = read_csv(tmp_path / "raw" / "icmp.csv")
-    heartbeats = read_csv(tmp_path / HEARTBEAT_FILE)
+    heartbeats = read_csv(tmp_path / HEARTBEAT.path)
 
     print(
         "\nfrom to  downtime  stop->resume  ping gap  (before STOP, after RESUME)  lost  "

@@ -21,16 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from migration_blackout.lab.qemu.artefacts import SETUP_SCRIPT, QemuArtefacts, ensure_artefacts
-from migration_blackout.lab.qemu.migration import PAGE_BYTES, compare_dumps
-from migration_blackout.lab.qemu.qmp import (
+from migration_blackout.harness.qemu.migration import PAGE_BYTES, compare_dumps
+from migration_blackout.harness.qemu.qmp import (
     QmpClient,
     QmpCommandError,
     QmpConnectionError,
     QmpTimeoutError,
     RunState,
 )
-from migration_blackout.probes.guest_receiver import HEARTBEAT_FILE, GuestReceiver, new_token
+from migration_blackout.lab.qemu.artefacts import SETUP_SCRIPT, QemuArtefacts, ensure_artefacts
+from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
+from migration_blackout.runformat import HEARTBEAT
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -210,7 +211,7 @@ def test_guestd_heartbeats_are_accepted_by_the_receiver(tmp_path: Path) -> None:
         assert receiver.stats.rejected == 0, receiver.stats.rejects
 
     asyncio.run(scenario())
-    with open(run_dir / HEARTBEAT_FILE, newline="") as handle:
+    with open(run_dir / HEARTBEAT.path, newline="") as handle:
         next(handle)
         rows = list(csv.DictReader(handle))
     seqs = [int(row["seq"]) for row in rows]

@@ -26,17 +26,14 @@ from label_boxes import readability_problems
 from matplotlib.patches import PathPatch
 from report_runs import write_run
 
-from migration_blackout.analysis.report import (
-    CheckOutcome,
-    Thresholds,
-    build_report,
-    figure_stats,
+from migration_blackout.analysis.report.junit import render_junit
+from migration_blackout.analysis.report.model import CheckOutcome, build_report, figure_stats
+from migration_blackout.analysis.report.plots import (
     plot_direction_distributions,
     plot_run_blackouts,
-    render_junit,
 )
-from migration_blackout.analysis.summary import SUMMARY_FILE
 from migration_blackout.harness.commands.report import run
+from migration_blackout.runformat import SUMMARY_FILE, Thresholds
 
 DATA = Path(__file__).parent / "data"
 V1_SMALL = DATA / "runs" / "v1-small"
@@ -598,7 +595,7 @@ def test_figure_stats_match_numpy_and_show_open_blackouts() -> None:
 
 
 def test_the_hypervisor_figure_stands_beside_the_measured_one() -> None:
-    from migration_blackout.analysis.report import hypervisor_figure
+    from migration_blackout.analysis.report.runs import hypervisor_figure
 
     hyperv = {"hyperv": {"reported": {"blackout_s": 2.3, "event_id": 20415}}}
     assert hypervisor_figure(hyperv) == "2.3 s (event 20415)"

@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 from report_runs import write_run
 
-from migration_blackout.analysis.report import build_report, find_run_folders
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.analysis.report.model import build_report
+from migration_blackout.analysis.report.runs import find_run_folders
 from migration_blackout.harness.cli import _spread_option, main
+from migration_blackout.runformat import RunFormatError
 
 DATA = Path(__file__).parent / "data"
 

@@ -426,8 +426,8 @@ def test_a_relative_out_keeps_the_icmp_record(tmp_path: Path) -> None:
 
 
 def test_a_killed_run_leaves_a_lab_that_the_next_lab_down_removes(tmp_path: Path) -> None:
-    """SIGKILL of ``measure run`` while it migrates: the lab it started is an
-    orphan; ``measure lab down`` (whatever MEASURE_LAB_DIR says) finds it
+    """SIGKILL of ``measure run`` and its lab's daemon while it migrates: the
+    lab it started is an orphan; ``measure lab down`` (whatever MEASURE_LAB_DIR says) finds it
     and removes its daemon, namespace and state folder."""
     ran = Ran(Cell("killed", "move_vm_start", "SIGKILL", -9, "running", lab=SLOW_LAB))
     out = tmp_path / "results"
@@ -440,7 +440,11 @@ def test_a_killed_run_leaves_a_lab_that_the_next_lab_down_removes(tmp_path: Path
         time.sleep(0.01)
     (lab,) = [r for r in registered_labs() if r.owner_pid == proc.pid]
     state = json.loads((lab.state_dir / "lab.json").read_text())
+    # The run and its lab's daemon killed together (the OOM killer, kill -9 of the
+    # session): the daemon cannot stop itself when its run is gone, as it otherwise
+    # would (and then, on a busy machine, before this test's `lab down`).
     os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(lab.pid, signal.SIGKILL)
     proc.communicate()
     down = subprocess.run(
         [sys.executable, "-m", "migration_blackout.harness.cli", "lab", "down"],
@@ -520,7 +524,11 @@ def test_lab_down_during_a_run_fails_it_within_its_limits(tmp_path: Path) -> Non
     that cannot answer again."""
     environment = {**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state")}
     cli = [sys.executable, "-m", "migration_blackout.harness.cli"]
-    (tmp_path / "lab.toml").write_text(SLOW_LAB)
+    # A pre-copy of ~20 s: Move-VM is surely still running when the lab goes down,
+    # however long `measure lab down` takes to start on a busy machine.
+    (tmp_path / "lab.toml").write_text(
+        FAST_LAB.replace("precopy_overhead = 0.5", "precopy_overhead = 20")
+    )
     up = subprocess.run(
         [*cli, "lab", "up", "--config", str(tmp_path / "lab.toml")],
         capture_output=True,

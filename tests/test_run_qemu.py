@@ -165,13 +165,11 @@ def test_a_migration_that_never_converges_is_cancelled(lab_dir: Path, tmp_path: 
     assert status.agent_id
 
 
-def test_qmp_endpoints_from_the_config_file(lab_dir: Path, tmp_path: Path) -> None:
-    """Your own QEMUs: the two QMP sockets and the incoming URI named in [qemu]."""
-    state = asyncio.run(qemu_control.wait_ready(state_dir=lab_dir / "qemu"))
+def qmp_endpoints_config(state: qemu_control.QemuLabState) -> str:
+    """A measure.toml naming the QEMU lab's two QEMUs as a user names their own: the
+    running one ``left``, the standby ``right``."""
     assert state.running is not None and state.standby is not None
-    config = tmp_path / "measure.toml"
-    config.write_text(
-        f"""
+    return f"""
 hypervisor = "qemu"
 vm = "tiny-guest"
 
@@ -191,7 +189,14 @@ name = "right"
 qmp = "{state.standby.qmp}"
 incoming_uri = "{state.standby.incoming_uri}"
 """
-    )
+
+
+def test_qmp_endpoints_from_the_config_file(lab_dir: Path, tmp_path: Path) -> None:
+    """Your own QEMUs: the two QMP sockets and the incoming URI named in [qemu]."""
+    state = asyncio.run(qemu_control.wait_ready(state_dir=lab_dir / "qemu"))
+    assert state.running is not None and state.standby is not None
+    config = tmp_path / "measure.toml"
+    config.write_text(qmp_endpoints_config(state))
     proc = cli(
         lab_dir,
         "run",

@@ -18,13 +18,8 @@ from test_timeline_runs import (
     write_run,
 )
 
-from migration_blackout.analysis.timeline import (
-    TIDY_COLUMNS,
-    ClockEstimate,
-    HostClock,
-    build_timeline,
-    parse_utc_ns,
-)
+from migration_blackout.analysis.clocks import ClockEstimate, HostClock, parse_utc_ns
+from migration_blackout.analysis.timeline import TIDY_COLUMNS, build_timeline
 
 S = 1_000_000_000
 

@@ -17,10 +17,10 @@ from migration_blackout.analysis.decompose import (
     Component,
     Instant,
     decompose,
-    decompose_run,
-    decomposition_summary,
 )
+from migration_blackout.analysis.derive import derive
 from migration_blackout.analysis.hyperv_figures import host_blackout
+from migration_blackout.analysis.summary import build_summary
 from migration_blackout.analysis.timeline import build_timeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +40,8 @@ def within(instant: Instant | None, t: int) -> bool:
 
 def test_without_a_guest_agent_each_component_holds_the_truth(tmp_path: Path) -> None:
     truth = write_run(tmp_path / "run", Scenario())
-    timeline, result = decompose_run(tmp_path / "run")
+    derived = derive(tmp_path / "run")
+    timeline, result = derived.timeline, derived.decomposition
 
     hypervisor = result.hypervisor_blackout
     assert hypervisor is not None and hypervisor.source == "host-polls"
@@ -72,7 +73,8 @@ def test_without_a_guest_agent_each_component_holds_the_truth(tmp_path: Path) ->
 
 def test_points_a_to_h_sit_where_the_hosts_saw_them(tmp_path: Path) -> None:
     truth = write_run(tmp_path / "run", Scenario())
-    _timeline, result = decompose_run(tmp_path / "run")
+    derived = derive(tmp_path / "run")
+    _timeline, result = derived.timeline, derived.decomposition
     status = {p.letter: p.status for p in result.points}
     assert status == {
         "A": OBSERVED,
@@ -214,7 +216,7 @@ def test_the_console_view_places_d_and_f_to_h(tmp_path: Path) -> None:
     assert within(console.start, truth.pause) and within(console.end, truth.console_desktop)
     assert console.detail["host_before"] == SOURCE
     assert console.detail["host_after"] == DESTINATION
-    document = decomposition_summary(tmp_path / "run")
+    document = build_summary(tmp_path / "run")["decomposition"]
     assert document is not None
     assert document["console_blackout"]["source"] == "console-thumbnail"
     assert document["points"]["H"]["status"] == "observed"
@@ -252,7 +254,7 @@ def _floats(document: Any) -> list[float]:
 
 def test_the_summary_block_is_json_with_ms_to_three_decimals(tmp_path: Path) -> None:
     truth: Truth = write_run(tmp_path / "run", Scenario(guest="both"))
-    document = decomposition_summary(tmp_path / "run")
+    document = build_summary(tmp_path / "run")["decomposition"]
     assert document is not None
     text = json.dumps(document, allow_nan=False)
     assert json.loads(text) == document
@@ -298,11 +300,12 @@ def test_the_summary_block_is_json_with_ms_to_three_decimals(tmp_path: Path) -> 
 
 
 def test_an_icmp_only_run_has_nothing_to_decompose() -> None:
-    assert decomposition_summary(REPO / "tests" / "data" / "runs" / "v1-small") is None
+    assert build_summary(REPO / "tests" / "data" / "runs" / "v1-small")["decomposition"] is None
 
 
 def test_an_icmp_only_run_still_decomposes_when_asked() -> None:
-    _timeline, result = decompose_run(REPO / "tests" / "data" / "runs" / "v1-small")
+    derived = derive(REPO / "tests" / "data" / "runs" / "v1-small")
+    _timeline, result = derived.timeline, derived.decomposition
     assert result.hypervisor_blackout is None and result.guest_execution_gap is None
     assert result.network_reconvergence is None
     network = result.network_outage

@@ -16,10 +16,10 @@ from migration_blackout.analysis.decompose import (
     Decomposition,
     Instant,
     decompose,
-    decomposition_summary,
 )
 from migration_blackout.analysis.hyperv_figures import load_ground_truth, truth_summary
-from migration_blackout.analysis.runfolder import load_run
+from migration_blackout.analysis.rundata import load_run
+from migration_blackout.analysis.summary import build_summary
 from migration_blackout.analysis.timeline import Timeline, build_timeline
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "runs" / "lab-v1-sample"
@@ -95,7 +95,7 @@ def test_host_clocks_seconds_apart_map_consistently(
 ) -> None:
     timeline, result = sample
     assert timeline.host_clocks[SOURCE].before is not None
-    document = decomposition_summary(SAMPLE)
+    document = build_summary(SAMPLE)["decomposition"]
     assert document is not None
     for host in (SOURCE, DESTINATION):
         check = document["clock"]["hosts"][host]
@@ -123,7 +123,7 @@ def test_the_counts_in_and_around_the_blackout(sample: tuple[Timeline, Decomposi
 
 
 def test_the_summary_block_round_trips_as_json() -> None:
-    document = decomposition_summary(SAMPLE)
+    document = build_summary(SAMPLE)["decomposition"]
     assert document is not None
     assert json.loads(json.dumps(document, allow_nan=False)) == document
     block = document["hypervisor_blackout"]

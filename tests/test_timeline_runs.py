@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from migration_blackout.analysis.guest import analyse_guest
-from migration_blackout.analysis.runfolder import ICMP_COLUMNS, load_icmp, load_run
-from migration_blackout.probes.guest_receiver import FRAMES_FILE, HEARTBEAT_COLUMNS, HEARTBEAT_FILE
+from migration_blackout.analysis.rundata import load_icmp, load_run
 from migration_blackout.probes.sink import CsvSink, JsonlSink
+from migration_blackout.runformat import FRAMES, HEARTBEAT, ICMP
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -192,7 +192,7 @@ def _write_icmp(run_dir: Path, scenario: Scenario, rng: np.random.Generator, tru
     sink = CsvSink(
         run_dir / "raw" / "icmp.csv",
         probe="icmp",
-        columns=ICMP_COLUMNS,
+        columns=ICMP.columns,
         meta={"interval_s": scenario.icmp_interval_ms / 1000, "timeout_s": 1.0, "targets": [GUEST]},
     )
     sink.write_rows(rows)
@@ -384,16 +384,16 @@ def _write_guest(run_dir: Path, scenario: Scenario, rng: np.random.Generator, tr
             guest = _guest_mono(scenario, truth, send)
             rows.append((AGENT, seq, guest + 10**18, guest, 10_000, recv, _utc(recv), "10.0.0.2"))
         sink = CsvSink(
-            run_dir / HEARTBEAT_FILE,
+            run_dir / HEARTBEAT.path,
             probe="guest_heartbeat",
-            columns=HEARTBEAT_COLUMNS,
+            columns=HEARTBEAT.columns,
             meta={"listen": "0.0.0.0:9999", "heartbeat_version": 1, "recv_stamp": "kernel"},
         )
         sink.write_rows(rows)
         sink.close()
     if scenario.guest in ("frames", "both"):
         sink = JsonlSink(
-            run_dir / FRAMES_FILE,
+            run_dir / FRAMES.path,
             probe="guest_frames",
             meta={"listen": "0.0.0.0:9999", "frames_dir": "frames"},
         )

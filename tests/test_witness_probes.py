@@ -29,9 +29,10 @@ from migration_blackout.probes.guest_agent import (
 )
 from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
 from migration_blackout.probes.sink import CsvSink
-from migration_blackout.probes.tcp_connect import TCP_CONNECT_COLUMNS, TcpConnectProbe
+from migration_blackout.probes.tcp_connect import TcpConnectProbe
 from migration_blackout.probes.tcp_stream import TcpStreamProbe
 from migration_blackout.probes.udp_direction import UdpDirectionProbe
+from migration_blackout.runformat import TCP_CONNECT
 
 AGENT = Path(__file__).resolve().parent.parent / "probes" / "guest_agent.py"
 TOKEN = new_token()
@@ -256,7 +257,7 @@ def test_connects_are_connected_refused_or_timed_out(tmp_path: Path) -> None:
             pytest.fail("the listener's queue never filled")
         ports = [open_port.getsockname()[1], closed_port, full.getsockname()[1]]
         sink = CsvSink(
-            tmp_path / "raw/tcp_connect.csv", probe="tcp_connect", columns=TCP_CONNECT_COLUMNS
+            tmp_path / TCP_CONNECT.path, probe=TCP_CONNECT.probe, columns=TCP_CONNECT.columns
         )
         probe = TcpConnectProbe(
             targets=["127.0.0.1"], ports=ports, sink=sink, interval_s=0.05, timeout_s=0.2

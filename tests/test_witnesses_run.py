@@ -14,12 +14,8 @@ from test_run_lab import manifest, measure
 from migration_blackout.analysis.brownout import analyse_work, load_work
 from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
 from migration_blackout.analysis.guest import HEARTBEAT_SOURCE, analyse_stream, load_heartbeats
-from migration_blackout.analysis.report import (
-    CheckOutcome,
-    Thresholds,
-    build_report,
-    render_markdown,
-)
+from migration_blackout.analysis.report.model import CheckOutcome, build_report
+from migration_blackout.analysis.report.renderers import render_markdown
 from migration_blackout.analysis.tcp import (
     analyse_connects,
     load_tcp_connect,
@@ -28,7 +24,8 @@ from migration_blackout.analysis.tcp import (
 from migration_blackout.analysis.tcp import (
     analyse_stream as analyse_tcp_stream,
 )
-from migration_blackout.analysis.witness_summary import witness_bars
+from migration_blackout.analysis.witness_summary import analyse_witnesses, witness_bars
+from migration_blackout.runformat import Thresholds
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -146,7 +143,7 @@ def test_every_witness_bounds_the_lab_truth(tmp_path: Path) -> None:
         )
     assert "What applications felt (ms)" in proc.stdout + proc.stderr
     # The timeline plot's lane: one row per witness, the stall as long as above.
-    bars = {bar.label: bar for bar in witness_bars(run_dir)}
+    bars = {bar.label: bar for bar in witness_bars(analyse_witnesses(run_dir))}
     assert set(bars) == {"connect :3389", "stream in", "stream out", "in back", "out back"}
     inbound_bar = bars["stream in"]
     assert inbound_bar.upper_end_ns - inbound_bar.upper_start_ns == stream.inbound.end_mono_ns - (

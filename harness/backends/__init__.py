@@ -21,7 +21,7 @@ from migration_blackout.probes.host_state import HostObservation
 from migration_blackout.probes.sink import JsonlSink
 
 from ..clocksync import ClockOffset
-from ..runfolder import RunFolder
+from ..runwriter import RunWriter
 
 
 class PreflightError(Exception):
@@ -87,7 +87,7 @@ class HypervisorBackend(Protocol):
 
     async def migrate(
         self,
-        run: RunFolder,
+        run: RunWriter,
         source: str,
         destination: str,
         *,
@@ -101,7 +101,7 @@ class HypervisorBackend(Protocol):
         ``interrupted`` is read right before the irreversible step (Move-VM,
         QMP ``migrate``): when it is set, the migration is not started."""
 
-    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+    async def harvest(self, run: RunWriter, record: Recorder, *, deadline_s: float) -> None:
         """Store the hypervisor's own figures in ``raw/``, within ``deadline_s``."""
 
     async def close(self) -> None: ...

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.host_state import HostObservation
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import HYPERV_EVENTS
 
 from .. import kerberos
 from ..clocksync import ClockOffset, sample_clock
@@ -38,7 +39,7 @@ from ..psrp_session import (
     listener_hint,
     missing_auth_support,
 )
-from ..runfolder import RunFolder
+from ..runwriter import RunWriter
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
 # Hyper-V's own migration events, harvested after the run.
@@ -341,7 +342,7 @@ class HyperVBackend:
 
     async def migrate(
         self,
-        run: RunFolder,
+        run: RunWriter,
         source: str,
         destination: str,
         *,
@@ -446,7 +447,7 @@ class HyperVBackend:
 
     # -- afterwards -----------------------------------------------------------
 
-    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+    async def harvest(self, run: RunWriter, record: Recorder, *, deadline_s: float) -> None:
         """Hyper-V's own migration events from both hosts, stored raw; the
         hosts are asked at the same time, each within ``deadline_s`` (a host
         that does not answer gets a ``harvest_failed`` line)."""
@@ -459,7 +460,7 @@ class HyperVBackend:
             probe="hyperv_events",
             meta={"vm": self.config.vm, "vm_id": self.vm_id, "since": since.isoformat()},
         )
-        run.register_probe("hyperv_events", "raw/hyperv_events.jsonl", format="jsonl")
+        run.register_probe(HYPERV_EVENTS.probe, HYPERV_EVENTS.path, format="jsonl")
 
         async def one_host(name: str, session: HostSession) -> None:
             # Ask in the host's own time: its clock may be off by seconds.

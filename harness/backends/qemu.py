@@ -4,7 +4,7 @@ Two QEMU processes, one running the guest, one started with ``-incoming``
 waiting for it, each reachable on a QMP endpoint (UNIX socket or
 ``host:port``). The migration is QMP ``migrate`` on the source after
 ``migrate-set-parameters`` / capabilities from the config; the driver
-(``lab.qemu.migration``) polls ``query-migrate`` every 20 ms and collects the
+(``harness.qemu.migration``) polls ``query-migrate`` every 20 ms and collects the
 STOP and RESUME events with QEMU's own timestamps; all of it lands in
 ``raw/qemu_migration.jsonl`` as QEMU said it, beside QEMU's final
 ``downtime``, ``setup-time``, ``total-time`` and RAM statistics. QEMU
@@ -21,26 +21,31 @@ clear message rather than measured wrongly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.lab.qemu.migration import (
+from migration_blackout.harness.qemu.migration import (
     MigrationError,
     MigrationResult,
     MigrationSettings,
     migrate,
 )
-from migration_blackout.lab.qemu.qmp import QmpClient, QmpError
+from migration_blackout.harness.qemu.qmp import QmpClient, QmpError
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import QEMU_MIGRATION
 
 from ..clocksync import ClockOffset
-from ..runfolder import RunFolder
+from ..config import QemuConfig, RunConfig
+from ..runwriter import RunWriter
 from . import MigrationOutcome, PolledSide, PreflightError, Recorder
 
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
+SHARED_MEMORY = Path("/dev/shm")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,44 @@ class QemuSide:
     name: str
     qmp: str  # a UNIX socket path, or host:port
     incoming_uri: str | None = None
+
+
+def migration_settings(qemu: QemuConfig) -> MigrationSettings:
+    """``[qemu]``'s migration parameters as the driver takes them."""
+    bandwidth = qemu.max_bandwidth_mib_s
+    return MigrationSettings(
+        downtime_limit_ms=qemu.downtime_limit_ms,
+        max_bandwidth=None if bandwidth is None else int(bandwidth * 1024 * 1024),
+        auto_converge=qemu.auto_converge,
+    )
+
+
+@contextlib.contextmanager
+def ram_dump_folder() -> Iterator[Path]:
+    """A private folder for ``verify_memory``'s RAM dumps (in memory where there is
+    /dev/shm), removed after the ``with`` block."""
+    with tempfile.TemporaryDirectory(
+        prefix="mb-ram-", dir=SHARED_MEMORY if SHARED_MEMORY.is_dir() else None
+    ) as folder:
+        yield Path(folder)
+
+
+@contextlib.contextmanager
+def configured_run(config: RunConfig) -> Iterator[dict[str, Any]]:
+    """The arguments of a QEMU run (or session) on the two QEMUs ``[qemu]`` names
+    (a user's own)."""
+    with ram_dump_folder() as ram_dumps:
+        first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
+        backend = QemuBackend(
+            (first, second),
+            settings=migration_settings(config.qemu),
+            verify_memory=ram_dumps if config.qemu.verify_memory else None,
+        )
+
+        async def configured() -> QemuBackend:
+            return backend
+
+        yield {"config": config, "backend_factory": configured}
 
 
 def _address(qmp: str) -> str | tuple[str, int]:
@@ -175,7 +218,7 @@ class QemuBackend:
 
     async def migrate(
         self,
-        run: RunFolder,
+        run: RunWriter,
         source: str,
         destination: str,
         *,
@@ -197,7 +240,7 @@ class QemuBackend:
                 "timeout_s": timeout_s,
             },
         )
-        run.register_probe("qemu_migration", "raw/qemu_migration.jsonl", format="jsonl")
+        run.register_probe(QEMU_MIGRATION.probe, QEMU_MIGRATION.path, format="jsonl")
         names = {"source": source, "destination": destination}
 
         def on_event(role: str, event: Any) -> None:
@@ -276,7 +319,7 @@ class QemuBackend:
         record("migrate_error", host=source, error=result.error)
         return MigrationOutcome("failed", f"{source}: migration failed: {result.error}")
 
-    async def harvest(self, run: RunFolder, record: Recorder, *, deadline_s: float) -> None:
+    async def harvest(self, run: RunWriter, record: Recorder, *, deadline_s: float) -> None:
         """QEMU's own figures were stored with the migration (``raw/qemu_migration.jsonl``)."""
 
     async def close(self) -> None:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.derive import rebuild_derived
-from migration_blackout.analysis.report import find_run_folders
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.analysis.rebuild import rebuild_derived
+from migration_blackout.analysis.report.runs import find_run_folders
+from migration_blackout.runformat import RunFormatError
 
-from ..runfolder import describe_error
+from ..runwriter import describe_error
 
 
 @dataclass(frozen=True)

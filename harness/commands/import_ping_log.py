@@ -28,9 +28,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from migration_blackout.analysis.summary import write_summary
-from migration_blackout.probes.clock import utc_iso
-from migration_blackout.probes.icmp import ICMP_COLUMNS, PROBE_NAME
 from migration_blackout.probes.sink import CsvSink
+from migration_blackout.runformat import ICMP, RunStatus, utc_iso
 
 from ..importers import (
     UNRECOGNISED_QUOTED,
@@ -45,10 +44,9 @@ from ..importers import (
     parse_timezone,
     utc_offset_name,
 )
-from ..runfolder import RunStatus, create_run_folder, redact
+from ..runwriter import create_run_folder, redact
 
 RUN_KIND = "import"
-RAW_FILE = "raw/icmp.csv"
 WRITE_BATCH = 10_000  # rows handed to the CSV writer at a time
 
 
@@ -266,9 +264,9 @@ def run(
     error: BaseException | None = None
     try:
         sink = CsvSink(
-            folder.path / RAW_FILE,
-            probe=PROBE_NAME,
-            columns=ICMP_COLUMNS,
+            folder.path / ICMP.path,
+            probe=ICMP.probe,
+            columns=ICMP.columns,
             meta={
                 "interval_s": parsed.interval_s,
                 "timeout_s": None,
@@ -279,7 +277,7 @@ def run(
             },
         )
         try:
-            folder.register_probe(PROBE_NAME, RAW_FILE, format="csv", imported=True)
+            folder.register_probe(ICMP.probe, ICMP.path, format="csv", imported=True)
             # Streamed: the records are made, counted and written a batch at a time.
             batch: list[tuple[object, ...]] = []
             for record in parsed.records:

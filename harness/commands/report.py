@@ -16,20 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from migration_blackout.analysis.report import (
-    Report,
-    Thresholds,
-    build_report,
+from migration_blackout.analysis.report.junit import render_junit
+from migration_blackout.analysis.report.model import Report, build_report
+from migration_blackout.analysis.report.renderers import (
     format_report_table,
     render_html,
-    render_junit,
     render_markdown,
     report_document,
 )
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.runformat import RunFormatError, Thresholds
 
 from .. import exitcodes
-from ..runfolder import describe_error
+from ..runwriter import describe_error
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,23 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from migration_blackout.analysis.derive import rebuild_derived
-from migration_blackout.probes.clock import clock_pair, utc_iso
-from migration_blackout.probes.console_view import CONSOLE_FILE, ConsoleViewProbe
+from migration_blackout.analysis.rebuild import rebuild_derived
+from migration_blackout.probes.clock import clock_pair
+from migration_blackout.probes.console_view import ConsoleViewProbe
 from migration_blackout.probes.host_state import HostStatePoller
 from migration_blackout.probes.icmp import IcmpTargetStats
 from migration_blackout.probes.icmp_process import IcmpProbeProcess
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import (
+    CLOCK_SAMPLES,
+    CONSOLE,
+    GROUND_TRUTH,
+    HARNESS_EVENTS,
+    ICMP,
+    RunStatus,
+    host_state_file,
+    utc_iso,
+)
 
 from .. import exitcodes
 from ..backends import HypervisorBackend, MigrationOutcome, PreflightError
@@ -70,7 +80,7 @@ from ..deadlines import (
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..machine import MachineWatch
 from ..psrp_session import HostError
-from ..runfolder import RunFolder, RunStatus, create_run_folder, host_file_name
+from ..runwriter import RunWriter, create_run_folder
 from ..witnesses import Witnesses
 
 T = TypeVar("T")
@@ -221,7 +231,7 @@ class _Recorder:
 @dataclass
 class _Context:
     config: RunConfig
-    run: RunFolder
+    run: RunWriter
     record: _Recorder
     progress: ProgressCallback | None
     start_mono_ns: int
@@ -337,7 +347,7 @@ async def measure_run(
         run.manifest.update(extra_manifest)
     run.save()
     events = JsonlSink(run.raw / "events.jsonl", probe="harness")
-    run.register_probe("harness", "raw/events.jsonl", format="jsonl")
+    run.register_probe(HARNESS_EVENTS.probe, HARNESS_EVENTS.path, format="jsonl")
     ctx = _Context(
         config=config,
         run=run,
@@ -394,7 +404,7 @@ async def measure_run(
         await ctx.bounded(_check_guest_answers(ctx), limits.host_call_s, "preflight (guest ping)")
         ctx.announce(Phase.CLOCK, "aligning clocks")
         clock_sink = JsonlSink(run.raw / "clock.jsonl", probe="clock")
-        run.register_probe("clock", "raw/clock.jsonl", format="jsonl")
+        run.register_probe(CLOCK_SAMPLES.probe, CLOCK_SAMPLES.path, format="jsonl")
         before = await ctx.bounded(
             backend.align_clocks(
                 "before",
@@ -497,7 +507,7 @@ def _check_evidence(
         problems.append(f"the ICMP record {icmp} is empty")
     if ctx.record.write_error is not None:
         problems.append(
-            f"raw/events.jsonl: {ctx.record.lost} events not written "
+            f"{HARNESS_EVENTS.path}: {ctx.record.lost} events not written "
             f"({ctx.record.write_error.strerror or ctx.record.write_error})"
         )
     if not problems:
@@ -646,7 +656,7 @@ async def _check_guest_answers(ctx: _Context) -> None:
 
 
 def _record_clocks(
-    run: RunFolder,
+    run: RunWriter,
     kind: str,
     before: Mapping[str, ClockOffset | None],
     after: Mapping[str, ClockOffset | None],
@@ -666,7 +676,7 @@ def _record_clocks(
 
 
 def _poller_file(host: str) -> str:
-    return f"raw/{host_file_name(host)}"
+    return host_state_file(host).path
 
 
 async def _probe_and_migrate(
@@ -692,7 +702,7 @@ async def _probe_and_migrate(
     try:
         await ctx.bounded(icmp.start(), PROBES_READY_DEADLINE_S, "the ICMP prober's start")
         ctx.icmp = icmp
-        run.register_probe("icmp", "raw/icmp.csv", format="csv", process=True, **icmp.meta)
+        run.register_probe(ICMP.probe, ICMP.path, format="csv", process=True, **icmp.meta)
         for side in backend.polled_sides(source, destination):
             sink = JsonlSink(
                 run.path / _poller_file(side.name),
@@ -732,7 +742,7 @@ async def _probe_and_migrate(
             )
             ctx.console = console
             sinks.append(console.sink)
-            run.register_probe("console", CONSOLE_FILE, format="jsonl", **console.meta)
+            run.register_probe("console", CONSOLE.path, format="jsonl", **console.meta)
         stop = asyncio.Event()
         outcome: list[MigrationOutcome] = []
         agent = (
@@ -1045,7 +1055,7 @@ def _describe(error: BaseException) -> str:
     return str(error) if isinstance(error, HostError) else f"{type(error).__name__}: {error}"
 
 
-def _copy_ground_truth(path: Path, run: RunFolder, since_mono_ns: int) -> None:
+def _copy_ground_truth(path: Path, run: RunWriter, since_mono_ns: int) -> None:
     """The lab's ground truth written since this run started, as raw data."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]
@@ -1063,7 +1073,7 @@ def _copy_ground_truth(path: Path, run: RunFolder, since_mono_ns: int) -> None:
                 continue  # a line the lab did not finish: not evidence
             if isinstance(stamp, int) and stamp >= since_mono_ns:
                 handle.write(line + "\n")
-    run.register_probe("ground_truth", "raw/ground_truth.jsonl", format="jsonl", source=str(path))
+    run.register_probe(GROUND_TRUTH.probe, GROUND_TRUTH.path, format="jsonl", source=str(path))
 
 
 async def with_environment(

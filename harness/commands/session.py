@@ -24,22 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from migration_blackout.analysis.compare import MIN_RUNS
-from migration_blackout.analysis.report import (
-    direction_stats,
-    direction_stats_json,
-    read_run,
+from migration_blackout.analysis.report.model import direction_stats
+from migration_blackout.analysis.report.renderers import direction_stats_json
+from migration_blackout.analysis.report.runs import read_run
+from migration_blackout.probes.clock import clock_pair
+from migration_blackout.runformat import (
+    MANIFEST_FILE,
+    SESSION_FILE,
+    SESSION_SCHEMA_VERSION,
+    RunStatus,
+    utc_iso,
 )
-from migration_blackout.probes.clock import clock_pair, utc_iso
 
 from .. import exitcodes
 from ..config import RunConfig
 from ..deadlines import Interrupt
-from ..runfolder import OutputFolderError, new_run_id
+from ..runwriter import OutputFolderError, new_run_id
 from .run import PreflightError, RunResult, measure_run, with_environment
-
-# Version history of session.json:
-#   1 (0.1.0): first version.
-SESSION_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ async def measure_session(
         "runs": [],
         "directions": [],
     }
-    path = session_dir / "session.json"
+    path = session_dir / SESSION_FILE
     _write(path, document)
     results: list[RunResult] = []
     preflight_failed = False
@@ -167,14 +168,14 @@ async def measure_session(
                     run_config, source=result.destination, destination=result.source
                 )
     finally:
-        runs = [read_run(r.run_dir) for r in results if (r.run_dir / "manifest.json").exists()]
+        runs = [read_run(r.run_dir) for r in results if (r.run_dir / MANIFEST_FILE).exists()]
         document["directions"] = [direction_stats_json(s) for s in direction_stats(runs)]
         document["ended_utc"] = utc_iso(clock_pair().utc_ns)
         exit_code = _session_exit_code(results, preflight_failed)
-        document["status"] = (
-            "completed"
+        document["status"] = str(
+            RunStatus.COMPLETED
             if exit_code == exitcodes.OK
-            else ("aborted" if exit_code == exitcodes.INTERRUPTED else "failed")
+            else (RunStatus.ABORTED if exit_code == exitcodes.INTERRUPTED else RunStatus.FAILED)
         )
         document["exit_code"] = exit_code
         _write(path, document)

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.analysis.derive import rebuild_derived
-from migration_blackout.analysis.runfolder import RunFormatError
+from migration_blackout.analysis.rebuild import rebuild_derived
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.icmp import IcmpPermissionError, IcmpProbe, IcmpTargetStats
+from migration_blackout.runformat import ICMP, RunFormatError, RunStatus
 
 from ..config import ProbeConfig
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..machine import MachineWatch
-from ..runfolder import OutputFolderError, RunStatus, create_run_folder, describe_error
+from ..runwriter import OutputFolderError, create_run_folder, describe_error
 from ..witnesses import Witnesses
 
 # How long the probe may take to open its sockets and send its first probe.
@@ -120,7 +120,7 @@ async def watch_async(
             run.manifest["config"]["icmp"].update(
                 timeout_s=probe.timeout_s, privileged=probe.privileged
             )
-            run.register_probe("icmp", "raw/icmp.csv", format="csv", **probe.meta)
+            run.register_probe(ICMP.probe, ICMP.path, format="csv", **probe.meta)
             agent = None
             if guest_agent is not None:
                 agent = GuestAgentSession(

@@ -6,9 +6,6 @@ Start them with :class:`LabHosts` (in an event loop) or :class:`LabThread`
 ground-truth file format in :mod:`lab.hyperv_emulator.groundtruth`.
 """
 
-from migration_blackout.lab.hyperv_emulator.groundtruth import (
-    SCHEMA_VERSION as GROUND_TRUTH_SCHEMA_VERSION,
-)
 from migration_blackout.lab.hyperv_emulator.groundtruth import read_ground_truth
 from migration_blackout.lab.hyperv_emulator.model import (
     DEFAULT_DESTINATION_HOST,
@@ -33,7 +30,6 @@ __all__ = [
     "DEFAULT_DESTINATION_HOST",
     "DEFAULT_SOURCE_HOST",
     "DEFAULT_VM_NAME",
-    "GROUND_TRUTH_SCHEMA_VERSION",
     "FaultConfig",
     "GuestControl",
     "HostConfig",

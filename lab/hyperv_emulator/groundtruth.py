@@ -9,11 +9,7 @@ harness's measurements against it on either clock.
 The file is raw data: it is created once (never overwritten) and only
 appended to.
 
-Format history (bump ``SCHEMA_VERSION`` and add a line for every change):
-
-- 1: header ``{"kind": "header", "schema_version": 1, "writer", "created",
-  "lab"}``; events ``{"kind": "event", "event", "mono_ns", "utc_ns", "utc",
-  ...details}``.
+The format's version and its history: ``runformat.GROUND_TRUTH_SCHEMA_VERSION``.
 """
 
 from __future__ import annotations
@@ -23,8 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from migration_blackout.probes.clock import ClockPair, clock_pair
-
-SCHEMA_VERSION = 1
+from migration_blackout.runformat import GROUND_TRUTH_SCHEMA_VERSION
 
 # Event names written by the migration model, in the order a successful
 # migration produces them.
@@ -63,7 +58,7 @@ class GroundTruthLog:
         self._file: IO[str] | None = path.open("x", encoding="utf-8")
         header = {
             "kind": "header",
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": GROUND_TRUTH_SCHEMA_VERSION,
             "writer": "lab.hyperv_emulator",
             "created": clock_pair().to_json(),
             "lab": lab_description,
@@ -102,11 +97,11 @@ def read_ground_truth(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
         raise ValueError(f"{path} is empty; expected a ground-truth header line")
     header = json.loads(lines[0])
     version = header.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != GROUND_TRUTH_SCHEMA_VERSION:
         raise ValueError(
             f"{path} has ground-truth schema_version {version!r}; this reader understands "
-            f"only {SCHEMA_VERSION}. Re-run the lab with this version of lab.hyperv_emulator, "
-            "or read it with the version that wrote it."
+            f"only {GROUND_TRUTH_SCHEMA_VERSION}. Re-run the lab with this version of "
+            "lab.hyperv_emulator, or read it with the version that wrote it."
         )
     events = [json.loads(line) for line in lines[1:] if line.strip()]
     return header, events

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from migration_blackout.harness.labseam import LabError
+from migration_blackout.lab.control import default_state_dir as hyperv_state_dir
 from migration_blackout.lab.control import (
-    LabError,
     process_start,
     reap,
     reap_orphans,
@@ -38,7 +39,6 @@ from migration_blackout.lab.control import (
     stop_daemon,
     unregister,
 )
-from migration_blackout.lab.control import default_state_dir as hyperv_state_dir
 from migration_blackout.lab.netns import require_netns_privileges
 
 from ..netns import process_runs

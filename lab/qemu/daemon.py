@@ -21,7 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.probes.clock import clock_pair, utc_iso
+from migration_blackout.probes.clock import clock_pair
+from migration_blackout.runformat import utc_iso
 
 from .artefacts import QemuSetupError, ensure_artefacts
 from .lab import GUEST_NAME, LabSnapshot, QemuLab, QemuLabConfig, QemuLabError

@@ -44,13 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migration_blackout.probes.clock import clock_pair, utc_iso
+from migration_blackout.harness.qemu.qmp import QmpClient, QmpConnectionError, QmpError, QmpEvent
+from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.sink import JsonlSink
+from migration_blackout.runformat import utc_iso
 
 from .artefacts import QemuArtefacts, ensure_artefacts
 from .guest import DEFAULT_CONTROL_PORT, GuestControl, GuestControlError, GuestStatus
 from .network import DEFAULT_PREFIX, SIDES, LabNetwork, tap_name
-from .qmp import QmpClient, QmpConnectionError, QmpError, QmpEvent
 
 ROLE_STARTING = "starting"  # process started, its monitor not yet answering
 ROLE_RUNNING = "running"  # runs the guest

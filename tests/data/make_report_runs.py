@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from analysis.runfolder import ICMP_COLUMNS  # noqa: E402
-from probes.sink import CsvSink  # noqa: E402
+from migration_blackout.probes.sink import CsvSink  # noqa: E402
+from migration_blackout.runformat import ICMP  # noqa: E402
 
 GUEST = "10.0.0.2"
 MS = 1_000_000
@@ -107,11 +107,11 @@ def write_run(
             fields |= {"outcome": "reply", "recv_mono_ns": recv, "recv_utc_ns": recv - mono0 + utc0}
             fields |= {"rtt_ns": RTT, "icmp_type": 0, "icmp_code": 0, "from_addr": GUEST}
             resolve = recv
-        resolved.append((resolve, [fields.get(column) for column in ICMP_COLUMNS]))
+        resolved.append((resolve, [fields.get(column) for column in ICMP.columns]))
     resolved.sort(key=lambda item: item[0])
 
     meta = {"interval_s": interval_ms / 1000, "timeout_s": 0.5, "targets": [GUEST]}
-    sink = CsvSink(run_dir / "raw" / "icmp.csv", probe="icmp", columns=ICMP_COLUMNS, meta=meta)
+    sink = CsvSink(run_dir / "raw" / "icmp.csv", probe="icmp", columns=ICMP.columns, meta=meta)
     sink.write_rows([row for _, row in resolved])
     sink.close()
 

@@ -24,18 +24,10 @@ import json
 import sys
 from pathlib import Path
 
-from probes.sink import CsvSink
+from migration_blackout.probes.sink import CsvSink
+from migration_blackout.runformat import ICMP
 
-COLUMNS = ["target", "n", "seq", "ident", "outcome", "send_mono_ns", "send_utc_ns"]
-COLUMNS += [
-    "recv_mono_ns",
-    "recv_utc_ns",
-    "rtt_ns",
-    "icmp_type",
-    "icmp_code",
-    "from_addr",
-    "detail",
-]
+COLUMNS = ICMP.columns  # run format v1
 MS = 1_000_000
 MONO0 = 5_000_000 * MS  # CLOCK_MONOTONIC at the guest's attempt 0
 UTC0 = 1_795_611_760_000_000_000  # 2026-11-25T13:02:40Z
@@ -104,7 +96,7 @@ def rows() -> list[tuple[int, list[object]]]:
 
 def main(out_dir: Path) -> None:
     meta = {"interval_s": 0.02, "timeout_s": 0.5, "targets": [GUEST, OTHER]}
-    sink = CsvSink(out_dir / "raw" / "icmp.csv", probe="icmp", columns=COLUMNS, meta=meta)
+    sink = CsvSink(out_dir / "raw" / "icmp.csv", probe=ICMP.probe, columns=COLUMNS, meta=meta)
     sink.write_rows(row for _, row in rows())
     sink.close()
     manifest = {

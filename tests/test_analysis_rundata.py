@@ -12,21 +12,20 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from migration_blackout.analysis import runfolder
+from migration_blackout import runformat
+from migration_blackout.analysis import rundata
 from migration_blackout.analysis.icmp import analyse_icmp
-from migration_blackout.analysis.runfolder import (
-    ICMP_COLUMNS,
+from migration_blackout.analysis.rundata import (
     RawDataWarning,
-    RunFormatError,
-    check_schema_version,
     load_icmp,
     load_run,
     read_icmp_csv,
     requested_icmp_interval_s,
 )
+from migration_blackout.runformat import ICMP, RunFormatError, check_schema_version
 
 HEADER = {"format": "csv", "probe": "icmp", "schema_version": 1, "interval_s": 0.01}
-COLUMN_LINE = ",".join(ICMP_COLUMNS)
+COLUMN_LINE = ",".join(ICMP.columns)
 REPLY = "guest,{n},{n},7,reply,{mono},{utc},{mono},{utc},400000,0,0,guest,"
 TIMEOUT = "guest,{n},{n},7,timeout,{mono},{utc},,,,,,,"
 
@@ -96,7 +95,7 @@ def test_older_manifest_than_any_release_wrote_is_refused(tmp_path: Path) -> Non
 def test_an_older_known_version_names_the_releases_that_read_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runfolder, "_FIRST_RELEASE_WRITING", {1: "0.1.0", 2: "0.4.0"})
+    monkeypatch.setattr(runformat, "FIRST_RELEASE_WRITING", {1: "0.1.0", 2: "0.4.0"})
     with pytest.raises(RunFormatError) as caught:
         check_schema_version(1, supported=2, what="run folder X (manifest.json)")
     message = str(caught.value)
@@ -186,7 +185,7 @@ def test_nanoseconds_keep_full_precision_next_to_missing_values(tmp_path: Path) 
         f"guest,0,0,7,reply,{big},{big - 1},{big},1790000000000000001,1,0,0,guest,",
         "guest,1,1,7,timeout,4611686018427387905,1790000000000000003,,,,,,,",
     ]
-    frame = read_icmp_csv(write_run(tmp_path / "a", lines), columns=ICMP_COLUMNS).frame
+    frame = read_icmp_csv(write_run(tmp_path / "a", lines), columns=ICMP.columns).frame
     assert frame["send_mono_ns"].tolist() == [big, 4611686018427387905]
     assert frame["send_utc_ns"].tolist() == [big - 1, 1790000000000000003]
     assert frame["recv_utc_ns"].iloc[0] == 1790000000000000001
@@ -260,7 +259,7 @@ def test_bad_bytes_and_torn_rows_are_skipped_with_a_warning(tmp_path: Path) -> N
 
 def test_numeric_looking_target_names_stay_text(tmp_path: Path) -> None:
     lines = [row(REPLY, 0).replace("guest", "01"), row(REPLY, 0).replace("guest", "1")]
-    records = read_icmp_csv(write_run(tmp_path, lines), columns=ICMP_COLUMNS)
+    records = read_icmp_csv(write_run(tmp_path, lines), columns=ICMP.columns)
     assert records.frame["target"].tolist() == ["01", "1"]
     assert records.frame["from_addr"].tolist() == ["01", "1"]
 
@@ -319,11 +318,11 @@ def test_parallel_parsing_of_slices_gives_the_same_frame(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing_mono_from: int | None
 ) -> None:
     path = write_run(tmp_path, _mixed_rows(400, missing_mono_from=missing_mono_from))
-    one_parser = read_icmp_csv(path, columns=ICMP_COLUMNS).frame
-    monkeypatch.setattr(runfolder, "_PARALLEL_MIN_SLICE_BYTES", 1)
-    monkeypatch.setattr(runfolder, "_available_threads", lambda: 4)
-    assert len(runfolder._row_slices(path, runfolder._read_head(path))) == 4
-    in_slices = read_icmp_csv(path, columns=ICMP_COLUMNS).frame
+    one_parser = read_icmp_csv(path, columns=ICMP.columns).frame
+    monkeypatch.setattr(rundata, "_PARALLEL_MIN_SLICE_BYTES", 1)
+    monkeypatch.setattr(rundata, "_available_threads", lambda: 4)
+    assert len(rundata._row_slices(path, rundata._read_head(path))) == 4
+    in_slices = read_icmp_csv(path, columns=ICMP.columns).frame
     pd.testing.assert_frame_equal(in_slices, one_parser)
     assert in_slices["target"].tolist()[:2] == ["1", "1"]
     assert str(in_slices["send_mono_ns"].dtype) == (
@@ -340,28 +339,20 @@ def test_a_file_with_quoted_fields_is_parsed_in_one_piece(
     lines[20] = row(TIMEOUT, 20).replace("guest,20,20,7,timeout", "guest,20,20,7,error")
     lines[20] += '"send failed:\nENOBUFS, twice"'
     path = write_run(tmp_path, lines)
-    monkeypatch.setattr(runfolder, "_PARALLEL_MIN_SLICE_BYTES", 1)
-    monkeypatch.setattr(runfolder, "_available_threads", lambda: 4)
-    assert len(runfolder._row_slices(path, runfolder._read_head(path))) == 1
-    frame = read_icmp_csv(path, columns=ICMP_COLUMNS).frame
+    monkeypatch.setattr(rundata, "_PARALLEL_MIN_SLICE_BYTES", 1)
+    monkeypatch.setattr(rundata, "_available_threads", lambda: 4)
+    assert len(rundata._row_slices(path, rundata._read_head(path))) == 1
+    frame = read_icmp_csv(path, columns=ICMP.columns).frame
     assert len(frame) == 40
     assert frame["detail"].iloc[20] == "send failed:\nENOBUFS, twice"
 
 
 def test_analysis_imports_neither_probes_nor_harness() -> None:
     code = (
-        "import sys, analysis.runfolder, analysis.icmp, analysis.summary, analysis.render\n"
+        "import sys, analysis.rundata, analysis.icmp, analysis.summary, analysis.render\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('probes', 'harness')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
-
-
-def test_reader_and_writer_agree_on_the_icmp_columns() -> None:
-    """analysis/ keeps its own copy of the columns (it never imports probes/);
-    this is where the two sides of run format v1 are held together."""
-    from migration_blackout.probes.icmp import ICMP_COLUMNS as WRITTEN
-
-    assert tuple(WRITTEN) == tuple(ICMP_COLUMNS)

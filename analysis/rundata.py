@@ -21,87 +21,42 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-# Version history of manifest.json (docs/run-format.md has the details):
-#   1 (0.1.0): first version.
-MANIFEST_SCHEMA_VERSION = 1
-
-# Version history of raw record files; the same numbering as
-# probes/sink.py RAW_SCHEMA_VERSION (analysis does not import probes):
-#   1 (0.1.0): first version; raw/icmp.csv with the ICMP_COLUMNS below.
-RAW_SCHEMA_VERSION = 1
-
-# The first migration-blackout release that wrote each schema version, used
-# to tell a user which release reads an old folder while no upgrader exists.
-# (Manifest and raw versions move together so far; split this table if not.)
-_FIRST_RELEASE_WRITING = {1: "0.1.0"}
-
-RUN_STATUSES = frozenset({"running", "completed", "failed", "aborted"})
-
-ICMP_COLUMNS = (
-    "target",
-    "n",
-    "seq",
-    "ident",
-    "outcome",
-    "send_mono_ns",
-    "send_utc_ns",
-    "recv_mono_ns",
-    "recv_utc_ns",
-    "rtt_ns",
-    "icmp_type",
-    "icmp_code",
-    "from_addr",
-    "detail",
+from migration_blackout.runformat import (
+    ICMP,
+    ICMP_OUTCOMES,
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA_VERSION,
+    RAW_SCHEMA_VERSION,
+    RUN_STATUSES,
+    RunFormatError,
+    check_schema_version,
 )
+
 # The columns the blackout analysis needs; reading only these takes about a
 # third of the time of all 14 (the tokenizer still scans every field).
 ICMP_ANALYSIS_COLUMNS = ("target", "n", "outcome", "send_mono_ns", "send_utc_ns")
 
-# Attempt outcomes first, then the two kinds of extra rows that are not attempts.
-ICMP_ATTEMPT_OUTCOMES = ("reply", "timeout", "unreachable", "error", "unresolved")
-ICMP_EXTRA_OUTCOMES = ("duplicate", "late")
-ICMP_OUTCOME_DTYPE = pd.CategoricalDtype([*ICMP_ATTEMPT_OUTCOMES, *ICMP_EXTRA_OUTCOMES])
+# Outcomes as codes by position: attempts first, then the extra rows (runformat).
+ICMP_OUTCOME_DTYPE = pd.CategoricalDtype(list(ICMP_OUTCOMES))
 
-# Nanosecond stamps are 64-bit integers (UTC ns since 1970 is ~1.8e18, far
-# beyond float64's exact 2**53), so they are never read as float64. Columns that
-# may be empty use pandas' nullable Int64: the C parser fills values and a mask
-# directly, without a float round trip (tests/test_analysis_runfolder.py checks
-# this at 2**63 - 1). `n` is never empty: plain int64, an empty field is an error.
-# The send stamps are complete in every file our prober writes but may be
-# missing in imported logs: they are first parsed as plain int64, which is
-# ~0.2-0.4 s faster per 3.6 M rows than Int64 for the two of them, and only a
-# file with a missing one is parsed again with Int64 (_SEND_COLUMNS).
-_ICMP_DTYPES: dict[str, Any] = {
-    "target": "category",
-    "n": "int64",
-    "seq": "Int64",
-    "ident": "Int64",
-    "outcome": "category",
-    "send_mono_ns": "Int64",
-    "send_utc_ns": "Int64",
-    "recv_mono_ns": "Int64",
-    "recv_utc_ns": "Int64",
-    "rtt_ns": "Int64",
-    "icmp_type": "Int16",
-    "icmp_code": "Int16",
-    "from_addr": "category",
-    "detail": "str",
-}
+# ``runformat.ICMP.dtypes``; the C parser fills nullable Int64 values and a mask
+# directly, without a float round trip (tests/test_analysis_rundata.py checks
+# this at 2**63 - 1). The send stamps are complete in every file our prober
+# writes but may be missing in imported logs: they are first parsed as plain
+# int64, which is ~0.2-0.4 s faster per 3.6 M rows than Int64 for the two of
+# them, and only a file with a missing one is parsed again with Int64
+# (_SEND_COLUMNS).
+_ICMP_DTYPES: dict[str, Any] = dict(ICMP.dtypes)
 _SEND_COLUMNS = ("send_mono_ns", "send_utc_ns")
 # Categorical columns whose values are names: pandas infers numbers from
 # all-numeric categories, which would turn a target "1" into the integer 1.
 _NAME_COLUMNS = ("target", "from_addr")
-
-
-class RunFormatError(ValueError):
-    """A run folder or one of its files cannot be read by this version."""
 
 
 class RawDataWarning(UserWarning):
@@ -207,43 +162,6 @@ def _why_not_a_record(line: bytes) -> str:
     return "not a JSON object"
 
 
-def package_version() -> str:
-    try:
-        return metadata.version("migration-blackout")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def check_schema_version(found: object, *, supported: int, what: str) -> None:
-    """Refuse a ``schema_version`` other than ``supported`` with a message that says what to do.
-
-    ``what`` names the file for the message, e.g. ``"run folder /x (manifest.json)"``.
-    """
-    if isinstance(found, bool) or not isinstance(found, int):
-        raise RunFormatError(f"{what} has schema_version {found!r}; expected an integer")
-    if found == supported:
-        return
-    here = f"this migration-blackout ({package_version()}) reads schema_version {supported}"
-    if found > supported:
-        raise RunFormatError(
-            f"{what} has schema_version {found}; {here}; upgrade migration-blackout to read it"
-        )
-    first = _FIRST_RELEASE_WRITING.get(found)
-    if first is None:
-        oldest = min(_FIRST_RELEASE_WRITING)
-        raise RunFormatError(
-            f"{what} has schema_version {found}, older than the first version "
-            f"migration-blackout wrote ({oldest}, in {_FIRST_RELEASE_WRITING[oldest]}); "
-            "it was not written by migration-blackout"
-        )
-    later = [_FIRST_RELEASE_WRITING[v] for v in sorted(_FIRST_RELEASE_WRITING) if v > found]
-    releases = f"releases {first} up to (not including) {later[0]}" if later else f"{first}"
-    raise RunFormatError(
-        f"{what} has schema_version {found}; {here} and has no upgrader from {found} yet; "
-        f"read it with migration-blackout {releases}"
-    )
-
-
 @dataclass(frozen=True)
 class RunError:
     type: str
@@ -266,7 +184,11 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class RunFolder:
+class RunData:
+    """A run folder as the analysis reads it: its path and its checked manifest
+    (``load_run``); the raw files are read on demand. The harness writes one
+    with ``harness.runwriter.RunWriter``."""
+
     path: Path
     manifest: Manifest
 
@@ -311,10 +233,10 @@ def _check_utc(value: str | None, key: str, where: str) -> None:
         raise RunFormatError(f"{where} key {key!r} has no UTC offset: {value!r}")
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> RunFolder:
+def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     """Read and validate ``run_dir/manifest.json``."""
     path = Path(run_dir)
-    manifest_path = path / "manifest.json"
+    manifest_path = path / MANIFEST_FILE
     where = f"run folder {path} (manifest.json)"
     try:
         text = manifest_path.read_text(encoding="utf-8")
@@ -354,7 +276,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFolder:
     ended = _require(doc, "ended_utc", (str, type(None)), where)
     _check_utc(started, "started_utc", where)
     _check_utc(ended, "ended_utc", where)
-    return RunFolder(
+    return RunData(
         path=path,
         manifest=Manifest(
             run_id=run_id,
@@ -538,7 +460,7 @@ def _parse_icmp_rows(
         source,
         engine="c",
         header=None,
-        names=list(ICMP_COLUMNS),
+        names=list(ICMP.columns),
         usecols=usecols,
         dtype=dict(dtype),
         keep_default_na=False,
@@ -596,7 +518,7 @@ def read_icmp_csv(
     """Read a raw ICMP record file (format v1) with the C parser and explicit dtypes.
 
     ``columns`` selects what to keep (default: what the analysis needs; pass
-    ``ICMP_COLUMNS`` for all). The header's schema version, probe name and the
+    ``runformat.ICMP.columns`` for all). The header's schema version, probe name and the
     full column list are always checked. A partial last line (the writer
     stopped mid-row) is left out and reported in ``dropped_partial_last_line``.
     Large files are parsed in slices by up to 4 threads.
@@ -605,19 +527,19 @@ def read_icmp_csv(
     where = f"raw file {path}"
     layout = _read_head(path)
     header = layout.header
-    if header.get("probe") != "icmp" or header.get("format") != "csv":
+    if header.get("probe") != ICMP.probe or header.get("format") != ICMP.encoding:
         raise RunFormatError(
             f"{where} has probe={header.get('probe')!r}, format={header.get('format')!r}; "
             "expected an icmp csv file"
         )
-    if layout.columns != list(ICMP_COLUMNS):
-        missing = [c for c in ICMP_COLUMNS if c not in layout.columns]
-        extra = [c for c in layout.columns if c not in ICMP_COLUMNS]
+    if layout.columns != list(ICMP.columns):
+        missing = [c for c in ICMP.columns if c not in layout.columns]
+        extra = [c for c in layout.columns if c not in ICMP.columns]
         raise RunFormatError(
             f"{where} has columns {layout.columns}; schema_version 1 has exactly "
-            f"{list(ICMP_COLUMNS)} in that order (missing: {missing}, unexpected: {extra})"
+            f"{list(ICMP.columns)} in that order (missing: {missing}, unexpected: {extra})"
         )
-    unknown = [c for c in columns if c not in ICMP_COLUMNS]
+    unknown = [c for c in columns if c not in ICMP.columns]
     if unknown:
         raise ValueError(f"unknown icmp columns requested: {unknown}")
     usecols = list(dict.fromkeys(columns))
@@ -673,9 +595,9 @@ def _read_icmp_row_by_row(
     for number, line in enumerate(data.split(b"\n")[:-1] if data.endswith(b"\n") else [], 3):
         try:
             fields = next(csv.reader([line.decode("utf-8")]))
-            if len(fields) != len(ICMP_COLUMNS):
-                raise ValueError(f"{len(fields)} fields, not {len(ICMP_COLUMNS)}")
-            for name, text in zip(ICMP_COLUMNS, fields, strict=True):
+            if len(fields) != len(ICMP.columns):
+                raise ValueError(f"{len(fields)} fields, not {len(ICMP.columns)}")
+            for name, text in zip(ICMP.columns, fields, strict=True):
                 if name in integers and (text or name in required):
                     value = int(text)
                     limit = 2**15 if _ICMP_DTYPES[name] == "Int16" else 2**63
@@ -696,10 +618,10 @@ def _read_icmp_row_by_row(
 
 
 def load_icmp(
-    run: RunFolder, *, columns: Sequence[str] = ICMP_ANALYSIS_COLUMNS
+    run: RunData, *, columns: Sequence[str] = ICMP_ANALYSIS_COLUMNS
 ) -> IcmpRecords | None:
     """The run's ICMP records, or None if its manifest lists no ICMP probe."""
-    path = run.probe_file("icmp")
+    path = run.probe_file(ICMP.probe)
     if path is None:
         return None
     if not path.is_file():
@@ -710,11 +632,28 @@ def load_icmp(
     return read_icmp_csv(path, columns=columns)
 
 
-def requested_icmp_interval_s(run: RunFolder, records: IcmpRecords | None) -> float | None:
-    """The requested ICMP interval in seconds: the raw header's, else the manifest config's."""
+def manifest_icmp_interval_s(run: RunData) -> float | None:
+    """The requested ICMP interval in seconds as the manifest records it.
+
+    The probe's settings are in ``probes.icmp`` (``measure run`` and ``measure
+    watch`` alike); folders whose ``probes.icmp`` names only the file keep it in
+    their configuration: ``config.icmp.interval_s`` (watch, import) or
+    ``config.probes.icmp_interval_s`` (run).
+    """
+    config = run.manifest.config
+    places = (
+        (run.manifest.probes.get(ICMP.probe), "interval_s"),
+        (config.get("icmp"), "interval_s"),
+        (config.get("probes"), "icmp_interval_s"),
+    )
+    for place, key in places:
+        if isinstance(place, Mapping) and key in place:
+            return _positive_number(place[key])
+    return None
+
+
+def requested_icmp_interval_s(run: RunData, records: IcmpRecords | None) -> float | None:
+    """The requested ICMP interval in seconds: the raw header's, else the manifest's."""
     if records is not None and records.interval_s is not None:
         return records.interval_s
-    icmp_config = run.manifest.config.get("icmp")
-    if isinstance(icmp_config, Mapping):
-        return _positive_number(icmp_config.get("interval_s"))
-    return None
+    return manifest_icmp_interval_s(run)

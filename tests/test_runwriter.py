@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from migration_blackout.harness.runfolder import (
-    MANIFEST_SCHEMA_VERSION,
-    OutputFolderError,
-    RunStatus,
-    create_run_folder,
-    redact,
-)
-from migration_blackout.probes.sink import RAW_SCHEMA_VERSION, CsvSink, JsonlSink
+from migration_blackout.harness.runwriter import OutputFolderError, create_run_folder, redact
+from migration_blackout.probes.sink import CsvSink, JsonlSink
+from migration_blackout.runformat import MANIFEST_SCHEMA_VERSION, RAW_SCHEMA_VERSION, RunStatus
 
 
 def test_manifest_written_at_start_and_finalised(tmp_path: Path) -> None:

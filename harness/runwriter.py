@@ -10,7 +10,6 @@ final status and error, after every probe has flushed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -19,29 +18,24 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from migration_blackout.analysis.outputs import replace_text
-from migration_blackout.probes.clock import ClockPair, clock_pair, utc_iso
+from migration_blackout.probes.clock import ClockPair, clock_pair
+from migration_blackout.runformat import (
+    DERIVED_DIR,
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA_VERSION,
+    RAW_DIR,
+    RunStatus,
+    utc_iso,
+)
 
 from . import __version__
 
-# Version history of manifest.json (docs/run-format.md has the details):
-#   1 (0.1.0): first version.
-MANIFEST_SCHEMA_VERSION = 1
-
 # Keys whose values never reach a run folder, wherever they appear in a config.
 SECRET_KEYS = frozenset({"password", "passwd", "secret", "token", "credential", "credentials"})
-
-
-class RunStatus(StrEnum):
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    ABORTED = "aborted"
 
 
 class OutputFolderError(Exception):
@@ -76,22 +70,6 @@ def redact(config: Any) -> Any:
     if isinstance(config, list | tuple):
         return [redact(value) for value in config]
     return config
-
-
-def host_file_name(host: str) -> str:
-    """``host_<name>.jsonl`` for a host's poll record. A name from a
-    configuration file is never trusted as a path: anything but letters,
-    digits, ``.``, ``_`` and ``-`` is percent-encoded (``/`` is ``%2F``), so
-    the file stays in ``raw/`` whatever the name; a very long name is cut and
-    told apart by a hash of the whole."""
-    encoded = quote(host, safe="")
-    if len(encoded) > _MAX_ENCODED_NAME:
-        digest = hashlib.blake2b(host.encode("utf-8"), digest_size=6).hexdigest()
-        encoded = f"{encoded[: _MAX_ENCODED_NAME - 13]}~{digest}"
-    return f"host_{encoded}.jsonl"
-
-
-_MAX_ENCODED_NAME = 160  # a file name is at most 255 bytes
 
 
 def _write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
@@ -156,8 +134,9 @@ def _overwrite_in_place(path: Path, text: str) -> None:
 
 
 @dataclass
-class RunFolder:
-    """A run folder being written. Only the harness writes manifests."""
+class RunWriter:
+    """A run folder being written. Only the harness writes manifests; the
+    analysis reads the folder as ``analysis.rundata.RunData``."""
 
     path: Path
     run_id: str
@@ -165,15 +144,15 @@ class RunFolder:
 
     @property
     def raw(self) -> Path:
-        return self.path / "raw"
+        return self.path / RAW_DIR
 
     @property
     def derived(self) -> Path:
-        return self.path / "derived"
+        return self.path / DERIVED_DIR
 
     @property
     def manifest_path(self) -> Path:
-        return self.path / "manifest.json"
+        return self.path / MANIFEST_FILE
 
     def register_probe(self, name: str, file: str, **details: Any) -> None:
         """Name a probe's raw file in the manifest (written at the next save)."""
@@ -206,7 +185,7 @@ def create_run_folder(
     config: Mapping[str, Any],
     targets: Sequence[str],
     labels: Mapping[str, str] | None = None,
-) -> RunFolder:
+) -> RunWriter:
     """Create ``parent/<run-id>/`` with ``raw/`` and a ``running`` manifest.
 
     ``labels``: the user's ``key=value`` labels (``--label``), kept as given.
@@ -223,10 +202,10 @@ def create_run_folder(
     path = parent / run_id
     try:
         path.mkdir()
-        (path / "raw").mkdir()
+        (path / RAW_DIR).mkdir()
     except OSError as exc:
         raise OutputFolderError(f"cannot create run folder {path}: {exc.strerror}") from exc
-    run = RunFolder(path=path, run_id=run_id)
+    run = RunWriter(path=path, run_id=run_id)
     run.manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "kind": "run",

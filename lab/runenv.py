@@ -1,4 +1,6 @@
-"""``measure lab up / status / down`` and the lab as ``measure run``'s default.
+"""The labs as ``measure run`` measures them: run environments
+(``harness.commands.run.RunEnvironment``), handed to the product by
+``lab/plugin.py``.
 
 When no hosts are configured (or ``--lab`` is given), ``measure run`` uses
 the emulated lab: a lab already started with ``measure lab up`` when one
@@ -15,66 +17,37 @@ or lab start (``lab.control.reap_orphans``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from migration_blackout.lab import control
-from migration_blackout.lab.control import LabError, LabState
-from migration_blackout.lab.qemu import control as qemu_control
-from migration_blackout.lab.qemu.control import QemuLabState
-from migration_blackout.lab.qemu.migration import MigrationSettings
+from migration_blackout.harness.backends import PreflightError
+from migration_blackout.harness.backends.qemu import (
+    SHARED_MEMORY,
+    QemuBackend,
+    QemuSide,
+    migration_settings,
+)
+from migration_blackout.harness.commands.run import PreparedRun
+from migration_blackout.harness.config import HostConfig, RunConfig
+from migration_blackout.harness.deadlines import Interrupt
+from migration_blackout.harness.guestagent import GuestAgentSetup
+from migration_blackout.harness.labseam import LabError
 
-from ..backends import PreflightError
-from ..backends.qemu import QemuBackend, QemuSide
-from ..config import HostConfig, RunConfig
-from ..deadlines import Interrupt
-from ..guestagent import GuestAgentSetup
-from .run import PreparedRun
+from . import control
+from .control import LabState
+from .desktop import GuestDesktop
+from .qemu import control as qemu_control
+from .qemu.control import QemuLabState
 
 T = TypeVar("T")
 LAB_STOP_DEADLINE_S = 30.0
-
-
-def up(
-    *, config: Path | None, seed: int | None, hypervisor: str = "hyperv"
-) -> tuple[dict[str, Any], bool]:
-    """Start the lab in the background (or find the running one); its public state."""
-    if hypervisor == "qemu":
-        if config is not None or seed is not None:
-            raise LabError("the QEMU lab takes no lab.toml or seed")
-        qemu_state, started = qemu_control.up()
-        return qemu_state.public(), started
-    state, started = control.up(config=config, seed=seed)
-    return state.public(), started
-
-
-def status(hypervisor: str = "hyperv") -> dict[str, Any]:
-    if hypervisor == "qemu":
-        qemu_state = qemu_control.read_state()
-        if qemu_state is None:
-            return {"running": False, "state_file": str(qemu_control.default_state_dir())}
-        return qemu_state.public()
-    state = control.read_state()
-    if state is None:
-        return {"running": False, "state_file": str(control.default_state_dir() / "lab.json")}
-    return state.public()
-
-
-def down(hypervisor: str | None = None) -> list[str]:
-    """Stop the lab(s); both kinds unless ``hypervisor`` names one."""
-    removed: list[str] = []
-    if hypervisor in (None, "qemu"):
-        removed += qemu_control.down()
-    if hypervisor in (None, "hyperv"):
-        removed += control.down()
-    return removed
 
 
 def run_config_for_lab(
@@ -140,9 +113,9 @@ def guest_agent_setup(
     interval_s: float = 1.0,
     witness_port: int | None = None,
 ) -> GuestAgentSetup:
-    """The receiver on the harness's side of the guest's link; the lab starts
-    the agent inside the guest namespace (answering the witnesses on
-    ``witness_port``)."""
+    """The receiver on the harness's side of the guest's link; the agent, with a
+    virtual X display and a clock, runs inside the guest's namespace (answering
+    the witnesses on ``witness_port``)."""
     guest = state.document["guest"]
     host, port = listen or (str(guest["harness_side_address"]), 0)
     return GuestAgentSetup(
@@ -150,7 +123,7 @@ def guest_agent_setup(
         listen_port=port,
         contact_deadline_s=contact_deadline_s,
         interval_s=interval_s,
-        lab_namespace=str(guest["namespace"]),
+        desktop=functools.partial(GuestDesktop, namespace=str(guest["namespace"])),
         witness_port=witness_port,
     )
 
@@ -281,7 +254,7 @@ class QemuLabForRun:
         self._serial: int | None = None
         self._private = _PrivateLab("measure-qemu-lab-")
         self._ram_dumps = tempfile.TemporaryDirectory(
-            prefix="mb-ram-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+            prefix="mb-ram-", dir=SHARED_MEMORY if SHARED_MEMORY.is_dir() else None
         )
 
     async def prepare(self, config: RunConfig, interrupt: Interrupt) -> PreparedRun:
@@ -316,16 +289,6 @@ class QemuLabForRun:
             self._ram_dumps.cleanup()
 
 
-def qemu_settings(config: RunConfig) -> MigrationSettings:
-    qemu = config.qemu
-    bandwidth = qemu.max_bandwidth_mib_s
-    return MigrationSettings(
-        downtime_limit_ms=qemu.downtime_limit_ms,
-        max_bandwidth=None if bandwidth is None else int(bandwidth * 1024 * 1024),
-        auto_converge=qemu.auto_converge,
-    )
-
-
 async def qemu_lab_backend(
     config: RunConfig, state: QemuLabState, *, after_serial: int | None, verify_dir: Path | None
 ) -> tuple[QemuBackend, QemuLabState]:
@@ -347,7 +310,7 @@ async def qemu_lab_backend(
     )
     backend = QemuBackend(
         sides,
-        settings=qemu_settings(config),
+        settings=migration_settings(config.qemu),
         verify_memory=verify_dir if config.qemu.verify_memory else None,
         memory_bytes=state.memory_bytes,
     )
@@ -377,34 +340,3 @@ def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) ->
         contact_deadline_s=contact_deadline_s,
         witness_port=QEMU_GUEST_WITNESS_PORT,
     )
-
-
-@contextlib.contextmanager
-def qemu_configured_run(config: RunConfig) -> Iterator[dict[str, Any]]:
-    """The arguments of a QEMU run (or session) on the QMP endpoints of ``[qemu]``."""
-    shm = Path("/dev/shm")
-    with tempfile.TemporaryDirectory(
-        prefix="mb-ram-", dir=shm if shm.is_dir() else None
-    ) as ram_dumps:
-        verify_dir = Path(ram_dumps) if config.qemu.verify_memory else None
-        first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
-        backend = QemuBackend(
-            (first, second), settings=qemu_settings(config), verify_memory=verify_dir
-        )
-
-        async def configured() -> QemuBackend:
-            return backend
-
-        yield {"config": config, "backend_factory": configured}
-
-
-__all__ = [
-    "HyperVLabForRun",
-    "LabError",
-    "QemuLabForRun",
-    "down",
-    "qemu_configured_run",
-    "run_config_for_lab",
-    "status",
-    "up",
-]
