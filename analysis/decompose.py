@@ -42,6 +42,7 @@ import pandas as pd
 
 from migration_blackout.analysis.clocks import NS_PER_MS, HarnessClock, parse_utc_ns
 from migration_blackout.analysis.console import ConsoleAnalysis, analyse_console
+from migration_blackout.analysis.direction import RestoreEdge
 from migration_blackout.analysis.guest import (
     FRAMES_SOURCE,
     GUEST_RECORD_COLUMNS,
@@ -202,6 +203,9 @@ class Decomposition:
     points: tuple[Point, ...]
     icmp_counts: tuple[WindowCounts, ...]
     notes: tuple[str, ...] = ()
+    # The reconvergence per direction, from the direction probe's edges.
+    inbound_reconvergence: Component | None = None
+    outbound_reconvergence: Component | None = None
 
     def point(self, letter: str) -> Point:
         return next(p for p in self.points if p.letter == letter)
@@ -536,6 +540,33 @@ def _reconvergence(
         end=end,
         note=note,
         detail={"resume_source": resume_source},
+    )
+
+
+def direction_reconvergence(
+    direction: str, edge: RestoreEdge | None, reconvergence: Component | None
+) -> Component | None:
+    """``direction`` ("inbound": to the guest, "outbound": from it) came back
+    ``edge`` (the direction probe's, harness clock): its reconvergence is
+    ``edge - resume``, the resume the one ``network_reconvergence`` used."""
+    if edge is None or reconvergence is None or reconvergence.start is None:
+        return None
+    resume = reconvergence.start
+    assert resume.lo_mono_ns is not None and resume.hi_mono_ns is not None
+    upper = (edge.by_mono_ns - resume.lo_mono_ns) / NS_PER_MS
+    note = None
+    if upper < 0:
+        note = f"{direction} answered before the resume: the witnesses disagree"
+        upper = 0.0
+    return Component(
+        name=f"{direction}_reconvergence",
+        source=f"{edge.source} {direction} edge - {reconvergence.detail['resume_source']} resume",
+        lower_ms=max(0, edge.after_mono_ns - resume.hi_mono_ns) / NS_PER_MS,
+        upper_ms=upper,
+        start=resume,
+        end=Instant.between(edge.after_mono_ns, edge.by_mono_ns),
+        note=note,
+        detail={"resume_source": reconvergence.detail["resume_source"], "edge_source": edge.source},
     )
 
 
@@ -1039,6 +1070,8 @@ def decomposition_to_json(decomposition: Decomposition, timeline: Timeline) -> d
         "guest_execution_gap": _component_json(decomposition.guest_execution_gap, timeline),
         "network_outage": _component_json(decomposition.network_outage, timeline),
         "network_reconvergence": _component_json(decomposition.network_reconvergence, timeline),
+        "inbound_reconvergence": _component_json(decomposition.inbound_reconvergence, timeline),
+        "outbound_reconvergence": _component_json(decomposition.outbound_reconvergence, timeline),
         "console_blackout": _component_json(decomposition.console_blackout, timeline),
         "points": {p.letter: _point_json(p, timeline) for p in decomposition.points},
         "icmp_counts": None

@@ -3,7 +3,8 @@
 ``derive`` reads the run folder's raw files once (``build_timeline`` reads
 each of them and puts every record on the harness's clock) and makes from
 that one reading every analysis the outputs need: the ICMP blackout, the
-guest agent's gaps, the console blackout, QEMU's own record, and the
+guest agent's gaps, the console blackout, QEMU's own record, the witnesses
+(TCP connects, the TCP stream, the direction probe), and the
 decomposition (with the hypervisor's events: QEMU's STOP -> RESUME when no
 host was polled). ``Derived`` holds them; ``summary.json``
 (``analysis.summary.summary_document``), the timeline plots
@@ -15,12 +16,13 @@ on a figure. ``analysis.rebuild.rebuild_derived`` writes them all.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from migration_blackout.analysis.console import ConsoleAnalysis, analyse_console
 from migration_blackout.analysis.decompose import (
     Decomposition,
     decompose,
+    direction_reconvergence,
     has_witnesses,
     qemu_component,
 )
@@ -38,6 +40,7 @@ from migration_blackout.analysis.timeline import (
     analyse_timeline_icmp,
     build_timeline,
 )
+from migration_blackout.analysis.witness_summary import WitnessAnalysis, analyse_witnesses
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,10 +50,13 @@ class Derived:
     ``icmp``: None when the run has no ICMP probe, or its file is missing (a run
     that did not complete). ``guest``: a stream is None when its file is
     absent. ``console``: None without the console-view probe. ``qemu``: None
-    when QEMU did not run. ``decomposition``: always made (the plots draw it);
-    summary.json carries it only for runs with more witnesses than ICMP
-    (``has_witnesses``). ``raw_warnings``: the raw lines skipped while reading,
-    one message per file.
+    when QEMU did not run. ``witnesses``: the TCP connects, the TCP stream and
+    the direction probe's edges (summary.json's ``tcp`` block, the plot's lane
+    'what applications felt'). ``decomposition``: always made (the plots draw
+    it), its reconvergence split per direction when the direction probe saw
+    both come back; summary.json carries it only for runs with more witnesses
+    than ICMP (``has_witnesses``). ``raw_warnings``: the raw lines skipped
+    while reading, one message per file.
     """
 
     timeline: Timeline
@@ -59,6 +65,7 @@ class Derived:
     console: ConsoleAnalysis | None
     qemu: QemuRecords | None
     decomposition: Decomposition
+    witnesses: WitnessAnalysis = field(default_factory=WitnessAnalysis)
     raw_warnings: tuple[str, ...] = ()  # raw lines skipped, not records (RawDataWarning)
 
     @property
@@ -104,6 +111,15 @@ def _derive(folder: RunData) -> Derived:
     decomposition = decompose(
         timeline, hypervisor_events=qemu_component(qemu), icmp=icmp, console=console
     )
+    witnesses = analyse_witnesses(folder.path)
+    if witnesses.restored is not None:
+        inbound, outbound = witnesses.restored
+        reconvergence = decomposition.network_reconvergence
+        decomposition = replace(
+            decomposition,
+            inbound_reconvergence=direction_reconvergence("inbound", inbound, reconvergence),
+            outbound_reconvergence=direction_reconvergence("outbound", outbound, reconvergence),
+        )
     return Derived(
         timeline=timeline,
         icmp=icmp,
@@ -111,4 +127,5 @@ def _derive(folder: RunData) -> Derived:
         console=console,
         qemu=qemu,
         decomposition=decomposition,
+        witnesses=witnesses,
     )

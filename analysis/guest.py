@@ -231,7 +231,8 @@ def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:
     """The slow path for a file with bad rows: each row checked, bad ones skipped."""
     lines = data.split(b"\n")[:-1]
     names = lines[0].decode("utf-8", errors="replace").strip().split(",") if lines else []
-    if names != list(HEARTBEAT.columns):
+    # Files before heartbeat version 2 lack its last two columns (late_ns, work_ns).
+    if names not in (list(HEARTBEAT.columns), list(HEARTBEAT.columns[:-2])):
         raise RunFormatError(f"{path} has columns {names}; expected {list(HEARTBEAT.columns)}")
     rows: list[list[Any]] = []
     skipped, first = 0, ""
@@ -242,7 +243,10 @@ def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:
                 raise ValueError(f"{len(fields)} fields")
             row: list[Any] = []
             for name, text in zip(names, fields, strict=True):
-                if HEARTBEAT.dtypes[name] == "int64":
+                dtype = HEARTBEAT.dtypes[name]
+                if dtype == "Int64" and text == "":
+                    row.append(None)  # a version 1 heartbeat in a version 2 file
+                elif dtype in ("int64", "Int64"):
                     value = int(text)
                     if not _INT64[0] <= value <= _INT64[1]:
                         raise ValueError(f"{name} out of range")
@@ -257,7 +261,7 @@ def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:
     if skipped:
         warn_skipped(str(path), skipped, first)
     frame = pd.DataFrame(rows, columns=names)
-    return frame.astype(dict(HEARTBEAT.dtypes))
+    return frame.astype({name: HEARTBEAT.dtypes[name] for name in names})
 
 
 def load_frames(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -58,6 +58,7 @@ from migration_blackout.analysis.timeline import (
     Timeline,
     target_attempts,
 )
+from migration_blackout.analysis.witness_summary import WitnessBar, witness_bars
 from migration_blackout.runformat import (
     DERIVED_DIR,
     TIMELINE_PNG,
@@ -816,7 +817,22 @@ def _mark_points(
     return "; ".join(f"{', '.join(letters)} {why}" for why, letters in missing.items())
 
 
-def _lanes(timeline: Timeline) -> list[tuple[str, str, float]]:
+def _draw_witnesses(ax: Axes, view: _View, bars: Sequence[WitnessBar]) -> None:
+    """One row per witness bar: the upper bound light, the lower bound dark."""
+    colour = WINDOW_COLOURS["network_reconvergence"]
+    for row, bar in enumerate(bars):
+        lo, hi = view.visible(bar.upper_start_ns, bar.upper_end_ns)
+        ax.broken_barh([(lo, hi - lo)], (row - 0.3, 0.6), color=colour, alpha=0.3, lw=0)
+        start, end = bar.lower_start_ns, bar.lower_end_ns
+        if start is not None and end is not None and start < end:
+            lo, hi = view.visible(start, end, 1.0)
+            ax.broken_barh([(lo, hi - lo)], (row - 0.3, 0.6), color=colour, alpha=0.8, lw=0)
+    ax.set_yticks(range(len(bars)), [bar.label for bar in bars], fontsize=7)
+    ax.set_ylim(len(bars) - 0.5, -0.5)
+    ax.set_ylabel("what\napplications\nfelt", fontsize=8)
+
+
+def _lanes(timeline: Timeline, bars: Sequence[WitnessBar]) -> list[tuple[str, str, float]]:
     """(kind, name, height) of each lane in order."""
     lanes = [("windows", "", 1.3)]
     polls = timeline.polls
@@ -836,11 +852,19 @@ def _lanes(timeline: Timeline) -> list[tuple[str, str, float]]:
         lanes.append(("frames", "", 1.6))
     if (timeline.events["lane"] == EVENTS_LANE).any():
         lanes.append(("events", "", 2.0))
+    if bars:
+        lanes.append(("witnesses", "", 0.25 + 0.2 * len(bars)))
     return lanes
 
 
-def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title: str) -> Figure:
-    lanes = _lanes(timeline)
+def _figure(
+    timeline: Timeline,
+    decomposition: Decomposition,
+    view: _View,
+    title: str,
+    bars: Sequence[WitnessBar] = (),
+) -> Figure:
+    lanes = _lanes(timeline, bars)
     heights = [h for _, _, h in lanes]
     height_in = 1.75 + 1.05 * sum(heights)
     figure = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
@@ -881,6 +905,9 @@ def _figure(timeline: Timeline, decomposition: Decomposition, view: _View, title
             _draw_heartbeat(ax, view, timeline.heartbeats)
         elif kind == "frames":
             _shade(ax, view, guest_or_host, WINDOW_COLOURS["guest_execution_gap"])
+        elif kind == "witnesses":
+            _shade(ax, view, decomp.network_outage, WINDOW_COLOURS["network_outage"])
+            _draw_witnesses(ax, view, bars)
         elif kind == "events":
             _shade(ax, view, decomp.hypervisor_blackout, WINDOW_COLOURS["hypervisor_blackout"])
             labels += [[label] for label in _draw_events(figure, ax, view, timeline.events)]
@@ -937,9 +964,14 @@ def _bins_for(width_in: float) -> int:
 
 
 def timeline_figures(
-    timeline: Timeline, decomposition: Decomposition, *, zoom_s: float = ZOOM_S
+    timeline: Timeline,
+    decomposition: Decomposition,
+    *,
+    zoom_s: float = ZOOM_S,
+    bars: Sequence[WitnessBar] = (),
 ) -> tuple[Figure, Figure | None]:
-    """The whole-run figure and the zoom on the blackout (None without a blackout)."""
+    """The whole-run figure and the zoom on the blackout (None without a blackout);
+    ``bars``: the lane 'what applications felt' (``witness_bars``), none by default."""
     first, last = timeline.span_ns()
     if last <= first:
         last = first + NS_PER_S
@@ -951,7 +983,7 @@ def timeline_figures(
         hosts = f"{timeline.source_host} -> {timeline.destination_host}"
     what = " ".join(part for part in (timeline.vm, hosts) if part)
     title = f"{timeline.run.manifest.run_id}: {what}" if what else timeline.run.manifest.run_id
-    whole = _figure(timeline, decomposition, overview, title)
+    whole = _figure(timeline, decomposition, overview, title, bars)
 
     span = _blackout_span(decomposition)
     if span is None:
@@ -970,7 +1002,7 @@ def timeline_figures(
         f"{_utc_label(timeline.clock.utc_ns(zoom.x1_ns), 23)} UTC "
         f"({(zoom.x1_ns - zoom.x0_ns) / NS_PER_S:.1f} s)"
     )
-    return whole, _figure(timeline, decomposition, zoom, f"{title}\n{window}")
+    return whole, _figure(timeline, decomposition, zoom, f"{title}\n{window}", bars)
 
 
 def write_timeline_figures(
@@ -979,7 +1011,11 @@ def write_timeline_figures(
     """Write ``timeline.png``, ``timeline.svg`` and ``timeline-zoom.png`` of a derived run
     into ``out_dir`` (default: the run folder's ``derived/``); return the paths written
     (no zoom without a blackout)."""
-    whole, zoom = timeline_figures(derived.timeline, derived.decomposition, zoom_s=zoom_s)
+    # The witnesses no peer has (TCP, direction of loss), one row each.
+    bars = witness_bars(derived.witnesses)
+    whole, zoom = timeline_figures(
+        derived.timeline, derived.decomposition, zoom_s=zoom_s, bars=bars
+    )
     out = derived.run.path / DERIVED_DIR if out_dir is None else Path(out_dir)
     written = [
         replace_file(out / OVERVIEW_PNG, _saver(whole, "png", {"Software": None})),

@@ -153,6 +153,7 @@ def format_summary_table(summary: Mapping[str, Any], *, max_outages_per_target: 
             f"{blackout['unreachable_outside']} unreachable, {blackout['errors_outside']} errors"
         )
     lines.extend(_witnesses(summary))
+    lines.extend(_applications(summary))
     return "\n".join(lines) + "\n"
 
 
@@ -229,6 +230,18 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
                 reconvergence.get("source", ""),
             ]
         )
+    for direction in ("inbound", "outbound"):
+        split = decomposition.get(f"{direction}_reconvergence")
+        if split and split.get("lower_ms") is not None:
+            towards = "to the guest" if direction == "inbound" else "from the guest"
+            rows.append(
+                [
+                    f"  {direction} back ({towards})",
+                    _number(split["lower_ms"]),
+                    _number(split.get("upper_ms")),
+                    split.get("source", ""),
+                ]
+            )
     if not rows:
         return []
     lines = ["", "Downtime by witness (ms)"]
@@ -259,4 +272,58 @@ def _witnesses(summary: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"  migration {hyperv.get('vm')}: {hyperv['source']} -> {hyperv.get('destination')}"
         )
+    return lines
+
+
+def _applications(summary: Mapping[str, Any]) -> list[str]:
+    """What applications felt: the TCP connect outages and the stream's stalls."""
+    tcp = summary.get("tcp") or {}
+    rows = []
+    for name, port in (tcp.get("connect") or {}).items():
+        longest = port.get("longest")
+        if longest is None:
+            none_failed = f"{port['attempts']} attempts, none failed"
+            rows.append([f"TCP connect {name}", "-", "-", none_failed])
+            continue
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(longest["outcomes"].items()))
+        rows.append(
+            [
+                f"TCP connect {name}",
+                _number(longest["lower_ms"]),
+                _number(longest.get("upper_ms")),
+                f"no new connection: {longest['failed']} attempts failed ({outcomes})",
+            ]
+        )
+    stream = tcp.get("stream")
+    if stream:
+        for direction in ("inbound", "outbound"):
+            stall = stream.get(direction)
+            if stall:
+                note = "still stalled at the end" if stall.get("open_end") else ""
+                rows.append(
+                    [
+                        f"TCP stream stall, {direction}",
+                        _number(stall["lower_ms"]),
+                        _number(stall["upper_ms"]),
+                        note,
+                    ]
+                )
+    if not rows:
+        return []
+    lines = ["", "What applications felt (ms)"]
+    lines.extend(text_table(["witness", "lower", "upper", "note"], rows, align="lrrl"))
+    if stream:
+        survived = "survived" if stream["survived"] else "broke"
+        lines.append(
+            f"  the TCP stream {survived} ({stream['connections']} connection"
+            f"{'s' if stream['connections'] != 1 else ''})"
+        )
+        beyond = stream.get("beyond_blackout")
+        if beyond and beyond.get("beyond_ms") is not None:
+            lines.append(
+                f"  stall beyond the ICMP blackout: {_number(beyond['beyond_ms'])} ms "
+                f"(bounds {_number(beyond['lower_ms'])} .. {_number(beyond.get('upper_ms'))})"
+            )
+        if stream.get("explanation"):
+            lines.append(f"  {stream['explanation']}")
     return lines

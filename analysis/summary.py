@@ -21,6 +21,7 @@ from migration_blackout.analysis.icmp import BlackoutWindow, Outage, TargetIcmpS
 from migration_blackout.analysis.outputs import replace_text
 from migration_blackout.analysis.qemu import qemu_summary
 from migration_blackout.analysis.rundata import manifest_icmp_interval_s
+from migration_blackout.analysis.witness_summary import tcp_summary
 from migration_blackout.runformat import (
     CONSOLE,
     SUMMARY_FILE,
@@ -163,6 +164,7 @@ def summary_document(derived: Derived) -> dict[str, Any]:
         "decomposition": decomposition_to_json(derived.decomposition, timeline)
         if derived.has_witnesses
         else None,
+        "tcp": tcp_summary(derived.witnesses, blackout=blackout),
         "ground_truth": None
         if timeline.ground_truth is None
         else truth_summary(timeline.ground_truth),

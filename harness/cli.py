@@ -276,6 +276,7 @@ class _RunCommand(_SectionedCommand):
             (
                 *("interval_ms", "poll_ms", "guest_agent"),
                 *("agent_listen", "agent_wait", "agent_interval"),
+                *("tcp_connect", "witnesses"),
             ),
         ),
         (
@@ -468,6 +469,20 @@ def main() -> None:
     help="Seconds to wait for the agent's first frame and heartbeat.",
 )
 @click.option(
+    "--tcp-connect",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    metavar="PORT",
+    help="Connect to this TCP port of the guest every 50 ms (repeatable; e.g. 3389, "
+    "Remote Desktop) [default: [probes.tcp_connect] ports].",
+)
+@click.option(
+    "--witnesses/--no-witnesses",
+    default=None,
+    help="With --guest-agent: the agent's direction probe and TCP stream (what an "
+    "application's connection feels) [default: [probes.witnesses] enabled].",
+)
+@click.option(
     "--repeat",
     type=click.IntRange(min=1),
     default=1,
@@ -519,6 +534,8 @@ def run(
     agent_listen: str | None,
     agent_wait: float,
     agent_interval: float,
+    tcp_connect: tuple[int, ...],
+    witnesses: bool | None,
     repeat: int,
     ping_pong: bool,
     out: Path,
@@ -568,10 +585,16 @@ def run(
             auto_converge=auto_converge,
             verify_memory=verify_memory,
             auth=auth,
+            tcp_connect_ports=tcp_connect or None,
+            witnesses=witnesses,
         )
     except ConfigError as exc:
         _fail(str(exc))
     use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
+    qemu_lab = config.hypervisor == "qemu" and use_lab  # its guest answers them itself
+    if config.probes.witnesses and not guest_agent and not qemu_lab:
+        raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
+    witness_port = config.probes.witness_port if config.probes.witnesses else None
     if use_lab or config.hypervisor == "qemu":
         forget_secrets()  # no Hyper-V password is read: nothing the run starts inherits one
     listen = None if agent_listen is None else _parse_listen(agent_listen)
@@ -609,6 +632,7 @@ def run(
                     agent_listen=listen,
                     agent_wait_s=agent_wait,
                     agent_interval_s=agent_interval,
+                    witness_port=witness_port,
                 )
             )
             result = execute(config=config, environment=environment, **kwargs)
@@ -645,6 +669,7 @@ def run(
                     listen_port=agent_port,
                     contact_deadline_s=agent_wait,
                     interval_s=agent_interval,
+                    witness_port=witness_port,
                     advertise_host=address_towards(config.guest_addresses[0])
                     if agent_host in ("0.0.0.0", "::") and config.guest_addresses
                     else None,
@@ -788,6 +813,19 @@ def _print_session(result: Any, as_json: bool) -> None:
     show_default=True,
     help="Seconds to wait for the agent's first frame and heartbeat.",
 )
+@click.option(
+    "--tcp-connect",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    metavar="PORT",
+    help="Connect to this TCP port of the guest every 50 ms (repeatable; e.g. 3389).",
+)
+@click.option(
+    "--witnesses",
+    is_flag=True,
+    help="With --guest-agent: the agent's direction probe and TCP stream (start the agent "
+    "with --witness-port 47601).",
+)
 @click.option("--label", "labels", multiple=True, callback=_parse_labels, help=LABEL_HELP)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the summary document as JSON, with run_dir."
@@ -802,6 +840,8 @@ def watch(
     guest_agent: bool,
     agent_listen: str,
     agent_wait: float,
+    tcp_connect: tuple[int, ...],
+    witnesses: bool,
     out: Path,
     labels: dict[str, str],
     as_json: bool,
@@ -815,9 +855,13 @@ def watch(
     from migration_blackout.runformat import RunStatus
 
     from .commands import watch as watch_command
+    from .config import ProbeConfig
     from .guestagent import GuestAgentSetup, ProbesNotReadyError, address_towards
     from .runwriter import OutputFolderError, describe_error
 
+    if witnesses and not guest_agent:
+        raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
+    probes = ProbeConfig(tcp_connect_ports=tuple(tcp_connect), witnesses=witnesses)
     forget_secrets()  # no password is read here: no child inherits one
     terminal = _Terminal()
     setup = None
@@ -830,6 +874,7 @@ def watch(
             advertise_host=address_towards(targets[0])
             if listen_host in ("0.0.0.0", "::")
             else None,
+            witness_port=probes.witness_port if witnesses else None,
         )
 
     def announce(message: str) -> None:
@@ -849,6 +894,7 @@ def watch(
             progress=terminal.watch_progress,
             labels=labels,
             extra_config={"target_names": ctx.meta.get("target_names") or {}},
+            witness_probes=probes,
         )
     except (OutputFolderError, IcmpPermissionError) as exc:
         terminal.close()
@@ -991,6 +1037,12 @@ def analyze(paths: tuple[Path, ...], as_json: bool) -> None:
     default=None,
     help="Median rise over the baseline that counts as a regression [default: 10].",
 )
+@click.option(
+    "--max-tcp-stall-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Fail a run whose TCP stream stalled longer than this (upper bound; --witnesses runs).",
+)
 def report(
     run_dirs: tuple[Path, ...],
     baseline_dirs: tuple[Path, ...],
@@ -1003,6 +1055,7 @@ def report(
     max_blackout_ms: float | None,
     max_timeouts: int | None,
     max_regression_pct: float | None,
+    max_tcp_stall_ms: float | None,
 ) -> None:
     """Compare runs (against a baseline) and judge them against thresholds.
 
@@ -1033,6 +1086,9 @@ def report(
             max_regression_pct=max_regression_pct
             if max_regression_pct is not None
             else configured.max_regression_pct,
+            max_tcp_stall_ms=max_tcp_stall_ms
+            if max_tcp_stall_ms is not None
+            else configured.max_tcp_stall_ms,
         )
     except ValueError as exc:
         _fail(str(exc))

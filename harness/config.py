@@ -118,6 +118,14 @@ class ProbeConfig:
     # failed; the session is then reopened (pypsrp's pool is unusable after a
     # read timeout).
     host_call_timeout_s: float = 20.0
+    # [probes.tcp_connect]: TCP connects to these ports of the guest (none: off).
+    tcp_connect_ports: tuple[int, ...] = ()
+    tcp_connect_interval_s: float = 0.050
+    tcp_connect_timeout_s: float = 0.5
+    # [probes.witnesses]: with the guest agent, its direction probe and TCP stream.
+    witnesses: bool = False
+    witness_port: int = 47601
+    witness_interval_s: float = 0.010
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,37 @@ class RunConfig:
             },
             "origin": self.origin,
         }
+
+
+def check_ports(ports: Sequence[int], where: str) -> tuple[int, ...]:
+    if any(isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536 for p in ports):
+        raise ConfigError(f"{where}: ports must be numbers 1-65535, not {list(ports)!r}")
+    return tuple(ports)
+
+
+def _witness_settings(probes_doc: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """``[probes.tcp_connect]`` and ``[probes.witnesses]`` as ProbeConfig fields."""
+    connect = probes_doc.get("tcp_connect", {})
+    where = f"{origin}: [probes.tcp_connect]"
+    _reject_unknown(connect, {"ports", "interval_ms", "timeout_ms"}, where)
+    witnesses = probes_doc.get("witnesses", {})
+    where_w = f"{origin}: [probes.witnesses]"
+    _reject_unknown(witnesses, {"enabled", "port", "interval_ms"}, where_w)
+    settings: dict[str, Any] = {}
+    if "ports" in connect:
+        settings["tcp_connect_ports"] = check_ports(_expect(connect, "ports", list, where), where)
+    if (interval := _ms(connect, "interval_ms", where)) is not None:
+        settings["tcp_connect_interval_s"] = interval
+    if (timeout := _ms(connect, "timeout_ms", where)) is not None:
+        settings["tcp_connect_timeout_s"] = timeout
+    if "enabled" in witnesses:
+        settings["witnesses"] = _expect(witnesses, "enabled", bool, where_w)
+    if "port" in witnesses:
+        port = _expect(witnesses, "port", int, where_w)
+        (settings["witness_port"],) = check_ports([port], where_w)
+    if (interval := _ms(witnesses, "interval_ms", where_w)) is not None:
+        settings["witness_interval_s"] = interval
+    return settings
 
 
 def _expect(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -359,7 +398,9 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
             raise ConfigError(f"{origin}: [guest] {problem}")
 
     probes_doc = document.get("probes", {})
-    _reject_unknown(probes_doc, {"icmp", "host_state"}, f"{origin}: [probes]")
+    _reject_unknown(
+        probes_doc, {"icmp", "host_state", "tcp_connect", "witnesses"}, f"{origin}: [probes]"
+    )
     icmp = probes_doc.get("icmp", {})
     _reject_unknown(icmp, {"interval_ms", "timeout_ms"}, f"{origin}: [probes.icmp]")
     host_state = probes_doc.get("host_state", {})
@@ -371,6 +412,7 @@ def parse_config(document: Mapping[str, Any], origin: str = "<config>") -> RunCo
         or 0.100,
         host_call_timeout_s=_ms(host_state, "timeout_ms", f"{origin}: [probes.host_state]") or 20.0,
     )
+    probes = replace(probes, **_witness_settings(probes_doc, origin))
     if probes.host_call_timeout_s < 2:
         raise ConfigError(
             f"{origin}: [probes.host_state] timeout_ms must be at least 2000 (WinRM's "
@@ -485,6 +527,8 @@ def apply_overrides(
     icmp_interval_s: float | None = None,
     icmp_timeout_s: float | None = None,
     host_poll_interval_s: float | None = None,
+    tcp_connect_ports: Sequence[int] | None = None,
+    witnesses: bool | None = None,
     include_storage: bool | None = None,
     destination_storage_path: str | None = None,
     timeout_s: float | None = None,
@@ -493,6 +537,7 @@ def apply_overrides(
     max_blackout_ms: float | None = None,
     max_timeouts: int | None = None,
     max_regression_pct: float | None = None,
+    max_tcp_stall_ms: float | None = None,
     downtime_limit_ms: int | None = None,
     max_bandwidth_mib_s: float | None = None,
     auto_converge: bool | None = None,
@@ -514,6 +559,8 @@ def apply_overrides(
         icmp_interval_s=icmp_interval_s,
         icmp_timeout_s=icmp_timeout_s,
         host_poll_interval_s=host_poll_interval_s,
+        tcp_connect_ports=None if tcp_connect_ports is None else tuple(tcp_connect_ports),
+        witnesses=witnesses,
     )
     migration = _given(
         include_storage=include_storage,
@@ -526,6 +573,7 @@ def apply_overrides(
         max_blackout_ms=max_blackout_ms,
         max_timeouts=max_timeouts,
         max_regression_pct=max_regression_pct,
+        max_tcp_stall_ms=max_tcp_stall_ms,
     )
     qemu = _given(
         downtime_limit_ms=downtime_limit_ms,

@@ -39,7 +39,8 @@ class GuestDesktop(Protocol):
 
 
 class GuestDesktopFactory(Protocol):
-    """How a lab starts the agent in its guest, sending to ``receiver_url``."""
+    """How a lab starts the agent in its guest, sending to ``receiver_url``
+    (answering the witnesses on ``witness_port`` when it is set)."""
 
     def __call__(
         self,
@@ -49,6 +50,7 @@ class GuestDesktopFactory(Protocol):
         log_path: Path,
         interval_s: float,
         heartbeat_hz: float,
+        witness_port: int | None,
     ) -> GuestDesktop: ...
 
 
@@ -73,6 +75,7 @@ class GuestAgentSetup:
     in_guest: bool = False
     token: str | None = None  # a token the guest already has (else a new one)
     frames: bool = True  # wait for frames as well as heartbeats
+    witness_port: int | None = None  # the agent answers the witnesses on this port
 
 
 def address_towards(target: str) -> str | None:
@@ -129,6 +132,7 @@ class GuestAgentSession:
                 log_path=self.run.raw / "guest_agent_output.txt",
                 interval_s=self.setup.interval_s,
                 heartbeat_hz=self.setup.heartbeat_hz,
+                witness_port=self.setup.witness_port,
             )
             await asyncio.to_thread(self.desktop.start)
             self.announce("the lab started the agent inside the guest")
@@ -137,6 +141,11 @@ class GuestAgentSession:
                 "start the agent in the guest: "
                 f"MB_AGENT_TOKEN={self.token} python guest_agent.py --url {url} "
                 f"--interval {self.setup.interval_s:g}"
+                + (
+                    ""
+                    if self.setup.witness_port is None
+                    else f" --witness-port {self.setup.witness_port}"
+                )
             )
         try:
             async with asyncio.timeout(self.setup.contact_deadline_s):

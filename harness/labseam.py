@@ -56,7 +56,9 @@ class LabRequest:
     another VM than the lab's own. The agent's settings: ``guest_agent`` asks
     for the in-guest agent (the QEMU lab's guest always sends its heartbeat),
     ``agent_listen`` is where its receiver listens (default: the lab's link),
-    ``agent_wait_s`` how long it waits for the agent's first contact.
+    ``agent_wait_s`` how long it waits for the agent's first contact;
+    ``witness_port``, when set, is where the agent answers the witnesses
+    (``measure run --witnesses``; the QEMU lab's guest always answers them).
     """
 
     config: RunConfig
@@ -67,6 +69,7 @@ class LabRequest:
     agent_listen: tuple[str, int] | None = None
     agent_wait_s: float = 60.0
     agent_interval_s: float = 1.0
+    witness_port: int | None = None
 
 
 class LabPlugin(Protocol):

@@ -284,6 +284,7 @@ class GuestDesktop:
         heartbeat_hz: float = 100.0,
         size: tuple[int, int] = (640, 480),
         python: str = sys.executable,
+        witness_port: int | None = None,
     ) -> None:
         self._prefix = ["ip", "netns", "exec", namespace]
         self._receiver_url = receiver_url
@@ -293,6 +294,7 @@ class GuestDesktop:
         self._heartbeat_hz = heartbeat_hz
         self._size = size
         self._python = python
+        self._witness_port = witness_port
         self._xvfb: XvfbDisplay | None = None
         self._clock: subprocess.Popen[bytes] | None = None
         self._agent: subprocess.Popen[bytes] | None = None
@@ -336,6 +338,11 @@ class GuestDesktop:
                     str(self._heartbeat_hz),
                     "--drain",
                     "5",
+                    *(
+                        ()
+                        if self._witness_port is None
+                        else ("--witness-port", str(self._witness_port))
+                    ),
                 ],
                 env={**env, "MB_AGENT_TOKEN": self._token},
                 stdin=subprocess.DEVNULL,

@@ -15,7 +15,17 @@
   the guest sends in the network-reconvergence window is dropped silently,
   as on a real network that has not yet learnt where the VM went;
 * ``network_restored``: the link filter passes traffic again, then echo
-  requests are answered again.
+  requests are answered again; ``link_restored`` lights one direction of the
+  link filter before the other (inbound and outbound reconverging apart);
+* ``brownout_start`` / ``brownout_end``: during pre-copy the guest's dirtying
+  workload (``lab/services.py dirty``) runs and the guest is throttled as
+  QEMU's auto-converge throttles a guest that dirties memory faster than it
+  can be copied: the injector lets the guest's processes run only
+  ``cpu_share`` of every 13 ms (SIGSTOP / SIGCONT), so the agent's rate of
+  work drops, as in a guest slowed by pre-copy.
+
+The guest also runs its services from the start: a TCP listener on 3389
+(Remote Desktop on a Windows guest) for the harness's TCP connect probe.
 
 Each returns the moment it took effect: for the network edges the midpoint of
 the clock readings around the sysctl write inside the namespace (the echo
@@ -28,8 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import select
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -39,6 +53,50 @@ from .injector import LINK_DIRECTIONS, BlackoutInjector, LinkStamp, WriteStamp
 from .netns import GuestNamespace
 
 LAB_PREFIX = "mbl-"
+REMOTE_DESKTOP_PORT = 3389
+SERVICES = Path(__file__).resolve().with_name("services.py")
+DIRTY_MIB = 32
+# The throttle's period: not a divisor or multiple of the agent's 10 ms
+# heartbeat, so every heartbeat meets the throttle at another phase.
+THROTTLE_PERIOD_S = 0.013
+
+
+def start_guest_service(namespace: str, *args: str) -> subprocess.Popen[str]:
+    """``lab/services.py ARGS`` inside the namespace, once it said hello."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, sys.executable, "-I", str(SERVICES), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+    line = proc.stdout.readline() if ready else ""
+    if '"hello"' not in line:
+        stop_guest_service(proc)
+        raise RuntimeError(f"lab/services.py {' '.join(args)} did not start in {namespace}")
+    json.loads(line)
+    return proc
+
+
+def stop_guest_service(proc: subprocess.Popen[str] | None) -> None:
+    """Stop a process ``start_guest_service`` started (continued first if frozen)."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGCONT)  # a frozen guest's process must run to end
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def namespace_pids(name: str) -> list[int]:
@@ -73,6 +131,9 @@ class NetnsGuest:
         self._lock = threading.Lock()
         self._stopped: list[int] = []
         self.frozen = False
+        self._services: subprocess.Popen[str] | None = None
+        self._dirtier: subprocess.Popen[str] | None = None
+        self._dark: set[str] = set()  # link directions dark now
 
     @property
     def address(self) -> str:
@@ -88,8 +149,15 @@ class NetnsGuest:
         try:
             self.namespace.create_link_filter()
             self._injector = self.namespace.start_injector(truth_path=self._truth_path)
+            self._services = start_guest_service(
+                self.namespace.name, "listen", str(REMOTE_DESKTOP_PORT)
+            )
+            # The dirtying workload waits for pre-copy (a line "go").
+            self._dirtier = start_guest_service(
+                self.namespace.name, "dirty", "--mib", str(DIRTY_MIB)
+            )
         except BaseException:
-            self.namespace.destroy()
+            self.destroy()
             raise
         return self
 
@@ -99,6 +167,9 @@ class NetnsGuest:
         outlive it), then remove the namespace. Idempotent."""
         if self.frozen:
             self._continue_all()
+        for proc in (self._dirtier, self._services):
+            stop_guest_service(proc)
+        self._dirtier = self._services = None
         spared = {os.getpid()} | ({self._injector.pid} if self._injector is not None else set())
         for pid in namespace_pids(self.namespace.name):
             if pid not in spared:
@@ -158,6 +229,7 @@ class NetnsGuest:
             self.frozen = True
             pids = list(self._stopped)
         stamp = await asyncio.to_thread(lambda: injector.dark(stop_pids=pids, link=LINK_DIRECTIONS))
+        self._dark = set(LINK_DIRECTIONS)
         return _pair(stamp)
 
     async def thaw(self) -> ClockPair:
@@ -165,4 +237,44 @@ class NetnsGuest:
 
     async def network_restored(self) -> ClockPair:
         injector = self._require_injector()
-        return _pair(await asyncio.to_thread(lambda: injector.light(link=LINK_DIRECTIONS)))
+        dark = [d for d in LINK_DIRECTIONS if d in self._dark] or list(LINK_DIRECTIONS)
+        self._dark.clear()
+        return _pair(await asyncio.to_thread(lambda: injector.light(link=dark)))
+
+    async def link_restored(self, direction: str) -> ClockPair:
+        """Light one direction of the link filter (echo stays unanswered: a
+        ping needs both); the midpoint of the clock readings around it."""
+        injector = self._require_injector()
+        stamp = await asyncio.to_thread(lambda: injector.link("light", (direction,)))
+        self._dark.discard(direction)
+        return ClockPair(
+            mono_ns=(stamp.before_mono_ns + stamp.after_mono_ns) // 2,
+            utc_ns=(stamp.before_utc_ns + stamp.after_utc_ns) // 2,
+        )
+
+    async def brownout_start(self, cpu_share: float) -> ClockPair | None:
+        """Start the guest's dirtying workload and throttle the guest to
+        ``cpu_share`` of every period; the moment the throttle began."""
+        injector = self._require_injector()
+        return await asyncio.to_thread(self._brownout_start, injector, cpu_share)
+
+    def _brownout_start(self, injector: BlackoutInjector, cpu_share: float) -> ClockPair:
+        stamp = injector.throttle(self.guest_pids(), cpu_share, THROTTLE_PERIOD_S)
+        self._tell_dirtier("go")
+        return ClockPair(mono_ns=stamp["mono_ns"], utc_ns=stamp["utc_ns"])
+
+    async def brownout_end(self) -> ClockPair | None:
+        """Stop the workload and the throttle; when every process ran freely again."""
+        injector = self._require_injector()
+        return await asyncio.to_thread(self._brownout_end, injector)
+
+    def _brownout_end(self, injector: BlackoutInjector) -> ClockPair:
+        self._tell_dirtier("stop")
+        stamp = injector.unthrottle()
+        return ClockPair(mono_ns=stamp["mono_ns"], utc_ns=stamp["utc_ns"])
+
+    def _tell_dirtier(self, line: str) -> None:
+        dirtier = self._dirtier
+        if dirtier is not None and dirtier.stdin is not None:
+            dirtier.stdin.write(line + "\n")
+            dirtier.stdin.flush()

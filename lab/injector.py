@@ -185,6 +185,9 @@ class InjectedBlackout:
         return record
 
 
+ClockPairDict = dict[str, int]  # {"mono_ns": ..., "utc_ns": ...}
+
+
 class InjectorError(RuntimeError):
     """The injector helper failed, refused a request, or did not answer in time."""
 
@@ -201,6 +204,7 @@ class _Helper:
         self.spin_ns = _SPIN_NS_FIFO if self.sched_fifo else _SPIN_NS_NORMAL
         self._fds = [os.open(ECHO_IGNORE_PATHS[f], os.O_WRONLY) for f in self.families]
         self._nft = shutil.which("nft") or "/usr/sbin/nft"
+        self._throttling: tuple[threading.Event, threading.Thread] | None = None
         self.write(b"0")
 
     def write(self, value: bytes) -> WriteStamp:
@@ -264,10 +268,57 @@ class _Helper:
             mark = record.end_mono_ns
         return records
 
+    def throttle(self, pids: Sequence[int], share: float, period_s: float) -> dict[str, int]:
+        """Let ``pids`` run ``share`` of every ``period_s`` (SIGCONT, then
+        SIGSTOP for the rest), from a thread of this helper, until
+        ``unthrottle``; the clocks when it began."""
+        self.unthrottle()
+        stop = threading.Event()
+        targets = [int(pid) for pid in pids]
+        running_s, stopped_s = share * period_s, (1 - share) * period_s
+
+        def signal_all(signum: int) -> None:
+            for pid in targets:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+        def cycle() -> None:
+            try:
+                while not stop.wait(running_s):
+                    signal_all(signal.SIGSTOP)
+                    time.sleep(stopped_s)
+                    signal_all(signal.SIGCONT)
+            finally:
+                signal_all(signal.SIGCONT)
+
+        began = {"mono_ns": time.monotonic_ns(), "utc_ns": time.time_ns()}
+        self._throttling = (stop, threading.Thread(target=cycle, daemon=True))
+        self._throttling[1].start()
+        return began
+
+    def unthrottle(self) -> dict[str, int]:
+        """End a throttle (every process continued); the clocks after it ended."""
+        if self._throttling is not None:
+            stop, thread = self._throttling
+            stop.set()
+            thread.join()
+            self._throttling = None
+        return {"mono_ns": time.monotonic_ns(), "utc_ns": time.time_ns()}
+
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         link = tuple(request.get("link", ()))
+        if op == "throttle":
+            return {
+                "ok": True,
+                "stamp": self.throttle(
+                    request["pids"], float(request["share"]), float(request["period_s"])
+                ),
+            }
+        if op == "unthrottle":
+            return {"ok": True, "stamp": self.unthrottle()}
         if op == "dark":
+            self.unthrottle()  # the freeze's SIGSTOP must not be undone by a cycle
             stamp = self.write(b"1")
             # Stopping the guest's processes right after its network, from
             # this process, puts both edges of a pause within microseconds.
@@ -304,6 +355,7 @@ class _Helper:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def close(self) -> None:
+        self.unthrottle()
         self.write(b"0")
         for fd in self._fds:
             os.close(fd)
@@ -552,6 +604,21 @@ class BlackoutInjector:
         response = self._request({"op": "link", "state": state, "link": list(directions)}, 5.0)
         stamp = LinkStamp.from_json(response["link"])
         self._record_link(asdict(stamp))
+        return stamp
+
+    def throttle(self, pids: Sequence[int], share: float, period_s: float) -> ClockPairDict:
+        """Let ``pids`` run only ``share`` of every ``period_s`` from now on
+        (SIGSTOP / SIGCONT from inside the helper) until ``unthrottle``; the
+        clocks when it began (``mono_ns``, ``utc_ns``)."""
+        request = {"op": "throttle", "pids": list(pids), "share": share, "period_s": period_s}
+        stamp: ClockPairDict = self._request(request, 5.0)["stamp"]
+        self._record("throttle", {**stamp, "share": share, "period_s": period_s})
+        return stamp
+
+    def unthrottle(self) -> ClockPairDict:
+        """End the throttle (every process continued); the clocks after it."""
+        stamp: ClockPairDict = self._request({"op": "unthrottle"}, 5.0)["stamp"]
+        self._record("unthrottle", dict(stamp))
         return stamp
 
     def _record_link(self, record: Mapping[str, Any] | None) -> None:

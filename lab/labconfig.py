@@ -100,8 +100,15 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
         vm_config: VmConfig = replace(config.vm, **vm_changes)
 
         timing = document.get("timing", {})
-        span_keys = {f.name for f in fields(MigrationTiming) if f.type in ("Span", Span)}
-        number_keys = {"transfer_rate_mb_s", "dirty_rate_mb_s", "critical_blackout_s"}
+        span_keys = {
+            f.name for f in fields(MigrationTiming) if f.type in ("Span", Span, "Span | None")
+        }
+        number_keys = {
+            "transfer_rate_mb_s",
+            "dirty_rate_mb_s",
+            "critical_blackout_s",
+            "precopy_cpu_share",
+        }
         _check_keys(timing, span_keys | number_keys, f"{origin}: [timing]")
         timing_changes: dict[str, Any] = {
             key: _span(value, f"{origin}: [timing] {key}")
@@ -114,6 +121,8 @@ def parse_lab_config(document: Mapping[str, Any], origin: str = "<lab config>") 
             timing_changes["dirty_rate_bytes_per_s"] = float(timing["dirty_rate_mb_s"]) * 1e6
         if "critical_blackout_s" in timing:
             timing_changes["critical_blackout_s"] = float(timing["critical_blackout_s"])
+        if "precopy_cpu_share" in timing:
+            timing_changes["precopy_cpu_share"] = float(timing["precopy_cpu_share"])
         timing_config = replace(config.timing, **timing_changes)
 
         hosts_doc = document.get("hosts", {})

@@ -43,6 +43,7 @@ class Labs:
             agent_listen=request.agent_listen,
             agent_wait_s=request.agent_wait_s if request.guest_agent else None,
             agent_interval_s=request.agent_interval_s,
+            witness_port=request.witness_port,
         )
 
     def commands(self) -> click.Group:

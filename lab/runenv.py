@@ -111,9 +111,11 @@ def guest_agent_setup(
     listen: tuple[str, int] | None,
     contact_deadline_s: float,
     interval_s: float = 1.0,
+    witness_port: int | None = None,
 ) -> GuestAgentSetup:
     """The receiver on the harness's side of the guest's link; the agent, with a
-    virtual X display and a clock, runs inside the guest's namespace."""
+    virtual X display and a clock, runs inside the guest's namespace (answering
+    the witnesses on ``witness_port``)."""
     guest = state.document["guest"]
     host, port = listen or (str(guest["harness_side_address"]), 0)
     return GuestAgentSetup(
@@ -122,6 +124,7 @@ def guest_agent_setup(
         contact_deadline_s=contact_deadline_s,
         interval_s=interval_s,
         desktop=functools.partial(GuestDesktop, namespace=str(guest["namespace"])),
+        witness_port=witness_port,
     )
 
 
@@ -186,6 +189,7 @@ class HyperVLabForRun:
         agent_listen: tuple[str, int] | None = None,
         agent_wait_s: float | None = None,
         agent_interval_s: float = 1.0,
+        witness_port: int | None = None,
     ) -> None:
         self._config = config
         self._seed = seed
@@ -193,6 +197,7 @@ class HyperVLabForRun:
         self._agent_listen = agent_listen
         self._agent_wait_s = agent_wait_s
         self._agent_interval_s = agent_interval_s
+        self._witness_port = witness_port  # the agent answers the witnesses there
         self._state: LabState | None = None
         self._private = _PrivateLab("measure-lab-")
 
@@ -211,6 +216,7 @@ class HyperVLabForRun:
                 listen=self._agent_listen,
                 contact_deadline_s=self._agent_wait_s,
                 interval_s=self._agent_interval_s,
+                witness_port=self._witness_port,
             )
         return PreparedRun(
             config=lab_config,
@@ -317,8 +323,13 @@ def qemu_run_config(config: RunConfig, state: QemuLabState) -> RunConfig:
     )
 
 
+# mb-guestd answers the witnesses on this port (lab/qemu/guest/init).
+QEMU_GUEST_WITNESS_PORT = 47601
+
+
 def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) -> GuestAgentSetup:
-    """The QEMU guest sends its own heartbeat (no frames) to this address."""
+    """The QEMU guest sends its own heartbeat (no frames) to this address and
+    answers the witnesses."""
     host, port = state.heartbeat_address
     return GuestAgentSetup(
         listen_host=host,
@@ -327,4 +338,5 @@ def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) ->
         in_guest=True,
         frames=False,
         contact_deadline_s=contact_deadline_s,
+        witness_port=QEMU_GUEST_WITNESS_PORT,
     )

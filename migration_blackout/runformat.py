@@ -229,6 +229,11 @@ HEARTBEAT = RawFile(
         "recv_mono_ns",
         "recv_utc_ns",
         "from_addr",
+        # Heartbeat version 2 (guest agent 1.1): how late the beat was and how
+        # long the agent's fixed work unit took; empty for version 1. Files
+        # written before them have only the columns above.
+        "late_ns",
+        "work_ns",
     ),
     dtypes={
         "agent_id": "str",
@@ -239,6 +244,106 @@ HEARTBEAT = RawFile(
         "recv_mono_ns": "int64",
         "recv_utc_ns": "int64",
         "from_addr": "str",
+        "late_ns": "Int64",
+        "work_ns": "Int64",
+    },
+)
+# The witnesses (measure run --tcp-connect / --witnesses; docs/run-format.md).
+TCP_CONNECT = RawFile(
+    "tcp_connect",
+    "raw/tcp_connect.csv",
+    "csv",
+    columns=(
+        "target",
+        "port",
+        "n",
+        "outcome",
+        "start_mono_ns",
+        "start_utc_ns",
+        "end_mono_ns",
+        "end_utc_ns",
+        "connect_ns",
+        "errno",
+        "detail",
+    ),
+    dtypes={
+        "target": "str",
+        "port": "int64",
+        "n": "int64",
+        "outcome": "str",
+        "start_mono_ns": "int64",
+        "start_utc_ns": "int64",
+        "end_mono_ns": "int64",
+        "end_utc_ns": "int64",
+        "connect_ns": "Int64",
+        "errno": "str",
+        "detail": "str",
+    },
+)
+TCP_STREAM = RawFile(
+    "tcp_stream",
+    "raw/tcp_stream.csv",
+    "csv",
+    columns=(
+        "kind",
+        "conn",
+        "seq",
+        "send_mono_ns",
+        "send_utc_ns",
+        "guest_mono_ns",
+        "guest_utc_ns",
+        "recv_mono_ns",
+        "recv_utc_ns",
+        "detail",
+    ),
+    dtypes={
+        "kind": "str",
+        "conn": "int64",
+        "seq": "Int64",
+        "send_mono_ns": "Int64",
+        "send_utc_ns": "Int64",
+        "guest_mono_ns": "Int64",
+        "guest_utc_ns": "Int64",
+        "recv_mono_ns": "Int64",
+        "recv_utc_ns": "Int64",
+        "detail": "str",
+    },
+)
+UDP_DIRECTION = RawFile(
+    "udp_direction",
+    "raw/udp_direction.csv",
+    "csv",
+    columns=(
+        "seq",
+        "outcome",
+        "send_mono_ns",
+        "send_utc_ns",
+        "recv_mono_ns",
+        "recv_utc_ns",
+        "rtt_ns",
+        "guest_recv_mono_ns",
+        "guest_recv_utc_ns",
+        "received",
+        "highest_seq",
+        "run_start_seq",
+        "agent_id",
+        "detail",
+    ),
+    dtypes={
+        "seq": "int64",
+        "outcome": "str",
+        "send_mono_ns": "int64",
+        "send_utc_ns": "int64",
+        "recv_mono_ns": "Int64",
+        "recv_utc_ns": "Int64",
+        "rtt_ns": "Int64",
+        "guest_recv_mono_ns": "Int64",
+        "guest_recv_utc_ns": "Int64",
+        "received": "Int64",
+        "highest_seq": "Int64",
+        "run_start_seq": "Int64",
+        "agent_id": "str",
+        "detail": "str",
     },
 )
 FRAMES = RawFile("guest_frames", "raw/guest_frames.jsonl", "jsonl")
@@ -298,16 +403,20 @@ class Thresholds:
     ("Request timed out"; unreachable answers are counted apart and not
     limited). ``max_regression_pct``: how far the median upper bound may rise
     above the baseline's before a significant rise is a regression; None means
-    10 %, and it only applies when there is a baseline. The manifest keeps
+    10 %, and it only applies when there is a baseline. ``max_tcp_stall_ms``:
+    each run's TCP stream stall (upper bound, the longer direction; runs with
+    --witnesses). The manifest keeps
     them as ``config.thresholds`` (``as_json``).
     """
 
     max_blackout_ms: float | None = None
     max_timeouts: int | None = None
     max_regression_pct: float | None = None
+    # Each run's TCP stream stall (upper bound, the longer direction), in ms.
+    max_tcp_stall_ms: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_blackout_ms", "max_regression_pct"):
+        for name in ("max_blackout_ms", "max_regression_pct", "max_tcp_stall_ms"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -333,4 +442,5 @@ class Thresholds:
             "max_blackout_ms": self.max_blackout_ms,
             "max_timeouts": self.max_timeouts,
             "max_regression_pct": self.max_regression_pct,
+            "max_tcp_stall_ms": self.max_tcp_stall_ms,
         }

@@ -62,7 +62,11 @@ from .guest_agent import (
     HEARTBEAT_BODY,
     HEARTBEAT_MAGIC,
     HEARTBEAT_SIZE,
+    HEARTBEAT_V2_BODY,
+    HEARTBEAT_V2_SIZE,
+    HEARTBEAT_V2_VERSION,
     HEARTBEAT_VERSION,
+    bind_tcp_and_udp,
 )
 from .image_check import FrameRefused, ImageChecker
 from .sink import CsvSink, JsonlSink
@@ -145,40 +149,6 @@ class _StoredImage:
     width: int
     height: int
     file: str
-
-
-def _bind_tcp_and_udp(host: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """A listening TCP socket and a UDP socket bound to the same address and port number."""
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    attempts = 20 if port == 0 else 1
-    for attempt in range(attempts):
-        tcp = socket.socket(family, socket.SOCK_STREAM)
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            if sys.platform != "win32":
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind(sockaddr)
-            bound_port = tcp.getsockname()[1]
-            try:
-                udp.bind((sockaddr[0], bound_port, *sockaddr[2:]))
-            except OSError as error:
-                # An ephemeral TCP port whose UDP twin is taken: try another.
-                if error.errno == errno.EADDRINUSE and attempt + 1 < attempts:
-                    tcp.close()
-                    udp.close()
-                    continue
-                raise
-            tcp.listen(128)
-            tcp.setblocking(False)
-            udp.setblocking(False)
-            return tcp, udp
-        except BaseException:
-            tcp.close()
-            udp.close()
-            raise
-    raise OSError(errno.EADDRINUSE, "no port free for both TCP and UDP")  # pragma: no cover
 
 
 class _RejectsFromServerLog(logging.Handler):
@@ -303,7 +273,7 @@ class GuestReceiver:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        tcp, udp = _bind_tcp_and_udp(self._host, self._port)
+        tcp, udp = bind_tcp_and_udp(self._host, self._port, backlog=128)
         runner: web.AppRunner | None = None
         reading_udp = False
         try:
@@ -365,7 +335,7 @@ class GuestReceiver:
             columns=HEARTBEAT.columns,
             meta={
                 **meta,
-                "heartbeat_version": HEARTBEAT_VERSION,
+                "heartbeat_version": HEARTBEAT_V2_VERSION,
                 "recv_stamp": "kernel" if self._kernel_stamps else "event_loop",
             },
         )
@@ -620,7 +590,7 @@ class GuestReceiver:
         received: list[tuple[bytes, int, Any, int | None]] = []
         for _ in range(_UDP_BATCH):
             try:
-                data, ancdata, flags, addr = sock.recvmsg(HEARTBEAT_SIZE + 1, 64)
+                data, ancdata, flags, addr = sock.recvmsg(HEARTBEAT_V2_SIZE + 1, 64)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -654,6 +624,9 @@ class GuestReceiver:
                 # Authenticated, but not a number the record (signed 64-bit) can hold.
                 self._reject("udp", "bad_seq", at, from_addr, size=len(data))
                 continue
+            late_ns = work_ns = None
+            if data[4] == HEARTBEAT_V2_VERSION:
+                late_ns, work_ns = HEARTBEAT_V2_BODY.unpack_from(data)[-2:]
             try:
                 self._heartbeats.write_row(
                     (
@@ -665,6 +638,8 @@ class GuestReceiver:
                         at.mono_ns,
                         at.utc_ns,
                         from_addr,
+                        late_ns,
+                        work_ns or None,
                     )
                 )
             except OSError:
@@ -681,13 +656,16 @@ class GuestReceiver:
             self._notify_progress()
 
     def _heartbeat_problem(self, data: bytes, flags: int) -> str | None:
-        if len(data) != HEARTBEAT_SIZE or flags & socket.MSG_TRUNC:
+        if len(data) not in (HEARTBEAT_SIZE, HEARTBEAT_V2_SIZE) or flags & socket.MSG_TRUNC:
             return "bad_size"
         if data[:4] != HEARTBEAT_MAGIC:
             return "bad_magic"
-        if data[4] != HEARTBEAT_VERSION:
+        sizes = {HEARTBEAT_VERSION: HEARTBEAT_SIZE, HEARTBEAT_V2_VERSION: HEARTBEAT_V2_SIZE}
+        if data[4] not in sizes:
             return "bad_version"
-        body, mac = data[: HEARTBEAT_BODY.size], data[HEARTBEAT_BODY.size :]
+        if len(data) != sizes[data[4]]:
+            return "bad_size"
+        body, mac = data[:-32], data[-32:]
         if not hmac.compare_digest(mac, hmac.new(self._token, body, hashlib.sha256).digest()):
             return "bad_mac"
         return None

@@ -52,6 +52,30 @@ async def poll_on_schedule(
                 await stop.wait()
 
 
+async def send_on_schedule(
+    interval_ns: int, stop: asyncio.Event, send: Callable[[int, int], None]
+) -> None:
+    """Call ``send(k, due_ns)`` for slot k, due at ``t0 + k * interval_ns`` on the
+    monotonic clock, until ``stop`` is set. A slot the loop reached late is
+    still sent, at once (the send stamps show the lateness), so the number of
+    sends always matches the schedule. Waits ride on the event loop's timer
+    (about 1 ms of lateness; the send stamps are the record).
+
+    ``t0`` is the first multiple of ``interval_ns`` from now: probes with the
+    same interval send together, so the guest agent answering two of them
+    wakes once for both (a wake-up is most of its cost)."""
+    start_ns = -(-time.monotonic_ns() // interval_ns) * interval_ns
+    k = 0
+    while not stop.is_set():
+        send(k, start_ns + k * interval_ns)
+        k += 1
+        wait_s = (start_ns + k * interval_ns - time.monotonic_ns()) / 1e9
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await stop.wait()
+
+
 async def _poll_with_grace(
     poll: Coroutine[Any, Any, None], stop: asyncio.Event, grace_s: float
 ) -> None:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from migration_blackout.runformat import RAW_SCHEMA_VERSION
+
+_Built = TypeVar("_Built")
 
 
 class RecordSink(Protocol):
@@ -106,3 +108,21 @@ class JsonlSink:
         if not self._file.closed:
             self._file.flush()
             self._file.close()
+
+
+def with_new_csv(
+    path: Path,
+    build: Callable[[CsvSink], _Built],
+    *,
+    probe: str,
+    columns: Sequence[str],
+    meta: Mapping[str, Any],
+) -> _Built:
+    """``build(sink)`` with a new ``CsvSink`` at ``path``; the sink is closed
+    again if ``build`` fails (a probe's ``create`` and its raw file)."""
+    sink = CsvSink(path, probe=probe, columns=columns, meta=meta)
+    try:
+        return build(sink)
+    except BaseException:
+        sink.close()
+        raise

@@ -162,3 +162,31 @@ def test_a_host_s_defaults_are_what_a_stock_host_accepts() -> None:
     assert named.hosts[0].migration_name == "hv1.ad.example"
     assert named.hosts[0].describe()["computer_name"] == "hv1.ad.example"
     assert config.probes.host_call_timeout_s == 20.0
+
+
+def test_witness_probe_settings_parse_and_bad_ones_are_refused() -> None:
+    config = parse_config(
+        {
+            "probes": {
+                "tcp_connect": {"ports": [3389, 22], "interval_ms": 20, "timeout_ms": 300},
+                "witnesses": {"enabled": True, "port": 47700, "interval_ms": 5},
+            }
+        }
+    )
+    probes = config.probes
+    assert probes.tcp_connect_ports == (3389, 22)
+    assert (probes.tcp_connect_interval_s, probes.tcp_connect_timeout_s) == (0.02, 0.3)
+    assert (probes.witnesses, probes.witness_port, probes.witness_interval_s) == (
+        True,
+        47700,
+        0.005,
+    )
+    assert apply_overrides(config, tcp_connect_ports=[80]).probes.tcp_connect_ports == (80,)
+    for bad, message in (
+        ({"tcp_connect": {"ports": [0]}}, "ports must be numbers 1-65535"),
+        ({"tcp_connect": {"ports": ["3389"]}}, "ports must be numbers 1-65535"),
+        ({"witnesses": {"enabled": "yes"}}, "enabled must be bool"),
+        ({"witnesses": {"colour": 1}}, "unknown setting"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"probes": bad})

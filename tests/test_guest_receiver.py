@@ -327,11 +327,28 @@ def test_heartbeats_are_authenticated_and_bad_datagrams_counted(tmp_path: Path) 
     good = heartbeat_datagram(
         TOKEN.encode(), 0xAA, 41, 1_795_000_000_000_000_000, 5_000_000_000, 10_000
     )
+    version_2 = heartbeat_datagram(
+        TOKEN.encode(),
+        0xAA,
+        42,
+        1_795_000_000_010_000_000,
+        5_010_000_000,
+        10_000,
+        late_ns=120_000,
+        work_ns=345_000,
+    )
     body = good[: HEARTBEAT_BODY.size]
     bad = {
-        "bad_size": [b"", b"x", good + b"\0", good[:-1], b"\0" * 4096],
+        "bad_size": [
+            b"",
+            b"x",
+            good + b"\0",
+            good[:-1],
+            b"\0" * 4096,
+            signed(body[:4] + b"\x02" + body[5:]),  # a version 1 body that says version 2
+        ],
         "bad_magic": [signed(b"MBHX" + body[4:])],
-        "bad_version": [signed(body[:4] + b"\x02" + body[5:])],
+        "bad_version": [signed(body[:4] + b"\x03" + body[5:])],
         "bad_mac": [
             good[:-1] + bytes([good[-1] ^ 1]),
             signed(body, key=b"another token"),
@@ -347,9 +364,10 @@ def test_heartbeats_are_authenticated_and_bad_datagrams_counted(tmp_path: Path) 
                     for datagram in datagrams:
                         udp.sendto(datagram, (host, port))
                 udp.sendto(good, (host, port))
+                udp.sendto(version_2, (host, port))
                 total = sum(len(d) for d in bad.values())
                 await receiver.wait_until(
-                    lambda stats: stats.heartbeats == 1 and stats.rejected == total
+                    lambda stats: stats.heartbeats == 2 and stats.rejected == total
                 )
             assert receiver.first_heartbeat.is_set()
             assert {k: receiver.stats.rejects[k] for k in bad} == {
@@ -372,11 +390,16 @@ def test_heartbeats_are_authenticated_and_bad_datagrams_counted(tmp_path: Path) 
         "recv_mono_ns",
         "recv_utc_ns",
         "from_addr",
+        "late_ns",
+        "work_ns",
     ]
-    assert len(lines) == 3
+    assert len(lines) == 4
     row = lines[2].split(",")
     assert row[:5] == ["00000000000000aa", "41", "1795000000000000000", "5000000000", "10000"]
-    assert row[7] == "127.0.0.1"
+    assert row[7:] == ["127.0.0.1", "", ""]  # version 1: no work unit
+    row = lines[3].split(",")
+    assert row[:2] == ["00000000000000aa", "42"]
+    assert row[7:] == ["127.0.0.1", "120000", "345000"]
     rejects = read_jsonl(run_dir / REJECTS.path)
     assert {r["reason"] for r in rejects[1:-1]} == set(bad)
     assert all(r["channel"] == "udp" for r in rejects[1:-1])

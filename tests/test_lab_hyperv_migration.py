@@ -166,11 +166,15 @@ def test_ground_truth_records_every_state_change_in_order() -> None:
 
     assert names == [
         gt.MIGRATION_START,
+        gt.BROWNOUT_START,
+        gt.BROWNOUT_END,
         gt.PAUSE,
         gt.GONE_FROM_SOURCE,
         gt.LISTED_ON_DESTINATION,
         gt.RESUME,
         gt.MOVE_VM_RETURNED,
+        gt.LINK_RESTORED,
+        gt.LINK_RESTORED,
         gt.NETWORK_RESTORED,
     ]
     mono = [e["mono_ns"] for e in truth]
@@ -190,16 +194,53 @@ def test_guest_is_frozen_exactly_during_the_blackout() -> None:
     with LabThread(fast_config(), guest=guest) as lab, open_pool(lab, SRC) as src:
         assert not run(src, "Move-VM", VM, DestinationHost=DST).had_errors
         calls = wait_until(
-            lambda: lab.call(lambda: list(guest.calls) if len(guest.calls) == 3 else None),
+            lambda: lab.call(lambda: list(guest.calls) if len(guest.calls) == 5 else None),
             deadline_s=5,
-            what="freeze, thaw and network restore",
+            what="brownout, freeze, thaw and network restore",
         )
         _, truth = read_ground_truth(lab.ground_truth_path)
     by_name = {e["event"]: e for e in truth}
-    assert [c[0] for c in calls] == ["freeze", "thaw", "network_restored"]
-    assert calls[0][1].mono_ns == by_name[gt.PAUSE]["mono_ns"]
-    assert calls[1][1].mono_ns == by_name[gt.RESUME]["mono_ns"]
-    assert calls[2][1].mono_ns == by_name[gt.NETWORK_RESTORED]["mono_ns"]
+    assert [c[0] for c in calls] == [
+        "brownout_start",
+        "brownout_end",
+        "freeze",
+        "thaw",
+        "network_restored",
+    ]
+    assert calls[0][1].mono_ns == by_name[gt.BROWNOUT_START]["mono_ns"]
+    assert by_name[gt.BROWNOUT_START]["cpu_share"] == 0.2
+    assert calls[1][1].mono_ns == by_name[gt.BROWNOUT_END]["mono_ns"]
+    assert calls[2][1].mono_ns == by_name[gt.PAUSE]["mono_ns"]
+    assert calls[3][1].mono_ns == by_name[gt.RESUME]["mono_ns"]
+    assert calls[4][1].mono_ns == by_name[gt.NETWORK_RESTORED]["mono_ns"]
+
+
+def test_inbound_and_outbound_reconverge_apart_when_drawn_apart() -> None:
+    """[timing] reconvergence_in / _out: inbound comes back first (the link
+    filter's inbound chain alone), the guest answers pings once outbound is
+    back too; each direction's return is in the ground truth. Without a
+    brownout (precopy_cpu_share 1) pre-copy leaves no events."""
+    guest = InMemoryGuest()
+    timing = fast_timing(
+        reconvergence_in=Span(0.2), reconvergence_out=Span(0.5), precopy_cpu_share=1.0
+    )
+    with LabThread(fast_config(timing=timing), guest=guest) as lab, open_pool(lab, SRC) as src:
+        assert not run(src, "Move-VM", VM, DestinationHost=DST).had_errors
+        wait_until(
+            lambda: lab.call(lambda: len(guest.calls) == 4 or None),
+            deadline_s=5,
+            what="freeze, thaw, inbound and network restore",
+        )
+        _, truth = read_ground_truth(lab.ground_truth_path)
+    assert [c[0] for c in guest.calls] == ["freeze", "thaw", "inbound_restored", "network_restored"]
+    by_name = {e["event"]: e for e in truth}
+    assert gt.BROWNOUT_START not in by_name
+    links = [e for e in truth if e["event"] == gt.LINK_RESTORED]
+    assert [e["direction"] for e in links] == ["inbound", "outbound"]
+    resume = by_name[gt.RESUME]["mono_ns"]
+    assert links[0]["mono_ns"] - resume >= 0.2e9
+    assert links[1]["mono_ns"] - resume >= 0.5e9
+    assert links[1]["mono_ns"] == by_name[gt.NETWORK_RESTORED]["mono_ns"]
 
 
 def test_get_date_shows_the_host_clock_offset() -> None:

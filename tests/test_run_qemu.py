@@ -117,6 +117,32 @@ def test_ping_pong_with_memory_check(lab_dir: Path, tmp_path: Path) -> None:
     assert len(directions) == 2  # there and back
 
 
+def test_the_qemu_guest_answers_the_witnesses(lab_dir: Path, tmp_path: Path) -> None:
+    """mb-guestd answers the direction probe and carries the TCP stream as the
+    agent does: the stream survives the migration and stalls at least as long
+    as the guest was stopped (with TCP's 200 ms minimum retransmission timeout,
+    usually longer than the ping blackout); its heartbeat reports the work unit."""
+    from migration_blackout.analysis.brownout import load_work
+    from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
+    from migration_blackout.analysis.tcp import analyse_stream, load_tcp_stream
+
+    proc = measure(lab_dir, tmp_path, "--witnesses")
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = tmp_path.glob("*-run-*")
+    summary = json.loads((run_dir / "derived" / "summary.json").read_text())
+    stop_to_resume = summary["qemu"]["stop_to_resume_ms"]
+    header, rows = load_tcp_stream(run_dir)
+    interval_s = header["interval_s"]
+    assert isinstance(interval_s, float)
+    stream = analyse_stream(rows, interval_s=interval_s)
+    assert stream.survived and stream.outbound is not None
+    assert stream.outbound.upper_ms >= stop_to_resume
+    _, answers = load_udp_direction(run_dir)
+    direction = analyse_direction(answers)
+    assert direction.answered > 100 and direction.longest is not None
+    assert len(load_work(run_dir)) > 100
+
+
 def test_a_migration_that_never_converges_is_cancelled(lab_dir: Path, tmp_path: Path) -> None:
     state = qemu_control.read_state(lab_dir / "qemu")
     assert state is not None

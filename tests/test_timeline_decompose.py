@@ -265,11 +265,16 @@ def test_the_summary_block_is_json_with_ms_to_three_decimals(tmp_path: Path) -> 
         "guest_execution_gap",
         "network_outage",
         "network_reconvergence",
+        "inbound_reconvergence",
+        "outbound_reconvergence",
         "console_blackout",
         "points",
         "icmp_counts",
         "notes",
     }
+    # Without the direction probe there is no split.
+    assert document["inbound_reconvergence"] is None
+    assert document["outbound_reconvergence"] is None
     for value in _floats(document):
         assert math.isfinite(value) and round(value, 3) == value
     for name in ("hypervisor_blackout", "guest_execution_gap", "network_reconvergence"):

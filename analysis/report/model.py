@@ -274,6 +274,28 @@ def _check_timeouts(run: ReportedRun, blackout: BlackoutFigures, limit: int) -> 
     )
 
 
+def _check_tcp_stall(run: ReportedRun, limit: float) -> Check:
+    name = "max_tcp_stall_ms"
+    stall = run.tcp_stall
+    if stall is None:
+        return Check(
+            name,
+            run.run_id,
+            CheckOutcome.SKIPPED,
+            "not checked: the run has no TCP stream (measure run --witnesses)",
+            skip_reason="no TCP stream",
+        )
+    survived = "survived" if stall.survived else "broke"
+    failed = stall.upper_ms > limit
+    return Check(
+        name,
+        run.run_id,
+        CheckOutcome.FAILED if failed else CheckOutcome.PASSED,
+        f"TCP stall upper bound {format_ms(stall.upper_ms)} ms ({stall.direction}, the stream "
+        f"{survived}) {'>' if failed else '<='} max_tcp_stall_ms {format_limit(limit)} ms",
+    )
+
+
 def _check_run(run: ReportedRun, name: str, limit: float) -> Check:
     if run.status != INCLUDED_STATUS:
         message = f"not checked: the run's {run.excluded_because}; it is left out of the statistics"
@@ -285,16 +307,20 @@ def _check_run(run: ReportedRun, name: str, limit: float) -> Check:
         return Check(name, run.run_id, CheckOutcome.ERROR, message)
     if name == "max_blackout_ms":
         return _check_blackout(run, run.blackout, limit)
+    if name == "max_tcp_stall_ms":
+        return _check_tcp_stall(run, limit)
     return _check_timeouts(run, run.blackout, int(limit))
 
 
 def run_checks(runs: Sequence[ReportedRun], thresholds: Thresholds) -> list[Check]:
-    """Each run's threshold checks: ``max_blackout_ms`` and ``max_timeouts``, those set."""
+    """Each run's threshold checks: ``max_blackout_ms``, ``max_timeouts`` and
+    ``max_tcp_stall_ms``, those set."""
     limits = [
         (name, float(limit))
         for name, limit in (
             ("max_blackout_ms", thresholds.max_blackout_ms),
             ("max_timeouts", thresholds.max_timeouts),
+            ("max_tcp_stall_ms", thresholds.max_tcp_stall_ms),
         )
         if limit is not None
     ]
@@ -421,6 +447,8 @@ def build_report(
                     "than any measured blackout"
                 )
             notes.extend(f"{role} {run.run_id}: {warning}" for warning in run.warnings)
+            if run.tcp_stall is not None and run.tcp_stall.explanation:
+                notes.append(f"{role} {run.run_id}: {run.tcp_stall.explanation}")
     # One note per kind of summary rebuild, not one per run: the first report over
     # fresh run folders builds them all.
     rebuilt: dict[str, list[str]] = {}

@@ -134,9 +134,14 @@ def _thresholds_text(thresholds: Thresholds, has_baseline: bool) -> str:
         + (" (default)" if thresholds.max_regression_pct is None else "")
         + ("" if has_baseline else ", unused without a baseline")
     )
+    tcp = (
+        ""
+        if thresholds.max_tcp_stall_ms is None
+        else f", max_tcp_stall_ms {show(thresholds.max_tcp_stall_ms)}"
+    )
     return (
         f"Thresholds: max_blackout_ms {show(thresholds.max_blackout_ms)}, "
-        f"max_timeouts {show(thresholds.max_timeouts)}, max_regression_pct {regression}."
+        f"max_timeouts {show(thresholds.max_timeouts)}{tcp}, max_regression_pct {regression}."
     )
 
 
@@ -170,8 +175,20 @@ def _stats_rows(role: str, stats: Sequence[DirectionStats]) -> list[tuple[str, .
     return rows
 
 
+def _tcp_cell(run: ReportedRun) -> str:
+    stall = run.tcp_stall
+    if stall is None:
+        return "-"
+    broke = "" if stall.survived else ", broke"
+    return f"{format_ms(stall.upper_ms)} ({stall.direction}{broke})"
+
+
 def _run_rows(
-    runs: Sequence[ReportedRun], checks: Mapping[str, list[Check]], *, with_labels: bool = False
+    runs: Sequence[ReportedRun],
+    checks: Mapping[str, list[Check]],
+    *,
+    with_labels: bool = False,
+    with_tcp: bool = False,
 ) -> list[tuple[str, ...]]:
     rows = []
     for run in runs:
@@ -208,6 +225,7 @@ def _run_rows(
                 run.direction,
                 *labels,
                 *figures,
+                *((_tcp_cell(run),) if with_tcp else ()),
                 run.hypervisor_says or "-",
                 verdict,
             )
@@ -320,10 +338,15 @@ def _run_blocks(report: Report) -> list[_Block]:
     if with_labels:
         headers = (*_RUN_HEADERS[:3], "labels", *_RUN_HEADERS[3:])
         numeric = frozenset(i + 1 for i in _RUN_NUMERIC)
+    # A column for the TCP stream's stall when a run has one (--witnesses).
+    with_tcp = any(r.tcp_stall for r in (*report.runs, *report.baseline_runs))
+    if with_tcp:
+        at = headers.index("hypervisor says")
+        headers = (*headers[:at], "TCP stall ms", *headers[at:])
     for title, runs in (("Runs", report.runs), ("Baseline runs", report.baseline_runs)):
         if not runs:
             continue
-        rows = _run_rows(runs, checks, with_labels=with_labels)
+        rows = _run_rows(runs, checks, with_labels=with_labels, with_tcp=with_tcp)
         table = _Table(headers, tuple(rows), numeric)
         blocks.append(_Heading(3, title))
         blocks.append(
@@ -635,6 +658,16 @@ def _run_json(run: ReportedRun) -> dict[str, Any]:
             "open_end": blackout.open_end,
         },
         "hypervisor_says": run.hypervisor_says,
+        "tcp_stall": None
+        if run.tcp_stall is None
+        else {
+            "stall_ms": _ms_or_none(run.tcp_stall.stall_ms),
+            "upper_ms": _ms_or_none(run.tcp_stall.upper_ms),
+            "direction": run.tcp_stall.direction,
+            "survived": run.tcp_stall.survived,
+            "beyond_blackout_ms": _ms_or_none(run.tcp_stall.beyond_ms),
+            "explanation": run.tcp_stall.explanation,
+        },
         "context": dict(run.context),
         "cpu_steal_pct": run.cpu_steal_pct,
     }
@@ -679,6 +712,7 @@ def report_document(report: Report) -> dict[str, Any]:
             "max_blackout_ms": report.thresholds.max_blackout_ms,
             "max_timeouts": report.thresholds.max_timeouts,
             "max_regression_pct": report.thresholds.regression_pct,
+            "max_tcp_stall_ms": report.thresholds.max_tcp_stall_ms,
         },
         "group_by": list(report.group_by),
         "groups": groups,

@@ -82,6 +82,37 @@ NO_LOSS = BlackoutFigures(
 
 
 @dataclass(frozen=True)
+class TcpStall:
+    """The TCP stream's longer stall, from summary.json's ``tcp.stream``."""
+
+    stall_ms: float
+    upper_ms: float
+    direction: str
+    survived: bool
+    beyond_ms: float | None  # beyond the ICMP blackout's estimate
+    explanation: str | None  # why it outlasted the blackout, when it surely did
+
+
+def tcp_stall_from_summary(summary: Mapping[str, Any]) -> TcpStall | None:
+    tcp = summary.get("tcp")
+    stream = tcp.get("stream") if isinstance(tcp, Mapping) else None
+    if not isinstance(stream, Mapping) or not _is_number(stream.get("stall_ms")):
+        return None
+    beyond = stream.get("beyond_blackout")
+    beyond_ms = beyond.get("beyond_ms") if isinstance(beyond, Mapping) else None
+    explanation = stream.get("explanation")
+    upper = stream.get("stall_upper_ms")
+    return TcpStall(
+        stall_ms=float(stream["stall_ms"]),
+        upper_ms=float(upper) if isinstance(upper, int | float) else float(stream["stall_ms"]),
+        direction=str(stream.get("stall_direction")),
+        survived=bool(stream.get("survived")),
+        beyond_ms=float(beyond_ms) if isinstance(beyond_ms, int | float) else None,
+        explanation=explanation if isinstance(explanation, str) else None,
+    )
+
+
+@dataclass(frozen=True)
 class ReportedRun:
     """One run folder as the report sees it.
 
@@ -110,6 +141,8 @@ class ReportedRun:
     ended_by: str | None = None
     # The statistics group: the direction, and the grouping labels' values.
     group: str = ""
+    # The TCP stream's stall (runs with --witnesses): summary.json's tcp.stream.
+    tcp_stall: TcpStall | None = None
 
     @property
     def in_group(self) -> str:
@@ -363,6 +396,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
         cpu_steal_pct=_cpu_steal_pct(document),
         ended_by=ended_by,
         group=direction,
+        tcp_stall=tcp_stall_from_summary(summary),
     )
 
 

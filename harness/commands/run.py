@@ -81,6 +81,7 @@ from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..machine import MachineWatch
 from ..psrp_session import HostError
 from ..runwriter import RunWriter, create_run_folder
+from ..witnesses import Witnesses
 
 T = TypeVar("T")
 
@@ -697,6 +698,7 @@ async def _probe_and_migrate(
         realtime_priority=ICMP_REALTIME_PRIORITY if os.geteuid() == 0 else None,
     )
     sinks: list[JsonlSink] = []
+    witnesses: Witnesses | None = None
     try:
         await ctx.bounded(icmp.start(), PROBES_READY_DEADLINE_S, "the ICMP prober's start")
         ctx.icmp = icmp
@@ -748,6 +750,8 @@ async def _probe_and_migrate(
             if guest_agent is None
             else GuestAgentSession(ctx.run, guest_agent, record=ctx.record, announce=ctx.tick)
         )
+        token = None if agent is None else agent.token
+        witnesses = Witnesses(run, config.probes, targets=config.guest_addresses, token=token)
         # A probe that fails is an event and fails the run at the end, but it
         # never cancels the migration in progress (that would leave Move-VM
         # running unwatched): the TaskGroup only ever sees the drive fail.
@@ -759,13 +763,16 @@ async def _probe_and_migrate(
                 tasks.create_task(_witness(ctx, "console", console.run(stop)))
             if agent is not None:
                 tasks.create_task(_witness(ctx, "guest_agent", agent.receiver.run(stop)))
-            tasks.create_task(_drive(ctx, source, destination, stop, outcome, agent))
+            tasks.create_task(_witness(ctx, "witnesses", witnesses.run(stop)))
+            tasks.create_task(_drive(ctx, source, destination, stop, outcome, agent, witnesses))
         return outcome[0]
     finally:
         await icmp.close()
         for opened in sinks:
             with contextlib.suppress(OSError):
                 opened.close()
+        if witnesses is not None:
+            witnesses.close()
 
 
 async def _witness(ctx: _Context, name: str, work: Coroutine[Any, Any, None]) -> None:
@@ -784,6 +791,7 @@ async def _drive(
     stop: asyncio.Event,
     outcome: list[MigrationOutcome],
     agent: GuestAgentSession | None = None,
+    witnesses: Witnesses | None = None,
 ) -> None:
     """Wait for the probes, migrate, settle, then stop the probes. Never
     raises for an interrupt or a probe that is not ready: the outcome says."""
@@ -797,11 +805,17 @@ async def _drive(
                     agent.setup.contact_deadline_s + PROBES_READY_DEADLINE_S,
                     "waiting for the guest agent",
                 )
-            await ctx.bounded(_probes_ready(ctx), PROBES_READY_DEADLINE_S, "waiting for the probes")
+            if witnesses is not None:
+                witnesses.agent_ready.set()  # the agent's witnesses start now
+            await ctx.bounded(
+                _probes_ready(ctx, witnesses), PROBES_READY_DEADLINE_S, "waiting for the probes"
+            )
         except DeadlineExceeded:
             not_ready = [n for n, p in ctx.pollers.items() if not p.ready.is_set()]
             if ctx.icmp is not None and not ctx.icmp.ready.is_set():
                 not_ready.insert(0, "icmp")
+            if witnesses is not None:
+                not_ready += witnesses.not_ready()
             raise ProbesNotReadyError(
                 f"probes not ready within {PROBES_READY_DEADLINE_S:.0f} s: "
                 f"{', '.join(not_ready) or 'the guest agent'}"
@@ -827,6 +841,14 @@ async def _drive(
         if not outcome:  # cancelled, or an unexpected error: the caller reports it
             outcome.append(MigrationOutcome("failed", "the run was cancelled"))
         try:
+            if witnesses is not None:
+                # Before the agent stops, or the stream would seem to break.
+                with contextlib.suppress(DeadlineExceeded, Exception):
+                    await within(
+                        witnesses.finish_agent_witnesses(),
+                        deadline_s=10.0,
+                        what="ending the agent's witnesses",
+                    )
             if agent is not None:
                 with contextlib.suppress(DeadlineExceeded, Exception):
                     await within(agent.stop(), deadline_s=10.0, what="stopping the guest agent")
@@ -834,10 +856,11 @@ async def _drive(
             stop.set()
 
 
-async def _probes_ready(ctx: _Context) -> None:
+async def _probes_ready(ctx: _Context, witnesses: Witnesses | None) -> None:
     probes: list[asyncio.Event] = [ctx.icmp.ready] if ctx.icmp else []
     probes += [p.ready for p in ctx.pollers.values()]
     probes += [ctx.console.ready] if ctx.console else []
+    probes += witnesses.ready if witnesses else []
     for ready in probes:
         await ready.wait()
 

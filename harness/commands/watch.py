@@ -26,9 +26,11 @@ from migration_blackout.probes.clock import clock_pair
 from migration_blackout.probes.icmp import IcmpPermissionError, IcmpProbe, IcmpTargetStats
 from migration_blackout.runformat import ICMP, RunFormatError, RunStatus
 
+from ..config import ProbeConfig
 from ..guestagent import GuestAgentSession, GuestAgentSetup, ProbesNotReadyError
 from ..machine import MachineWatch
 from ..runwriter import OutputFolderError, create_run_folder, describe_error
+from ..witnesses import Witnesses
 
 # How long the probe may take to open its sockets and send its first probe.
 PROBE_READY_DEADLINE_S = 10.0
@@ -66,13 +68,16 @@ async def watch_async(
     announce: Callable[[str], None] | None = None,
     extra_config: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
+    witness_probes: ProbeConfig | None = None,
 ) -> WatchResult:
     """Probe ``targets`` every ``interval_s`` until ``duration_s`` or SIGINT/SIGTERM.
 
     With ``guest_agent`` the in-guest agent's receiver runs too, and the
     duration starts once its first frame and heartbeat arrived; ``announce``
     gets the command to start the agent. ``labels`` go to the manifest.
-    Returns after the run folder is finalised and analysed.
+    ``witness_probes``: its TCP connect ports and whether the agent's
+    witnesses run (``harness/witnesses.py``). Returns after the run folder
+    is finalised and analysed.
     """
     config: dict[str, Any] = {
         "icmp": {"interval_s": interval_s, "timeout_s": timeout_s, "privileged": privileged},
@@ -110,6 +115,7 @@ async def watch_async(
             timeout_s=timeout_s,
             privileged=privileged,
         )
+        witnesses: Witnesses | None = None
         try:
             run.manifest["config"]["icmp"].update(
                 timeout_s=probe.timeout_s, privileged=probe.privileged
@@ -123,13 +129,24 @@ async def watch_async(
                     record=lambda *_a, **_k: None,
                     announce=announce or (lambda _message: None),
                 )
+            witnesses = Witnesses(
+                run,
+                witness_probes or ProbeConfig(),
+                targets=targets,
+                token=None if agent is None else agent.token,
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(probe.run(stop))
                 if agent is not None:
                     tasks.create_task(agent.receiver.run(stop))
-                tasks.create_task(_supervise(probe, stop, duration_s, progress, agent, measuring))
+                tasks.create_task(witnesses.run(stop))
+                tasks.create_task(
+                    _supervise(probe, stop, duration_s, progress, agent, measuring, witnesses)
+                )
         finally:
             probe.sink.close()
+            if witnesses is not None:
+                witnesses.close()
         # Ctrl-C (or SIGTERM) is how a watch without --duration ends: a normal end
         # once it measured; before that (waiting for the agent), nothing was measured.
         status = RunStatus.COMPLETED if measuring.is_set() else RunStatus.ABORTED
@@ -180,6 +197,7 @@ async def _supervise(
     progress: Callable[[WatchProgress], None] | None,
     agent: GuestAgentSession | None,
     measuring: asyncio.Event,
+    witnesses: Witnesses,
 ) -> None:
     """Wait for readiness (and the guest agent), report progress, end the watch."""
     try:
@@ -192,6 +210,7 @@ async def _supervise(
             ) from None
         if agent is not None:
             await agent.start_and_wait()
+        witnesses.agent_ready.set()
         measuring.set()
         start = clock_pair().mono_ns
         deadline = None if duration_s is None else start + int(duration_s * 1e9)
@@ -208,6 +227,7 @@ async def _supervise(
                 async with asyncio.timeout(wait):
                     await stop.wait()
     finally:
+        await witnesses.finish_agent_witnesses()
         if agent is not None:
             await agent.stop()
         stop.set()

@@ -24,12 +24,19 @@ from migration_blackout.runformat import GROUND_TRUTH_SCHEMA_VERSION
 # Event names written by the migration model, in the order a successful
 # migration produces them.
 MIGRATION_START = "migration_start"
+# Pre-copy slows the guest (its dirtying workload, a CPU quota) from here ...
+BROWNOUT_START = "brownout_start"
+# ... to here, just before the pause.
+BROWNOUT_END = "brownout_end"
 PAUSE = "pause"
 GONE_FROM_SOURCE = "gone_from_source"
 LISTED_ON_DESTINATION = "listed_on_destination"
 RESUME = "resume"
 MOVE_VM_RETURNED = "move_vm_returned"
 NETWORK_RESTORED = "network_restored"
+# One direction of the guest's network (``direction``: inbound, outbound) works
+# again; both come with network_restored unless they were drawn apart.
+LINK_RESTORED = "link_restored"
 # Failure paths.
 ROLLBACK = "rollback"
 MOVE_VM_FAILED = "move_vm_failed"

@@ -170,6 +170,14 @@ class MigrationTiming:
     completion: Span = Span(0.5, 1.0)
     # From resume until the guest's network path works again.
     network_reconvergence: Span = Span(1.0, 3.0)
+    # Inbound (to the guest) and outbound (from it) may come back apart, each
+    # this long after the resume; None: with network_reconvergence. The guest
+    # answers pings again (network_restored) once both are back.
+    reconvergence_in: Span | None = None
+    reconvergence_out: Span | None = None
+    # During pre-copy the guest's dirtying workload runs and the guest keeps
+    # this share of one CPU (the brownout); 1.0 or more: no brownout.
+    precopy_cpu_share: float = 0.2
     # Time to negotiate with the destination before an incompatibility shows.
     negotiation: Span = Span(0.2, 0.5)
     # Hyper-V writes 20417 instead of a plain 20415 above this blackout.
@@ -180,6 +188,8 @@ class MigrationTiming:
     console_black_after_connecting: Span = Span(0.5, 1.5)
 
     def __post_init__(self) -> None:
+        if not self.precopy_cpu_share > 0:
+            raise ValueError("precopy_cpu_share must be above 0 (1: no brownout)")
         if self.dirty_rate_bytes_per_s >= self.transfer_rate_bytes_per_s:
             raise ValueError(
                 "dirty rate must be below the transfer rate or pre-copy never converges"
@@ -359,6 +369,17 @@ class GuestControl(Protocol):
 
     async def network_restored(self) -> ClockPair: ...
 
+    async def link_restored(self, direction: str) -> ClockPair:
+        """Only ``direction`` (``inbound`` or ``outbound``) works again; the
+        rest waits for ``network_restored``."""
+        ...
+
+    async def brownout_start(self, cpu_share: float) -> ClockPair | None:
+        """Pre-copy slows the guest to ``cpu_share`` of a CPU (None: cannot here)."""
+        ...
+
+    async def brownout_end(self) -> ClockPair | None: ...
+
     def link_edge(self) -> tuple[int, int] | None: ...
 
 
@@ -382,6 +403,15 @@ class InMemoryGuest:
     async def network_restored(self) -> ClockPair:
         self.network_up = True
         return self._note("network_restored")
+
+    async def link_restored(self, direction: str) -> ClockPair:
+        return self._note(f"{direction}_restored")
+
+    async def brownout_start(self, cpu_share: float) -> ClockPair | None:
+        return self._note("brownout_start")
+
+    async def brownout_end(self) -> ClockPair | None:
+        return self._note("brownout_end")
 
     def link_edge(self) -> tuple[int, int] | None:
         return None
@@ -554,6 +584,8 @@ class _MigrationPlan:
     completion_s: float
     network_reconvergence_s: float
     negotiation_s: float
+    reconvergence_in_s: float | None = None
+    reconvergence_out_s: float | None = None
 
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
@@ -584,6 +616,7 @@ class Lab:
             host.responsive.set()
         self._fired_faults: set[UnresponsiveFault] = set()
         self._jobs: list[_Job] = []
+        self._brownout = False  # the guest is slowed by pre-copy now
         self.console = ConsoleScreen(
             vm_name=config.vm.name,
             connecting=config.timing.console_connecting,
@@ -838,7 +871,11 @@ class Lab:
                 job, dest, plan, details, hop_failure, include_storage=include_storage
             )
         except asyncio.CancelledError:
+            await self._end_brownout(details)
             self._roll_back(job, JobState.Terminated, self.text(source.name, "cancelled"), details)
+            raise
+        except BaseException:
+            await self._end_brownout(details)
             raise
         switchover = self._spawn(self._switchover(job, dest, plan, details))
         try:
@@ -981,6 +1018,14 @@ class Lab:
             completion_s=timing.completion.draw(rng),
             network_reconvergence_s=timing.network_reconvergence.draw(rng),
             negotiation_s=timing.negotiation.draw(rng),
+            # Drawn last and only when asked for: a seed's timeline without
+            # them stays what it was.
+            reconvergence_in_s=None
+            if timing.reconvergence_in is None
+            else timing.reconvergence_in.draw(rng),
+            reconvergence_out_s=None
+            if timing.reconvergence_out is None
+            else timing.reconvergence_out.draw(rng),
         )
 
     async def _precopy(
@@ -1009,6 +1054,12 @@ class Lab:
             await self._clock.sleep(plan.negotiation_s)
             raise fail(hop or messages.text(culture, "protocol_version", host=dest.name))
 
+        share = self.config.timing.precopy_cpu_share
+        if share < 1.0:
+            started = await self._guest.brownout_start(share)
+            if started is not None:
+                self._brownout = True
+                self._record(gt.BROWNOUT_START, started, **details, cpu_share=share)
         fail_at = self.config.faults.fail_midway_at_percent
         precopy_end = plan.precopy_s
         if fail_at is not None:
@@ -1022,6 +1073,7 @@ class Lab:
             elapsed = (self._clock.now().mono_ns - job.started_mono_ns) / 1e9
             vm.migrating_percent = job.percent(self._clock.now().mono_ns)
         if fail_at is not None:
+            await self._end_brownout(details)
             raise fail(messages.text(culture, "connection_lost"))
         job.fixed_percent = 80
 
@@ -1054,6 +1106,7 @@ class Lab:
     ) -> None:
         vm = job.vm
         source = self.host(job.source)
+        await self._end_brownout(details)
         vm.state = VmState.Paused
         vm.migrating_percent = 80
         self.console.pause(host=source.name)
@@ -1074,7 +1127,7 @@ class Lab:
         blackout_s = (thawed.mono_ns - frozen.mono_ns) / 1e9
         self._record(gt.RESUME, thawed, **details, blackout_s=blackout_s)
         self.console.resume(host=dest.name)
-        self._spawn(self._restore_network(plan.network_reconvergence_s, details))
+        self._spawn(self._restore_network(plan, details))
         self._write_migration_events(job, source, dest, plan, blackout_s)
 
         await self._clock.sleep(plan.completion_s)
@@ -1088,10 +1141,44 @@ class Lab:
         vm.migrating = False
         self._record(gt.MOVE_VM_RETURNED, **details, blackout_s=blackout_s)
 
-    async def _restore_network(self, delay_s: float, details: dict[str, Any]) -> None:
-        await self._clock.sleep(delay_s)
+    async def _end_brownout(self, details: dict[str, Any]) -> None:
+        if self._brownout:
+            self._brownout = False
+            ended = await self._guest.brownout_end()
+            if ended is not None:
+                self._record(gt.BROWNOUT_END, ended, **details)
+
+    async def _restore_network(self, plan: _MigrationPlan, details: dict[str, Any]) -> None:
+        """Each direction comes back its own delay after the resume (both
+        ``network_reconvergence`` unless ``reconvergence_in`` / ``_out`` are
+        set); the guest answers pings once both are back. Every direction's
+        return is recorded (``link_restored``), with the link filter's edge."""
+        default = plan.network_reconvergence_s
+        delays = {
+            "inbound": default if plan.reconvergence_in_s is None else plan.reconvergence_in_s,
+            "outbound": default if plan.reconvergence_out_s is None else plan.reconvergence_out_s,
+        }
+        began = self._clock.now().mono_ns
+        order = sorted(delays, key=lambda direction: delays[direction])
+        first, last = order
+        if delays[first] < delays[last]:
+            await self._sleep_until(began, delays[first])
+            restored_first = await self._guest.link_restored(first)
+            self._record(
+                gt.LINK_RESTORED, restored_first, **details, direction=first, **self._link_fields()
+            )
+            order = [last]
+        await self._sleep_until(began, delays[last])
         restored = await self._guest.network_restored()
+        for direction in order:
+            self._record(
+                gt.LINK_RESTORED, restored, **details, direction=direction, **self._link_fields()
+            )
         self._record(gt.NETWORK_RESTORED, restored, **details, **self._link_fields())
+
+    async def _sleep_until(self, began_mono_ns: int, delay_s: float) -> None:
+        elapsed_s = (self._clock.now().mono_ns - began_mono_ns) / 1e9
+        await self._clock.sleep(max(0.0, delay_s - elapsed_s))
 
     def _link_fields(self) -> dict[str, int]:
         """The link filter's edge beside the echo edge (the netns guest): all of

@@ -1,13 +1,16 @@
 """What ``lab/qemu/setup.sh`` built: QEMU, firmware folders, kernel, initramfs.
 
-``setup.sh`` writes ``artefacts.json`` into its cache folder;
-``load_artefacts()`` reads and checks it, ``ensure_artefacts()`` runs the
+``setup.sh`` writes ``artefacts-<sources>.json`` into its cache folder,
+``<sources>`` a hash of the guest's sources (``guest/mb-guestd.c`` and
+``guest/init``): a checkout whose guest differs (another branch) builds and
+finds its own. ``load_artefacts()`` reads and checks it, ``ensure_artefacts()`` runs the
 script first when something is missing (it is idempotent and takes ~0.1 s
 when everything is there).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SETUP_SCRIPT = Path(__file__).with_name("setup.sh")
-ARTEFACTS_FILE = "artefacts.json"
-# artefacts.json history: 1 (0.1.0): first version.
+GUEST_SOURCES = (
+    Path(__file__).with_name("guest") / "mb-guestd.c",
+    Path(__file__).with_name("guest") / "init",
+)
+# artefacts-<sources>.json history: 1 (0.1.0): first version.
 ARTEFACTS_SCHEMA_VERSION = 1
 MIN_QEMU_MAJOR = 8
 
@@ -51,9 +57,16 @@ class QemuArtefacts:
         return int(self.qemu_version.split(".")[0])
 
 
+def artefacts_file() -> str:
+    """The manifest's name for this checkout's guest sources (as setup.sh names it)."""
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in GUEST_SOURCES))
+    return f"artefacts-{digest.hexdigest()[:16]}.json"
+
+
 def load_artefacts(cache_dir: Path | None = None) -> QemuArtefacts:
-    """Read ``artefacts.json``; ``QemuSetupError`` if it or a file it names is missing."""
-    path = (cache_dir or default_cache_dir()) / ARTEFACTS_FILE
+    """Read this guest's ``artefacts-<sources>.json``; ``QemuSetupError`` if it
+    or a file it names is missing."""
+    path = (cache_dir or default_cache_dir()) / artefacts_file()
     hint = f"run `sh {SETUP_SCRIPT}` as root"
     try:
         document = json.loads(path.read_text(encoding="utf-8"))

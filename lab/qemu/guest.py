@@ -1,7 +1,9 @@
 """Talking to the QEMU lab guest's ``mb-guestd`` (lab/qemu/guest/mb-guestd.c).
 
-``mb-guestd`` sends the heartbeats (guest agent wire format v1, read by
-``probes.guest_receiver``) and runs the memory dirtier; this is its control
+``mb-guestd`` sends the heartbeats (guest agent wire format v2, with the
+work unit's timing, read by ``probes.guest_receiver``), answers the
+harness's witnesses on port 47601 (the direction probe and the TCP stream)
+and runs the memory dirtier; this is its control
 channel: one UDP request, one answer. A request is
 ``MBCT1 <nonce> <command>`` plus the HMAC-SHA256 of that text keyed with the
 lab token; the nonce (the harness's wall clock in ns) must grow, so a

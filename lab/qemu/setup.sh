@@ -195,14 +195,18 @@ if [ ! -f "$initramfs" ]; then
     mv "$initramfs.tmp" "$initramfs"
     rm -rf "$root"
     trap - EXIT
-    # Older builds are of no use to anyone.
-    find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -name "${initramfs##*/}" -delete
+    # Builds from other guest sources stay: another checkout of the project
+    # (a branch with another mb-guestd) may start its lab from them.
 fi
 
 # -- what the lab reads -----------------------------------------------------------
 firmware=$(qemu-system-x86_64 -L help | tr '\n' ':' | sed 's/:$//')
 qemu_version=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([^ ]*\).*/\1/p')
-manifest=$cache/artefacts.json
+# One manifest per version of the guest's sources (mb-guestd.c and init, in
+# that order: lab/qemu/artefacts.py computes the same), so checkouts with
+# different guests share this cache without starting each other's guest.
+sources=$(cat "$here/guest/mb-guestd.c" "$here/guest/init" | sha256sum | cut -c1-16)
+manifest=$cache/artefacts-$sources.json
 cat > "$manifest.tmp" <<JSON
 {
   "schema_version": 1,

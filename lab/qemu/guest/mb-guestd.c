@@ -3,15 +3,24 @@
  * Built by lab/qemu/setup.sh with `gcc -static -O2 -pthread` and started by the
  * guest's /init. Three threads:
  *
- *  - heartbeat: UDP datagrams in the guest agent's wire format, version 1
- *    (probes/guest_agent.py, docs/guest-agent.md), 76 bytes big-endian:
- *      "MBHB" | version u8 (1) | flags u8 (0) | reserved u16 (0) | agent_id u64 |
+ *  - heartbeat: UDP datagrams in the guest agent's wire format, version 2
+ *    (probes/guest_agent.py, docs/guest-agent.md), 84 bytes big-endian:
+ *      "MBHB" | version u8 (2) | flags u8 (0) | reserved u16 (0) | agent_id u64 |
  *      seq u64 | guest_utc_ns i64 | guest_mono_ns i64 | interval_us u32 |
- *      HMAC-SHA256(token, the 44 bytes before it)
+ *      late_ns u32 | work_ns u32 | HMAC-SHA256(token, the 52 bytes before it)
  *    so probes/guest_receiver.py accepts them unchanged. Slot k is due at
  *    t0 + k * interval on CLOCK_MONOTONIC; missed slots are skipped, never
  *    caught up, and seq counts datagrams sent (a frozen guest leaves no hole).
+ *    After each heartbeat the thread does the agent's fixed work unit (one
+ *    byte into each 4 KiB page of 256 KiB, then SHA-256 over 16 KiB of it);
+ *    the next heartbeat says how long from its slot it took (work_ns): the
+ *    guest's rate of work, which QEMU's auto-converge throttle slows.
  *    The thread runs SCHED_FIFO so a dirtying guest does not delay it.
+ *
+ *  - witnesses (--witness-port N): the agent's direction probe answers (UDP)
+ *    and TCP stream on port N, version 1, exactly as probes/guest_agent.py's
+ *    WitnessServer (docs/guest-agent.md, "Witnesses"), so the harness's
+ *    udp_direction and tcp_stream probes measure this guest too.
  *
  *  - dirtier: writes one changing byte into each 4 KiB page of a buffer of
  *    `mib` MiB, round and round, at `rate` MiB/s (paced in 10 ms slices; rate 0
@@ -28,7 +37,7 @@
  *
  * Usage: mb-guestd --heartbeat IPV4:PORT --token-file PATH [--hz 100]
  *                  [--control-port 7100] [--agent-id HEX16]
- *                  [--dirty-mib N --dirty-rate R]
+ *                  [--dirty-mib N --dirty-rate R] [--witness-port 47601]
  *        mb-guestd --selftest TOKEN HEX  (prints HMAC-SHA256(TOKEN, bytes of HEX))
  */
 #define _GNU_SOURCE
@@ -37,6 +46,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -187,6 +198,27 @@ struct heartbeat_args {
     int64_t interval_ns;
 };
 
+/* The agent's fixed unit of work (probes/guest_agent.py, WorkUnit). */
+#define WORK_BYTES (256 * 1024)
+#define WORK_HASH_BYTES (16 * 1024)
+static uint8_t work_buffer[WORK_BYTES];
+
+static void work_unit(void) {
+    static uint8_t round_ = 0;
+    round_++;
+    for (size_t at = 0; at < WORK_BYTES; at += 4096) ((volatile uint8_t *)work_buffer)[at] = round_;
+    sha256_ctx c;
+    uint8_t digest[32];
+    sha256_init(&c);
+    sha256_update(&c, work_buffer, WORK_HASH_BYTES);
+    sha256_final(&c, digest);
+    __asm__ volatile("" : : "r"(digest) : "memory"); /* keep the hash */
+}
+
+static uint32_t clamp_u32(int64_t v) {
+    return v < 0 ? 0 : v > 0xffffffffLL ? 0xffffffffu : (uint32_t)v;
+}
+
 static void *heartbeat_main(void *arg) {
     struct heartbeat_args *a = arg;
     struct sched_param sp = {.sched_priority = 50};
@@ -196,17 +228,18 @@ static void *heartbeat_main(void *arg) {
         perror("mb-guestd: heartbeat socket");
         return NULL;
     }
-    uint8_t dgram[76];
+    uint8_t dgram[84];
     uint32_t interval_us = (uint32_t)(a->interval_ns / 1000);
     int64_t start = now_ns(CLOCK_MONOTONIC);
     int64_t next_slot = start;
     uint64_t seq = 0;
+    int64_t work_ns = 0;
     for (;;) {
         sleep_until(next_slot);
         int64_t mono = now_ns(CLOCK_MONOTONIC);
         int64_t utc = now_ns(CLOCK_REALTIME);
         memcpy(dgram, "MBHB", 4);
-        dgram[4] = 1; /* version */
+        dgram[4] = 2; /* version */
         dgram[5] = 0; /* flags */
         dgram[6] = dgram[7] = 0;
         put_be(dgram + 8, agent_id, 8);
@@ -214,13 +247,18 @@ static void *heartbeat_main(void *arg) {
         put_be(dgram + 24, (uint64_t)utc, 8);
         put_be(dgram + 32, (uint64_t)mono, 8);
         put_be(dgram + 40, interval_us, 4);
-        hmac_sha256(token, token_len, dgram, 44, dgram + 44);
+        put_be(dgram + 44, clamp_u32(mono - next_slot), 4);
+        put_be(dgram + 48, clamp_u32(work_ns), 4);
+        hmac_sha256(token, token_len, dgram, 52, dgram + 52);
         if (sendto(fd, dgram, sizeof dgram, MSG_DONTWAIT, (struct sockaddr *)&a->target,
                    sizeof a->target) == (ssize_t)sizeof dgram)
             atomic_fetch_add(&hb_sent, 1);
         else
             atomic_fetch_add(&hb_errors, 1);
         seq++;
+        /* Counted from the slot: late to start is slow too (docs/guest-agent.md). */
+        work_unit();
+        work_ns = now_ns(CLOCK_MONOTONIC) - next_slot;
         next_slot = start + ((now_ns(CLOCK_MONOTONIC) - start) / a->interval_ns + 1) * a->interval_ns;
     }
     return NULL;
@@ -294,6 +332,276 @@ static void *dirtier_main(void *arg) {
     return NULL;
 }
 
+/* ---------------------------------------------------------------- witnesses */
+
+static int constant_time_equal(const uint8_t *a, const uint8_t *b, size_t n) {
+    uint8_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff |= a[i] ^ b[i];
+    return diff == 0;
+}
+
+
+#define MAX_STREAMS 4
+#define MAX_SESSIONS 16
+#define STREAM_MAX_FRAME (1u << 20)
+#define STREAM_MAX_OUTBOX (4u << 20)
+#define MAX_ECHOES 65536
+
+static uint64_t get_be(const uint8_t *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v = v << 8 | p[i];
+    return v;
+}
+
+struct session {
+    uint64_t id, received, highest, last, run_start, used;
+    int valid;
+};
+
+struct stream {
+    int fd, welcomed;
+    int64_t accepted_ns, interval_ns, next_slot;
+    uint64_t seq;
+    uint8_t *inbox;
+    size_t in_len;
+    uint8_t *outbox;
+    size_t out_len, out_cap;
+    uint8_t *echoes; /* 16 bytes each: data seq, guest receive stamp */
+    size_t n_echoes;
+};
+
+static struct session sessions[MAX_SESSIONS];
+static struct stream streams[MAX_STREAMS];
+static uint64_t session_clock;
+
+static void answer_probe(int fd, const uint8_t *probe, const struct sockaddr_in *from,
+                         socklen_t from_len, int64_t mono, int64_t utc) {
+    uint8_t mac[32], answer[104];
+    hmac_sha256(token, token_len, probe, 32, mac);
+    if (memcmp(probe, "MBUP", 4) != 0 || probe[4] != 1 || !constant_time_equal(mac, probe + 32, 32))
+        return;
+    uint64_t id = get_be(probe + 8, 8), seq = get_be(probe + 16, 8);
+    struct session *s = NULL, *oldest = &sessions[0];
+    for (int i = 0; i < MAX_SESSIONS; i++) {
+        if (sessions[i].valid && sessions[i].id == id) s = &sessions[i];
+        if (!sessions[i].valid || sessions[i].used < oldest->used) oldest = &sessions[i];
+    }
+    if (!s) {
+        s = oldest;
+        *s = (struct session){.id = id, .highest = seq, .last = seq, .run_start = seq, .valid = 1};
+    } else if (seq != s->last + 1) {
+        s->run_start = seq; /* a hole (or reordering): a new run starts here */
+    }
+    s->received++;
+    if (seq > s->highest) s->highest = seq;
+    s->last = seq;
+    s->used = ++session_clock;
+    memcpy(answer, "MBUA", 4);
+    answer[4] = 1;
+    answer[5] = answer[6] = answer[7] = 0;
+    put_be(answer + 8, agent_id, 8);
+    put_be(answer + 16, id, 8);
+    put_be(answer + 24, seq, 8);
+    put_be(answer + 32, (uint64_t)mono, 8);
+    put_be(answer + 40, (uint64_t)utc, 8);
+    put_be(answer + 48, s->received, 8);
+    put_be(answer + 56, s->highest, 8);
+    put_be(answer + 64, s->run_start, 8);
+    hmac_sha256(token, token_len, answer, 72, answer + 72);
+    sendto(fd, answer, sizeof answer, MSG_DONTWAIT, (const struct sockaddr *)from, from_len);
+}
+
+static void stream_close(struct stream *st) {
+    close(st->fd);
+    free(st->inbox);
+    free(st->outbox);
+    free(st->echoes);
+    memset(st, 0, sizeof *st);
+    st->fd = -1;
+}
+
+static int stream_flush(struct stream *st) {
+    while (st->out_len) {
+        ssize_t n = send(st->fd, st->outbox, st->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        memmove(st->outbox, st->outbox + n, st->out_len - (size_t)n);
+        st->out_len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int stream_send(struct stream *st, uint8_t kind, const uint8_t *payload, size_t n) {
+    size_t need = st->out_len + 5 + n;
+    if (need > STREAM_MAX_OUTBOX) return -1;
+    if (need > st->out_cap) {
+        size_t cap = need * 2;
+        uint8_t *bigger = realloc(st->outbox, cap);
+        if (!bigger) return -1;
+        st->outbox = bigger;
+        st->out_cap = cap;
+    }
+    put_be(st->outbox + st->out_len, n + 1, 4);
+    st->outbox[st->out_len + 4] = kind;
+    memcpy(st->outbox + st->out_len + 5, payload, n);
+    st->out_len = need;
+    return stream_flush(st);
+}
+
+/* One frame; -1 closes the stream. */
+static int stream_frame(struct stream *st, uint8_t kind, const uint8_t *p, size_t n, int64_t at) {
+    if (kind == 'D' && st->welcomed && n == 24) {
+        if (st->n_echoes == MAX_ECHOES) return 0; /* a tick will make room */
+        if (!st->echoes && !(st->echoes = malloc(16 * (size_t)MAX_ECHOES))) return -1;
+        memcpy(st->echoes + 16 * st->n_echoes, p, 8);
+        put_be(st->echoes + 16 * st->n_echoes + 8, (uint64_t)at, 8);
+        st->n_echoes++;
+        return 0;
+    }
+    if (kind != 'H' || st->welcomed || n != 28 + 32) return -1;
+    uint8_t mac[32], welcome[28 + 32], signed_[8 + 28];
+    hmac_sha256(token, token_len, p, 28, mac);
+    if (!constant_time_equal(mac, p + 28, 32) || memcmp(p, "MBTS", 4) != 0 || p[4] != 1) return -1;
+    uint64_t interval_us = get_be(p + 16, 4), nonce = get_be(p + 20, 8);
+    if (!interval_us) return -1;
+    welcome[0] = 1;
+    welcome[1] = welcome[2] = welcome[3] = 0;
+    put_be(welcome + 4, agent_id, 8);
+    put_be(welcome + 12, (uint64_t)at, 8);
+    put_be(welcome + 20, (uint64_t)now_ns(CLOCK_REALTIME), 8);
+    put_be(signed_, nonce, 8);
+    memcpy(signed_ + 8, welcome, 28);
+    hmac_sha256(token, token_len, signed_, sizeof signed_, welcome + 28);
+    st->welcomed = 1;
+    st->interval_ns = interval_us < 1000 ? 1000000 : (int64_t)interval_us * 1000;
+    st->next_slot = (at / st->interval_ns + 1) * st->interval_ns;
+    return stream_send(st, 'W', welcome, sizeof welcome);
+}
+
+static void stream_read(struct stream *st) {
+    if (!st->inbox && !(st->inbox = malloc(STREAM_MAX_FRAME + 5))) {
+        stream_close(st);
+        return;
+    }
+    ssize_t n = recv(st->fd, st->inbox + st->in_len, STREAM_MAX_FRAME + 5 - st->in_len, 0);
+    int64_t at = now_ns(CLOCK_MONOTONIC);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        stream_close(st);
+        return;
+    }
+    st->in_len += (size_t)n;
+    size_t used = 0;
+    while (st->in_len - used >= 5) {
+        uint64_t length = get_be(st->inbox + used, 4);
+        if (length < 1 || length > STREAM_MAX_FRAME) {
+            stream_close(st);
+            return;
+        }
+        if (st->in_len - used < 4 + length) break;
+        if (stream_frame(st, st->inbox[used + 4], st->inbox + used + 5, length - 1, at) < 0) {
+            stream_close(st);
+            return;
+        }
+        used += 4 + length;
+    }
+    memmove(st->inbox, st->inbox + used, st->in_len - used);
+    st->in_len -= used;
+}
+
+static void stream_tick(struct stream *st, int64_t now) {
+    size_t count = st->n_echoes;
+    uint8_t *frame = malloc(28 + 16 * count);
+    if (!frame) {
+        stream_close(st);
+        return;
+    }
+    put_be(frame, st->seq++, 8);
+    put_be(frame + 8, (uint64_t)now_ns(CLOCK_MONOTONIC), 8);
+    put_be(frame + 16, (uint64_t)now_ns(CLOCK_REALTIME), 8);
+    put_be(frame + 24, count, 4);
+    if (count) memcpy(frame + 28, st->echoes, 16 * count);
+    st->n_echoes = 0;
+    int failed = stream_send(st, 'T', frame, 28 + 16 * count) < 0;
+    free(frame);
+    if (failed) {
+        stream_close(st);
+        return;
+    }
+    st->next_slot = (now / st->interval_ns + 1) * st->interval_ns;
+}
+
+static void *witness_main(void *arg) {
+    int port = *(int *)arg;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    int udp = socket(AF_INET, SOCK_DGRAM, 0), tcp = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (udp < 0 || tcp < 0 || bind(udp, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+        bind(tcp, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(tcp, 8) < 0) {
+        perror("mb-guestd: witness sockets");
+        return NULL;
+    }
+    for (int i = 0; i < MAX_STREAMS; i++) streams[i].fd = -1;
+    for (;;) {
+        struct pollfd fds[2 + MAX_STREAMS];
+        int index[2 + MAX_STREAMS], nfds = 2;
+        fds[0] = (struct pollfd){.fd = udp, .events = POLLIN};
+        fds[1] = (struct pollfd){.fd = tcp, .events = POLLIN};
+        int64_t now = now_ns(CLOCK_MONOTONIC), wait_ns = 200000000;
+        for (int i = 0; i < MAX_STREAMS; i++) {
+            struct stream *st = &streams[i];
+            if (st->fd < 0) continue;
+            if (st->welcomed && st->next_slot - now < wait_ns) wait_ns = st->next_slot - now;
+            index[nfds] = i;
+            fds[nfds++] = (struct pollfd){
+                .fd = st->fd, .events = (short)(POLLIN | (st->out_len ? POLLOUT : 0))};
+        }
+        if (wait_ns < 0) wait_ns = 0;
+        poll(fds, (nfds_t)nfds, (int)((wait_ns + 999999) / 1000000));
+        if (fds[0].revents & POLLIN) {
+            for (int batch = 0; batch < 64; batch++) {
+                uint8_t probe[65];
+                struct sockaddr_in from;
+                socklen_t from_len = sizeof from;
+                ssize_t n = recvfrom(udp, probe, sizeof probe, MSG_DONTWAIT,
+                                     (struct sockaddr *)&from, &from_len);
+                if (n < 0) break;
+                if (n == 64)
+                    answer_probe(udp, probe, &from, from_len, now_ns(CLOCK_MONOTONIC),
+                                 now_ns(CLOCK_REALTIME));
+            }
+        }
+        if (fds[1].revents & POLLIN) {
+            int fd = accept(tcp, NULL, NULL);
+            int slot = -1;
+            for (int i = 0; fd >= 0 && i < MAX_STREAMS; i++)
+                if (streams[i].fd < 0) slot = i;
+            if (fd >= 0 && slot < 0) close(fd);
+            if (slot >= 0) {
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                streams[slot] = (struct stream){.fd = fd, .accepted_ns = now_ns(CLOCK_MONOTONIC)};
+            }
+        }
+        for (int k = 2; k < nfds; k++) {
+            struct stream *st = &streams[index[k]];
+            if (st->fd < 0 || st->fd != fds[k].fd) continue;
+            if ((fds[k].revents & POLLOUT) && stream_flush(st) < 0) {
+                stream_close(st);
+                continue;
+            }
+            if (fds[k].revents & (POLLIN | POLLHUP | POLLERR)) stream_read(st);
+        }
+        now = now_ns(CLOCK_MONOTONIC);
+        for (int i = 0; i < MAX_STREAMS; i++) {
+            struct stream *st = &streams[i];
+            if (st->fd < 0) continue;
+            if (!st->welcomed && now - st->accepted_ns > 5000000000LL) stream_close(st);
+            else if (st->welcomed && now >= st->next_slot) stream_tick(st, now);
+        }
+    }
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- control */
 
 static int parse_ipv4_port(const char *text, struct sockaddr_in *out) {
@@ -319,12 +627,6 @@ static int read_token(const char *path) {
     while (n > 0 && (token[n - 1] == '\n' || token[n - 1] == '\r' || token[n - 1] == 0)) n--;
     token_len = (size_t)n;
     return n > 0 ? 0 : -1;
-}
-
-static int constant_time_equal(const uint8_t *a, const uint8_t *b, size_t n) {
-    uint8_t diff = 0;
-    for (size_t i = 0; i < n; i++) diff |= a[i] ^ b[i];
-    return diff == 0;
 }
 
 /* Idempotent: asking again for what runs changes nothing (a retried request must
@@ -404,7 +706,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: mb-guestd --heartbeat IPV4:PORT --token-file PATH [--hz 100]\n"
             "                 [--control-port 7100] [--agent-id HEX16]\n"
-            "                 [--dirty-mib N --dirty-rate MIB_PER_S]\n"
+            "                 [--dirty-mib N --dirty-rate MIB_PER_S] [--witness-port PORT]\n"
             "       mb-guestd --selftest KEY HEX\n");
     exit(2);
 }
@@ -414,6 +716,7 @@ int main(int argc, char **argv) {
     const char *target = NULL, *token_file = NULL;
     double hz = 100;
     int control_port = 7100, mib = 0, rate = 0;
+    static int witness_port = 0;
     int have_agent_id = 0;
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
@@ -428,6 +731,7 @@ int main(int argc, char **argv) {
             have_agent_id = 1;
         } else if (!strcmp(opt, "--dirty-mib")) mib = atoi(value);
         else if (!strcmp(opt, "--dirty-rate")) rate = atoi(value);
+        else if (!strcmp(opt, "--witness-port")) witness_port = atoi(value);
         else usage();
     }
     static struct heartbeat_args hb;
@@ -450,9 +754,10 @@ int main(int argc, char **argv) {
     atomic_store(&dirty_generation, 1);
     set_dirty(mib, rate);
     signal(SIGPIPE, SIG_IGN);
-    pthread_t heartbeat, dirtier;
+    pthread_t heartbeat, dirtier, witnesses;
     if (pthread_create(&heartbeat, NULL, heartbeat_main, &hb) != 0 ||
-        pthread_create(&dirtier, NULL, dirtier_main, NULL) != 0) {
+        pthread_create(&dirtier, NULL, dirtier_main, NULL) != 0 ||
+        (witness_port > 0 && pthread_create(&witnesses, NULL, witness_main, &witness_port) != 0)) {
         perror("mb-guestd: pthread_create");
         return 1;
     }
