@@ -13,6 +13,7 @@ import pytest
 from migration_blackout.analysis.brownout import analyse_work
 from migration_blackout.analysis.direction import analyse_direction
 from migration_blackout.analysis.tcp import analyse_connects, analyse_stream, beyond_blackout
+from migration_blackout.runformat import TCP_STREAM
 
 MS = 1_000_000
 BASE = 5_000_000_000_000  # a monotonic clock reading, ns
@@ -119,18 +120,7 @@ def stream_records(
         guest = sent + interval // 3 + offset
         rows.append(("out", 0, seq, None, None, guest, guest + EPOCH, back, back + EPOCH, None))
     rows.append(("closed", 0, None, None, None, None, None, end, end + EPOCH, "stopped"))
-    columns = [
-        "kind",
-        "conn",
-        "seq",
-        "send_mono_ns",
-        "send_utc_ns",
-        "guest_mono_ns",
-        "guest_utc_ns",
-        "recv_mono_ns",
-        "recv_utc_ns",
-        "detail",
-    ]
+    columns = list(TCP_STREAM.columns)
     frame = pd.DataFrame(rows, columns=columns)
     for column in columns[2:9]:
         frame[column] = frame[column].astype("Int64")
