@@ -25,19 +25,27 @@ def insert_after_header(path: Path, lines: list[bytes], header_lines: int = 1) -
     path.write_bytes(b"\n".join(content))
 
 
-def add_guest_streams(run: Path) -> None:
+def add_guest_streams(run: Path, heartbeat_v2: bool = False) -> None:
     """Heartbeats with an out-of-range seq and frames with a bad line, as a
-    hostile guest or a torn write could leave them."""
+    hostile guest or a torn write could leave them. ``heartbeat_v2``: the file
+    has the agent 1.1's late_ns and work_ns too (empty for a v1 beat)."""
     start_mono, start_utc = 2_070_000_000_000, 1_795_646_705_000_000_000
+
+    def v2(k: int) -> str:
+        if not heartbeat_v2:
+            return ""
+        return ",," if k % 7 == 0 else f",{k * 1000},{50_000 + k}"
+
     rows = [
         f"00000000000000aa,{k},{start_utc + k * 10**7},{5 * 10**9 + k * 10**7},10000,"
-        f"{start_mono + k * 10**7},{start_utc + k * 10**7},198.18.115.2"
+        f"{start_mono + k * 10**7},{start_utc + k * 10**7},198.18.115.2{v2(k)}"
         for k in range(50)
     ]
-    rows.insert(20, f"00000000000000aa,{2**64 - 1},1,2,10000,3,4,198.18.115.2")
+    rows.insert(20, f"00000000000000aa,{2**64 - 1},1,2,10000,3,4,198.18.115.2{v2(1)}")
+    columns = HEARTBEAT_COLUMNS + (",late_ns,work_ns" if heartbeat_v2 else "")
     header = {"schema_version": 1, "probe": "guest_heartbeat", "format": "csv"}
     (run / "raw" / "guest_heartbeat.csv").write_text(
-        "# " + json.dumps(header) + "\n" + HEARTBEAT_COLUMNS + "\n" + "\n".join(rows) + "\n"
+        "# " + json.dumps(header) + "\n" + columns + "\n" + "\n".join(rows) + "\n"
     )
     frames = [{"schema_version": 1, "probe": "guest_frames", "header": True}]
     for k in range(3):
@@ -58,13 +66,16 @@ def add_guest_streams(run: Path) -> None:
     insert_after_header(path, BAD_LINES)
 
 
-def test_bad_lines_in_every_raw_file_are_skipped_with_a_warning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("heartbeat_v2", [False, True], ids=["heartbeat-v1", "heartbeat-v2"])
+def test_bad_lines_in_every_raw_file_are_skipped_with_a_warning(
+    tmp_path: Path, heartbeat_v2: bool
+) -> None:
     run = copy_sample(tmp_path)
     jsonl = sorted((run / "raw").glob("*.jsonl"))
     for path in jsonl:
         insert_after_header(path, BAD_LINES)
     insert_after_header(run / "raw" / "icmp.csv", [b"\xff,torn", b"198.18.115.2,12"], 2)
-    add_guest_streams(run)
+    add_guest_streams(run, heartbeat_v2)
     proc = measure("analyze", str(run), "--json")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
