@@ -41,6 +41,7 @@ from migration_blackout.harness.qemu.migration import (
     migrate,
 )
 from migration_blackout.harness.qemu.qmp import QmpClient
+from migration_blackout.lab.netns import process_runs
 from migration_blackout.lab.qemu import control
 from migration_blackout.lab.qemu.artefacts import ensure_artefacts
 from migration_blackout.lab.qemu.control import QemuLabState
@@ -66,15 +67,11 @@ def _namespaces() -> list[str]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Runs and is no zombie (the lab's own test of liveness): a QEMU whose daemon
+    died is a zombie until the container's first process reaps it, maybe never."""
     with contextlib.suppress(ChildProcessError):  # reap it if it is our child (the daemon)
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        os.waitpid(pid, os.WNOHANG)
+    return process_runs(pid)
 
 
 @pytest.fixture(scope="module")
