@@ -325,17 +325,25 @@ def _summarise_target(
     if sent == 0:
         send_clock = None
 
-    # Send order, ties broken by n (imported logs may stamp whole seconds).
-    order = np.argsort(send, kind="stable")
-    send = send[order]
+    # Send order, ties broken by n (imported logs may stamp whole seconds). The
+    # timeline's rows are in send order already: then nothing is sorted or copied.
     step = np.diff(send)
+    order: npt.NDArray[np.intp] | None = None
+    if (step < 0).any():
+        order = np.argsort(send, kind="stable")
+        send = send[order]
+        step = np.diff(send)
     if (step == 0).any():
         order = np.lexsort((take(records.n), take(clock)))
         send = take(clock)[order]
         step = np.diff(send)
     # Row index of each attempt in send order.
-    index = order if rows is None else rows[order]
-    n = records.n[index]
+    if order is None:
+        index = np.arange(sent) if rows is None else rows
+        n = records.n if rows is None else records.n[index]
+    else:
+        index = order if rows is None else rows[order]
+        n = records.n[index]
     if sent > 1 and not (n[1:] > n[:-1]).all() and len(np.unique(n)) < sent:
         raise RunFormatError(f"target {target}: the attempt counter n repeats")
 
