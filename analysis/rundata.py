@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import itertools
 import json
 import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -387,7 +385,7 @@ def _partial_last_line_offset(raw: io.BufferedReader) -> int | None:
 
 
 class _FileRange(io.RawIOBase):
-    """Bytes ``start`` to ``end`` of a file: one slice of rows for one parser."""
+    """Bytes ``start`` to ``end`` of a file: the complete record rows, for the parser."""
 
     def __init__(self, path: Path, start: int, end: int) -> None:
         super().__init__()
@@ -409,89 +407,14 @@ class _FileRange(io.RawIOBase):
         super().close()
 
 
-# Parsing in parallel: pandas' C tokenizer and number conversion release the
-# GIL, so slices of the file parsed in threads scale with the cores (3.6 M rows:
-# ~1.3 s with one thread, ~0.75 s with two). Slices are cut at line ends, which
-# is only safe when no field is quoted (a quoted field may hold a newline): a
-# file with any '"' is parsed by one thread.
-_PARALLEL_MIN_SLICE_BYTES = 32 << 20
-_PARALLEL_MAX_THREADS = 4
-
-
-def _available_threads() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return min(cores, _PARALLEL_MAX_THREADS)
-
-
-def _row_slices(path: Path, layout: _CsvLayout) -> list[tuple[int, int]]:
-    """Byte ranges of whole rows, one per parser thread."""
-    start, end = layout.data_start, layout.data_end
-    count = min(_available_threads(), (end - start) // _PARALLEL_MIN_SLICE_BYTES)
-    if count < 2 or _has_quote(path, start, end):
-        return [(start, end)]
-    cuts = [start]
-    with open(path, "rb") as raw:
-        for i in range(1, count):
-            newline = _next_newline(raw, start + (end - start) * i // count, end)
-            if newline is None or newline + 1 >= end:
-                break
-            cuts.append(newline + 1)
-    cuts.append(end)
-    return list(itertools.pairwise(sorted(set(cuts))))
-
-
-# Scanned by reading blocks into one buffer, not through a memory map: every
-# page of a mapped file would count in the process's resident memory (an hour
-# at 1 kHz: +430 MiB of peak RSS for a look at each byte).
-_SCAN_BLOCK_BYTES = 8 << 20
-
-
-def _has_quote(path: Path, start: int, end: int) -> bool:
-    """Whether bytes ``start`` to ``end`` of the file hold a '"' (a quoted field)."""
-    block = bytearray(_SCAN_BLOCK_BYTES)
-    with open(path, "rb") as raw:
-        raw.seek(start)
-        left = end - start
-        while left > 0:
-            count = raw.readinto(memoryview(block)[: min(left, len(block))])
-            if not count:
-                return False
-            if block.find(b'"', 0, count) >= 0:
-                return True
-            left -= count
-    return False
-
-
-def _next_newline(raw: io.BufferedReader, offset: int, end: int) -> int | None:
-    """The offset of the first newline at or after ``offset`` (before ``end``)."""
-    raw.seek(offset)
-    while offset < end:
-        block = raw.read(min(65536, end - offset))
-        if not block:
-            return None
-        found = block.find(b"\n")
-        if found >= 0:
-            return offset + found
-        offset += len(block)
-    return None
-
-
 # Rows are parsed a chunk at a time and each chunk's columns kept as they are
-# (one compact array each; the parser's own buffers for a chunk are freed with
-# it), then joined column by column: an hour at 1 kHz never holds the file's
-# rows in two forms at once (a single read_csv keeps its internal chunks and
-# their concatenation, and the slices and theirs: ~3x the table at its peak).
+# (one compact array each; the parser's buffers for a chunk are reused for the
+# next), then joined column by column: an hour at 1 kHz never holds the file's
+# rows in two forms at once. One thread: slices of the file parsed in threads
+# were ~0.4 s faster on an idle 2-core machine, but each thread's parser and
+# malloc arena stayed in the process (peak RSS of `measure analyze` of the
+# hour-long run 680 MiB, against 552-578 with one), and the cores are shared.
 _CHUNK_ROWS = 1 << 18
-
-
-def _read_slice(
-    path: Path, start: int, end: int, usecols: list[str], dtype: Mapping[str, Any]
-) -> dict[str, list[pd.Series]]:
-    with io.BufferedReader(_FileRange(path, start, end), buffer_size=1 << 20) as source:
-        return _parse_icmp_chunks(source, usecols, dtype)
 
 
 def _parse_icmp_chunks(
@@ -517,12 +440,6 @@ def _parse_icmp_chunks(
     return pieces
 
 
-def _parse_icmp_rows(
-    source: io.BufferedIOBase, usecols: list[str], dtype: Mapping[str, Any]
-) -> pd.DataFrame:
-    return _join_columns(usecols, [_parse_icmp_chunks(source, usecols, dtype)])
-
-
 def _join_pieces(pieces: list[pd.Series], dtype: Any) -> pd.Series:
     """One column from its pieces (in file order)."""
     if not pieces:
@@ -542,40 +459,44 @@ def _join_pieces(pieces: list[pd.Series], dtype: Any) -> pd.Series:
     return pd.concat(pieces, ignore_index=True)
 
 
-def _join_columns(usecols: list[str], parts: list[dict[str, list[pd.Series]]]) -> pd.DataFrame:
-    """The frame of ``usecols`` from each slice's pieces; each column's pieces are
-    freed as soon as it is joined, and the columns are not consolidated (copied
-    into one block), so a column dropped later frees its memory."""
+def _join_columns(usecols: list[str], pieces: dict[str, list[pd.Series]]) -> pd.DataFrame:
+    """The frame of ``usecols`` from their pieces; each column's pieces are freed
+    as soon as it is joined, and the columns are not consolidated (copied into
+    one block), so a column dropped later frees its memory."""
     columns: dict[str, pd.Series] = {}
     for name in usecols:
-        pieces = [piece for part in parts for piece in part.pop(name)]
-        columns[name] = _join_pieces(pieces, _ICMP_DTYPES[name])
-        del pieces
+        columns[name] = _join_pieces(pieces.pop(name), _ICMP_DTYPES[name])
     return pd.DataFrame(columns, copy=False)
 
 
-def _parse_slices(
-    path: Path, slices: list[tuple[int, int]], usecols: list[str], dtype: Mapping[str, Any]
-) -> list[dict[str, list[pd.Series]]]:
-    if len(slices) == 1:
-        return [_read_slice(path, slices[0][0], slices[0][1], usecols, dtype)]
-    with ThreadPoolExecutor(max_workers=len(slices)) as pool:
-        return list(pool.map(lambda s: _read_slice(path, s[0], s[1], usecols, dtype), slices))
+def _parse_range(
+    path: Path, layout: _CsvLayout, usecols: list[str], dtype: Mapping[str, Any]
+) -> dict[str, list[pd.Series]]:
+    """The complete record rows of the file (``layout``), as column pieces."""
+    with io.BufferedReader(
+        _FileRange(path, layout.data_start, layout.data_end), buffer_size=1 << 20
+    ) as source:
+        return _parse_icmp_chunks(source, usecols, dtype)
+
+
+def _parse_icmp_rows(
+    source: io.BufferedIOBase, usecols: list[str], dtype: Mapping[str, Any]
+) -> pd.DataFrame:
+    return _join_columns(usecols, _parse_icmp_chunks(source, usecols, dtype))
 
 
 def _read_columns(
-    path: Path, slices: list[tuple[int, int]], usecols: list[str], dtype: Mapping[str, Any]
+    path: Path, layout: _CsvLayout, usecols: list[str], dtype: Mapping[str, Any]
 ) -> pd.DataFrame:
-    parts = _parse_slices(path, slices, usecols, dtype)
+    pieces = _parse_range(path, layout, usecols, dtype)
     for column in _NAME_COLUMNS:
         if column in usecols and any(
-            piece.cat.categories.dtype.kind not in "OUT" for part in parts for piece in part[column]
+            piece.cat.categories.dtype.kind not in "OUT" for piece in pieces[column]
         ):
             # Values that all looked like numbers: read that column again as text.
-            texts = _parse_slices(path, slices, [column], {column: "str"})
-            for part, text in zip(parts, texts, strict=True):
-                part[column] = [piece.astype("category") for piece in text[column]]
-    return _join_columns(usecols, parts)
+            texts = _parse_range(path, layout, [column], {column: "str"})
+            pieces[column] = [piece.astype("category") for piece in texts[column]]
+    return _join_columns(usecols, pieces)
 
 
 def read_icmp_csv(
@@ -587,7 +508,6 @@ def read_icmp_csv(
     ``runformat.ICMP.columns`` for all). The header's schema version, probe name and the
     full column list are always checked. A partial last line (the writer
     stopped mid-row) is left out and reported in ``dropped_partial_last_line``.
-    Large files are parsed in slices by up to 4 threads.
     """
     path = Path(path)
     where = f"raw file {path}"
@@ -609,15 +529,14 @@ def read_icmp_csv(
     if unknown:
         raise ValueError(f"unknown icmp columns requested: {unknown}")
     usecols = list(dict.fromkeys(columns))
-    slices = _row_slices(path, layout)
     dtypes = {c: _ICMP_DTYPES[c] for c in usecols}
     try:
         complete = dtypes | {c: "int64" for c in _SEND_COLUMNS if c in dtypes}
         try:
-            frame = _read_columns(path, slices, usecols, complete)
+            frame = _read_columns(path, layout, usecols, complete)
         except ValueError:
             # A send stamp is missing (or the file is broken: then this raises too).
-            frame = _read_columns(path, slices, usecols, dtypes)
+            frame = _read_columns(path, layout, usecols, dtypes)
     except (ValueError, OverflowError, UnicodeDecodeError, pd.errors.ParserError):
         # Some rows are not records (a torn write, a byte flipped): check each
         # row, skip and count the bad ones, parse the rest.
