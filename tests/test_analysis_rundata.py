@@ -353,3 +353,27 @@ def test_analysis_imports_neither_probes_nor_harness() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_jsonl_columns_are_the_records_of_one_event_as_from_records_gives_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "host.jsonl"
+    records = [
+        {"event": "poll", "k": 0, "state": "Running", "listed": True, "errors": []},
+        {"event": "note", "text": "not a poll"},
+        {"event": "poll", "k": 1, "state": None, "percent_complete": 40},
+        {"event": "poll", "state": "Paused", "listed": False},
+    ]
+    lines = [json.dumps({"schema_version": 1, "host": "h"}), *map(json.dumps, records)]
+    lines.insert(3, '{"event": "poll", "k": 9')  # torn: not a record
+    lines.insert(4, "[1, 2]")  # JSON, not an object
+    path.write_text("\n".join(lines) + '\n{"event": "poll", "k": 7')  # partial last line
+    with pytest.warns(RawDataWarning, match=r"2 lines skipped.*first: line 4, not JSON"):
+        raw = rundata.read_jsonl_columns(path, what="host.jsonl", event="poll")
+    assert raw.header == {"schema_version": 1, "host": "h"}
+    assert raw.rows == 3
+    polls = [r for r in records if r["event"] == "poll"]
+    pd.testing.assert_frame_equal(pd.DataFrame(raw.columns), pd.DataFrame.from_records(polls))
+    with pytest.warns(RawDataWarning, match=r"2 lines skipped.*first: line 4, not JSON"):
+        assert rundata.read_jsonl(path, what="host.jsonl").records == records
