@@ -337,16 +337,6 @@ def _summarise_target(
         order = np.lexsort((take(records.n), take(clock)))
         send = take(clock)[order]
         step = np.diff(send)
-    # Row index of each attempt in send order.
-    if order is None:
-        index = np.arange(sent) if rows is None else rows
-        n = records.n if rows is None else records.n[index]
-    else:
-        index = order if rows is None else rows[order]
-        n = records.n[index]
-    if sent > 1 and not (n[1:] > n[:-1]).all() and len(np.unique(n)) < sent:
-        raise RunFormatError(f"target {target}: the attempt counter n repeats")
-
     median_ms = mean_ms = jitter_ms = rate_ratio = None
     if sent > 1:
         mean_ms = float(send[-1] - send[0]) / (sent - 1) / _NS_PER_MS
@@ -363,9 +353,21 @@ def _summarise_target(
         deviation = step - median_ns
         np.abs(deviation, out=deviation)
         jitter_ms = float(np.percentile(deviation, 99, overwrite_input=True)) / _NS_PER_MS
+        del deviation
         if requested_ms is not None and mean_ms > 0:
             rate_ratio = requested_ms / mean_ms
     interval_ms = median_ms if median_ms is not None else requested_ms
+    del step  # 3.6 M intervals: gone before the row index is made
+
+    # Row index of each attempt in send order.
+    if order is None:
+        index = np.arange(sent) if rows is None else rows
+        n = records.n if rows is None else records.n[index]
+    else:
+        index = order if rows is None else rows[order]
+        n = records.n[index]
+    if sent > 1 and not (n[1:] > n[:-1]).all() and len(np.unique(n)) < sent:
+        raise RunFormatError(f"target {target}: the attempt counter n repeats")
 
     return TargetIcmpSummary(
         target=target,
