@@ -350,7 +350,11 @@ def _summarise_target(
             step.partition([middle, middle + 1])
             median_ns = (float(step[middle]) + float(step[middle + 1])) / 2
         median_ms = median_ns / _NS_PER_MS
-        deviation = step - median_ns
+        if median_ns.is_integer():
+            # In place: the intervals are not needed after this (3.6 M of them: 29 MB).
+            deviation = np.subtract(step, int(median_ns), out=step)
+        else:
+            deviation = step - median_ns
         np.abs(deviation, out=deviation)
         jitter_ms = float(np.percentile(deviation, 99, overwrite_input=True)) / _NS_PER_MS
         del deviation

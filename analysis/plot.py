@@ -178,10 +178,16 @@ def _per_bin(values: FloatArray, index: IntArray, reducer: np.ufunc) -> FloatArr
 
 
 def _count_per_bin(mask: npt.NDArray[np.bool_], index: IntArray) -> IntArray:
-    """How many rows ``mask`` holds in each column (``index``: the columns' first rows);
-    from the positions it holds, not a running count of 3.6 M rows (29 MB twice)."""
-    chosen = np.flatnonzero(mask)
-    return np.diff(np.searchsorted(chosen, index)).astype(np.int64)
+    """How many rows ``mask`` holds in each column (``index``: the columns' first rows).
+    Summed per column (``_per_bin``'s way) with the cast done in buffers: no
+    running count or list of positions of 3.6 M rows (29 MB)."""
+    counts = np.diff(index)
+    out = np.zeros(len(counts), dtype=np.int64)
+    nonempty = counts > 0
+    if nonempty.any():
+        starts = index[:-1][nonempty] - index[0]
+        out[nonempty] = np.add.reduceat(mask[index[0] : index[-1]], starts, dtype=np.int64)
+    return out
 
 
 def _centres(view: _View) -> FloatArray:
