@@ -29,6 +29,7 @@ from migration_blackout.runformat import utc_iso
 from .guest import NetnsGuest
 from .hyperv_emulator import LabHosts
 from .labconfig import LabConfigError, load_lab_config
+from .netns import watch_owner
 
 STATE_FILE = "lab.json"
 STATE_SCHEMA_VERSION = 1
@@ -45,36 +46,6 @@ def _write_state(path: Path, state: dict[str, object]) -> None:
 
 
 FAULT_SIGNAL_EVENT = "signal"  # unresponsive_after = "signal": fired by SIGUSR1
-OWNER_POLL_S = 0.5
-
-
-async def _watch_owner(owner_pid: int, stop: asyncio.Event) -> None:
-    """Set ``stop`` once ``owner_pid`` is gone (a pidfd where the kernel has them)."""
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(owner_pid)
-    except ProcessLookupError:
-        stop.set()
-        return
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        loop.add_reader(pidfd, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        return
-    while not stop.is_set():
-        try:
-            os.kill(owner_pid, 0)
-        except ProcessLookupError:
-            stop.set()
-            return
-        except PermissionError:
-            pass
-        await asyncio.sleep(OWNER_POLL_S)  # a periodic check: no pidfd to wait on
 
 
 async def serve(
@@ -102,7 +73,7 @@ async def serve(
 
             loop.add_signal_handler(signal.SIGUSR1, fire_signal_faults)
             if owner_pid is not None:
-                tasks.create_task(_watch_owner(owner_pid, stop))
+                tasks.create_task(watch_owner(owner_pid, stop))
             realm = lab.realm
             state = {
                 "schema_version": STATE_SCHEMA_VERSION,

@@ -39,6 +39,7 @@ the namespace. Everything here needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import ipaddress
@@ -145,6 +146,39 @@ def _links() -> list[str]:
         if len(parts) >= 2:
             names.append(parts[1].strip().split("@")[0])
     return names
+
+
+OWNER_POLL_S = 0.5
+
+
+async def watch_owner(owner_pid: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once ``owner_pid`` is gone (a pidfd where the kernel has them):
+    a lab daemon started for one process (a run, a test session) ends with it."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(owner_pid)
+    except ProcessLookupError:
+        stop.set()
+        return
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        loop.add_reader(pidfd, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return
+    while not stop.is_set():
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            stop.set()
+            return
+        except PermissionError:
+            pass
+        await asyncio.sleep(OWNER_POLL_S)  # a periodic check: no pidfd to wait on
 
 
 def process_runs(pid: int) -> bool:

@@ -41,7 +41,14 @@ def _stop_on_eof_or_signal(dirtying: threading.Event | None = None) -> threading
     """Set at SIGTERM or end of input; the lines ``go`` / ``stop`` set and
     clear ``dirtying``."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_sigterm(*_: object) -> None:
+        # Raised in the main thread: ends a select or a wait at once (the lab's
+        # teardown waits for this process).
+        stop.set()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     def watch_stdin() -> None:
         for line in sys.stdin:

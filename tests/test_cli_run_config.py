@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_run_lab import FAST_LAB
 
 from migration_blackout.lab.hyperv_emulator import (
     DEFAULT_DESTINATION_HOST,
@@ -120,7 +121,13 @@ def test_host_names_never_become_paths(tmp_path: Path) -> None:
     lab_dir = tmp_path / "lab-state"
     environment = {**os.environ, "MEASURE_LAB_DIR": str(lab_dir)}
     cli = [sys.executable, "-m", "migration_blackout.harness.cli"]
-    up = subprocess.run([*cli, "lab", "up"], capture_output=True, text=True, env=environment)
+    (tmp_path / "lab.toml").write_text(FAST_LAB)  # the path names matter, not the timing
+    up = subprocess.run(
+        [*cli, "lab", "up", "--config", str(tmp_path / "lab.toml")],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
     assert up.returncode == 0, up.stderr
     try:
         status = json.loads(

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from fixtures_netns import wait_until
 
 from migration_blackout.harness.qemu.migration import (
     OUTCOME_CANCELLED,
@@ -82,18 +84,35 @@ def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def qemu_lab(lab_dir: Path) -> Iterator[QemuLabState]:
-    """The lab, once for the module; afterwards nothing of it may remain."""
+    """The lab, once for the module; afterwards nothing of it may remain.
+
+    Started for an owner process that lives as long as this test session (it
+    reads its standard input from here): the lab ends by itself when its owner
+    is gone, which is how it ends here, and how it ends if pytest is killed."""
     begin = time.monotonic()
     ensure_artefacts()
     prepared = time.monotonic()
-    state, started = control.up(state_dir=lab_dir)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    state, started = control.up(state_dir=lab_dir, owner_pid=owner.pid)
     print(f"\nQEMU lab: artefacts {prepared - begin:.1f} s, up {time.monotonic() - prepared:.1f} s")
     assert started
     namespace = state.document["network"]["namespace"]
     try:
         yield state
     finally:
-        control.down(state_dir=lab_dir)
+        assert owner.stdin is not None
+        owner.stdin.close()
+        owner.wait(timeout=10)
+        try:
+            wait_until(
+                lambda: not process_runs(state.pid) and namespace not in _namespaces(),
+                timeout_s=30,
+                what="the lab to end with its owner",
+            )
+        finally:
+            control.down(state_dir=lab_dir)
         assert namespace not in _namespaces()
         assert not (lab_dir / "qemu-lab.json").exists()
 

@@ -178,7 +178,7 @@ def test_a_wheel_in_a_fresh_venv_runs_the_workflow(workflow: Workflow, tmp_path:
     )
     assert json.loads(imported.stdout)["blackout"]["timeouts"] == 3
     lab_state = tmp_path / "qemu-lab"
-    state, _ = qemu_control.up(state_dir=lab_state)
+    state, _ = qemu_control.up(state_dir=lab_state, owner_pid=os.getpid())  # ends with pytest
     try:
         watched = _run(
             [

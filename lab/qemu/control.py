@@ -246,6 +246,8 @@ def up(
         "--config-json",
         json.dumps(asdict(config)),
     ]
+    if owner_pid is not None:
+        argv += ["--owner-pid", str(owner_pid)]
     proc = spawn_daemon(argv, log_path)
     _STARTED[proc.pid] = proc
     entry = register("qemu", proc.pid, state_dir, owner_pid=owner_pid, private=private)

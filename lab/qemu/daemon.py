@@ -1,7 +1,8 @@
 """The QEMU lab as a background process:
 ``python -m migration_blackout.lab.qemu.daemon --state-dir DIR``.
 
-Runs ``QemuLab`` until SIGTERM or SIGINT and keeps ``DIR/qemu-lab.json`` (mode
+Runs ``QemuLab`` until SIGTERM or SIGINT (with ``--owner-pid``, also until
+that process is gone: a lab started for one run or one test session) and keeps ``DIR/qemu-lab.json`` (mode
 0600: it holds the heartbeat token) up to date: rewritten atomically at every
 change of the lab (a QEMU started or exited, the guest moved), with a
 ``lab.serial`` that grows each time. On the way out it stops both QEMUs,
@@ -24,6 +25,7 @@ from typing import Any
 from migration_blackout.probes.clock import clock_pair
 from migration_blackout.runformat import utc_iso
 
+from ..netns import watch_owner
 from .artefacts import QemuSetupError, ensure_artefacts
 from .lab import GUEST_NAME, LabSnapshot, QemuLab, QemuLabConfig, QemuLabError
 
@@ -81,7 +83,7 @@ def state_document(lab: QemuLab, snapshot: LabSnapshot, started_utc: str) -> dic
     }
 
 
-async def serve(state_dir: Path, config: QemuLabConfig) -> None:
+async def serve(state_dir: Path, config: QemuLabConfig, owner_pid: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     state_path = state_dir / STATE_FILE
     started_utc = utc_iso(clock_pair().utc_ns)
@@ -103,7 +105,10 @@ async def serve(state_dir: Path, config: QemuLabConfig) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        if owner_pid is None:
+            await stop.wait()
+        else:  # a lab started for one process ends with it
+            await watch_owner(owner_pid, stop)
     finally:
         await lab.close()
         state_path.unlink(missing_ok=True)
@@ -115,11 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--config-json", default="{}", help="QemuLabConfig fields as a JSON object")
+    parser.add_argument(
+        "--owner-pid", type=int, default=None, help="stop once this process is gone"
+    )
     args = parser.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         config = QemuLabConfig(**json.loads(args.config_json))
-        asyncio.run(serve(args.state_dir, config))
+        asyncio.run(serve(args.state_dir, config, args.owner_pid))
     except asyncio.CancelledError:
         return 0  # stopped while the guest booted
     except (QemuSetupError, QemuLabError, TypeError, ValueError) as exc:
