@@ -4,11 +4,15 @@ no host and no lab needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures_netns import wait_until
 
 from migration_blackout.harness.commands.run import (
     AgentSettings,
@@ -19,6 +23,7 @@ from migration_blackout.harness.commands.run import (
     run,
 )
 from migration_blackout.harness.config import HostConfig, RunConfig, parse_config
+from migration_blackout.harness.deadlines import use_abandonable_threads
 
 GUEST = "198.18.0.9"
 WITNESSES = {"witnesses": {"enabled": True, "port": 47700}}
@@ -158,3 +163,33 @@ def test_the_qemu_lab_needs_no_agent_for_its_witnesses(tmp_path: Path) -> None:
     assert RunRequest(config=config).uses_lab
     with pytest.raises(ValueError, match="--witnesses needs --guest-agent"):
         RunRequest(config=qemu_config(tmp_path, **WITNESSES))
+
+
+def test_a_finished_loop_keeps_no_idle_worker_and_an_abandoned_one_ends_with_its_call() -> None:
+    """run() called from Python (a notebook) leaves no thread of its run: the
+    loop's worker threads end when the loop shuts its executor down, not
+    ``idle_s`` later; one still blocked (a hung host's call) is abandoned and
+    ends when its call returns."""
+    release = threading.Event()
+    before = set(threading.enumerate())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        use_abandonable_threads(loop)
+        await asyncio.to_thread(time.monotonic)  # its worker is idle afterwards
+        loop.run_in_executor(None, release.wait)  # blocked past the loop's end
+
+    asyncio.run(main())
+    started = set(threading.enumerate()) - before
+    wait_until(
+        lambda: len(set(threading.enumerate()) - before) == 1,
+        timeout_s=2.0,  # idle workers otherwise wait idle_s (10 s) for more work
+        what="the idle worker to end",
+    )
+    assert started  # (the blocked worker at least)
+    release.set()
+    wait_until(
+        lambda: not set(threading.enumerate()) - before,
+        timeout_s=2.0,
+        what="the abandoned worker to end after its call",
+    )
