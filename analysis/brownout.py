@@ -15,7 +15,11 @@ Method (pure, over the heartbeat rows of one agent in sequence order):
   share of that time in which work was due and not yet done. A throttled
   guest is late on many wake-ups, not all (the throttle has its own
   period), and skips slots when very late; the sum counts all of it, where
-  a per-heartbeat statistic would be fooled by the prompt ones;
+  a per-heartbeat statistic would be fooled by the prompt ones. Each work
+  time counts at most ``stall_intervals`` intervals: a guest that did not
+  run at all for longer was stalled once (a busy host took its CPU: the
+  lab's loaded machine stalls every process for 100-120 ms now and then),
+  not slowed, and one such stall alone would fill a quarter of a window;
 * the *baseline* is the lower quartile of the waiting share: the guest's
   normal state, even when a brownout takes up to three quarters of the run;
 * a heartbeat is *slow* when its waiting share exceeds both ``min_share``
@@ -57,6 +61,7 @@ from migration_blackout.runformat import HEARTBEAT
 DEFAULT_WINDOW_MS = 400.0
 DEFAULT_FACTOR = 2.5
 DEFAULT_MIN_SHARE = 0.25
+DEFAULT_STALL_INTERVALS = 3.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ def analyse_work(
     factor: float = DEFAULT_FACTOR,
     min_share: float = DEFAULT_MIN_SHARE,
     max_gap_ms: float = 1000.0,
+    stall_intervals: float = DEFAULT_STALL_INTERVALS,
 ) -> WorkRate | None:
     """The work rate and brownouts of the agent with the most records (module
     docstring); None with fewer than 20 records. ``gap_start_guest_mono_ns``:
@@ -135,7 +141,8 @@ def analyse_work(
     seq = rows["seq"].to_numpy(np.int64)
     interval_ns = float(rows["interval_us"].median()) * 1000
     window_ns = window_ms * NS_PER_MS
-    total = np.concatenate(([0.0], np.cumsum(work)))
+    waited = np.minimum(work, stall_intervals * interval_ns)
+    total = np.concatenate(([0.0], np.cumsum(waited)))
     low = np.searchsorted(mono, mono - window_ns / 2, side="left")
     high = np.searchsorted(mono, mono + window_ns / 2, side="right")
     share = (total[high] - total[low]) / window_ns

@@ -13,9 +13,11 @@ returns. The components:
   printed to 0.1 s; whether it rounds or truncates is not documented, so
   ``[value - 0.05 s, value + 0.1 s]`` covers both;
 * **guest execution gap** (``guest_heartbeat`` / ``guest_frames``): the
-  longest freeze between two *consecutive* records of one agent that overlaps
-  the hypervisor blackout. A step across missing sequence numbers is not a
-  freeze: the guest sent the missing records (they were lost), so it ran;
+  longest freeze of one agent that overlaps the hypervisor blackout. Across
+  *n* records lost on the way (outbound still dark after the resume) the
+  guest sent those *n* after it ran again, at once and then on its grid, so
+  it resumed about *n* intervals before the next record that arrived; a
+  stream that saw the freeze between consecutive records is preferred;
 * **network outage** (``icmp:<target>``): the ICMP blackout of summary.json;
 * **network reconvergence**: the part of the network outage after the guest
   resumed, ``end of the outage - resume``. The resume is the guest gap's end
@@ -421,14 +423,13 @@ def _freezes(records: pd.DataFrame, source: str) -> tuple[list[_Placed], str | N
     threshold = None
     if len(stated):
         threshold = _CANDIDATE_INTERVALS * float(stated.median()) / NS_PER_MS
+    # Each gap's length already leaves out the slots of the records lost in
+    # it (the guest sent them: it ran), so a network outage alone is no freeze.
     gaps = execution_gaps(records[list(GUEST_RECORD_COLUMNS)], source=source, min_gap_ms=threshold)
-    consecutive = [g for g in gaps if g.after_seq == g.before_seq + 1]
-    if not consecutive:
-        why = f"{source}: no freeze between consecutive records"
-        if gaps:
-            why += " (the longer steps span records lost on the way: the guest sent them)"
+    if not gaps:
+        why = f"{source}: no freeze in the guest's own stamps"
         return [], why + "; the guest's clock may have stopped while it was paused"
-    largest = sorted(consecutive, key=lambda g: g.gap_ms, reverse=True)[:_CANDIDATES]
+    largest = sorted(gaps, key=lambda g: g.gap_ms, reverse=True)[:_CANDIDATES]
     return [(gap, *_place_gap(records, gap)) for gap in largest], None
 
 
@@ -463,12 +464,21 @@ def _guest_component(
             return False
         return start.lo_mono_ns <= reference[1] and end.hi_mono_ns >= reference[0]
 
-    chosen = None
+    candidates = []
     for source, placed in streams:
         overlapping = [item for item in placed if overlaps(item)]
         if overlapping:
-            chosen = (source, overlapping[0], True)  # the largest: placed is sorted
-            break
+            candidates.append((source, overlapping[0], True))  # the largest: placed is sorted
+    # Across records lost on the way the resume leans on the guest having kept
+    # to its grid after it (a guest that stalled again skipped slots and resumed
+    # earlier); between consecutive records it is the first send after the
+    # freeze. So a stream that saw the freeze without losses goes first: the
+    # frames, queued while outbound was dark and delivered later, carry the
+    # guest's stamps across the outage.
+    chosen = next(
+        (c for c in candidates if c[1][0].lost_between == 0),
+        candidates[0] if candidates else None,
+    )
     if chosen is None:
         source, placed = streams[0]
         chosen = (source, placed[0], reference is None)
@@ -492,6 +502,7 @@ def _guest_component(
             "before_seq": gap.before_seq,
             "after_seq": gap.after_seq,
             "gap_ms": gap.gap_ms,
+            "lost_between": gap.lost_between,
             "interval_ms": gap.interval_ms,
             "jitter_ms": gap.jitter_ms,
             "wall_clock_jump_ms": gap.wall_clock_jump_ms,
@@ -505,13 +516,28 @@ def _place_gap(records: pd.DataFrame, gap: ExecutionGap) -> tuple[Instant, Insta
 
     It began after record a was sent and by a's next slot (+ jitter): ``[lo(a),
     hi(a) + I + j]``; it ended at most the jitter before b was sent: ``[lo(b) - j, hi(b)]``.
+
+    With *n* records lost between a and b, the guest sent them after the
+    freeze: the first as soon as it ran, the others on its grid, then b;
+    slots lie exact multiples of I apart. So it resumed by ``hi(b) - (n - 1)
+    I`` (even if it stalled again: then it skipped slots and resumed earlier
+    still) and not before ``lo(b) - n (I + j) - j`` (each step allowed its
+    jitter, as ``analysis.guest``'s lower bound); best guess ``t(b) - n I``
+    (``gap_ms``).
     """
     interval = round(gap.interval_ms * NS_PER_MS)
     jitter = math.ceil(gap.jitter_ms * NS_PER_MS)
+    lost = gap.lost_between
     _, a_lo, a_hi = _record_times(records, gap.agent_id, gap.before_seq)
     b_t, b_lo, b_hi = _record_times(records, gap.agent_id, gap.after_seq)
     start = Instant.between(a_lo, a_hi + interval + jitter)
-    end = Instant(b_t, b_lo - jitter, b_hi)
+    if not lost:
+        return start, Instant(b_t, b_lo - jitter, b_hi)
+    end = Instant(
+        b_t - lost * interval,
+        b_lo - lost * (interval + jitter) - jitter,
+        b_hi - (lost - 1) * interval,
+    )
     return start, end
 
 

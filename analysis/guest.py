@@ -322,8 +322,13 @@ def _bounds_ms(
     if lost == 0:
         lower = max(0.0, gap_ns - interval_ns - jitter_ns)
         return lower / _NS_PER_MS, gap_ns / _NS_PER_MS
+    # The lost records went out after the freeze: the first as soon as the guest
+    # ran, the rest and b on slots of the grid, exact multiples of I apart, so
+    # the guest ran again by t_b - (n - 1) I. How early it ran again depends on
+    # its keeping to the grid after the resume (a stall skips slots): the lower
+    # bound allows each of the n + 1 steps its jitter.
     lower = max(0.0, gap_ns - (lost + 1) * (interval_ns + jitter_ns))
-    upper = max(lower, gap_ns - (lost - 1) * max(0.0, interval_ns - jitter_ns))
+    upper = max(lower, gap_ns - (lost - 1) * interval_ns)
     return lower / _NS_PER_MS, upper / _NS_PER_MS
 
 

@@ -188,6 +188,37 @@ def analyse(run_dir: Path, table: Table, facts: dict[str, int]) -> None:
             None,
         )
 
+    # The decomposition (derived/summary.json): the resume it found and the
+    # reconvergence figures measured from it, against resume -> link back.
+    decomposition = json.loads((run_dir / "derived" / "summary.json").read_text())["decomposition"]
+    guest_gap = decomposition.get("guest_execution_gap")
+    if guest_gap is not None and guest_gap.get("end"):
+        end = guest_gap["end"]
+        facts[f"resume from {guest_gap['source']}"] = (
+            facts.get(f"resume from {guest_gap['source']}", 0) + 1
+        )
+        table.add(
+            f"resume (end of the guest gap, {guest_gap['source']}) vs the lab's resume",
+            (end["t_mono_ns"] - resume) / 1e6,
+            end["lo_mono_ns"] <= resume <= end["hi_mono_ns"],
+        )
+    for name, event in (
+        ("network_reconvergence", later),
+        ("inbound_reconvergence", link["inbound"]),
+        ("outbound_reconvergence", link["outbound"]),
+    ):
+        figure = decomposition.get(name)
+        if figure is None or figure.get("upper_ms") is None:
+            continue
+        lo = (event["link_before_mono_ns"] - resume) / 1e6
+        hi = (event["link_after_mono_ns"] - resume) / 1e6
+        target = "both directions back" if name == "network_reconvergence" else "it came back"
+        table.add(
+            f"{name} (midpoint) vs resume -> {target}",
+            (figure["lower_ms"] + figure["upper_ms"]) / 2 - (lo + hi) / 2,
+            figure["lower_ms"] <= hi and lo <= figure["upper_ms"],
+        )
+
     gap = analyse_stream(heartbeats, source=HEARTBEAT_SOURCE).execution_gap
     work = analyse_work(
         load_work(run_dir),

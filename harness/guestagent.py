@@ -54,6 +54,10 @@ class GuestDesktopFactory(Protocol):
     ) -> GuestDesktop: ...
 
 
+# Heartbeats of the running guest, in seconds, before the migration may begin.
+BASELINE_S = 0.5
+
+
 @dataclass(frozen=True)
 class GuestAgentSetup:
     """The in-guest agent: where its receiver listens and who starts the agent.
@@ -153,6 +157,14 @@ class GuestAgentSession:
                     await self.receiver.contact.wait()
                 else:
                     await self.receiver.first_heartbeat.wait()
+                # The brownout is the guest's pace against its own: the agent's
+                # start-up (its first capture, the witnesses connecting) is no
+                # baseline, and a migration begun within it blurs the brownout's
+                # start (analysis/brownout.py's window sees half a window ahead).
+                baseline = self.receiver.stats.heartbeats + round(
+                    BASELINE_S * self.setup.heartbeat_hz
+                )
+                await self.receiver.wait_until(lambda stats: stats.heartbeats >= baseline)
         except TimeoutError:
             raise ProbesNotReadyError(
                 f"no {'frame and ' if self.setup.frames else ''}heartbeat from the guest within "

@@ -135,7 +135,7 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> Workflow:
 class OtherRuns:
     """One run folder of each kind the workflow does not make."""
 
-    lab_with_agent: Path  # the emulated Hyper-V lab, with the in-guest agent
+    lab_with_agent: Path  # the emulated Hyper-V lab, the in-guest agent, every witness
     qemu: Path  # the QEMU lab (a real guest; its heartbeat, no screen agent)
     imported: Path  # measure import ping-log (a Windows log in Japanese)
 
@@ -151,7 +151,8 @@ def other_runs(tmp_path_factory: pytest.TempPathFactory) -> OtherRuns:
         home,
         env,
         *("run", "--lab-config", "lab.toml", "--settle", "1", "--guest-agent"),
-        *("--agent-interval", "0.25", "--out", str(home / "results" / "agent")),
+        *("--agent-interval", "0.25", "--witnesses", "--tcp-connect", "3389"),
+        *("--out", str(home / "results" / "agent")),
     )
     assert agent.returncode == 0, agent.stderr
     qemu = measure(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +37,7 @@ from migration_blackout.analysis.guest import (
     load_heartbeats,
 )
 from migration_blackout.lab.desktop import ScreenClock, XvfbDisplay
+from migration_blackout.probes.guest_agent import HEARTBEAT_V2_BODY, HEARTBEAT_V2_SIZE
 from migration_blackout.probes.guest_receiver import GuestReceiver, new_token
 
 AGENT = Path(__file__).resolve().parent.parent / "probes" / "guest_agent.py"
@@ -620,3 +623,52 @@ def test_a_frozen_agent_shows_the_freeze_in_its_heartbeats(screen: str, tmp_path
     assert frames.execution_gap is not None
     assert truth["ms"] - tolerance_ms <= frames.execution_gap.gap_ms
     assert frames.execution_gap.gap_ms <= truth["ms"] + FRAME_INTERVAL_S * 1000 + tolerance_ms
+
+
+def _process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_frozen_agent_with_witnesses_beats_at_once_on_resuming(tmp_path: Path) -> None:
+    # With witnesses the heartbeat waits in select(), which a stopped process
+    # restarts with the time that was left when it stopped: the first heartbeat
+    # after a freeze (the lab's SIGSTOP, its brownout throttle) came up to an
+    # interval late. At 10 Hz that is up to 100 ms; sent at once, it is ~0.1 ms.
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(DEADLINE_S)
+    agent = subprocess.Popen(
+        [
+            sys.executable, "-I", str(AGENT), "--no-frames",
+            "--heartbeat", f"127.0.0.1:{receiver.getsockname()[1]}", "--heartbeat-hz", "10",
+            "--witness-port", "0", "--witness-host", "127.0.0.1",
+        ],
+        env={**os.environ, "MB_AGENT_TOKEN": TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    late_ms = []
+    try:
+        receiver.recv(HEARTBEAT_V2_SIZE)  # running
+        for _ in range(7):
+            os.kill(agent.pid, signal.SIGSTOP)
+            deadline = time.monotonic() + DEADLINE_S
+            while _process_state(agent.pid) != "T":
+                assert time.monotonic() < deadline, "the agent never stopped"
+            time.sleep(0.15)  # the freeze being measured: a slot passes while stopped
+            receiver.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    receiver.recv(HEARTBEAT_V2_SIZE)  # what was sent before the stop
+            receiver.settimeout(DEADLINE_S)
+            continued = time.monotonic_ns()
+            os.kill(agent.pid, signal.SIGCONT)
+            first = receiver.recv(HEARTBEAT_V2_SIZE)
+            late_ms.append((HEARTBEAT_V2_BODY.unpack_from(first)[7] - continued) / 1e6)
+    finally:
+        agent.send_signal(signal.SIGCONT)
+        agent.terminate()
+        agent.communicate(timeout=DEADLINE_S)
+        receiver.close()
+    # The median: a busy machine may hold a thawed process off a CPU once or twice.
+    assert statistics.median(late_ms) < 20, late_ms

@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -100,17 +101,53 @@ def test_both_notebooks_on_copies_of_the_samples(
 KINDS = ["lab_with_agent", "qemu", "imported"]
 
 
+@pytest.fixture(scope="module")
+def timeline_of(
+    other_runs: OtherRuns, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], nbformat.NotebookNode]:
+    """The timeline notebook executed on the fresh run of a kind, once per kind
+    for every test that reads it."""
+    done: dict[str, nbformat.NotebookNode] = {}
+
+    def of(kind: str) -> nbformat.NotebookNode:
+        if kind not in done:
+            out = tmp_path_factory.mktemp(f"timeline-{kind}")
+            run_dir = getattr(other_runs, kind)
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                done[kind] = _run(TIMELINE, out, monkeypatch, MB_RUN=str(run_dir), MB_OUT=str(out))
+        return done[kind]
+
+    return of
+
+
 @pytest.mark.root
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_timeline_notebook_on_a_fresh_run_of_each_kind(
-    other_runs: OtherRuns, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    other_runs: OtherRuns, kind: str, timeline_of: Callable[[str], nbformat.NotebookNode]
 ) -> None:
     run_dir = getattr(other_runs, kind)
-    done = _run(TIMELINE, tmp_path, monkeypatch, MB_RUN=str(run_dir), MB_OUT=str(tmp_path))
+    done = timeline_of(kind)
     assert len(outputs(done, "image/png")) == 2  # every kind has a blackout to zoom on
     text = "".join(o.get("text", "") for o in outputs(done, "stream"))
     assert str(run_dir) in text
+    # What applications felt: shown for the run with every witness, said absent otherwise.
+    [felt] = [c for c in done.cells if "What applications felt" in c.source]
+    tables = [
+        o["data"]["text/html"]
+        for o in done.cells[done.cells.index(felt) + 1].outputs
+        if "text/html" in o.get("data", {})
+    ]
+    if kind == "lab_with_agent":
+        summary = json.loads((run_dir / "derived" / "summary.json").read_text(encoding="utf-8"))
+        [html] = tables
+        [connect] = summary["tcp"]["connect"]  # "address:3389"
+        assert connect.endswith(":3389") and f"TCP connect {connect}" in html
+        assert "TCP stream stall, inbound" in html and "inbound back after the resume" in html
+        survived = "survived" if summary["tcp"]["stream"]["survived"] else "broke"
+        assert f"the TCP stream {survived}" in text
+    else:
+        assert tables == [] and "no TCP or direction witnesses in this run" in text
 
 
 @pytest.mark.root
@@ -161,7 +198,7 @@ def _shown(value: float | None) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lab_with_agent", "qemu"])
 def test_plots_notebooks_and_summary_agree(
-    other_runs: OtherRuns, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    other_runs: OtherRuns, kind: str, timeline_of: Callable[[str], nbformat.NotebookNode]
 ) -> None:
     """One derive feeds them all: every component of the downtime in the
     summary.json that ``measure run`` wrote is the one the timeline notebook
@@ -182,7 +219,7 @@ def test_plots_notebooks_and_summary_agree(
     }
     assert "hypervisor_blackout" in expected and "network_outage" in expected
 
-    done = _run(TIMELINE, tmp_path, monkeypatch, MB_RUN=str(run_dir), MB_OUT=str(tmp_path))
+    done = timeline_of(kind)
     shown = {
         name: (source, *(_shown(None if v in ("NaN", "None") else float(v)) for v in values))
         for name, (source, *values) in _notebook_components(done).items()

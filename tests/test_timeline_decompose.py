@@ -174,17 +174,37 @@ def test_the_guest_heartbeat_gives_the_freeze_and_a_tighter_resume(tmp_path: Pat
     assert guest.end.window_ms < hypervisor_end.window_ms / 10
 
 
-def test_heartbeats_lost_after_the_resume_are_no_freeze_the_frames_are(tmp_path: Path) -> None:
+def test_heartbeats_lost_after_the_resume_leave_the_resume_to_the_frames(tmp_path: Path) -> None:
     # Real Hyper-V: the guest runs again, but its datagrams die until the network
-    # converges. The heartbeat's longest step spans lost heartbeats (the guest sent
-    # them, so it ran); the frames, queued and sent later, still show the freeze.
+    # converges. The heartbeat's freeze spans lost heartbeats; the frames, queued
+    # and sent later, saw it between consecutive captures and give the resume.
     truth = write_run(tmp_path / "run", Scenario(guest="both", heartbeats_lost_until_network=True))
     result = decompose(build_timeline(tmp_path / "run"))
     guest = result.guest_execution_gap
     assert guest is not None and guest.source == "guest_frames"
     assert contains(guest, truth.pause_to_resume_ms)
-    assert any("guest_heartbeat: no freeze between consecutive records" in n for n in result.notes)
     assert contains(result.network_reconvergence, truth.resume_to_network_ms)
+
+
+def test_heartbeats_lost_after_the_resume_still_place_the_resume(tmp_path: Path) -> None:
+    # Without frames (or before the first capture after the resume arrived): the
+    # heartbeat's longest step spans the lost heartbeats; the guest sent them on
+    # its grid after resuming, so it resumed that many intervals before the first
+    # one that arrived. Before, the step was no freeze and a shorter stall (a
+    # brownout's, before the pause) was taken for the resume.
+    truth = write_run(
+        tmp_path / "run", Scenario(guest="heartbeats", heartbeats_lost_until_network=True)
+    )
+    result = decompose(build_timeline(tmp_path / "run"))
+    guest = result.guest_execution_gap
+    assert guest is not None and guest.source == "guest_heartbeat"
+    assert guest.detail["lost_between"] > 0
+    assert contains(guest, truth.pause_to_resume_ms)
+    assert within(guest.start, truth.pause) and within(guest.end, truth.resume)
+    reconvergence = result.network_reconvergence
+    assert reconvergence is not None
+    assert reconvergence.detail["resume_source"] == "guest_heartbeat"
+    assert contains(reconvergence, truth.resume_to_network_ms)
 
 
 def test_a_guest_whose_clock_stops_while_paused_leaves_the_resume_to_the_hosts(

@@ -315,6 +315,22 @@ def test_brownout_bounds_contain_the_slowed_stretch(gap_after: bool) -> None:
         assert brownout.rate < 0.5 and 0.15 < work.baseline_work_ms < 0.5
 
 
+def test_one_stall_before_the_brownout_does_not_start_it_early() -> None:
+    # A loaded host stalls the whole guest for ~120 ms now and then (seen in the
+    # lab's witness run, 120 ms before pre-copy began): a stall, not a slower
+    # pace, and no part of the brownout.
+    rng = random.Random(7)
+    slow_from = BASE + 2000 * MS
+    slow_to = slow_from + 1400 * MS
+    records, gap_start = work_records(slow_from, slow_to, share=0.2, rng=rng, gap_after=True)
+    before = records["guest_mono_ns"] < slow_from - 120 * MS
+    records.loc[records.index[before][-1], "work_ns"] = 122 * MS
+    work = analyse_work(records, gap_start_guest_mono_ns=gap_start)
+    assert work is not None and work.brownout is not None
+    brownout = work.brownout
+    assert brownout.lower_ms <= (slow_to - slow_from) / MS <= brownout.upper_ms
+
+
 def test_no_brownout_on_a_guest_that_was_never_slowed() -> None:
     records, _ = work_records(BASE, BASE, share=1.0, rng=random.Random(5), gap_after=False)
     work = analyse_work(records)

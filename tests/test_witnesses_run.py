@@ -143,6 +143,19 @@ def test_every_witness_bounds_the_lab_truth(tmp_path: Path) -> None:
         assert split["lower_ms"] == pytest.approx(
             max(0, end["lo_mono_ns"] - resume_hi) / 1e6, abs=0.01
         )
+    # The resume: outbound stayed dark 1.2 s after it, so the heartbeats the guest
+    # sent on resuming were lost (a step across them was once no freeze, and a
+    # brownout stall before the pause was taken for the resume, 1-2 s early).
+    # The guest's freeze still ends at the resume, and the reconvergence from it
+    # holds resume -> network restored.
+    guest_gap = decomposition["guest_execution_gap"]
+    assert guest_gap["end"]["lo_mono_ns"] <= resume <= guest_gap["end"]["hi_mono_ns"], guest_gap
+    assert guest_gap["start"]["lo_mono_ns"] <= pause["mono_ns"], guest_gap
+    reconvergence = decomposition["network_reconvergence"]
+    assert reconvergence["resume_source"] == guest_gap["source"]
+    restored = link["outbound"]  # the later direction: ICMP needs both
+    assert reconvergence["lower_ms"] <= (restored["link_after_mono_ns"] - resume) / 1e6
+    assert (restored["link_before_mono_ns"] - resume) / 1e6 <= reconvergence["upper_ms"]
     assert "What applications felt (ms)" in format_summary_table(summary)  # the terminal's
     # The timeline plot's lane: one row per witness, the stall as long as above.
     bars = {bar.label: bar for bar in witness_bars(analyse_witnesses(run_dir))}

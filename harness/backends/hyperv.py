@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -53,6 +54,7 @@ HARVEST_MARGIN_S = 2.0
 # went (the write-up saw Running on the destination as the wizard closed).
 POST_CONDITION_DEADLINE_S = 10.0
 POST_CONDITION_RETRY_S = 0.2
+POST_CONDITION_ROUND_S = 2.0  # the least a round of questions is given to be answered
 
 
 class HyperVBackend:
@@ -425,14 +427,7 @@ class HyperVBackend:
         vm = self.config.vm
         deadline = time.monotonic() + POST_CONDITION_DEADLINE_S
         while True:
-            seen: dict[str, str] = {}
-            for name in (source, destination):
-                try:
-                    status = self.sessions[name].get_vm(vm)
-                except HostError as exc:
-                    seen[name] = f"unknown ({exc.reason})"
-                else:
-                    seen[name] = "not listed" if status is None else status.state
+            seen = self._where_listed(vm, (source, destination), deadline)
             holds = seen[destination] == "Running" and seen[source] == "not listed"
             if holds or time.monotonic() > deadline:
                 record("post_condition", vm=vm, holds=holds, seen=seen)
@@ -444,6 +439,39 @@ class HyperVBackend:
                     f"{seen[source]} on {source} (expected not listed)"
                 )
             time.sleep(POST_CONDITION_RETRY_S)  # the hosts' lists are polled, not pushed
+
+    def _where_listed(self, vm: str, hosts: tuple[str, ...], deadline: float) -> dict[str, str]:
+        """How each host lists the VM, asked at the same time; a host that has
+        not answered by ``deadline`` (or within POST_CONDITION_ROUND_S of being
+        asked, if later) is "unknown" (its call is abandoned: a
+        hung host's read timeout and reopen would take a minute, and the
+        poller may hold its session meanwhile)."""
+        answers: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+
+        def ask(name: str) -> None:
+            try:
+                status = self.sessions[name].get_vm(vm)
+            except HostError as exc:
+                answers.put((name, f"unknown ({exc.reason})"))
+            except Exception as exc:  # answered, with something unexpected
+                answers.put((name, f"unknown ({type(exc).__name__}: {exc})"))
+            else:
+                answers.put((name, "not listed" if status is None else status.state))
+
+        for name in hosts:
+            threading.Thread(target=ask, args=(name,), name=f"where-is {name}", daemon=True).start()
+        seen: dict[str, str] = {}
+        while len(seen) < len(hosts):
+            try:
+                # A round asked near the deadline still gets its answers.
+                wait_s = max(deadline - time.monotonic(), POST_CONDITION_ROUND_S)
+                name, state = answers.get(timeout=wait_s)
+            except queue.Empty:
+                break
+            seen[name] = state
+        for name in hosts:
+            seen.setdefault(name, f"unknown (no answer within {POST_CONDITION_DEADLINE_S:g} s)")
+        return seen
 
     # -- afterwards -----------------------------------------------------------
 
