@@ -2,12 +2,12 @@
 ``python -m migration_blackout.lab.qemu.daemon --state-dir DIR``.
 
 Runs ``QemuLab`` until SIGTERM or SIGINT (with ``--owner-pid``, also until
-that process is gone: a lab started for one run or one test session) and keeps ``DIR/qemu-lab.json`` (mode
-0600: it holds the heartbeat token) up to date: rewritten atomically at every
-change of the lab (a QEMU started or exited, the guest moved), with a
-``lab.serial`` that grows each time. On the way out it stops both QEMUs,
-removes the network and the state file. ``lab.qemu.control`` starts and
-stops it; docs/qemu.md documents the file.
+that process is gone: a lab started for one run or one test session) and
+keeps ``DIR/qemu-lab.json`` (mode 0600: it holds the heartbeat token) up to
+date: rewritten atomically at every change of the lab (a QEMU started or
+exited, the guest moved), with a ``lab.serial`` that grows each time. On the
+way out it stops both QEMUs, removes the network and the state file.
+``lab.qemu.control`` starts and stops it; docs/qemu.md documents the file.
 """
 
 from __future__ import annotations
