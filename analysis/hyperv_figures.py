@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from migration_blackout.analysis.rundata import RunData, read_jsonl
+from migration_blackout.analysis.rundata import RunData, read_jsonl, read_jsonl_columns
 from migration_blackout.runformat import (
     GROUND_TRUTH,
     HOST_PROBE_PREFIX,
@@ -82,12 +82,12 @@ def load_host_polls(run: RunData) -> pd.DataFrame:
         path = run.probe_file(probe)
         if path is None or not path.exists():
             continue
-        header, records = _read_jsonl(path, f"{path.name} (host-state raw file)")
-        frame = pd.DataFrame.from_records([r for r in records if r.get("event") == "poll"])
-        if frame.empty:
+        raw = read_jsonl_columns(path, what=f"{path.name} (host-state raw file)", event="poll")
+        if not raw.rows:
             continue
-        frame["host"] = header.get("host", probe.removeprefix(HOST_PROBE_PREFIX))
-        frame["role"] = header.get("role")
+        frame = pd.DataFrame(raw.columns)
+        frame["host"] = raw.header.get("host", probe.removeprefix(HOST_PROBE_PREFIX))
+        frame["role"] = raw.header.get("role")
         frames.append(frame)
     if not frames:
         return pd.DataFrame(

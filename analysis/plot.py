@@ -171,15 +171,23 @@ def _per_bin(values: FloatArray, index: IntArray, reducer: np.ufunc) -> FloatArr
     out = np.full(len(counts), np.nan)
     nonempty = counts > 0
     if nonempty.any():
-        sub = values[index[0] : index[-1]].astype(np.float64)
+        sub = values[index[0] : index[-1]].astype(np.float64, copy=False)
         starts = index[:-1][nonempty] - index[0]
         out[nonempty] = reducer.reduceat(sub, starts)
     return out
 
 
 def _count_per_bin(mask: npt.NDArray[np.bool_], index: IntArray) -> IntArray:
-    cumulative = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
-    return np.diff(cumulative[index])
+    """How many rows ``mask`` holds in each column (``index``: the columns' first rows).
+    Summed per column (``_per_bin``'s way) with the cast done in buffers: no
+    running count or list of positions of 3.6 M rows (29 MB)."""
+    counts = np.diff(index)
+    out = np.zeros(len(counts), dtype=np.int64)
+    nonempty = counts > 0
+    if nonempty.any():
+        starts = index[:-1][nonempty] - index[0]
+        out[nonempty] = np.add.reduceat(mask[index[0] : index[-1]], starts, dtype=np.int64)
+    return out
 
 
 def _centres(view: _View) -> FloatArray:
@@ -455,7 +463,9 @@ def _draw_icmp(ax: Axes, view: _View, icmp: pd.DataFrame, target: str) -> None:
         lo = _per_bin(replies_rtt, index, np.fmin)
         hi = _per_bin(replies_rtt, index, np.fmax)
         replied = _count_per_bin(reply, index)
-        total = _per_bin(np.where(reply, rtt, 0.0), index, np.add)
+        replies_rtt[~reply] = 0.0  # the same array for the sums: 3.6 M values are 29 MB
+        total = _per_bin(replies_rtt, index, np.add)
+        del replies_rtt
         mean = np.divide(total, replied, out=np.full(len(replied), np.nan), where=replied > 0)
         x = _centres(view)
         ax.fill_between(x, lo, hi, color="#1565c0", alpha=0.2, step="mid", lw=0)

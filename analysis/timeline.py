@@ -458,8 +458,9 @@ def _icmp_frame(
             continue
         if name == "rtt_ms":
             if "rtt_ns" in records:
-                rtt = records.pop("rtt_ns").to_numpy(dtype=np.float64, na_value=np.nan)
-                columns[name] = rtt[order] / NS_PER_MS
+                rtt = records.pop("rtt_ns").to_numpy(dtype=np.float64, na_value=np.nan)[order]
+                rtt /= NS_PER_MS
+                columns[name] = rtt
             else:
                 columns[name] = np.full(len(order), np.nan)
             continue
@@ -473,7 +474,9 @@ def _icmp_frame(
         else:
             columns[name] = column.to_numpy(dtype=np.int64, na_value=0)[order]
         del column
-    return pd.DataFrame(columns), missing
+    # Not copied into blocks: a second copy of the table, for a moment and in
+    # the process's memory thereafter.
+    return pd.DataFrame(columns, copy=False), missing
 
 
 def analyse_timeline_icmp(timeline: Timeline) -> IcmpAnalysis:

@@ -10,8 +10,13 @@ its peak RSS (``wait4``'s ``ru_maxrss``):
   own type inference), the plain read the issue measures against;
 * ``analyze``: ``python -m migration_blackout.harness.cli analyze DIR``, the
   whole command (summary.json, decomposition, plots, contact sheet), for
-  each ``--tree`` (a checkout put first on ``PYTHONPATH``: the same run,
-  before and after a change, side by side on one machine).
+  each ``--tree`` (a checkout with its own ``.venv`` from its
+  ``bootstrap.sh``, whose interpreter runs it: the same run, before and
+  after a change, side by side on one machine), started in the tree (``-m``
+  puts the working folder first on ``sys.path``). Not ``PYTHONPATH``: the
+  working folder comes before it, so every tree ran the code of the folder
+  the bench was started in; the bench checks which code each tree's
+  interpreter imports.
 
 Prints a Markdown table with the medians and each analyze's time as a ratio
 of the read's.
@@ -36,15 +41,33 @@ READ = (
 )
 
 
-def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS MiB of one process running ``command``."""
+def measure(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS MiB of one process running ``command`` in ``cwd``."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
     _pid, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{command} failed ({status})")
     return wall, usage.ru_maxrss / 1024
+
+
+def _tree_python(tree: Path) -> str:
+    """The interpreter of ``tree``'s venv, once it is checked to import ``tree``'s code."""
+    python = tree.resolve() / ".venv" / "bin" / "python"
+    if not python.is_file():
+        raise SystemExit(f"{tree} has no .venv: run its bootstrap.sh first")
+    where = subprocess.run(
+        [str(python), "-c", "import migration_blackout.analysis.rebuild as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        cwd=tree,
+    ).stdout.strip()
+    if not Path(where).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"{python} imports {where}, not the code of {tree}")
+    return str(python)
 
 
 def main() -> None:
@@ -56,14 +79,16 @@ def main() -> None:
     trees = args.tree or [REPO]
     icmp = args.run / "raw" / "icmp.csv"
     rows: dict[str, list[tuple[float, float]]] = {"read": []}
+    pythons = {tree: _tree_python(tree) for tree in trees}
     for tree in trees:
         rows[f"analyze ({tree})"] = []
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for _ in range(args.repeat):  # interleaved: load on the machine hits every row alike
-        rows["read"].append(measure([sys.executable, "-c", READ, str(icmp)], dict(os.environ)))
+        rows["read"].append(measure([sys.executable, "-c", READ, str(icmp)], env, REPO))
         for tree in trees:
-            env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-            command = [sys.executable, "-m", "migration_blackout.harness.cli", "analyze"]
-            rows[f"analyze ({tree})"].append(measure([*command, str(args.run)], env))
+            command = [pythons[tree], "-m", "migration_blackout.harness.cli", "analyze"]
+            # In the tree: `-m` puts the working folder first on sys.path.
+            rows[f"analyze ({tree})"].append(measure([*command, str(args.run)], env, tree))
     read_s = statistics.median(wall for wall, _ in rows["read"])
     print(f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"{icmp.stat().st_size / 2**20:.0f} MiB raw/icmp.csv, {args.repeat} runs each\n")

@@ -314,37 +314,34 @@ def _mixed_rows(count: int, *, missing_mono_from: int | None = None) -> list[str
 
 
 @pytest.mark.parametrize("missing_mono_from", [None, 390])
-def test_parallel_parsing_of_slices_gives_the_same_frame(
+def test_parsing_in_chunks_gives_the_same_frame(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing_mono_from: int | None
 ) -> None:
     path = write_run(tmp_path, _mixed_rows(400, missing_mono_from=missing_mono_from))
-    one_parser = read_icmp_csv(path, columns=ICMP.columns).frame
-    monkeypatch.setattr(rundata, "_PARALLEL_MIN_SLICE_BYTES", 1)
-    monkeypatch.setattr(rundata, "_available_threads", lambda: 4)
-    assert len(rundata._row_slices(path, rundata._read_head(path))) == 4
-    in_slices = read_icmp_csv(path, columns=ICMP.columns).frame
-    pd.testing.assert_frame_equal(in_slices, one_parser)
-    assert in_slices["target"].tolist()[:2] == ["1", "1"]
-    assert str(in_slices["send_mono_ns"].dtype) == (
+    one_chunk = read_icmp_csv(path, columns=ICMP.columns).frame
+    monkeypatch.setattr(rundata, "_CHUNK_ROWS", 37)  # 11 chunks, with their own categories
+    in_chunks = read_icmp_csv(path, columns=ICMP.columns).frame
+    pd.testing.assert_frame_equal(in_chunks, one_chunk)
+    assert in_chunks["target"].tolist()[:2] == ["1", "1"]
+    assert str(in_chunks["send_mono_ns"].dtype) == (
         "int64" if missing_mono_from is None else "Int64"
     )
-    expected = analyse_icmp(one_parser, requested_interval_s=0.01)
-    assert analyse_icmp(in_slices, requested_interval_s=0.01) == expected
+    expected = analyse_icmp(one_chunk, requested_interval_s=0.01)
+    assert analyse_icmp(in_chunks, requested_interval_s=0.01) == expected
 
 
-def test_a_file_with_quoted_fields_is_parsed_in_one_piece(
+def test_a_quoted_field_with_a_newline_is_read_across_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = _mixed_rows(40)
     lines[20] = row(TIMEOUT, 20).replace("guest,20,20,7,timeout", "guest,20,20,7,error")
     lines[20] += '"send failed:\nENOBUFS, twice"'
     path = write_run(tmp_path, lines)
-    monkeypatch.setattr(rundata, "_PARALLEL_MIN_SLICE_BYTES", 1)
-    monkeypatch.setattr(rundata, "_available_threads", lambda: 4)
-    assert len(rundata._row_slices(path, rundata._read_head(path))) == 1
+    monkeypatch.setattr(rundata, "_CHUNK_ROWS", 7)
     frame = read_icmp_csv(path, columns=ICMP.columns).frame
     assert len(frame) == 40
     assert frame["detail"].iloc[20] == "send failed:\nENOBUFS, twice"
+    assert frame["n"].tolist() == list(range(40))
 
 
 def test_analysis_imports_neither_probes_nor_harness() -> None:
@@ -356,3 +353,27 @@ def test_analysis_imports_neither_probes_nor_harness() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_jsonl_columns_are_the_records_of_one_event_as_from_records_gives_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "host.jsonl"
+    records = [
+        {"event": "poll", "k": 0, "state": "Running", "listed": True, "errors": []},
+        {"event": "note", "text": "not a poll"},
+        {"event": "poll", "k": 1, "state": None, "percent_complete": 40},
+        {"event": "poll", "state": "Paused", "listed": False},
+    ]
+    lines = [json.dumps({"schema_version": 1, "host": "h"}), *map(json.dumps, records)]
+    lines.insert(3, '{"event": "poll", "k": 9')  # torn: not a record
+    lines.insert(4, "[1, 2]")  # JSON, not an object
+    path.write_text("\n".join(lines) + '\n{"event": "poll", "k": 7')  # partial last line
+    with pytest.warns(RawDataWarning, match=r"2 lines skipped.*first: line 4, not JSON"):
+        raw = rundata.read_jsonl_columns(path, what="host.jsonl", event="poll")
+    assert raw.header == {"schema_version": 1, "host": "h"}
+    assert raw.rows == 3
+    polls = [r for r in records if r["event"] == "poll"]
+    pd.testing.assert_frame_equal(pd.DataFrame(raw.columns), pd.DataFrame.from_records(polls))
+    with pytest.warns(RawDataWarning, match=r"2 lines skipped.*first: line 4, not JSON"):
+        assert rundata.read_jsonl(path, what="host.jsonl").records == records
