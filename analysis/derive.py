@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
+from migration_blackout.analysis.brownout import WorkRate, analyse_work, heartbeats_with_work
 from migration_blackout.analysis.console import ConsoleAnalysis, analyse_console
 from migration_blackout.analysis.decompose import (
     Decomposition,
@@ -47,16 +48,18 @@ from migration_blackout.analysis.witness_summary import WitnessAnalysis, analyse
 class Derived:
     """A run folder read once, and everything derived from it.
 
-    ``icmp``: None when the run has no ICMP probe, or its file is missing (a run
-    that did not complete). ``guest``: a stream is None when its file is
-    absent. ``console``: None without the console-view probe. ``qemu``: None
-    when QEMU did not run. ``witnesses``: the TCP connects, the TCP stream and
-    the direction probe's edges (summary.json's ``tcp`` block, the plot's lane
-    'what applications felt'). ``decomposition``: always made (the plots draw
-    it), its reconvergence split per direction when the direction probe saw
-    both come back; summary.json carries it only for runs with more witnesses
-    than ICMP (``has_witnesses``). ``raw_warnings``: the raw lines skipped
-    while reading, one message per file.
+        ``icmp``: None when the run has no ICMP probe, or its file is missing (a run
+        that did not complete). ``guest``: a stream is None when its file is
+        absent. ``console``: None without the console-view probe. ``qemu``: None
+        when QEMU did not run. ``witnesses``: the TCP connects, the TCP stream and
+        the direction probe's edges (summary.json's ``tcp`` block, the plot's lane
+        'what applications felt'). ``decomposition``: always made (the plots draw
+        it), its reconvergence split per direction when the direction probe saw
+        both come back; summary.json carries it only for runs with more witnesses
+        than ICMP (``has_witnesses``). ``work``: the guest's work rate and the
+    brownout that led into its execution gap (``analysis.brownout``), None
+    without heartbeats that carry a work time. ``raw_warnings``: the raw lines skipped
+        while reading, one message per file.
     """
 
     timeline: Timeline
@@ -66,6 +69,7 @@ class Derived:
     qemu: QemuRecords | None
     decomposition: Decomposition
     witnesses: WitnessAnalysis = field(default_factory=WitnessAnalysis)
+    work: WorkRate | None = None
     raw_warnings: tuple[str, ...] = ()  # raw lines skipped, not records (RawDataWarning)
 
     @property
@@ -111,6 +115,11 @@ def _derive(folder: RunData) -> Derived:
     decomposition = decompose(
         timeline, hypervisor_events=qemu_component(qemu), icmp=icmp, console=console
     )
+    gap = None if guest.heartbeat is None else guest.heartbeat.execution_gap
+    work = analyse_work(
+        heartbeats_with_work(timeline.heartbeats),
+        gap_start_guest_mono_ns=None if gap is None else gap.before_guest_mono_ns,
+    )
     witnesses = analyse_witnesses(folder.path)
     if witnesses.restored is not None:
         inbound, outbound = witnesses.restored
@@ -128,4 +137,5 @@ def _derive(folder: RunData) -> Derived:
         qemu=qemu,
         decomposition=decomposition,
         witnesses=witnesses,
+        work=work,
     )
