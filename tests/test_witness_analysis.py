@@ -15,6 +15,7 @@ import pytest
 from migration_blackout.analysis.brownout import NO_WORK_REASON, analyse_work
 from migration_blackout.analysis.clocks import utc_iso
 from migration_blackout.analysis.direction import analyse_direction
+from migration_blackout.analysis.render import format_summary_table
 from migration_blackout.analysis.summary import build_summary
 from migration_blackout.analysis.tcp import analyse_connects, analyse_stream, beyond_blackout
 from migration_blackout.probes.sink import CsvSink
@@ -376,7 +377,8 @@ def test_the_summary_block_holds_the_slowed_stretch_on_the_harness_clock(tmp_pat
     rng = random.Random(11)
     slow_from, slow_to = BASE + 2000 * MS, BASE + 3700 * MS
     records, _ = work_records(slow_from, slow_to, share=0.2, rng=rng, gap_after=True)
-    block = build_summary(write_heartbeat_run(tmp_path / "run", records))["brownout"]
+    summary = build_summary(write_heartbeat_run(tmp_path / "run", records))
+    block = summary["brownout"]
     measured = block["measured"]
     assert block["reason"] is None and measured["ends_at_blackout"]
     assert measured["lower_ms"] <= (slow_to - slow_from) / MS <= measured["upper_ms"]
@@ -390,6 +392,16 @@ def test_the_summary_block_holds_the_slowed_stretch_on_the_harness_clock(tmp_pat
     assert measured["work_rate"] < 0.5 and 0.15 < block["baseline_work_ms"] < 0.5
     assert block["heartbeats_with_work"] == len(records)
     assert block["hyperv"] is None and block["qemu"] is None
+    # The terminal: one line in what applications felt, its bounds and rate.
+    (line,) = [x for x in format_summary_table(summary).splitlines() if "guest brownout" in x]
+    assert line.split()[2:4] == [f"{measured['lower_ms']:.3f}", f"{measured['upper_ms']:.3f}"]
+    assert f"work rate {measured['work_rate']:.2f} of normal" in line
+
+
+def test_the_terminal_sets_hyperv_s_brownout_beside_a_run_without_work_times() -> None:
+    summary = build_summary(Path(__file__).parent / "data" / "runs" / "lab-v1-sample")
+    (line,) = [x for x in format_summary_table(summary).splitlines() if "guest brownout" in x]
+    assert NO_WORK_REASON in line and "Hyper-V 22508: 1900 ms" in line
 
 
 @pytest.mark.parametrize("version", [1, 2])
