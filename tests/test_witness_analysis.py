@@ -16,10 +16,16 @@ from migration_blackout.analysis.brownout import NO_WORK_REASON, analyse_work
 from migration_blackout.analysis.clocks import utc_iso
 from migration_blackout.analysis.direction import analyse_direction
 from migration_blackout.analysis.render import format_summary_table
-from migration_blackout.analysis.summary import build_summary
+from migration_blackout.analysis.report.model import build_report
+from migration_blackout.analysis.report.renderers import (
+    render_html,
+    render_markdown,
+    report_document,
+)
+from migration_blackout.analysis.summary import build_summary, read_summary, write_summary
 from migration_blackout.analysis.tcp import analyse_connects, analyse_stream, beyond_blackout
 from migration_blackout.probes.sink import CsvSink
-from migration_blackout.runformat import HEARTBEAT, TCP_STREAM
+from migration_blackout.runformat import HEARTBEAT, SUMMARY_FILE, TCP_STREAM
 
 MS = 1_000_000
 BASE = 5_000_000_000_000  # a monotonic clock reading, ns
@@ -396,6 +402,21 @@ def test_the_summary_block_holds_the_slowed_stretch_on_the_harness_clock(tmp_pat
     (line,) = [x for x in format_summary_table(summary).splitlines() if "guest brownout" in x]
     assert line.split()[2:4] == [f"{measured['lower_ms']:.3f}", f"{measured['upper_ms']:.3f}"]
     assert f"work rate {measured['work_rate']:.2f} of normal" in line
+
+
+def test_the_report_has_a_brownout_column(tmp_path: Path) -> None:
+    slowed = (BASE + 2000 * MS, BASE + 3000 * MS)
+    records, _ = work_records(*slowed, share=0.2, rng=random.Random(3), gap_after=True)
+    run = write_heartbeat_run(tmp_path / "run", records)
+    write_summary(run)
+    measured = read_summary(run / SUMMARY_FILE)["brownout"]["measured"]
+    report = build_report([run])
+    cell = f"{measured['duration_ms']:.1f} (rate {measured['work_rate']:.2f})"
+    assert "| brownout ms |" in render_markdown(report) and f"| {cell} |" in render_markdown(report)
+    assert "<th>brownout ms</th>" in render_html(report) and cell in render_html(report)
+    (shown,) = report_document(report)["runs"]
+    assert shown["brownout"]["duration_ms"] == measured["duration_ms"]
+    assert shown["brownout"]["work_rate"] == measured["work_rate"]
 
 
 def test_the_terminal_sets_hyperv_s_brownout_beside_a_run_without_work_times() -> None:
