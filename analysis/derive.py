@@ -3,8 +3,9 @@
 ``derive`` reads the run folder's raw files once (``build_timeline`` reads
 each of them and puts every record on the harness's clock) and makes from
 that one reading every analysis the outputs need: the ICMP blackout, the
-guest agent's gaps, the console blackout, QEMU's own record, the witnesses
-(TCP connects, the TCP stream, the direction probe), and the
+guest agent's gaps and its work rate (the brownout, from the heartbeat
+frame the timeline keeps), the console blackout, QEMU's own record, the
+witnesses (TCP connects, the TCP stream, the direction probe), and the
 decomposition (with the hypervisor's events: QEMU's STOP -> RESUME when no
 host was polled). ``Derived`` holds them; ``summary.json``
 (``analysis.summary.summary_document``), the timeline plots
@@ -48,18 +49,19 @@ from migration_blackout.analysis.witness_summary import WitnessAnalysis, analyse
 class Derived:
     """A run folder read once, and everything derived from it.
 
-        ``icmp``: None when the run has no ICMP probe, or its file is missing (a run
-        that did not complete). ``guest``: a stream is None when its file is
-        absent. ``console``: None without the console-view probe. ``qemu``: None
-        when QEMU did not run. ``witnesses``: the TCP connects, the TCP stream and
-        the direction probe's edges (summary.json's ``tcp`` block, the plot's lane
-        'what applications felt'). ``decomposition``: always made (the plots draw
-        it), its reconvergence split per direction when the direction probe saw
-        both come back; summary.json carries it only for runs with more witnesses
-        than ICMP (``has_witnesses``). ``work``: the guest's work rate and the
-    brownout that led into its execution gap (``analysis.brownout``), None
-    without heartbeats that carry a work time. ``raw_warnings``: the raw lines skipped
-        while reading, one message per file.
+    ``icmp``: None when the run has no ICMP probe, or its file is missing (a run
+    that did not complete). ``guest``: a stream is None when its file is
+    absent. ``console``: None without the console-view probe. ``qemu``: None
+    when QEMU did not run. ``witnesses``: the TCP connects, the TCP stream and
+    the direction probe's edges (summary.json's ``tcp`` block, the plot's lane
+    'what applications felt'). ``decomposition``: always made (the plots draw
+    it), its reconvergence split per direction when the direction probe saw
+    both come back; summary.json carries it only for runs with more witnesses
+    than ICMP (``has_witnesses``). ``work``: the guest's work rate and the
+    brownout that led into its execution gap (``analysis.brownout``;
+    summary.json's ``brownout`` block), None without 20 heartbeats that carry
+    a work time. ``raw_warnings``: the raw lines skipped while reading, one
+    message per file.
     """
 
     timeline: Timeline
