@@ -10,13 +10,17 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from migration_blackout.probes.environment import forget_secrets
 
 from . import __version__, exitcodes
+
+if TYPE_CHECKING:
+    from .commands.session import SessionResult
+    from .config import HostConfig
 
 
 def _fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
@@ -551,23 +555,12 @@ def run(
     With auth = kerberos and no password, the ticket cache (after kinit) is used.
     """
     from .commands import run as run_command
-    from .config import (
-        ConfigError,
-        apply_overrides,
-        load_config,
-        password_from_env,
-        password_from_keyring,
-    )
-    from .guestagent import GuestAgentSetup, address_towards
-    from .labseam import LabError, LabRequest, load_lab
-    from .runwriter import OutputFolderError, describe_error
+    from .commands.session import ping_pong_shortfall
+    from .config import ConfigError, apply_overrides, load_config
 
-    if ping_pong and repeat == 1:
-        raise click.UsageError("--ping-pong needs --repeat N (N >= 2 migrations)")
     try:
-        config = load_config(config_path)
         config = apply_overrides(
-            config,
+            load_config(config_path),
             vm=vm,
             source=source,
             destination=destination,
@@ -590,121 +583,71 @@ def run(
         )
     except ConfigError as exc:
         _fail(str(exc))
-    use_lab = lab or config.uses_lab or lab_config is not None or seed is not None
-    qemu_lab = config.hypervisor == "qemu" and use_lab  # its guest answers them itself
-    if config.probes.witnesses and not guest_agent and not qemu_lab:
-        raise click.UsageError("--witnesses needs --guest-agent (the agent answers them)")
-    witness_port = config.probes.witness_port if config.probes.witnesses else None
-    if use_lab or config.hypervisor == "qemu":
-        forget_secrets()  # no Hyper-V password is read: nothing the run starts inherits one
-    listen = None if agent_listen is None else _parse_listen(agent_listen)
-    terminal = _Terminal()
-    kwargs: dict[str, Any] = {
-        "out": out,
-        "command": sys.argv,
-        "progress": terminal.run_progress,
-        "labels": labels,
-    }
-
-    def execute(**arguments: Any) -> Any:
-        if repeat == 1:
-            return run_command.run(**arguments)
-        from .commands import session as session_command
-
-        shortfall = session_command.ping_pong_shortfall(repeat) if ping_pong else None
-        if shortfall:
-            click.echo(f"measure: warning: {shortfall}", err=True)
-        return session_command.run(
-            repeat=repeat, ping_pong=ping_pong, on_run_start=terminal.new_run, **arguments
-        )
-
     try:
-        if use_lab:
-            # The lab plugs in from above (harness.labseam); a lab.toml that cannot
-            # work, or no lab installed, is one line before anything starts.
-            environment = load_lab().environment_for_run(
-                LabRequest(
-                    config=config,
-                    lab_config=lab_config,
-                    seed=seed,
-                    vm=vm,
-                    guest_agent=guest_agent,
-                    agent_listen=listen,
-                    agent_wait_s=agent_wait,
-                    agent_interval_s=agent_interval,
-                    witness_port=witness_port,
-                )
-            )
-            result = execute(config=config, environment=environment, **kwargs)
-        elif config.hypervisor == "qemu":
-            from .backends.qemu import configured_run
-
-            with configured_run(config) as args:
-                result = execute(**args, **kwargs)
+        request = run_command.RunRequest(
+            config=config,
+            out=out,
+            lab=run_command.LabTarget(lab_config=lab_config, seed=seed, vm=vm)
+            if lab or lab_config is not None or seed is not None
+            else None,
+            guest_agent=guest_agent,
+            agent=run_command.AgentSettings(
+                listen=None if agent_listen is None else _parse_listen(agent_listen),
+                wait_s=agent_wait,
+                interval_s=agent_interval,
+            ),
+            repeat=repeat,
+            ping_pong=ping_pong,
+            labels=labels,
+            command=tuple(sys.argv),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if ping_pong and (shortfall := ping_pong_shortfall(repeat)):
+        click.echo(f"measure: warning: {shortfall}", err=True)
+    terminal = _Terminal()
+    measured = run_command.run(
+        request,
+        progress=terminal.run_progress,
+        on_run_start=terminal.new_run if repeat > 1 else None,
+        password_prompt=_prompt_password if sys.stdin.isatty() else None,
+    )
+    if measured.error is not None:
+        if measured.outcome is run_command.Outcome.PREFLIGHT_FAILED:
+            terminal.discard()  # only the one line saying what failed
         else:
-            passwords: dict[str, str | None] = {}
-            for host in config.hosts:
-                password = password_from_env(host) or password_from_keyring(host)
-                # Kerberos without a password uses the ticket cache (kinit).
-                if password is None and sys.stdin.isatty() and host.auth != "kerberos":
-                    password = click.prompt(
-                        f"Password for {host.username or 'the current user'} on {host.name}",
-                        hide_input=True,
-                        err=True,
-                    )
-                if password is None and host.auth not in ("kerberos",):
-                    _fail(
-                        f"{host.name}: no password: set the environment variable "
-                        f"{host.password_env}"
-                    )
-                passwords[host.name] = password
-            # Read once: no process this one starts inherits a password.
-            for host in config.hosts:
-                os.environ.pop(host.password_env, None)
-            forget_secrets()
-            if guest_agent:
-                agent_host, agent_port = listen or ("0.0.0.0", 47600)
-                kwargs["guest_agent"] = GuestAgentSetup(
-                    listen_host=agent_host,
-                    listen_port=agent_port,
-                    contact_deadline_s=agent_wait,
-                    interval_s=agent_interval,
-                    witness_port=witness_port,
-                    advertise_host=address_towards(config.guest_addresses[0])
-                    if agent_host in ("0.0.0.0", "::") and config.guest_addresses
-                    else None,
-                )
-            result = execute(config=config, passwords=passwords, **kwargs)
-    except LabError as exc:
+            terminal.close()
+        _fail(measured.error, measured.exit_code)
+    if measured.session is not None:
         terminal.close()
-        _fail(str(exc))
-    except run_command.PreflightError as exc:
-        terminal.discard()
-        _fail(str(exc), exitcodes.PREFLIGHT)
-    except (PermissionError, OutputFolderError) as exc:
-        terminal.close()
-        _fail(str(exc))
-    except OSError as exc:  # the run folder could not even be finalised (a full disk)
-        terminal.close()
-        _fail(describe_error(exc), exitcodes.MIGRATION_FAILED)
-    if result.exit_code == exitcodes.PREFLIGHT and repeat == 1:
+        _print_session(measured.session, as_json)
+        sys.exit(measured.exit_code)
+    (result,) = measured.runs
+    if measured.outcome is run_command.Outcome.PREFLIGHT_FAILED:
         terminal.discard()  # only the one line saying what failed
         _fail(
             f"{result.message or 'preflight failed'} (run folder {result.run_dir})",
-            exitcodes.PREFLIGHT,
+            measured.exit_code,
         )
     terminal.close()
-    if repeat > 1:
-        _print_session(result, as_json)
-        sys.exit(result.exit_code)
     _print_summary(result.summary, as_json, result.run_dir)
     if result.message:
         click.echo(f"measure: {result.status}: {result.message}", err=True)
     click.echo(f"run folder: {result.run_dir}", err=True)
-    sys.exit(result.exit_code)
+    sys.exit(measured.exit_code)
 
 
-def _print_session(result: Any, as_json: bool) -> None:
+def _prompt_password(host: HostConfig) -> str:
+    """A host's password, asked on the terminal (never echoed)."""
+    password: str = click.prompt(
+        f"Password for {host.username or 'the current user'} on {host.name}",
+        hide_input=True,
+        err=True,
+    )
+    return password
+
+
+def _print_session(result: SessionResult, as_json: bool) -> None:
     if as_json:
         folders = {r.run_dir.name: str(r.run_dir) for r in result.runs}
         document = {

@@ -168,8 +168,9 @@ class AbandonableThreads(ThreadPoolExecutor):
         super().__init__(max_workers=1, thread_name_prefix=name)
         self._name = name
         self._idle_s = idle_s
-        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
-        self._work = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
         self._started = 0
@@ -194,7 +195,7 @@ class AbandonableThreads(ThreadPoolExecutor):
     def _serve(self) -> None:
         while True:
             try:
-                future, call, args = self._work.get(timeout=self._idle_s)
+                item = self._work.get(timeout=self._idle_s)
             except queue.Empty:
                 with self._lock:
                     # An item may have been queued for the idle worker we were.
@@ -202,6 +203,9 @@ class AbandonableThreads(ThreadPoolExecutor):
                         self._idle -= 1
                         return
                 continue
+            if item is None:  # shut down: an idle worker ends now
+                return
+            future, call, args = item
             if future.set_running_or_notify_cancel():
                 try:
                     result = call(*args)
@@ -209,14 +213,21 @@ class AbandonableThreads(ThreadPoolExecutor):
                     future.set_exception(error)
                 else:
                     future.set_result(result)
-            del future, call, args
+            del future, call, args, item
             with self._lock:
+                if self._shut_down:
+                    return  # an abandoned call that came back: nothing more will come
                 self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Idle workers end at once (a caller that goes on, a notebook, keeps no
+        thread of a finished run); nothing is waited for: a worker still blocked
+        is abandoned on purpose, and ends when its call returns."""
         with self._lock:
             self._shut_down = True
-        # Nothing is waited for: a worker still blocked is abandoned on purpose.
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._work.put(None)
 
 
 _CONFIGURED_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()

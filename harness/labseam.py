@@ -11,7 +11,7 @@ seed) and a run with nothing real configured. Without the ``[lab]`` extra
 line (:data:`LAB_NEEDS`); everything else works.
 
 What a lab hands the product for ``measure run`` (or a session of runs) is a
-run environment (``harness.commands.run.RunEnvironment``): started once the
+run environment (``harness.measurement.RunEnvironment``): started once the
 run folder exists, it describes the lab for each run as a
 ``PreparedRun`` (the run's configuration pointed at the lab's hosts or QMP
 endpoints and its guest, the passwords, the ground-truth file, the
@@ -32,7 +32,7 @@ from .config import RunConfig
 if TYPE_CHECKING:
     import click
 
-    from .commands.run import RunEnvironment
+    from .measurement import RunEnvironment
 
 PLUGIN_GROUP = "migration_blackout.plugins"
 LAB_PLUGIN = "lab"

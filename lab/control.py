@@ -156,7 +156,7 @@ def spawn_daemon(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         }
     )
     with open(log_path, "wb") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -164,6 +164,22 @@ def spawn_daemon(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             start_new_session=True,
             env=env,
         )
+    _SPAWNED[process.pid] = process
+    return process
+
+
+# The daemons this process started, held until stop_daemon ends them: a Popen
+# dropped while its daemon runs is a ResourceWarning, and a daemon nobody waits
+# for stays a zombie of the process that started it (measure run started from
+# Python, a notebook or the tests, goes on living after its lab is down).
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _forget_spawned(pid: int) -> None:
+    process = _SPAWNED.pop(pid, None)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1.0)
 
 
 # -- the registry of labs this tool started ----------------------------------
@@ -284,19 +300,26 @@ def registered_labs(kind: str | None = None) -> list[LabRecord]:
 def stop_daemon(pid: int, pid_start: int | None, deadline_s: float = 10.0) -> str | None:
     """SIGTERM, then SIGKILL of its group after ``deadline_s``; what happened, or
     None when it was not running."""
-    if not same_process(pid, pid_start):
-        return None
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + deadline_s
-    while same_process(pid, pid_start) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.02)
-    if same_process(pid, pid_start):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        return f"killed daemon {pid}"
-    return f"stopped daemon {pid}"
+    try:
+        if not same_process(pid, pid_start):
+            return None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + deadline_s
+        while same_process(pid, pid_start) and time.monotonic() < deadline:
+            process = _SPAWNED.get(pid)
+            if process is not None:
+                process.poll()  # ours: reaped through its Popen, which then knows
+            else:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.02)
+        if same_process(pid, pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            return f"killed daemon {pid}"
+        return f"stopped daemon {pid}"
+    finally:
+        _forget_spawned(pid)
 
 
 def reap(record: LabRecord, *, deadline_s: float = DOWN_DEADLINE_S) -> list[str]:

@@ -17,7 +17,7 @@ from .labconfig import LabConfigError, load_lab_config
 if TYPE_CHECKING:
     import click
 
-    from migration_blackout.harness.commands.run import RunEnvironment
+    from migration_blackout.harness.measurement import RunEnvironment
 
 
 class Labs:

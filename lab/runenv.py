@@ -1,5 +1,5 @@
 """The labs as ``measure run`` measures them: run environments
-(``harness.commands.run.RunEnvironment``), handed to the product by
+(``harness.measurement.RunEnvironment``), handed to the product by
 ``lab/plugin.py``.
 
 When no hosts are configured (or ``--lab`` is given), ``measure run`` uses
@@ -27,14 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from migration_blackout.harness.backends import PreflightError
+from migration_blackout.harness.backends import PreflightError, PreparedRun
 from migration_blackout.harness.backends.qemu import (
     SHARED_MEMORY,
     QemuBackend,
     QemuSide,
     migration_settings,
 )
-from migration_blackout.harness.commands.run import PreparedRun
 from migration_blackout.harness.config import HostConfig, RunConfig
 from migration_blackout.harness.deadlines import Interrupt
 from migration_blackout.harness.guestagent import GuestAgentSetup

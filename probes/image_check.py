@@ -276,6 +276,7 @@ class ImageChecker:
             with contextlib.suppress(Exception):
                 process.kill()
                 process.join(timeout=1.0)
+                process.close()  # its sentinel pipe now, not whenever it is collected
 
     async def start(self) -> None:
         """Start the child now (a spawn takes a few tenths of a second), not on

@@ -36,8 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Guest namespaces, blackout injector, sysctl helpers (tests/fixtures_netns.py); the
 # user's workflow and runs of every kind, made once per session (tests/fixtures_workflow.py);
-# a small disk that fills up (tests/fixtures_disk.py).
-pytest_plugins = ["fixtures_netns", "fixtures_workflow", "fixtures_disk"]
+# a small disk that fills up (tests/fixtures_disk.py); measure run in-process and what it
+# may not leave behind (tests/inprocess_run.py).
+pytest_plugins = ["fixtures_netns", "inprocess_run", "fixtures_workflow", "fixtures_disk"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

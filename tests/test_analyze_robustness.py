@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_derived_files import copy_sample, measure
+from measure_cli import measure
+from test_derived_files import copy_sample
 
 BAD_LINES = [b"\xff\xfe\x00 not UTF-8", b"not JSON at all {", b"[1, 2, 3]"]
 HEARTBEAT_COLUMNS = (

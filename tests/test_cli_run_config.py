@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from measure_cli import last_line, measure
 from test_run_lab import FAST_LAB
 
 from migration_blackout.lab.hyperv_emulator import (
@@ -47,39 +48,28 @@ addresses = ["127.0.0.1"]
 """
 
 
-def measure(
+def run_configured(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, config: str = CONFIG
 ) -> subprocess.CompletedProcess[str]:
+    """``measure run --config measure.toml --out results ARGS``, the password
+    variable unset unless ``env`` sets it."""
     path = tmp_path / "measure.toml"
     path.write_text(config)
-    environment = {k: v for k, v in os.environ.items() if k != "MB_TEST_PASSWORD"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migration_blackout.harness.cli",
-            "run",
-            "--config",
-            str(path),
-            "--out",
-            str(tmp_path / "results"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
+    return measure(
+        "run",
+        "--config",
+        str(path),
+        "--out",
+        str(tmp_path / "results"),
+        *args,
+        env=env,
+        without=["MB_TEST_PASSWORD"],
         timeout=120,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        env={**environment, **(env or {})},
     )
 
 
-def last_line(proc: subprocess.CompletedProcess[str]) -> str:
-    return [line for line in proc.stderr.splitlines() if line.strip()][-1]
-
-
 def test_a_missing_password_names_the_variable(tmp_path: Path) -> None:
-    proc = measure(tmp_path)
+    proc = run_configured(tmp_path)
     assert proc.returncode == 2
     assert last_line(proc) == (
         "measure: error: HOST1: no password: set the environment variable MB_TEST_PASSWORD"
@@ -87,7 +77,7 @@ def test_a_missing_password_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_host_fails_preflight_with_a_complete_run_folder(tmp_path: Path) -> None:
-    proc = measure(tmp_path, env={"MB_TEST_PASSWORD": "s3cret-pw-123"})
+    proc = run_configured(tmp_path, env={"MB_TEST_PASSWORD": "s3cret-pw-123"})
     assert proc.returncode == 3, proc.stderr
     (run_dir,) = (tmp_path / "results").glob("*-run-*")
     # Only the one line that says what failed (and where the run folder is).
@@ -106,7 +96,7 @@ def test_an_unreachable_host_fails_preflight_with_a_complete_run_folder(tmp_path
 
 
 def test_a_password_in_the_config_file_is_refused(tmp_path: Path) -> None:
-    proc = measure(
+    proc = run_configured(
         tmp_path, config=CONFIG.replace('password_env = "MB_TEST_PASSWORD"', 'password = "oops"', 1)
     )
     assert proc.returncode == 2
@@ -118,23 +108,12 @@ def test_a_password_in_the_config_file_is_refused(tmp_path: Path) -> None:
 def test_host_names_never_become_paths(tmp_path: Path) -> None:
     """Host names from measure.toml name the poll records only percent-encoded:
     ``/`` and ``..`` in them create nothing outside raw/."""
-    lab_dir = tmp_path / "lab-state"
-    environment = {**os.environ, "MEASURE_LAB_DIR": str(lab_dir)}
-    cli = [sys.executable, "-m", "migration_blackout.harness.cli"]
+    lab = {"MEASURE_LAB_DIR": str(tmp_path / "lab-state")}
     (tmp_path / "lab.toml").write_text(FAST_LAB)  # the path names matter, not the timing
-    up = subprocess.run(
-        [*cli, "lab", "up", "--config", str(tmp_path / "lab.toml")],
-        capture_output=True,
-        text=True,
-        env=environment,
-    )
+    up = measure("lab", "up", "--config", str(tmp_path / "lab.toml"), env=lab)
     assert up.returncode == 0, up.stderr
     try:
-        status = json.loads(
-            subprocess.run(
-                [*cli, "lab", "status", "--json"], capture_output=True, text=True, env=environment
-            ).stdout
-        )
+        status = json.loads(measure("lab", "status", "--json", env=lab).stdout)
         names = ["../../escaped", "a/b"]
         hosts = "".join(
             f'[[hosts]]\nname = "{name}"\naddress = "127.0.0.1"\n'
@@ -144,7 +123,7 @@ def test_host_names_never_become_paths(tmp_path: Path) -> None:
             for name, host in zip(names, status["hosts"], strict=True)
         )
         config = f'{hosts}\n[guest]\naddresses = ["{status["guest"]["address"]}"]\n'
-        proc = measure(
+        proc = run_configured(
             tmp_path,
             "--settle",
             "0",
@@ -154,7 +133,7 @@ def test_host_names_never_become_paths(tmp_path: Path) -> None:
             env={"MB_TEST_PASSWORD": status["hosts"][0]["password"]},
         )
     finally:
-        subprocess.run([*cli, "lab", "down"], capture_output=True, env=environment)
+        measure("lab", "down", env=lab)
     runs = list((tmp_path / "results").glob("*-run-*"))
     assert len(runs) == 1, proc.stderr
     (run_dir,) = runs
@@ -175,30 +154,14 @@ def test_a_target_that_is_no_guest_is_refused_before_anything_starts(
     tmp_path: Path, command: str, target: str
 ) -> None:
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migration_blackout.harness.cli",
-            command,
-            "--target",
-            target,
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = measure(command, "--target", target, "--out", str(out), cwd=tmp_path, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert last_line(proc).startswith("measure: error: ")
     assert not out.exists() or not list(out.iterdir())  # no run folder for a refused target
 
 
 def test_an_empty_vm_name_is_refused(tmp_path: Path) -> None:
-    proc = measure(tmp_path, "--vm", "", env={"MB_TEST_PASSWORD": "x"})
+    proc = run_configured(tmp_path, "--vm", "", env={"MB_TEST_PASSWORD": "x"})
     assert proc.returncode == 2
     assert "the VM name is empty" in last_line(proc)
     assert not (tmp_path / "results").exists()
@@ -212,7 +175,9 @@ def test_an_output_folder_on_a_read_only_disk_is_one_line(tmp_path: Path) -> Non
         ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)], check=True
     )
     try:
-        proc = measure(tmp_path, "--out", str(read_only / "results"), env={"MB_TEST_PASSWORD": "x"})
+        proc = run_configured(
+            tmp_path, "--out", str(read_only / "results"), env={"MB_TEST_PASSWORD": "x"}
+        )
     finally:
         subprocess.run(["umount", "-l", str(read_only)], check=False)
     assert proc.returncode == 2, proc.stderr
@@ -222,21 +187,14 @@ def test_an_output_folder_on_a_read_only_disk_is_one_line(tmp_path: Path) -> Non
 
 def test_a_lab_config_that_cannot_work_is_refused_before_anything_starts(tmp_path: Path) -> None:
     (tmp_path / "lab.toml").write_text("[timing]\nwarp_factor = 9\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migration_blackout.harness.cli",
-            "run",
-            "--lab-config",
-            str(tmp_path / "lab.toml"),
-            "--out",
-            str(tmp_path / "results"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = measure(
+        "run",
+        "--lab-config",
+        str(tmp_path / "lab.toml"),
+        "--out",
+        str(tmp_path / "results"),
         cwd=tmp_path,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert "warp_factor" in last_line(proc)
@@ -281,7 +239,9 @@ def test_the_wrong_transport_is_a_preflight_line_saying_what_answered(tmp_path: 
             .replace("port = 2", f"port = {other}")
             .replace("'LAB\\measure'", f"'{lab.credentials.principal}'")
         )
-        proc = measure(tmp_path, config=config, env={"MB_TEST_PASSWORD": lab.credentials.password})
+        proc = run_configured(
+            tmp_path, config=config, env={"MB_TEST_PASSWORD": lab.credentials.password}
+        )
     assert proc.returncode == 3, proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("measure:")]
     assert line.startswith("measure: error: HOST1: TLS failed")
@@ -304,8 +264,8 @@ def test_the_destination_name_must_be_the_host_s_own(tmp_path: Path) -> None:
         env = {"MB_TEST_PASSWORD": lab.credentials.password}
         (tmp_path / "labelled").mkdir()
         (tmp_path / "address").mkdir()
-        labelled = measure(tmp_path / "labelled", config=config, env=env)
-        by_address = measure(
+        labelled = run_configured(tmp_path / "labelled", config=config, env=env)
+        by_address = run_configured(
             tmp_path / "address",
             config=config.replace(
                 'name = "HOST2"\n', 'name = "HOST2"\ncomputer_name = "192.0.2.7"\n'

@@ -56,6 +56,16 @@ def test_no_file_means_defaults_and_the_lab(
         ({"guest": {"addresses": ["not-an-ip"]}}, "is not an IP address"),
         ({"probes": {"icmp": {"interval_ms": -1}}}, "must be positive"),
         ({"colour": "blue"}, "unknown setting"),
+        # A misspelt key is refused in one line naming its table, never dropped.
+        ({"probes": {"icmpp": {}}}, r"^measure.toml: \[probes\]: unknown setting\(s\) icmpp$"),
+        (
+            {"probes": {"icmp": {"interval": 5}}},
+            r"^measure.toml: \[probes.icmp\]: unknown setting\(s\) interval$",
+        ),
+        (
+            {"migration": {"timeout": 5}},
+            r"^measure.toml: \[migration\]: unknown setting\(s\) timeout$",
+        ),
     ],
 )
 def test_bad_configs_name_the_problem(document: dict, message: str) -> None:

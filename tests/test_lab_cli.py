@@ -6,28 +6,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fixtures_netns import wait_until
+from measure_cli import measure
 
 from migration_blackout.lab.guest import LAB_PREFIX
-
-REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.root
 
 
-def measure(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "migration_blackout.harness.cli", "lab", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "MEASURE_LAB_DIR": str(state_dir)},
-    )
+def lab_command(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``measure lab ARGS`` with its state in ``state_dir``."""
+    return measure("lab", *args, env={"MEASURE_LAB_DIR": str(state_dir)}, timeout=60)
 
 
 def lab_leftovers() -> list[str]:
@@ -57,14 +49,14 @@ def alive(pid: int) -> bool:
 
 
 def test_up_twice_status_down_twice(tmp_path: Path) -> None:
-    first = measure(tmp_path, "up")
+    first = lab_command(tmp_path, "up")
     assert first.returncode == 0, first.stderr
     try:
         assert "lab started" in first.stderr
-        second = measure(tmp_path, "up")
+        second = lab_command(tmp_path, "up")
         assert second.returncode == 0 and "already running" in second.stderr
 
-        status = json.loads(measure(tmp_path, "status", "--json").stdout)
+        status = json.loads(lab_command(tmp_path, "status", "--json").stdout)
         assert status["running"] is True
         assert [h["name"] for h in status["hosts"]] == ["WS16TP4DM1VML1b", "WS16TP4DM2VML1b"]
         for host in status["hosts"]:
@@ -76,26 +68,26 @@ def test_up_twice_status_down_twice(tmp_path: Path) -> None:
         pid = status["pid"]
         assert names_of(status) <= set(lab_leftovers())
     finally:
-        down = measure(tmp_path, "down")
+        down = lab_command(tmp_path, "down")
     assert down.returncode == 0 and "stopped" in down.stderr
     assert not alive(pid)
     assert not names_of(status) & set(lab_leftovers())
-    again = measure(tmp_path, "down")
+    again = lab_command(tmp_path, "down")
     # Nothing of this lab is left (orphans of other runs may be reaped meanwhile).
     assert again.returncode == 0 and f"daemon {pid}" not in again.stderr
-    assert measure(tmp_path, "status").returncode == 1
+    assert lab_command(tmp_path, "status").returncode == 1
 
 
 def test_down_cleans_up_after_a_crashed_lab(tmp_path: Path) -> None:
-    assert measure(tmp_path, "up").returncode == 0
+    assert lab_command(tmp_path, "up").returncode == 0
     try:
-        status = json.loads(measure(tmp_path, "status", "--json").stdout)
+        status = json.loads(lab_command(tmp_path, "status", "--json").stdout)
         os.kill(status["pid"], signal.SIGKILL)
         wait_until(lambda: not alive(status["pid"]), timeout_s=10, what="the daemon to die")
         # The crash left its namespace behind.
         assert names_of(status) <= set(lab_leftovers())
     finally:
-        down = measure(tmp_path, "down")
+        down = lab_command(tmp_path, "down")
     assert down.returncode == 0
     assert not names_of(status) & set(lab_leftovers())
     assert not (tmp_path / "lab.json").exists()

@@ -1,4 +1,5 @@
-"""``measure run`` over Kerberos against the lab's real KDC, through the real CLI.
+"""``measure run`` over Kerberos against the lab's real KDC, through the real CLI
+(a process of its own: its Kerberos environment and ticket cache are the test's).
 
 From the ticket cache (a real ``kinit``) and from a password; and each error a
 domain user meets (no ticket, an expired one, clock skew, a host reached by IP
@@ -13,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from fixtures_netns import wait_until
+from measure_cli import measure
 from test_run_lab import FAST_LAB
 
 from migration_blackout.lab import control
@@ -35,13 +36,7 @@ SRC = "WS16TP4DM1VML1b"
 
 
 def lab_cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "migration_blackout.harness.cli", "lab", *args],
-        env={**os.environ, "MEASURE_LAB_DIR": str(state_dir)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return measure("lab", *args, env={"MEASURE_LAB_DIR": str(state_dir)}, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -108,27 +103,25 @@ def hosts_config(
     return "\n".join(lines) + "\n"
 
 
-def measure(
+def measure_run(
     tmp_path: Path, *args: str, config: str | None = None, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], Path | None]:
-    command = [sys.executable, "-m", "migration_blackout.harness.cli", "run"]
+    """``measure run`` with no password, ticket cache or lab of the caller's."""
+    options = ["run"]
     if config is not None:
         (tmp_path / "measure.toml").write_text(config)
-        command += ["--config", str(tmp_path / "measure.toml")]
+        options += ["--config", str(tmp_path / "measure.toml")]
     out = tmp_path / "results"
-    environment = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MEASURE_PASSWORD", "MB_KERBEROS_PASSWORD", "KRB5CCNAME")
-    }
-    proc = subprocess.run(
-        [*command, "--settle", "1", "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
+    proc = measure(
+        *options,
+        "--settle",
+        "1",
+        "--out",
+        str(out),
+        *args,
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        env={**environment, "MEASURE_LAB_DIR": str(tmp_path / "no-lab"), **(env or {})},
+        env={"MEASURE_LAB_DIR": str(tmp_path / "no-lab"), **(env or {})},
+        without=("MEASURE_PASSWORD", "MB_KERBEROS_PASSWORD", "KRB5CCNAME"),
     )
     runs = sorted(out.glob("*-run-*")) if out.exists() else []
     return proc, (runs[-1] if runs else None)
@@ -157,7 +150,7 @@ def assert_no_secret(run_dir: Path, secret: str) -> None:
 
 def test_run_with_the_ticket_cache(lab: LabState, tmp_path: Path) -> None:
     kinit(lab, tmp_path)
-    proc, run_dir = measure(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
+    proc, run_dir = measure_run(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert run_dir is not None
     logins = kerberos_preflight(run_dir)
@@ -179,7 +172,7 @@ def test_run_with_the_ticket_cache(lab: LabState, tmp_path: Path) -> None:
 def test_lab_run_over_kerberos_with_the_labs_password(tmp_path: Path) -> None:
     lab_toml = tmp_path / "lab.toml"
     lab_toml.write_text(f'password = "{PASSWORD}"\n' + FAST_LAB)
-    proc, run_dir = measure(
+    proc, run_dir = measure_run(
         tmp_path, "--lab", "--lab-config", str(lab_toml), config='auth = "kerberos"\n'
     )
     assert proc.returncode == 0, proc.stderr
@@ -221,7 +214,7 @@ def preflight_error(proc: subprocess.CompletedProcess[str], run_dir: Path | None
 
 def test_no_ticket(lab: LabState, tmp_path: Path) -> None:
     line = preflight_error(
-        *measure(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
+        *measure_run(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
     )
     assert line.startswith(f"measure: error: {SRC}: no Kerberos ticket")
     assert "run `kinit harness@LAB.TEST` first, or set MB_KERBEROS_PASSWORD" in line
@@ -232,7 +225,7 @@ def test_an_expired_ticket(lab: LabState, tmp_path: Path) -> None:
     issued = time.time()
     wait_until(lambda: time.time() > issued + 3, timeout_s=10, what="the ticket to expire")
     line = preflight_error(
-        *measure(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
+        *measure_run(tmp_path, config=hosts_config(lab), env=krb5_env(lab, tmp_path))
     )
     assert re.match(
         rf"measure: error: {SRC}: the Kerberos ticket of harness@LAB.TEST in FILE:\S+ "
@@ -243,7 +236,7 @@ def test_an_expired_ticket(lab: LabState, tmp_path: Path) -> None:
 
 def test_a_host_reached_by_ip_address(lab: LabState, tmp_path: Path) -> None:
     kinit(lab, tmp_path)
-    proc, run_dir = measure(
+    proc, run_dir = measure_run(
         tmp_path, config=hosts_config(lab, service_principal=False), env=krb5_env(lab, tmp_path)
     )
     line = preflight_error(proc, run_dir)
@@ -265,7 +258,7 @@ def test_no_kdc_reachable(lab: LabState, tmp_path: Path) -> None:
     unreachable.write_text(
         Path(realm["krb5_config"]).read_text().replace(f":{kdc_port}", f":{dead}")
     )
-    proc, run_dir = measure(
+    proc, run_dir = measure_run(
         tmp_path,
         config=hosts_config(lab, krb5_config=str(unreachable)),
         env={"MB_KERBEROS_PASSWORD": PASSWORD, "KRB5CCNAME": f"FILE:{tmp_path / 'ccache'}"},
@@ -280,7 +273,7 @@ def test_clock_skew_beyond_the_domains_limit(tmp_path: Path) -> None:
     lab_toml = tmp_path / "lab.toml"
     lab_toml.write_text(FAST_LAB + "\n[kerberos]\nkdc_clock_offset_s = 900\n")
     line = preflight_error(
-        *measure(tmp_path, "--lab", "--lab-config", str(lab_toml), "--auth", "kerberos")
+        *measure_run(tmp_path, "--lab", "--lab-config", str(lab_toml), "--auth", "kerberos")
     )
     assert re.match(
         rf"measure: error: {SRC}: the KDC's clock is \+(89\d|90\d) s from this machine's, "
@@ -328,7 +321,9 @@ def test_without_delegation_preflight_cannot_reach_the_destination(tmp_path: Pat
         f"\n[hosts.{name}]\ndelegation = false\n" for name in (SRC, "WS16TP4DM2VML1b")
     )
     lab_toml.write_text(FAST_LAB + no_delegation)
-    proc, run_dir = measure(tmp_path, "--lab", "--lab-config", str(lab_toml), "--auth", "kerberos")
+    proc, run_dir = measure_run(
+        tmp_path, "--lab", "--lab-config", str(lab_toml), "--auth", "kerberos"
+    )
     line = preflight_error(proc, run_dir)
     assert line.startswith(f"measure: error: {SRC}: cannot authenticate to WS16TP4DM2VML1b")
     assert "Use any authentication protocol" in line

@@ -1,23 +1,28 @@
-"""``measure run`` end to end against the emulated lab, through the real CLI:
-real WinRM/PSRP to the emulated hosts, real ICMP to a guest in a network
-namespace that really goes dark, and the lab's ground truth to check against."""
+"""``measure run`` end to end against the emulated lab: real WinRM/PSRP to the
+emulated hosts, real ICMP to a guest in a network namespace that really goes
+dark, and the lab's ground truth to check against. The runs are made
+in-process, as a notebook or CI script makes them (``harness.commands.run.run``,
+the README's example among them); what only the command line shows (a
+session's printout, Ctrl-C) goes through ``measure`` itself."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fixtures_netns import wait_until
+from inprocess_run import lab_run
+from measure_cli import measure, start
 from PIL import Image
+
+from migration_blackout.harness.commands.run import AgentSettings, Outcome
+from migration_blackout.harness.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("in_process")]
 
 # A short migration: ~1 s of pre-copy, ~0.6-0.9 s blackout, 0.3-0.6 s of
 # network reconvergence after the resume.
@@ -41,37 +46,6 @@ negotiation = 0.1
 SCHEDULING_ALLOWANCE_MS = 50.0
 
 
-def measure(
-    tmp_path: Path, *args: str, lab_toml: str = FAST_LAB, env: dict[str, str] | None = None
-) -> tuple[subprocess.CompletedProcess[str], Path | None]:
-    """Run the real ``measure run`` with a lab of its own; return the process and run folder."""
-    lab_config = tmp_path / "lab.toml"
-    lab_config.write_text(lab_toml)
-    out = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migration_blackout.harness.cli",
-            "run",
-            "--lab-config",
-            str(lab_config),
-            "--settle",
-            "1",
-            "--out",
-            str(out),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-        env={**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state"), **(env or {})},
-    )
-    runs = sorted(out.glob("*-run-*")) if out.exists() else []
-    return proc, (runs[-1] if runs else None)
-
-
 def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
@@ -80,12 +54,28 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "derived" / "summary.json").read_text())
 
 
-def test_a_migration_measured_end_to_end(tmp_path: Path) -> None:
-    proc, run_dir = measure(tmp_path, "--interval-ms", "5", "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert run_dir is not None
-    doc = json.loads(proc.stdout)
-    assert doc["run_dir"] == str(run_dir)
+def readme_example() -> str:
+    """The Python example under the README's "From Python" (measure run)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### From Python") :]
+    begin = section.index("```python\n") + len("```python\n")
+    return section[begin : section.index("```", begin)]
+
+
+def test_a_migration_measured_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python example as it stands, in a folder with a lab.toml."""
+    (tmp_path / "lab.toml").write_text(FAST_LAB)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEASURE_LAB_DIR", str(tmp_path / "lab-state"))
+    namespace: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    measured, result = namespace["measured"], namespace["result"]
+    assert measured.outcome is Outcome.MEASURED and measured.exit_code == 0
+    assert result.run_dir.parent == Path("results")  # as the example named it
+    run_dir = tmp_path / result.run_dir
+    doc = result.summary
+    assert doc == summary(run_dir)
+    assert manifest(run_dir)["labels"] == {"build": "1.2.0"}
     assert manifest(run_dir)["status"] == "completed"
     # What the hosts and the VM were (Win32_OperatingSystem, Get-VM MemoryAssigned)
     # and the measuring machine, for comparing runs.
@@ -158,10 +148,10 @@ utc_offset_minutes = 540
 def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -> None:
     """The write-up's hosts run Japanese Windows Server 2016: their event and
     error messages are Japanese. The figure comes from the event's data."""
-    proc, run_dir = measure(tmp_path, "--json", lab_toml=FAST_LAB + JAPANESE_HOSTS)
-    assert proc.returncode == 0, proc.stderr
+    measured, run_dir = lab_run(tmp_path, FAST_LAB + JAPANESE_HOSTS)
+    assert measured.outcome is Outcome.MEASURED, measured
     assert run_dir is not None
-    doc = json.loads(proc.stdout)
+    doc = summary(run_dir)
     reported = doc["hyperv"]["reported"]
     assert reported is not None and reported["event_id"] == 20415
     assert reported["figures_from"] == "event-data"
@@ -186,11 +176,11 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(
-    ("lab_extra", "args", "exit_code", "status", "message"),
+    ("lab_extra", "overrides", "exit_code", "status", "message"),
     [
         pytest.param(
             "[hosts.WS16TP4DM2VML1b]\nolder_version = true\n",
-            (),
+            {},
             3,
             "failed",
             "WS16TP4DM2VML1b: Microsoft Windows Server 2012 R2 Datacenter (6.3.9600) cannot run "
@@ -199,7 +189,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             '[hosts.WS16TP4DM2VML1b]\nmigration_auth = "credssp"\n',
-            (),
+            {},
             3,
             "failed",
             "WS16TP4DM1VML1b: cannot authenticate to WS16TP4DM2VML1b (0x8009030E): "
@@ -208,7 +198,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "[hosts.WS16TP4DM1VML1b]\ndelegation = false\n",
-            (),
+            {},
             3,
             "failed",
             "WS16TP4DM1VML1b: cannot authenticate to WS16TP4DM2VML1b (0x8009030E): in Active "
@@ -217,7 +207,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "[hosts.WS16TP4DM2VML1b]\nmigration_enabled = false\n",
-            (),
+            {},
             3,
             "failed",
             "WS16TP4DM2VML1b: live migration is disabled: run Enable-VMMigration",
@@ -225,7 +215,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "[hosts.WS16TP4DM1VML1b]\nuse_any_network = false\n",
-            (),
+            {},
             3,
             "failed",
             "WS16TP4DM1VML1b: no network may carry live migrations",
@@ -233,7 +223,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "",
-            ("--source", "WS16TP4DM2VML1b"),
+            {"source": "WS16TP4DM2VML1b"},
             3,
             "failed",
             "WS16TP4DM2VML1b: does not hold VM",
@@ -241,7 +231,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "[faults]\nvm_missing = true\n",
-            (),
+            {},
             3,
             "failed",
             "was found on no host",
@@ -249,7 +239,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "[hosts.WS16TP4DM1VML1b]\naccess_denied = true\n",
-            (),
+            {},
             3,
             "failed",
             "do not have the required permission",
@@ -257,7 +247,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "[faults]\nfail_midway_at_percent = 40\n",
-            (),
+            {},
             1,
             "failed",
             "failed at migration source",
@@ -265,7 +255,7 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
         ),
         pytest.param(
             "[faults]\nvm_off_after_landing = true\n",
-            (),
+            {},
             1,
             "failed",
             "Move-VM returned without an error, but VM 'HVSW10Home' is Off on WS16TP4DM2VML1b",
@@ -276,16 +266,17 @@ def test_a_japanese_host_still_yields_hyperv_s_blackout_figure(tmp_path: Path) -
 def test_lab_faults(
     tmp_path: Path,
     lab_extra: str,
-    args: tuple[str, ...],
+    overrides: dict[str, str],
     exit_code: int,
     status: str,
     message: str,
 ) -> None:
-    proc, run_dir = measure(tmp_path, *args, lab_toml=FAST_LAB + lab_extra)
-    assert proc.returncode == exit_code, proc.stderr
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("measure:")]
-    assert error_lines and message in error_lines[0], proc.stderr
-    assert run_dir is not None
+    measured, run_dir = lab_run(tmp_path, FAST_LAB + lab_extra, **overrides)
+    assert measured.exit_code == exit_code, measured
+    # What the command prints as its error line.
+    (result,) = measured.runs
+    assert result.message is not None and message in result.message, measured
+    assert run_dir == result.run_dir
     doc = manifest(run_dir)
     assert doc["status"] == status
     assert message in doc["error"]["message"]
@@ -295,8 +286,8 @@ def test_lab_faults(
 def test_midway_failure_leaves_the_vm_running_on_the_source(tmp_path: Path) -> None:
     """Move-VM's failure is a non-terminating error record, as on Windows: the
     pipeline completes, and the run still fails with the host's reason."""
-    proc, run_dir = measure(tmp_path, lab_toml=FAST_LAB + "[faults]\nfail_midway_at_percent = 40\n")
-    assert proc.returncode == 1
+    measured, run_dir = lab_run(tmp_path, FAST_LAB + "[faults]\nfail_midway_at_percent = 40\n")
+    assert measured.outcome is Outcome.MIGRATION_FAILED, measured
     assert run_dir is not None
     polls = (run_dir / "raw" / "host_WS16TP4DM1VML1b.jsonl").read_text().splitlines()[1:]
     last = json.loads(polls[-1])
@@ -317,9 +308,9 @@ def test_host_that_stops_answering(tmp_path: Path) -> None:
         '[faults]\nunresponsive_host = "WS16TP4DM1VML1b"\nunresponsive_mode = "close"\n'
         'unresponsive_after = "pause"\n'
     )
-    proc, run_dir = measure(tmp_path, "--timeout", "30", lab_toml=lab)
-    assert proc.returncode == 1, proc.stderr
-    assert "WS16TP4DM1VML1b" in proc.stderr
+    measured, run_dir = lab_run(tmp_path, lab, timeout_s=30.0)
+    assert measured.outcome is Outcome.MIGRATION_FAILED, measured
+    assert "WS16TP4DM1VML1b" in (measured.runs[0].message or "")
     assert run_dir is not None
     doc = manifest(run_dir)
     assert doc["status"] in ("failed", "aborted")
@@ -343,8 +334,8 @@ def test_a_host_session_that_times_out_mid_run_recovers(tmp_path: Path) -> None:
         '[faults]\nunresponsive_host = "WS16TP4DM2VML1b"\nunresponsive_mode = "hang"\n'
         'unresponsive_after = "pause"\nunresponsive_for = 6.0\n'
     )
-    proc, run_dir = measure(tmp_path, "--config", str(harness_config), "--json", lab_toml=lab)
-    assert proc.returncode == 0, proc.stderr
+    measured, run_dir = lab_run(tmp_path, lab, config=load_config(harness_config))
+    assert measured.outcome is Outcome.MEASURED, measured
     assert run_dir is not None
     polls = [
         json.loads(line)
@@ -369,34 +360,39 @@ def test_a_host_session_that_times_out_mid_run_recovers(tmp_path: Path) -> None:
     assert reopened and reopened[0]["mono_ns"] >= responsive["mono_ns"]
     assert 0 < reopened[0]["broken_for_s"] < 6.0
     assert any(e.get("event") == "post_condition" and e["holds"] for e in events)
-    doc = json.loads(proc.stdout)
+    doc = summary(run_dir)
     assert doc["hyperv"]["polls"]["WS16TP4DM2VML1b"]["failed"] >= 1
 
 
-def test_the_password_never_leaves_the_lab(tmp_path: Path) -> None:
+def test_the_password_never_leaves_the_lab(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     password = "Lab-Secret-7f3a9c"
-    proc, run_dir = measure(tmp_path, lab_toml=f'password = "{password}"\n' + FAST_LAB)
-    assert proc.returncode == 0, proc.stderr
+    measured, run_dir = lab_run(tmp_path, f'password = "{password}"\n' + FAST_LAB)
+    assert measured.outcome is Outcome.MEASURED, measured
     assert run_dir is not None
-    assert password not in proc.stdout + proc.stderr
+    printed = capfd.readouterr()  # by the run, the lab it started and what they ran
+    assert password not in printed.out + printed.err + repr(measured)
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
 
 
 def test_a_hostile_vm_name_is_a_literal(tmp_path: Path) -> None:
-    proc, _run_dir = measure(tmp_path, "--vm", "x'; Remove-VM *")
-    assert proc.returncode == 3, proc.stderr
-    assert 'VM "x\'; Remove-VM *" was found on no host' in proc.stderr
+    measured, _run_dir = lab_run(tmp_path, FAST_LAB, vm="x'; Remove-VM *")
+    assert measured.outcome is Outcome.PREFLIGHT_FAILED, measured
+    assert 'VM "x\'; Remove-VM *" was found on no host' in (measured.runs[0].message or "")
 
 
 def test_guest_agent_sees_the_freeze(tmp_path: Path) -> None:
     """The lab runs the in-guest agent on an Xvfb desktop inside the guest; its
     heartbeats show the guest's execution gap, its frames keep their numbers."""
-    proc, run_dir = measure(tmp_path, "--guest-agent", "--agent-interval", "0.25", "--json")
-    assert proc.returncode == 0, proc.stderr
+    measured, run_dir = lab_run(
+        tmp_path, FAST_LAB, guest_agent=True, agent=AgentSettings(interval_s=0.25)
+    )
+    assert measured.outcome is Outcome.MEASURED, measured
     assert run_dir is not None
-    doc = json.loads(proc.stdout)
+    doc = summary(run_dir)
     true_pause = doc["ground_truth"]["pause_to_resume_ms"]
     gap = doc["guest"]["execution_gap"]
     assert gap["source"] == "guest_heartbeat"
@@ -454,28 +450,20 @@ def test_repeat_ping_pong_makes_a_session(tmp_path: Path) -> None:
     out = tmp_path / "results"
     lab_config = tmp_path / "lab.toml"
     lab_config.write_text(FAST_LAB)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "migration_blackout.harness.cli",
-            "run",
-            "--lab-config",
-            str(lab_config),
-            "--settle",
-            "1",
-            "--repeat",
-            "2",
-            "--ping-pong",
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
+    proc = measure(
+        "run",
+        "--lab-config",
+        str(lab_config),
+        "--settle",
+        "1",
+        "--repeat",
+        "2",
+        "--ping-pong",
+        "--out",
+        str(out),
+        "--json",
         cwd=tmp_path,
-        env={**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state")},
+        env={"MEASURE_LAB_DIR": str(tmp_path / "lab-state")},
     )
     assert proc.returncode == 0, proc.stderr
     (session_dir,) = out.glob("*-session-*")
@@ -516,9 +504,9 @@ SLOW_PRECOPY = FAST_LAB.replace("precopy_overhead = 0.5", "precopy_overhead = 20
 
 
 def test_move_vm_later_than_timeout_is_stopped(tmp_path: Path) -> None:
-    proc, run_dir = measure(tmp_path, "--timeout", "2", lab_toml=SLOW_PRECOPY)
-    assert proc.returncode == 1, proc.stderr
-    assert "Move-VM did not return within 2 s" in proc.stderr
+    measured, run_dir = lab_run(tmp_path, SLOW_PRECOPY, timeout_s=2.0)
+    assert measured.outcome is Outcome.MIGRATION_FAILED, measured
+    assert "Move-VM did not return within 2 s" in (measured.runs[0].message or "")
     assert run_dir is not None
     doc = manifest(run_dir)
     assert doc["status"] == "aborted"
@@ -535,22 +523,14 @@ def test_ctrl_c_during_the_migration(tmp_path: Path) -> None:
     lab_config = tmp_path / "lab.toml"
     lab_config.write_text(SLOW_PRECOPY)
     out = tmp_path / "results"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "migration_blackout.harness.cli",
-            "run",
-            "--lab-config",
-            str(lab_config),
-            "--out",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start(
+        "run",
+        "--lab-config",
+        str(lab_config),
+        "--out",
+        str(out),
         cwd=tmp_path,
-        env={**os.environ, "MEASURE_LAB_DIR": str(tmp_path / "lab-state")},
+        env={"MEASURE_LAB_DIR": str(tmp_path / "lab-state")},
     )
 
     def migrating() -> bool:
@@ -571,8 +551,8 @@ def test_ctrl_c_during_the_migration(tmp_path: Path) -> None:
 def test_a_run_over_https_with_certificate_validation(tmp_path: Path) -> None:
     """The lab's hosts on HTTPS with a certificate made for the lab, which the
     harness validates as it would a real host's."""
-    proc, run_dir = measure(tmp_path, lab_toml="tls = true\n" + FAST_LAB)
-    assert proc.returncode == 0, proc.stderr
+    measured, run_dir = lab_run(tmp_path, "tls = true\n" + FAST_LAB)
+    assert measured.outcome is Outcome.MEASURED, measured
     assert run_dir is not None
     doc = manifest(run_dir)
     assert doc["status"] == "completed"

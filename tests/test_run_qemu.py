@@ -1,25 +1,32 @@
 """``measure run --hypervisor qemu`` end to end: a real guest live-migrated back
-and forth between two QEMU processes (the QEMU lab), through the real CLI,
-with the same probes and analysis as Hyper-V."""
+and forth between two QEMU processes (the QEMU lab), in-process as a notebook
+or CI script runs it (``harness.commands.run.run``), with the same probes and
+analysis as Hyper-V. The lab itself is started and stopped by ``measure lab``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from measure_cli import measure
 
+from migration_blackout.harness.commands.run import (
+    LabTarget,
+    Measurement,
+    Outcome,
+    RunRequest,
+    run,
+)
+from migration_blackout.harness.config import RunConfig, apply_overrides, load_config
 from migration_blackout.lab.qemu import control as qemu_control
 from migration_blackout.lab.qemu.guest import GuestControl
 
-REPO = Path(__file__).resolve().parent.parent
-
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("in_process")]
 
 # Measured here (bench/README.md): the ping blackout exceeds QEMU's STOP ->
 # RESUME by 40-120 ms typically and up to ~185 ms on a loaded machine (TCG).
@@ -30,56 +37,49 @@ MAX_EXCESS_MS = 250.0
 def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One QEMU lab for the module, started and stopped through the CLI."""
     state_dir = tmp_path_factory.mktemp("lab-state")
-    up = cli(state_dir, "lab", "up", "--hypervisor", "qemu")
+    up = measure("lab", "up", "--hypervisor", "qemu", env={"MEASURE_LAB_DIR": str(state_dir)})
     assert up.returncode == 0, up.stderr
     try:
         yield state_dir
     finally:
-        down = cli(state_dir, "lab", "down", "--hypervisor", "qemu")
+        down = measure(
+            "lab", "down", "--hypervisor", "qemu", env={"MEASURE_LAB_DIR": str(state_dir)}
+        )
         assert down.returncode == 0, down.stderr
 
 
-def cli(lab_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real ``measure`` command, with the module's lab state folder."""
-    return subprocess.run(
-        [sys.executable, "-m", "migration_blackout.harness.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "MEASURE_LAB_DIR": str(lab_dir)},
+def measure_qemu(
+    lab_dir: Path,
+    out: Path,
+    *,
+    config: RunConfig | None = None,
+    repeat: int = 1,
+    ping_pong: bool = False,
+    **overrides: Any,
+) -> Measurement:
+    """``measure run --hypervisor qemu --interval-ms 5 --settle 1``: the module's
+    lab (``--lab``), or the QEMUs ``config`` names."""
+    os.environ["MEASURE_LAB_DIR"] = str(lab_dir)  # in_process gives the old value back
+    changed = apply_overrides(
+        config or RunConfig(), hypervisor="qemu", icmp_interval_s=0.005, settle_s=1.0, **overrides
     )
-
-
-def measure(lab_dir: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return cli(
-        lab_dir,
-        "run",
-        "--hypervisor",
-        "qemu",
-        "--lab",
-        "--interval-ms",
-        "5",
-        "--settle",
-        "1",
-        "--out",
-        str(out),
-        "--json",
-        *args,
-    )
+    lab = LabTarget() if config is None else None
+    return run(RunRequest(config=changed, lab=lab, out=out, repeat=repeat, ping_pong=ping_pong))
 
 
 def test_ping_pong_with_memory_check(lab_dir: Path, tmp_path: Path) -> None:
-    proc = measure(lab_dir, tmp_path, "--repeat", "2", "--ping-pong", "--verify-memory")
-    assert proc.returncode == 0, proc.stderr
-    session = json.loads(proc.stdout)
+    measured = measure_qemu(lab_dir, tmp_path, repeat=2, ping_pong=True, verify_memory=True)
+    assert measured.outcome is Outcome.MEASURED, measured
+    assert measured.session is not None
+    session = measured.session.document
     assert session["status"] == "completed"
     (session_dir,) = tmp_path.glob("*-session-*")
+    assert measured.session.session_dir == session_dir
     directions = set()
-    for entry in session["runs"]:
+    for entry, result in zip(session["runs"], measured.runs, strict=True):
         directions.add((entry["source"], entry["destination"]))
         run_dir = session_dir / entry["run_id"]
-        assert entry["run_dir"] == str(run_dir)
+        assert result.run_dir == run_dir
         manifest = json.loads((run_dir / "manifest.json").read_text())
         # Each QEMU's version and the guest's memory, from QMP.
         assert all(side["qemu_version"] for side in manifest["hosts"].values())
@@ -126,8 +126,8 @@ def test_the_qemu_guest_answers_the_witnesses(lab_dir: Path, tmp_path: Path) -> 
     from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
     from migration_blackout.analysis.tcp import analyse_stream, load_tcp_stream
 
-    proc = measure(lab_dir, tmp_path, "--witnesses")
-    assert proc.returncode == 0, proc.stderr
+    measured = measure_qemu(lab_dir, tmp_path, witnesses=True)
+    assert measured.outcome is Outcome.MEASURED, measured
     (run_dir,) = tmp_path.glob("*-run-*")
     summary = json.loads((run_dir / "derived" / "summary.json").read_text())
     stop_to_resume = summary["qemu"]["stop_to_resume_ms"]
@@ -155,11 +155,11 @@ def test_a_migration_that_never_converges_is_cancelled(lab_dir: Path, tmp_path: 
     guest = GuestControl(state.guest_address, state.token, port=state.control_port)
     asyncio.run(guest.set_dirtier(64, 0))
     try:
-        proc = measure(lab_dir, tmp_path, "--max-bandwidth-mib-s", "8", "--timeout", "3")
+        measured = measure_qemu(lab_dir, tmp_path, max_bandwidth_mib_s=8.0, timeout_s=3.0)
     finally:
         asyncio.run(guest.set_dirtier(0))
-    assert proc.returncode == 1, proc.stderr
-    assert "was cancelled; the guest runs on the source" in proc.stderr
+    assert measured.outcome is Outcome.MIGRATION_FAILED, measured
+    assert "was cancelled; the guest runs on the source" in (measured.runs[0].message or "")
     (run_dir,) = tmp_path.glob("*-run-*")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "aborted"
@@ -203,21 +203,11 @@ def test_qmp_endpoints_from_the_config_file(lab_dir: Path, tmp_path: Path) -> No
     assert state.running is not None and state.standby is not None
     config = tmp_path / "measure.toml"
     config.write_text(qmp_endpoints_config(state))
-    proc = cli(
-        lab_dir,
-        "run",
-        "--config",
-        str(config),
-        "--interval-ms",
-        "5",
-        "--settle",
-        "1",
-        "--out",
-        str(tmp_path / "results"),
-        "--json",
-    )
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
+    measured = measure_qemu(lab_dir, tmp_path / "results", config=load_config(config))
+    assert measured.outcome is Outcome.MEASURED, measured
+    (result,) = measured.runs
+    summary = result.summary
+    assert summary is not None
     assert (summary["qemu"]["source"], summary["qemu"]["destination"]) == ("left", "right")
     assert summary["qemu"]["settings"]["downtime_limit_ms"] == 50
     assert summary["blackout"]["upper_ms"] >= summary["qemu"]["stop_to_resume_ms"]

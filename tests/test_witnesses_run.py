@@ -1,7 +1,8 @@
-"""``measure run --guest-agent --witnesses --tcp-connect 3389`` against the lab:
-every new witness's raw file is in the run folder, and its figures, analysed,
-bound the lab's truth: when each direction came back, the connect outage,
-the brownout; the stream survived and stalled at least as long as it was dark."""
+"""``measure run --guest-agent --witnesses --tcp-connect 3389`` against the lab
+(in-process, ``harness.commands.run.run``): every new witness's raw file is in
+the run folder, and its figures, analysed, bound the lab's truth: when each
+direction came back, the connect outage, the brownout; the stream survived and
+stalled at least as long as it was dark."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
-from test_run_lab import manifest, measure
+from inprocess_run import lab_run
+from test_run_lab import manifest
 
 from migration_blackout.analysis.brownout import analyse_work, load_work
 from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
 from migration_blackout.analysis.guest import HEARTBEAT_SOURCE, analyse_stream, load_heartbeats
+from migration_blackout.analysis.render import format_summary_table
 from migration_blackout.analysis.report.model import CheckOutcome, build_report
 from migration_blackout.analysis.report.renderers import render_markdown
 from migration_blackout.analysis.tcp import (
@@ -25,9 +28,10 @@ from migration_blackout.analysis.tcp import (
     analyse_stream as analyse_tcp_stream,
 )
 from migration_blackout.analysis.witness_summary import analyse_witnesses, witness_bars
+from migration_blackout.harness.commands.run import AgentSettings, Outcome
 from migration_blackout.runformat import Thresholds
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("in_process")]
 
 # Inbound back 0.4 s after the resume, outbound 1.2 s after it.
 APART = """
@@ -56,17 +60,15 @@ def truth_events(run_dir: Path) -> dict[str, list[dict]]:
 
 
 def test_every_witness_bounds_the_lab_truth(tmp_path: Path) -> None:
-    proc, run_dir = measure(
+    measured, run_dir = lab_run(
         tmp_path,
-        "--guest-agent",
-        "--agent-interval",
-        "0.5",
-        "--witnesses",
-        "--tcp-connect",
-        "3389",
-        lab_toml=APART,
+        APART,
+        guest_agent=True,
+        agent=AgentSettings(interval_s=0.5),
+        witnesses=True,
+        tcp_connect_ports=[3389],
     )
-    assert proc.returncode == 0, proc.stderr
+    assert measured.outcome is Outcome.MEASURED, measured
     assert run_dir is not None
     probes = manifest(run_dir)["probes"]
     for name in ("tcp_connect", "udp_direction", "tcp_stream"):
@@ -154,7 +156,7 @@ def test_every_witness_bounds_the_lab_truth(tmp_path: Path) -> None:
     restored = link["outbound"]  # the later direction: ICMP needs both
     assert reconvergence["lower_ms"] <= (restored["link_after_mono_ns"] - resume) / 1e6
     assert (restored["link_before_mono_ns"] - resume) / 1e6 <= reconvergence["upper_ms"]
-    assert "What applications felt (ms)" in proc.stdout + proc.stderr
+    assert "What applications felt (ms)" in format_summary_table(summary)  # the terminal's
     # The timeline plot's lane: one row per witness, the stall as long as above.
     bars = {bar.label: bar for bar in witness_bars(analyse_witnesses(run_dir))}
     assert set(bars) == {"connect :3389", "stream in", "stream out", "in back", "out back"}

@@ -13,14 +13,17 @@ of the guest (ICMP, the in-guest agent) do not know which one ran.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from migration_blackout.probes.host_state import HostObservation
 from migration_blackout.probes.sink import JsonlSink
 
 from ..clocksync import ClockOffset
+from ..config import RunConfig
+from ..guestagent import GuestAgentSetup
 from ..runwriter import RunWriter
 
 
@@ -108,3 +111,25 @@ class HypervisorBackend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """For the manifest (no secrets)."""
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """What one run measures: the configuration and, where the configuration
+    alone does not say it, the hypervisor and the guest agent.
+
+    ``backend`` None means Hyper-V over PSRP with ``config.hosts`` and
+    ``passwords`` (host name -> password, never written anywhere).
+    ``ground_truth``: an emulated lab's ground-truth file, copied (the part
+    written during the run) into ``raw/ground_truth.jsonl``;
+    ``extra_manifest``: entries for the manifest (a lab's ``lab``). A run
+    environment (a lab started for the run) prepares one for each run; its
+    ``None`` fields keep what the caller's had.
+    """
+
+    config: RunConfig
+    passwords: Mapping[str, str | None] | None = None
+    backend: HypervisorBackend | None = None
+    ground_truth: Path | None = None
+    extra_manifest: Mapping[str, Any] | None = None
+    guest_agent: GuestAgentSetup | None = None

@@ -42,7 +42,7 @@ from migration_blackout.runformat import QEMU_MIGRATION
 from ..clocksync import ClockOffset
 from ..config import QemuConfig, RunConfig
 from ..runwriter import RunWriter
-from . import MigrationOutcome, PolledSide, PreflightError, Recorder
+from . import MigrationOutcome, PolledSide, PreflightError, PreparedRun, Recorder
 
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
 SHARED_MEMORY = Path("/dev/shm")
@@ -79,9 +79,9 @@ def ram_dump_folder() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def configured_run(config: RunConfig) -> Iterator[dict[str, Any]]:
-    """The arguments of a QEMU run (or session) on the two QEMUs ``[qemu]`` names
-    (a user's own)."""
+def configured_run(config: RunConfig) -> Iterator[PreparedRun]:
+    """A QEMU run (or session) on the two QEMUs ``[qemu]`` names (a user's own),
+    with the folder the memory comparison dumps into while it lasts."""
     with ram_dump_folder() as ram_dumps:
         first, second = (QemuSide(s.name, s.qmp, s.incoming_uri) for s in config.qemu.sides)
         backend = QemuBackend(
@@ -89,11 +89,7 @@ def configured_run(config: RunConfig) -> Iterator[dict[str, Any]]:
             settings=migration_settings(config.qemu),
             verify_memory=ram_dumps if config.qemu.verify_memory else None,
         )
-
-        async def configured() -> QemuBackend:
-            return backend
-
-        yield {"config": config, "backend_factory": configured}
+        yield PreparedRun(config=config, backend=backend)
 
 
 def _address(qmp: str) -> str | tuple[str, int]:

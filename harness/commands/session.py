@@ -15,10 +15,9 @@ migration, when a session will give fewer.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,31 @@ from migration_blackout.runformat import (
 )
 
 from .. import exitcodes
-from ..config import RunConfig
+from ..backends import PreflightError, PreparedRun
 from ..deadlines import Interrupt
+from ..measurement import (
+    Outcome,
+    ProgressCallback,
+    RunEnvironment,
+    RunResult,
+    measure_run,
+)
 from ..runwriter import OutputFolderError, new_run_id
-from .run import PreflightError, RunResult, measure_run, with_environment
 
 
 @dataclass(frozen=True)
 class SessionResult:
+    """The session folder, its runs in order and how the session ended
+    (``document``: ``session.json`` as written)."""
+
     session_dir: Path
     runs: tuple[RunResult, ...]
-    exit_code: int
+    outcome: Outcome
     document: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
 
 
 def _write(path: Path, document: Mapping[str, Any]) -> None:
@@ -84,17 +96,19 @@ def _session_exit_code(results: list[RunResult], preflight_failed: bool) -> int:
 
 async def measure_session(
     *,
-    config: RunConfig,
+    target: PreparedRun,
+    environment: RunEnvironment | None = None,
     repeat: int,
     ping_pong: bool,
     out: Path,
-    command: list[str],
-    interrupt: Interrupt | None = None,
+    command: Sequence[str],
+    interrupt: Interrupt,
+    progress: ProgressCallback | None = None,
     on_run_start: Callable[[int, int], None] | None = None,
     labels: Mapping[str, str] | None = None,
-    **run_kwargs: Any,
 ) -> SessionResult:
-    """Run ``repeat`` migrations; every run folder is complete whatever happens.
+    """Run ``repeat`` migrations of ``target`` (in ``environment``, a lab
+    started for the session); every run folder is complete whatever happens.
     An interrupt ends the run in progress (aborted) and the session.
 
     ``on_run_start(number, repeat)`` is called before each migration (number
@@ -114,7 +128,7 @@ async def measure_session(
         "schema_version": SESSION_SCHEMA_VERSION,
         "kind": "session",
         "session_id": session_id,
-        "command": command,
+        "command": list(command),
         "repeat": repeat,
         "ping_pong": ping_pong,
         "labels": dict(labels or {}),
@@ -128,19 +142,20 @@ async def measure_session(
     _write(path, document)
     results: list[RunResult] = []
     preflight_failed = False
-    run_config = config
+    run_target = target
     try:
         for index in range(repeat):
             if on_run_start is not None:
                 on_run_start(index + 1, repeat)
             try:
                 result = await measure_run(
-                    config=run_config,
+                    target=run_target,
+                    environment=environment,
                     out=session_dir,
                     command=command,
                     interrupt=interrupt,
+                    progress=progress,
                     labels=labels,
-                    **run_kwargs,
                 )
             except PreflightError as exc:
                 document["runs"].append({"index": index, "preflight_error": str(exc)})
@@ -161,12 +176,13 @@ async def measure_session(
             _write(path, document)
             if result.exit_code in (exitcodes.INTERRUPTED, exitcodes.PREFLIGHT):
                 break
-            if interrupt is not None and interrupt.is_set():
+            if interrupt.is_set():
                 break
             if ping_pong and result.source and result.destination:
-                run_config = replace(
-                    run_config, source=result.destination, destination=result.source
+                back = replace(
+                    run_target.config, source=result.destination, destination=result.source
                 )
+                run_target = replace(run_target, config=back)
     finally:
         runs = [read_run(r.run_dir) for r in results if (r.run_dir / MANIFEST_FILE).exists()]
         document["directions"] = [direction_stats_json(s) for s in direction_stats(runs)]
@@ -180,9 +196,5 @@ async def measure_session(
         document["exit_code"] = exit_code
         _write(path, document)
     return SessionResult(
-        session_dir=session_dir, runs=tuple(results), exit_code=exit_code, document=document
+        session_dir=session_dir, runs=tuple(results), outcome=Outcome(exit_code), document=document
     )
-
-
-def run(*, environment: Any = None, **kwargs: Any) -> SessionResult:
-    return asyncio.run(with_environment(measure_session, environment, **kwargs))
