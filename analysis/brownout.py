@@ -51,10 +51,14 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from migration_blackout.analysis.decompose import Instant, ReportedBlackout, instant_json
+from migration_blackout.analysis.qemu import QemuRecords
+from migration_blackout.analysis.timeline import Timeline
 from migration_blackout.analysis.witnesses import NS_PER_MS, failure_runs, read_raw_csv
 from migration_blackout.runformat import HEARTBEAT
 
@@ -84,6 +88,7 @@ class Brownout:
     waiting_share: float
     heartbeats: int
     ends_at_gap: bool
+    edge_ms: float  # how far each edge may lie from its heartbeat (the end's past it, at the gap)
     start_guest_mono_ns: int
     end_guest_mono_ns: int
     start_recv_mono_ns: int
@@ -115,6 +120,15 @@ def load_work(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return rows[rows["work_ns"].notna() & (rows["work_ns"] > 0)]
 
 
+def heartbeats_with_work(heartbeats: pd.DataFrame) -> pd.DataFrame:
+    """The heartbeats (``analysis.guest.load_heartbeats`` columns, as the
+    timeline keeps them) that carry a work time; empty when none does."""
+    if "work_ns" not in heartbeats:
+        return heartbeats.iloc[0:0]
+    work = heartbeats["work_ns"]
+    return heartbeats[work.notna() & (work.fillna(0) > 0)]
+
+
 def analyse_work(
     records: pd.DataFrame,
     *,
@@ -126,7 +140,9 @@ def analyse_work(
     stall_intervals: float = DEFAULT_STALL_INTERVALS,
 ) -> WorkRate | None:
     """The work rate and brownouts of the agent with the most records (module
-    docstring); None with fewer than 20 records. ``gap_start_guest_mono_ns``:
+    docstring); None with fewer than 20 records. ``records``: ``load_work``'s
+    rows (``interval_us``) or ``heartbeats_with_work``' (``interval_ns``).
+    ``gap_start_guest_mono_ns``:
     the execution gap's start (the last heartbeat before the freeze, guest
     clock), to pick the brownout that led into it."""
     if records.empty:
@@ -139,7 +155,11 @@ def analyse_work(
     mono = rows["guest_mono_ns"].to_numpy(np.int64)
     recv = rows["recv_mono_ns"].to_numpy(np.int64)
     seq = rows["seq"].to_numpy(np.int64)
-    interval_ns = float(rows["interval_us"].median()) * 1000
+    interval_ns = (
+        float(rows["interval_ns"].median())
+        if "interval_ns" in rows
+        else float(rows["interval_us"].median()) * 1000
+    )
     window_ns = window_ms * NS_PER_MS
     waited = np.minimum(work, stall_intervals * interval_ns)
     total = np.concatenate(([0.0], np.cumsum(waited)))
@@ -167,7 +187,7 @@ def analyse_work(
     brownouts = []
     for first, last in runs:
         # A run that reaches the freeze ends at it: the pause ends pre-copy.
-        ends_at_gap = (
+        ends_at_gap = bool(
             gap_start_guest_mono_ns is not None
             and 0 <= gap_start_guest_mono_ns - mono[last] <= window_ns
         )
@@ -187,6 +207,7 @@ def analyse_work(
                 waiting_share=float(np.mean(share[first : last + 1])),
                 heartbeats=last - first + 1,
                 ends_at_gap=ends_at_gap,
+                edge_ms=edge_ns / NS_PER_MS,
                 start_guest_mono_ns=int(mono[first]),
                 end_guest_mono_ns=end,
                 start_recv_mono_ns=int(recv[first]),
@@ -229,3 +250,109 @@ def _bridged(
         else:
             joined.append((first, last))
     return joined
+
+
+# -- summary.json's ``brownout`` block (docs/summary-format.md) ---------------
+
+NO_WORK_REASON = (
+    "no heartbeat carries a work time (no guest agent, or one before heartbeat version 2)"
+)
+
+
+def brownout_summary(
+    work: WorkRate | None,
+    timeline: Timeline,
+    *,
+    reported: ReportedBlackout | None,
+    qemu: QemuRecords | None,
+) -> dict[str, Any]:
+    """The ``brownout`` block: the guest's brownout (``measured``, or None and
+    the ``reason``), with Hyper-V's 22508 figure and QEMU's auto-converge
+    throttle beside it where the run has them."""
+    measured, reason = None, None
+    if work is None:
+        count = len(heartbeats_with_work(timeline.heartbeats))
+        reason = NO_WORK_REASON if not count else f"only {count} heartbeats carry a work time"
+    elif work.brownout is None:
+        reason = "the guest's work rate never stayed low for a window (no brownout)"
+    else:
+        measured = _measured_json(work.brownout, work.interval_ms, timeline)
+    return {
+        "source": "guest_heartbeat",
+        "measured": measured,
+        "reason": reason,
+        "baseline_work_ms": None if work is None else round(work.baseline_work_ms, 3),
+        "heartbeats_with_work": 0 if work is None else len(work.guest_mono_ns),
+        "hyperv": _hyperv_json(reported),
+        "qemu": _qemu_json(qemu),
+    }
+
+
+def _measured_json(brownout: Brownout, interval_ms: float, timeline: Timeline) -> dict[str, Any]:
+    edge_ns = int(brownout.edge_ms * NS_PER_MS)
+    start = _placed(timeline, brownout.agent_id, brownout.start_guest_mono_ns, edge_ns, edge_ns)
+    after = int(interval_ms * NS_PER_MS) if brownout.ends_at_gap else edge_ns
+    before = 0 if brownout.ends_at_gap else edge_ns
+    end = _placed(timeline, brownout.agent_id, brownout.end_guest_mono_ns, before, after)
+    return {
+        "duration_ms": round(brownout.duration_ms, 3),
+        "lower_ms": round(brownout.lower_ms, 3),
+        "upper_ms": round(brownout.upper_ms, 3),
+        "start": instant_json(start, timeline),
+        "end": instant_json(end, timeline),
+        "ends_at_blackout": brownout.ends_at_gap,
+        "work_rate": round(brownout.rate, 3),
+        "work_ms": round(brownout.work_ms, 3),
+        "waiting_share": round(brownout.waiting_share, 3),
+        "heartbeats": brownout.heartbeats,
+        "agent_id": brownout.agent_id,
+    }
+
+
+def _placed(
+    timeline: Timeline, agent: str, guest_mono_ns: int, before_ns: int, after_ns: int
+) -> Instant | None:
+    """A brownout edge on the harness clock: its heartbeat as the timeline
+    placed it, widened by how far the edge may lie before and after it."""
+    rows = timeline.heartbeats
+    row = rows[(rows["agent_id"] == agent) & (rows["guest_mono_ns"] == guest_mono_ns)]
+    if row.empty:
+        return None
+    first = row.iloc[0]
+    return Instant(
+        int(first["t_mono_ns"]),
+        int(first["t_lo_ns"]) - before_ns,
+        int(first["t_hi_ns"]) + after_ns,
+    )
+
+
+def _hyperv_json(reported: ReportedBlackout | None) -> dict[str, Any] | None:
+    """Hyper-V's own brownout figure (22508, seconds with one decimal), None when
+    the host logged none."""
+    if reported is None or reported.brownout_s is None:
+        return None
+    return {
+        "source": "hyperv-event:22508",
+        "host": reported.host,
+        "brownout_ms": round(reported.brownout_s * 1000, 3),
+        "resolution_ms": 100.0,
+    }
+
+
+def _qemu_json(qemu: QemuRecords | None) -> dict[str, Any] | None:
+    """QEMU's auto-converge throttle: the highest ``cpu_throttle_percentage``
+    its query-migrate polls gave (0: QEMU never throttled the guest; it gives
+    the figure only while it does); None when QEMU did not run."""
+    if qemu is None:
+        return None
+    polls = [r for r in qemu.records if r.get("event") == "migrate_poll"]
+    throttles = [
+        int(r["cpu_throttle_percentage"])
+        for r in polls
+        if isinstance(r.get("cpu_throttle_percentage"), int)
+    ]
+    return {
+        "source": "qemu-query-migrate",
+        "max_cpu_throttle_percentage": max(throttles, default=0),
+        "polls": len(polls),
+    }

@@ -955,7 +955,8 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _instant_json(instant: Instant | None, timeline: Timeline) -> dict[str, Any] | None:
+def instant_json(instant: Instant | None, timeline: Timeline) -> dict[str, Any] | None:
+    """An instant in summary.json: harness mono and UTC, with its bounds."""
     if instant is None:
         return None
     return {
@@ -983,8 +984,8 @@ def _component_json(component: Component | None, timeline: Timeline) -> dict[str
         "lower_ms": _ms(component.lower_ms),
         "upper_ms": _ms(component.upper_ms),
         "estimate_ms": _ms(component.estimate_ms),
-        "start": _instant_json(component.start, timeline),
-        "end": _instant_json(component.end, timeline),
+        "start": instant_json(component.start, timeline),
+        "end": instant_json(component.end, timeline),
         "note": component.note,
         **{key: _json_value(value) for key, value in component.detail.items()},
     }
@@ -1002,7 +1003,7 @@ def _reported_json(reported: ReportedBlackout | None, timeline: Timeline) -> dic
         "lower_ms": _ms(reported.lower_ms),
         "upper_ms": _ms(reported.upper_ms),
         "critical": reported.critical,
-        "logged": _instant_json(reported.logged, timeline),
+        "logged": instant_json(reported.logged, timeline),
         "brownout_ms": None if reported.brownout_s is None else _ms(reported.brownout_s * 1000),
         "dirty_pages": reported.dirty_pages,
     }
@@ -1064,7 +1065,7 @@ def _point_json(point: Point, timeline: Timeline) -> dict[str, Any]:
     return {
         "what": point.what,
         "status": point.status,
-        "at": _instant_json(point.at, timeline),
+        "at": instant_json(point.at, timeline),
         "source": point.source,
         "note": point.note,
     }

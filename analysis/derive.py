@@ -3,8 +3,9 @@
 ``derive`` reads the run folder's raw files once (``build_timeline`` reads
 each of them and puts every record on the harness's clock) and makes from
 that one reading every analysis the outputs need: the ICMP blackout, the
-guest agent's gaps, the console blackout, QEMU's own record, the witnesses
-(TCP connects, the TCP stream, the direction probe), and the
+guest agent's gaps and its work rate (the brownout, from the heartbeat
+frame the timeline keeps), the console blackout, QEMU's own record, the
+witnesses (TCP connects, the TCP stream, the direction probe), and the
 decomposition (with the hypervisor's events: QEMU's STOP -> RESUME when no
 host was polled). ``Derived`` holds them; ``summary.json``
 (``analysis.summary.summary_document``), the timeline plots
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
+from migration_blackout.analysis.brownout import WorkRate, analyse_work, heartbeats_with_work
 from migration_blackout.analysis.console import ConsoleAnalysis, analyse_console
 from migration_blackout.analysis.decompose import (
     Decomposition,
@@ -55,8 +57,11 @@ class Derived:
     'what applications felt'). ``decomposition``: always made (the plots draw
     it), its reconvergence split per direction when the direction probe saw
     both come back; summary.json carries it only for runs with more witnesses
-    than ICMP (``has_witnesses``). ``raw_warnings``: the raw lines skipped
-    while reading, one message per file.
+    than ICMP (``has_witnesses``). ``work``: the guest's work rate and the
+    brownout that led into its execution gap (``analysis.brownout``;
+    summary.json's ``brownout`` block), None without 20 heartbeats that carry
+    a work time. ``raw_warnings``: the raw lines skipped while reading, one
+    message per file.
     """
 
     timeline: Timeline
@@ -66,6 +71,7 @@ class Derived:
     qemu: QemuRecords | None
     decomposition: Decomposition
     witnesses: WitnessAnalysis = field(default_factory=WitnessAnalysis)
+    work: WorkRate | None = None
     raw_warnings: tuple[str, ...] = ()  # raw lines skipped, not records (RawDataWarning)
 
     @property
@@ -111,6 +117,11 @@ def _derive(folder: RunData) -> Derived:
     decomposition = decompose(
         timeline, hypervisor_events=qemu_component(qemu), icmp=icmp, console=console
     )
+    gap = None if guest.heartbeat is None else guest.heartbeat.execution_gap
+    work = analyse_work(
+        heartbeats_with_work(timeline.heartbeats),
+        gap_start_guest_mono_ns=None if gap is None else gap.before_guest_mono_ns,
+    )
     witnesses = analyse_witnesses(folder.path)
     if witnesses.restored is not None:
         inbound, outbound = witnesses.restored
@@ -128,4 +139,5 @@ def _derive(folder: RunData) -> Derived:
         qemu=qemu,
         decomposition=decomposition,
         witnesses=witnesses,
+        work=work,
     )

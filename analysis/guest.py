@@ -196,7 +196,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def load_heartbeats(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The heartbeats in the normalised columns (``interval_ns`` from ``interval_us``).
+    """The heartbeats in the normalised columns (``interval_ns`` from ``interval_us``)
+    and ``work_ns`` (NA in a heartbeat before version 2).
 
     A row that is not a heartbeat (invalid UTF-8, the wrong number of fields,
     a number that is not a 64-bit integer) is counted and skipped with a
@@ -224,7 +225,11 @@ def load_heartbeats(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     except (ValueError, OverflowError, UnicodeDecodeError, pd.errors.ParserError):
         raw = _heartbeats_row_by_row(path, complete)
     raw["interval_ns"] = raw["interval_us"] * 1000
-    return _normalise(raw)
+    heartbeats = _normalise(raw)
+    # The work time (heartbeat version 2; NA before it), kept for the brownout
+    # (analysis.brownout) so that nothing reads the file a second time.
+    heartbeats["work_ns"] = pd.Series(raw.get("work_ns", pd.NA), index=raw.index, dtype="Int64")
+    return heartbeats
 
 
 def _heartbeats_row_by_row(path: Path, data: bytes) -> pd.DataFrame:

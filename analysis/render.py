@@ -308,6 +308,7 @@ def _applications(summary: Mapping[str, Any]) -> list[str]:
                         note,
                     ]
                 )
+    rows.extend(_brownout_rows(summary.get("brownout") or {}))
     if not rows:
         return []
     lines = ["", "What applications felt (ms)"]
@@ -327,3 +328,23 @@ def _applications(summary: Mapping[str, Any]) -> list[str]:
         if stream.get("explanation"):
             lines.append(f"  {stream['explanation']}")
     return lines
+
+
+def _brownout_rows(brownout: Mapping[str, Any]) -> list[list[str]]:
+    """The guest's brownout before the blackout: its length with bounds, the
+    work rate, and Hyper-V's / QEMU's figure beside it; no row for a run with
+    none of these."""
+    beside = []
+    hyperv, qemu = brownout.get("hyperv"), brownout.get("qemu")
+    if hyperv:
+        beside.append(f"Hyper-V 22508: {_number(hyperv['brownout_ms'], 0)} ms")
+    if qemu:
+        beside.append(f"QEMU throttle up to {qemu['max_cpu_throttle_percentage']} %")
+    measured = brownout.get("measured")
+    if measured:
+        note = f"work rate {measured['work_rate']:.2f} of normal"
+        row = ["guest brownout", _number(measured["lower_ms"]), _number(measured["upper_ms"])]
+        return [[*row, "; ".join([note, *beside])]]
+    if not beside and not brownout.get("heartbeats_with_work"):
+        return []
+    return [["guest brownout", "-", "-", "; ".join([str(brownout.get("reason")), *beside])]]

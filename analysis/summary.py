@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from migration_blackout.analysis.brownout import brownout_summary
 from migration_blackout.analysis.console import console_document
 from migration_blackout.analysis.decompose import decomposition_to_json
 from migration_blackout.analysis.derive import Derived, derive
@@ -165,6 +166,12 @@ def summary_document(derived: Derived) -> dict[str, Any]:
         if derived.has_witnesses
         else None,
         "tcp": tcp_summary(derived.witnesses, blackout=blackout),
+        "brownout": brownout_summary(
+            derived.work,
+            timeline,
+            reported=derived.decomposition.reported_blackout,
+            qemu=derived.qemu,
+        ),
         "ground_truth": None
         if timeline.ground_truth is None
         else truth_summary(timeline.ground_truth),

@@ -148,6 +148,19 @@ def test_the_timeline_notebook_on_a_fresh_run_of_each_kind(
         assert f"the TCP stream {survived}" in text
     else:
         assert tables == [] and "no TCP or direction witnesses in this run" in text
+    # The guest's brownout, the section's last line: summary.json's, as measure wrote it.
+    [line] = [x for x in text.splitlines() if x.startswith("guest brownout:")]
+    if kind == "lab_with_agent":
+        brownout = summary["brownout"]
+        measured = brownout["measured"]
+        if measured is None:
+            assert brownout["reason"] in line
+        else:
+            assert line.startswith(
+                f"guest brownout: {measured['duration_ms']:.3f} ms ({measured['lower_ms']:.3f} .. "
+                f"{measured['upper_ms']:.3f} ms), work rate {measured['work_rate']:.2f} of normal"
+            )
+        assert f"Hyper-V 22508: {brownout['hyperv']['brownout_ms']:.0f} ms" in line
 
 
 @pytest.mark.root
@@ -166,6 +179,15 @@ def test_the_comparison_notebook_on_runs_of_every_kind(
     )
     text = "".join(o.get("text", "") for o in outputs(done, "stream"))
     assert "7 runs, 3 baseline runs" in text
+    # The per-run table has the brownout, summary.json's, for the run with the agent.
+    [cell] = [c for c in done.cells if "def describe(" in c.get("source", "")]
+    [html] = [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
+    assert "<th>brownout ms</th>" in html
+    summary_file = other_runs.lab_with_agent / "derived" / "summary.json"
+    measured = json.loads(summary_file.read_text(encoding="utf-8"))["brownout"]["measured"]
+    if measured is not None:
+        [row] = [r for r in html.split("<tr>") if other_runs.lab_with_agent.name in r]
+        assert f"<td>{measured['duration_ms']:.3f}</td>" in row
 
 
 COMPONENTS = (

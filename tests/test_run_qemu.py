@@ -141,6 +141,12 @@ def test_the_qemu_guest_answers_the_witnesses(lab_dir: Path, tmp_path: Path) -> 
     direction = analyse_direction(answers)
     assert direction.answered > 100 and direction.longest is not None
     assert len(load_work(run_dir)) > 100
+    # summary.json's brownout: the work times, and QEMU's throttle beside them
+    # (auto-converge is off without --auto-converge: QEMU never throttled).
+    brownout = summary["brownout"]
+    assert brownout["heartbeats_with_work"] > 100 and brownout["baseline_work_ms"] > 0
+    assert brownout["qemu"]["polls"] == summary["qemu"]["polls"] > 0
+    assert brownout["qemu"]["max_cpu_throttle_percentage"] == 0 and brownout["hyperv"] is None
 
 
 def test_a_migration_that_never_converges_is_cancelled(lab_dir: Path, tmp_path: Path) -> None:

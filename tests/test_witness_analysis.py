@@ -4,16 +4,28 @@ and the bounds must contain it every time."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from migration_blackout.analysis.brownout import analyse_work
+from migration_blackout.analysis.brownout import NO_WORK_REASON, analyse_work
+from migration_blackout.analysis.clocks import utc_iso
 from migration_blackout.analysis.direction import analyse_direction
+from migration_blackout.analysis.render import format_summary_table
+from migration_blackout.analysis.report.model import build_report
+from migration_blackout.analysis.report.renderers import (
+    render_html,
+    render_markdown,
+    report_document,
+)
+from migration_blackout.analysis.summary import build_summary, read_summary, write_summary
 from migration_blackout.analysis.tcp import analyse_connects, analyse_stream, beyond_blackout
-from migration_blackout.runformat import TCP_STREAM
+from migration_blackout.probes.sink import CsvSink
+from migration_blackout.runformat import HEARTBEAT, SUMMARY_FILE, TCP_STREAM
 
 MS = 1_000_000
 BASE = 5_000_000_000_000  # a monotonic clock reading, ns
@@ -335,6 +347,94 @@ def test_no_brownout_on_a_guest_that_was_never_slowed() -> None:
     records, _ = work_records(BASE, BASE, share=1.0, rng=random.Random(5), gap_after=False)
     work = analyse_work(records)
     assert work is not None and work.brownout is None and work.brownouts == ()
+
+
+UTC_AT_BASE = 1_796_000_000_000_000_000  # the wall clock at BASE
+
+
+def write_heartbeat_run(run: Path, records: pd.DataFrame, *, version: int = 2) -> Path:
+    """A run folder holding only these heartbeats (the real sink), as an agent
+    of heartbeat ``version`` wrote them (1: without late_ns and work_ns)."""
+    columns = HEARTBEAT.columns if version == 2 else HEARTBEAT.columns[:-2]
+    sink = CsvSink(run / HEARTBEAT.path, probe="guest_heartbeat", columns=columns)
+    for row in records.itertuples():
+        utc = UTC_AT_BASE - BASE
+        fields = [row.agent_id, row.seq, utc + row.guest_mono_ns, row.guest_mono_ns]
+        fields += [row.interval_us, row.recv_mono_ns, utc + row.recv_mono_ns, "198.18.0.2"]
+        sink.write_row([*fields, 0, row.work_ns] if version == 2 else fields)
+    sink.close()
+    manifest = {
+        "schema_version": 1,
+        "run_id": run.name,
+        "status": "completed",
+        "error": None,
+        "started_utc": "2026-12-01T00:00:00Z",
+        "ended_utc": None,
+        "targets": [],
+        "config": {},
+        "probes": {},
+        "clock": {"start": {"mono_ns": BASE, "utc_ns": UTC_AT_BASE}},
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_the_summary_block_holds_the_slowed_stretch_on_the_harness_clock(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    slow_from, slow_to = BASE + 2000 * MS, BASE + 3700 * MS
+    records, _ = work_records(slow_from, slow_to, share=0.2, rng=rng, gap_after=True)
+    summary = build_summary(write_heartbeat_run(tmp_path / "run", records))
+    block = summary["brownout"]
+    measured = block["measured"]
+    assert block["reason"] is None and measured["ends_at_blackout"]
+    assert measured["lower_ms"] <= (slow_to - slow_from) / MS <= measured["upper_ms"]
+    # The heartbeats arrive 50 us after their guest stamp: the truth on the
+    # harness clock is the guest's, 50 us later, within each edge's bounds.
+    start, end = measured["start"], measured["end"]
+    assert start["lo_mono_ns"] <= slow_from + 50_000 <= start["hi_mono_ns"]
+    assert end["lo_mono_ns"] <= slow_to + 50_000 <= end["hi_mono_ns"]
+    assert start["t_utc"] == utc_iso(UTC_AT_BASE - BASE + start["t_mono_ns"])
+    assert end["hi_utc"] > end["t_utc"] > start["t_utc"] > start["lo_utc"]
+    assert measured["work_rate"] < 0.5 and 0.15 < block["baseline_work_ms"] < 0.5
+    assert block["heartbeats_with_work"] == len(records)
+    assert block["hyperv"] is None and block["qemu"] is None
+    # The terminal: one line in what applications felt, its bounds and rate.
+    (line,) = [x for x in format_summary_table(summary).splitlines() if "guest brownout" in x]
+    assert line.split()[2:4] == [f"{measured['lower_ms']:.3f}", f"{measured['upper_ms']:.3f}"]
+    assert f"work rate {measured['work_rate']:.2f} of normal" in line
+
+
+def test_the_report_has_a_brownout_column(tmp_path: Path) -> None:
+    slowed = (BASE + 2000 * MS, BASE + 3000 * MS)
+    records, _ = work_records(*slowed, share=0.2, rng=random.Random(3), gap_after=True)
+    run = write_heartbeat_run(tmp_path / "run", records)
+    write_summary(run)
+    measured = read_summary(run / SUMMARY_FILE)["brownout"]["measured"]
+    report = build_report([run])
+    cell = f"{measured['duration_ms']:.1f} (rate {measured['work_rate']:.2f})"
+    assert "| brownout ms |" in render_markdown(report) and f"| {cell} |" in render_markdown(report)
+    assert "<th>brownout ms</th>" in render_html(report) and cell in render_html(report)
+    (shown,) = report_document(report)["runs"]
+    assert shown["brownout"]["duration_ms"] == measured["duration_ms"]
+    assert shown["brownout"]["work_rate"] == measured["work_rate"]
+
+
+def test_the_terminal_sets_hyperv_s_brownout_beside_a_run_without_work_times() -> None:
+    summary = build_summary(Path(__file__).parent / "data" / "runs" / "lab-v1-sample")
+    (line,) = [x for x in format_summary_table(summary).splitlines() if "guest brownout" in x]
+    assert NO_WORK_REASON in line and "Hyper-V 22508: 1900 ms" in line
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_summary_block_says_why_there_is_no_brownout(tmp_path: Path, version: int) -> None:
+    records, _ = work_records(BASE, BASE, share=1.0, rng=random.Random(5), gap_after=False)
+    block = build_summary(write_heartbeat_run(tmp_path / "run", records, version=version))
+    brownout = block["brownout"]
+    assert brownout["measured"] is None
+    if version == 1:  # an agent before heartbeat version 2
+        assert brownout["reason"] == NO_WORK_REASON and brownout["baseline_work_ms"] is None
+    else:
+        assert "no brownout" in brownout["reason"] and brownout["baseline_work_ms"] > 0
 
 
 def test_a_stall_still_on_when_the_record_ends_is_open() -> None:

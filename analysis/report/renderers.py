@@ -183,12 +183,25 @@ def _tcp_cell(run: ReportedRun) -> str:
     return f"{format_ms(stall.upper_ms)} ({stall.direction}{broke})"
 
 
+def _brownout_cell(run: ReportedRun) -> str:
+    brownout = run.brownout
+    if brownout is None:
+        return "-"
+    beside = ""
+    if brownout.hyperv_ms is not None:
+        beside = f", Hyper-V {format_ms(brownout.hyperv_ms)}"
+    elif brownout.qemu_throttle_pct is not None:
+        beside = f", QEMU throttle {brownout.qemu_throttle_pct} %"
+    return f"{format_ms(brownout.duration_ms)} (rate {brownout.work_rate:.2f}{beside})"
+
+
 def _run_rows(
     runs: Sequence[ReportedRun],
     checks: Mapping[str, list[Check]],
     *,
     with_labels: bool = False,
     with_tcp: bool = False,
+    with_brownout: bool = False,
 ) -> list[tuple[str, ...]]:
     rows = []
     for run in runs:
@@ -226,6 +239,7 @@ def _run_rows(
                 *labels,
                 *figures,
                 *((_tcp_cell(run),) if with_tcp else ()),
+                *((_brownout_cell(run),) if with_brownout else ()),
                 run.hypervisor_says or "-",
                 verdict,
             )
@@ -343,10 +357,17 @@ def _run_blocks(report: Report) -> list[_Block]:
     if with_tcp:
         at = headers.index("hypervisor says")
         headers = (*headers[:at], "TCP stall ms", *headers[at:])
+    # And one for the guest's brownout when a run measured one (guest agent 1.1).
+    with_brownout = any(r.brownout for r in (*report.runs, *report.baseline_runs))
+    if with_brownout:
+        at = headers.index("hypervisor says")
+        headers = (*headers[:at], "brownout ms", *headers[at:])
     for title, runs in (("Runs", report.runs), ("Baseline runs", report.baseline_runs)):
         if not runs:
             continue
-        rows = _run_rows(runs, checks, with_labels=with_labels, with_tcp=with_tcp)
+        rows = _run_rows(
+            runs, checks, with_labels=with_labels, with_tcp=with_tcp, with_brownout=with_brownout
+        )
         table = _Table(headers, tuple(rows), numeric)
         blocks.append(_Heading(3, title))
         blocks.append(
@@ -667,6 +688,16 @@ def _run_json(run: ReportedRun) -> dict[str, Any]:
             "survived": run.tcp_stall.survived,
             "beyond_blackout_ms": _ms_or_none(run.tcp_stall.beyond_ms),
             "explanation": run.tcp_stall.explanation,
+        },
+        "brownout": None
+        if run.brownout is None
+        else {
+            "duration_ms": _ms_or_none(run.brownout.duration_ms),
+            "lower_ms": _ms_or_none(run.brownout.lower_ms),
+            "upper_ms": _ms_or_none(run.brownout.upper_ms),
+            "work_rate": run.brownout.work_rate,
+            "hyperv_brownout_ms": _ms_or_none(run.brownout.hyperv_ms),
+            "qemu_max_cpu_throttle_percentage": run.brownout.qemu_throttle_pct,
         },
         "context": dict(run.context),
         "cpu_steal_pct": run.cpu_steal_pct,

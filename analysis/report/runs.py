@@ -113,6 +113,38 @@ def tcp_stall_from_summary(summary: Mapping[str, Any]) -> TcpStall | None:
 
 
 @dataclass(frozen=True)
+class BrownoutFigure:
+    """The guest's brownout, from summary.json's ``brownout`` block (measured),
+    with Hyper-V's 22508 figure and QEMU's highest throttle where the run has them."""
+
+    duration_ms: float
+    lower_ms: float
+    upper_ms: float
+    work_rate: float
+    hyperv_ms: float | None
+    qemu_throttle_pct: int | None
+
+
+def brownout_from_summary(summary: Mapping[str, Any]) -> BrownoutFigure | None:
+    block = summary.get("brownout")
+    measured = block.get("measured") if isinstance(block, Mapping) else None
+    if not isinstance(measured, Mapping) or not _is_number(measured.get("duration_ms")):
+        return None
+    assert isinstance(block, Mapping)
+    hyperv, qemu = block.get("hyperv"), block.get("qemu")
+    hyperv_ms = hyperv.get("brownout_ms") if isinstance(hyperv, Mapping) else None
+    throttle = qemu.get("max_cpu_throttle_percentage") if isinstance(qemu, Mapping) else None
+    return BrownoutFigure(
+        duration_ms=float(measured["duration_ms"]),
+        lower_ms=float(measured["lower_ms"]),
+        upper_ms=float(measured["upper_ms"]),
+        work_rate=float(measured["work_rate"]),
+        hyperv_ms=float(hyperv_ms) if isinstance(hyperv_ms, int | float) else None,
+        qemu_throttle_pct=throttle if isinstance(throttle, int) else None,
+    )
+
+
+@dataclass(frozen=True)
 class ReportedRun:
     """One run folder as the report sees it.
 
@@ -143,6 +175,8 @@ class ReportedRun:
     group: str = ""
     # The TCP stream's stall (runs with --witnesses): summary.json's tcp.stream.
     tcp_stall: TcpStall | None = None
+    # The guest's brownout (runs with a guest agent 1.1): summary.json's brownout.
+    brownout: BrownoutFigure | None = None
 
     @property
     def in_group(self) -> str:
@@ -397,6 +431,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> ReportedRun:
         ended_by=ended_by,
         group=direction,
         tcp_stall=tcp_stall_from_summary(summary),
+        brownout=brownout_from_summary(summary),
     )
 
 
