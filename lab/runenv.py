@@ -316,14 +316,22 @@ async def qemu_lab_backend(
     return backend, state
 
 
-def qemu_run_config(config: RunConfig, state: QemuLabState) -> RunConfig:
-    return replace(
-        config, guest_addresses=(state.guest_address,), vm="qemu-guest", hypervisor="qemu"
-    )
-
-
 # mb-guestd answers the witnesses on this port (lab/qemu/guest/init).
 QEMU_GUEST_WITNESS_PORT = 47601
+
+
+def qemu_run_config(config: RunConfig, state: QemuLabState) -> RunConfig:
+    """The run's config aimed at the lab's guest: its address, and the port its
+    mb-guestd answers the witnesses on, whatever port the config names (a
+    probe of another port would find no guest and report a network that
+    never came back)."""
+    return replace(
+        config,
+        guest_addresses=(state.guest_address,),
+        vm="qemu-guest",
+        hypervisor="qemu",
+        probes=replace(config.probes, witness_port=QEMU_GUEST_WITNESS_PORT),
+    )
 
 
 def qemu_guest_agent_setup(state: QemuLabState, *, contact_deadline_s: float) -> GuestAgentSetup:

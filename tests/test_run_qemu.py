@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from migration_blackout.harness.commands.run import (
 from migration_blackout.harness.config import RunConfig, apply_overrides, load_config
 from migration_blackout.lab.qemu import control as qemu_control
 from migration_blackout.lab.qemu.guest import GuestControl
+from migration_blackout.lab.runenv import QEMU_GUEST_WITNESS_PORT
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("in_process")]
 
@@ -53,17 +55,18 @@ def measure_qemu(
     out: Path,
     *,
     config: RunConfig | None = None,
+    on_the_lab: bool | None = None,
     repeat: int = 1,
     ping_pong: bool = False,
     **overrides: Any,
 ) -> Measurement:
     """``measure run --hypervisor qemu --interval-ms 5 --settle 1``: the module's
-    lab (``--lab``), or the QEMUs ``config`` names."""
+    lab (``--lab``; the default without a ``config``), or the QEMUs ``config`` names."""
     os.environ["MEASURE_LAB_DIR"] = str(lab_dir)  # in_process gives the old value back
     changed = apply_overrides(
         config or RunConfig(), hypervisor="qemu", icmp_interval_s=0.005, settle_s=1.0, **overrides
     )
-    lab = LabTarget() if config is None else None
+    lab = LabTarget() if (config is None if on_the_lab is None else on_the_lab) else None
     return run(RunRequest(config=changed, lab=lab, out=out, repeat=repeat, ping_pong=ping_pong))
 
 
@@ -126,9 +129,19 @@ def test_the_qemu_guest_answers_the_witnesses(lab_dir: Path, tmp_path: Path) -> 
     from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
     from migration_blackout.analysis.tcp import analyse_stream, load_tcp_stream
 
-    measured = measure_qemu(lab_dir, tmp_path, witnesses=True)
+    # A config naming another witness port: the lab's guest answers on its own.
+    other_port = replace(RunConfig().probes, witness_port=47999)
+    measured = measure_qemu(
+        lab_dir,
+        tmp_path,
+        config=replace(RunConfig(), probes=other_port),
+        on_the_lab=True,
+        witnesses=True,
+    )
     assert measured.outcome is Outcome.MEASURED, measured
     (run_dir,) = tmp_path.glob("*-run-*")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["probes"]["witness_port"] == QEMU_GUEST_WITNESS_PORT
     summary = json.loads((run_dir / "derived" / "summary.json").read_text())
     stop_to_resume = summary["qemu"]["stop_to_resume_ms"]
     header, rows = load_tcp_stream(run_dir)
