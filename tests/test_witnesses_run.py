@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from inprocess_run import lab_run
-from test_run_lab import manifest
+from test_run_lab import SCHEDULING_ALLOWANCE_MS, manifest
 
 from migration_blackout.analysis.brownout import analyse_work, load_work
 from migration_blackout.analysis.direction import analyse_direction, load_udp_direction
@@ -148,14 +148,19 @@ def test_every_witness_bounds_the_lab_truth(tmp_path: Path) -> None:
     # brownout stall before the pause was taken for the resume, 1-2 s early).
     # The guest's freeze still ends at the resume, and the reconvergence from it
     # holds resume -> network restored.
+    # The lab's resume is when it sent SIGCONT; the guest ran again once it got a
+    # CPU, which on a loaded 2-core machine may be that much later (seen: 1.8 ms
+    # with the suite alone), as a vCPU would: the same allowance as test_run_lab.
+    ran_by = resume + SCHEDULING_ALLOWANCE_MS * 1e6
     guest_gap = decomposition["guest_execution_gap"]
-    assert guest_gap["end"]["lo_mono_ns"] <= resume <= guest_gap["end"]["hi_mono_ns"], guest_gap
+    assert guest_gap["end"]["lo_mono_ns"] <= ran_by, guest_gap
+    assert resume <= guest_gap["end"]["hi_mono_ns"], guest_gap
     assert guest_gap["start"]["lo_mono_ns"] <= pause["mono_ns"], guest_gap
     reconvergence = decomposition["network_reconvergence"]
     assert reconvergence["resume_source"] == guest_gap["source"]
     restored = link["outbound"]  # the later direction: ICMP needs both
     assert reconvergence["lower_ms"] <= (restored["link_after_mono_ns"] - resume) / 1e6
-    assert (restored["link_before_mono_ns"] - resume) / 1e6 <= reconvergence["upper_ms"]
+    assert (restored["link_before_mono_ns"] - ran_by) / 1e6 <= reconvergence["upper_ms"]
     assert "What applications felt (ms)" in format_summary_table(summary)  # the terminal's
     # The timeline plot's lane: one row per witness, the stall as long as above.
     bars = {bar.label: bar for bar in witness_bars(analyse_witnesses(run_dir))}
