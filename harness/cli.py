@@ -565,6 +565,7 @@ def run(
             source=source,
             destination=destination,
             guest_addresses=targets or None,
+            target_names=click.get_current_context().meta.get("target_names") or None,
             icmp_interval_s=None if interval_ms is None else interval_ms / 1000,
             host_poll_interval_s=None if poll_ms is None else poll_ms / 1000,
             include_storage=include_storage,

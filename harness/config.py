@@ -161,6 +161,9 @@ class RunConfig:
     vm: str = "HVSW10Home"
     hosts: tuple[HostConfig, ...] = ()
     guest_addresses: tuple[str, ...] = ()
+    # (address, name) for each guest address given as a host name (--target):
+    # resolved once, the name kept for the run folder (config.target_names).
+    target_names: tuple[tuple[str, str], ...] = ()
     source: str | None = None
     destination: str | None = None
     probes: ProbeConfig = field(default_factory=ProbeConfig)
@@ -194,6 +197,7 @@ class RunConfig:
             "vm": self.vm,
             "hosts": [h.describe() for h in self.hosts],
             "guest_addresses": list(self.guest_addresses),
+            "target_names": dict(self.target_names),
             "source": self.source,
             "destination": self.destination,
             "probes": vars(self.probes).copy(),
@@ -522,6 +526,7 @@ def apply_overrides(
     source: str | None = None,
     destination: str | None = None,
     guest_addresses: Sequence[str] | None = None,
+    target_names: Mapping[str, str] | None = None,
     hypervisor: str | None = None,
     auth: str | None = None,
     icmp_interval_s: float | None = None,
@@ -550,6 +555,7 @@ def apply_overrides(
         source=source,
         destination=destination,
         guest_addresses=None if guest_addresses is None else tuple(guest_addresses),
+        target_names=None if target_names is None else tuple(target_names.items()),
         hypervisor=hypervisor,
     )
     if auth is not None:

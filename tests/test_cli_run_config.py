@@ -77,7 +77,10 @@ def test_a_missing_password_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_host_fails_preflight_with_a_complete_run_folder(tmp_path: Path) -> None:
-    proc = run_configured(tmp_path, env={"MB_TEST_PASSWORD": "s3cret-pw-123"})
+    # The guest named by a host name: resolved once, the name kept in the manifest.
+    proc = run_configured(
+        tmp_path, "--target", "localhost", env={"MB_TEST_PASSWORD": "s3cret-pw-123"}
+    )
     assert proc.returncode == 3, proc.stderr
     (run_dir,) = (tmp_path / "results").glob("*-run-*")
     # Only the one line that says what failed (and where the run folder is).
@@ -89,6 +92,8 @@ def test_an_unreachable_host_fails_preflight_with_a_complete_run_folder(tmp_path
     assert manifest["status"] == "failed"
     assert "HOST1: cannot reach WinRM" in manifest["error"]["message"]
     assert [h["name"] for h in manifest["config"]["hosts"]] == ["HOST1", "HOST2"]
+    assert manifest["targets"] == ["127.0.0.1"]
+    assert manifest["config"]["target_names"] == {"127.0.0.1": "localhost"}
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert b"s3cret-pw-123" not in path.read_bytes()
