@@ -25,7 +25,7 @@ from migration_blackout.analysis.report.renderers import (
 from migration_blackout.analysis.summary import build_summary, read_summary, write_summary
 from migration_blackout.analysis.tcp import analyse_connects, analyse_stream, beyond_blackout
 from migration_blackout.probes.sink import CsvSink
-from migration_blackout.runformat import HEARTBEAT, SUMMARY_FILE, TCP_STREAM
+from migration_blackout.runformat import HEARTBEAT, SUMMARY_FILE, TCP_CONNECT, TCP_STREAM
 
 MS = 1_000_000
 BASE = 5_000_000_000_000  # a monotonic clock reading, ns
@@ -44,19 +44,8 @@ def connect_records(
         done = start + (500 * MS if outcome == "timeout" else rtt)
         rows.append(("g", 3389, n, outcome, start, start + EPOCH, done, done + EPOCH))
     rows.append(("g", 3389, len(rows), "unresolved", end, end + EPOCH, end, end + EPOCH))
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "target",
-            "port",
-            "n",
-            "outcome",
-            "start_mono_ns",
-            "start_utc_ns",
-            "end_mono_ns",
-            "end_utc_ns",
-        ],
-    )
+    # The contract's columns up to end_utc_ns; connect_ns follows (errno, detail unused).
+    frame = pd.DataFrame(rows, columns=list(TCP_CONNECT.columns[:8]))
     frame["connect_ns"] = pd.array(
         [r[6] - r[4] if r[3] == "connected" else None for r in rows], dtype="Int64"
     )
